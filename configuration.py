@@ -1,0 +1,144 @@
+"""Reading and checking configuration.cfg.
+
+A bad configuration stops startup with one line naming the section and field.
+Under WEBPY_ENV=test every MySQL database name gets the prefix `test_`, so a
+test run can never touch real data.
+"""
+import configparser
+import dataclasses
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_PATH = os.path.join(HERE, 'configuration.cfg')
+ENGINES = ('sqlite', 'mysql')
+
+
+class ConfigError(Exception):
+    """One clear line: which file, section and field, and what is wrong."""
+
+
+@dataclasses.dataclass
+class PartitionConfig:
+    name: str
+    engine: str
+    weight: float = 1.0
+    path: str = None          # sqlite
+    host: str = None          # mysql
+    port: int = 3306
+    user: str = None
+    password: str = ''
+    database: str = None
+
+
+@dataclasses.dataclass
+class StoreConfig:
+    replicas: int
+    r: int
+    w: int
+    key_length: int
+    max_value_bytes: int
+    vnodes: int
+    connect_timeout: float
+    read_timeout: float
+    partitions: list
+    source: str
+
+
+def config_path():
+    return os.environ.get('STORE_CONFIG') or DEFAULT_PATH
+
+
+def is_test_environment():
+    return os.environ.get('WEBPY_ENV') == 'test'
+
+
+def load(path=None):
+    path = path or config_path()
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding='utf-8') as f:
+            parser.read_file(f)
+    except OSError as e:
+        raise ConfigError('%s: cannot be read (%s)' % (path, e.strerror))
+    except configparser.Error as e:
+        raise ConfigError('%s: not a valid configuration file (%s)' % (
+            path, str(e).splitlines()[0]))
+    return parse(parser, path)
+
+
+def parse(parser, source='configuration'):
+    where = os.path.basename(source)
+
+    def fail(section, field, problem):
+        raise ConfigError('%s [%s] %s: %s' % (where, section, field, problem))
+
+    def number(section, field, kind, default, minimum=None, maximum=None):
+        raw = parser.get(section, field, fallback=None)
+        if raw is None:
+            if default is None:
+                fail(section, field, 'is required')
+            return default
+        try:
+            value = kind(raw)
+        except ValueError:
+            fail(section, field, '%r is not a %s' % (raw, 'whole number' if kind is int else 'number'))
+        if minimum is not None and value < minimum:
+            fail(section, field, 'must be at least %s' % minimum)
+        if maximum is not None and value > maximum:
+            fail(section, field, 'must be at most %s' % maximum)
+        return value
+
+    if not parser.has_section('store'):
+        fail('store', 'section', 'is missing')
+    partitions = []
+    base = os.path.dirname(os.path.abspath(source))
+    for section in parser.sections():
+        if not section.startswith('partition-'):
+            continue
+        name = section[len('partition-'):]
+        if not name or not name.replace('-', '').replace('_', '').isalnum():
+            fail(section, 'name', 'partition names use letters, digits, - and _')
+        engine = parser.get(section, 'engine', fallback=None)
+        if engine not in ENGINES:
+            fail(section, 'engine', '%r is unknown (use %s)' % (engine, ' or '.join(ENGINES)))
+        p = PartitionConfig(name=name, engine=engine,
+                            weight=number(section, 'weight', float, 1.0, 0.01))
+        if engine == 'sqlite':
+            path = parser.get(section, 'path', fallback=None) or fail(section, 'path', 'is required')
+            p.path = os.path.join(base, path)
+            directory = os.path.dirname(p.path)
+            try:
+                os.makedirs(directory, exist_ok=True)
+            except OSError as e:
+                fail(section, 'path', 'directory %s cannot be created (%s)' % (directory, e.strerror))
+            if not os.access(directory, os.W_OK):
+                fail(section, 'path', 'directory %s is not writable' % directory)
+        else:
+            p.host = parser.get(section, 'host', fallback='127.0.0.1')
+            p.port = number(section, 'port', int, 3306, 1)
+            p.user = parser.get(section, 'user', fallback=None) or fail(section, 'user', 'is required')
+            p.password = parser.get(section, 'password', fallback='')
+            database = parser.get(section, 'database', fallback=None) or fail(section, 'database', 'is required')
+            p.database = ('test_' + database) if is_test_environment() else database
+        partitions.append(p)
+    if not partitions:
+        fail('partition-NAME', 'section', 'no partitions are configured')
+
+    replicas = number('store', 'replicas', int, 3, 1)
+    if replicas > len(partitions):
+        fail('store', 'replicas', '%d replicas need at least %d partitions, %d are configured'
+             % (replicas, replicas, len(partitions)))
+    quorum = replicas // 2 + 1
+    r = number('store', 'r', int, quorum)
+    w = number('store', 'w', int, quorum)
+    for field, value in (('r', r), ('w', w)):
+        if not 1 <= value <= replicas:
+            fail('store', field, 'must be between 1 and replicas (%d)' % replicas)
+    return StoreConfig(
+        replicas=replicas, r=r, w=w,
+        key_length=number('store', 'key_length', int, 1024, 1, 1024),  # the schema's limit
+        max_value_bytes=number('store', 'max_value_bytes', int, 16 * 1024 * 1024, 0),
+        vnodes=number('store', 'vnodes', int, 64, 1),
+        connect_timeout=number('store', 'connect_timeout', float, 1.0, 0.01),
+        read_timeout=number('store', 'read_timeout', float, 2.0, 0.01),
+        partitions=partitions, source=source)

@@ -1,0 +1,428 @@
+#!/usr/bin/env python3
+"""The HTTP interface: web.py resources that translate HTTP to the datastore.
+
+Each resource is a small class with one method per verb.  HTTP decisions
+(is the request valid? does the key exist? do the preconditions hold? which
+representation is acceptable?) are named helpers; storage decisions belong to
+the datastore.
+
+Serve it with `make run` (gunicorn, see gunicorn.conf.py), or
+`python controller.py [host:port]` for web.py's own development server.
+"""
+import base64
+import binascii
+import email.utils
+import json
+import logging
+import os
+import sys
+import urllib.parse
+import uuid
+
+import mimeparse
+import mimerender
+import web
+
+import configuration
+import documents
+from datastore import MAX_LIST_LIMIT, Datastore
+from errors import AlreadyExists, BadRequest, NotFound, StoreError, TooLarge
+from preconditions import NOT_MODIFIED, Preconditions
+from versions import BadContext, decode_context, encode_context
+
+log = logging.getLogger('kvstore.controller')
+web.config.debug = os.environ.get('WEBPY_ENV') == 'development'
+
+urls = (
+    '/', 'Index',
+    '/buckets', 'Buckets',
+    '/buckets/([^/]+)', 'Bucket',
+    '/buckets/([^/]+)/keys', 'Keys',
+    '/buckets/([^/]+)/keys/([\\s\\S]+)', 'Key',
+)
+
+STATUS = {
+    'not_found': '404 Not Found',
+    'method_not_allowed': '405 Method Not Allowed',
+    'not_acceptable': '406 Not Acceptable',
+    'already_exists': '409 Conflict',
+    'bucket_not_empty': '409 Conflict',
+    'precondition_failed': '412 Precondition Failed',
+    'value_too_large': '413 Content Too Large',
+    'unavailable': '503 Service Unavailable',
+    'internal_error': '500 Internal Server Error',
+}
+DOCUMENT_TYPES = [m for short in documents.RENDERERS for m in mimerender._get_mime_types(short)]
+FORM_TYPES = ('application/x-www-form-urlencoded', 'multipart/form-data')
+TEXTUAL = ('text/', 'application/json', 'application/xml', 'application/javascript')
+BUCKET_PROPERTIES = {'conflicts': ('siblings', 'lww')}
+
+
+# -- documents ----------------------------------------------------------------
+
+def _not_acceptable(accept, supported):
+    body = documents.render_json(error_document(
+        'not_acceptable', 'none of the offered types is acceptable: %s' % ', '.join(DOCUMENT_TYPES)), 'error')
+    return 'application/json; charset=utf-8', body
+
+
+negotiate = mimerender.WebPyMimeRender()
+
+
+@negotiate(default='json', charset='utf-8', override_arg_idx=-1,
+           not_acceptable_callback=_not_acceptable, **documents.RENDERERS)
+def _negotiated(root, document, status, headers, format_override):
+    return {'document': document, 'root': root}, status, headers
+
+
+def respond(root, document, status='200 OK', headers=None, format_override=None):
+    """A document in the representation the client's Accept header prefers."""
+    return _negotiated(root, document, status, headers or {}, format_override)
+
+
+def document_format():
+    """The short name of the document type the client accepts, or None."""
+    accept = web.ctx.env.get('HTTP_ACCEPT')
+    if not accept:
+        return 'json'
+    try:
+        best = mimeparse.best_match(DOCUMENT_TYPES[::-1], accept)
+    except mimeparse.MimeTypeParseException:
+        return None
+    return mimerender._get_short_mime(best) if best else None
+
+
+def error_document(code, message, **details):
+    return dict(code=code, status=int(STATUS.get(code, '400')[:3]), message=message, **details)
+
+
+def respond_error(code, message, headers=None, **details):
+    # An error is always sent; JSON when the client accepts no document type.
+    web.ctx.headers = [h for h in web.ctx.headers if h[0].lower() == 'allow']
+    return respond('error', error_document(code, message, **details), STATUS.get(code, '400 Bad Request'),
+                   headers, document_format() or 'json')
+
+
+class Application(web.application):
+    """web.py's application, where every failure becomes a negotiated error document."""
+
+    def handle(self):
+        try:
+            return super().handle()
+        except StoreError as e:
+            headers = {'Retry-After': '1'} if e.code == 'unavailable' else None
+            return respond_error(e.code, e.message, headers, **e.details)
+        except web.HTTPError:
+            if web.ctx.status.startswith('404'):
+                return respond_error('not_found', 'no resource at %s' % web.ctx.path)
+            if web.ctx.status.startswith('405'):
+                return respond_error('method_not_allowed', '%s is not allowed here' % web.ctx.method)
+            raise
+        except Exception:
+            log.exception('request failed: %s %s', web.ctx.method, web.ctx.path)
+            return respond_error('internal_error', 'the store failed to handle the request')
+
+
+# -- request pieces -------------------------------------------------------------
+
+def query(name):
+    return web.input(_method='get').get(name)
+
+
+def store():
+    return web.ctx.store
+
+
+def request_context():
+    """The causal context the client sent back (X-Context), or None."""
+    header = web.ctx.env.get('HTTP_X_CONTEXT')
+    if not header:
+        return None
+    try:
+        return decode_context(header)
+    except BadContext as e:
+        raise BadRequest('bad_context', str(e))
+
+
+def request_value():
+    """(bytes, content type) from a raw body, or from a form's `value` field."""
+    limit = store().config.max_value_bytes
+    declared = web.ctx.env.get('CONTENT_LENGTH')
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise TooLarge('values are at most %d bytes' % limit, limit=limit)
+    content_type = web.ctx.env.get('CONTENT_TYPE') or 'application/octet-stream'
+    if content_type.split(';')[0].strip().lower() in FORM_TYPES:
+        value = web.input(_method='post').get('value')
+        if value is None:
+            raise BadRequest('bad_body', 'a form must carry the value in a field named "value"')
+        return (value if isinstance(value, bytes) else value.encode('utf-8')), 'text/plain; charset=utf-8'
+    try:
+        mimeparse.parse_mime_type(content_type)
+    except mimeparse.MimeTypeParseException:
+        raise BadRequest('bad_header', 'Content-Type is not a media type')
+    return web.data(), content_type
+
+
+def key_path(bucket, key):
+    return '/buckets/%s/keys/%s' % (bucket, urllib.parse.quote(key, safe='/'))
+
+
+def http_date(microseconds):
+    return email.utils.formatdate(microseconds / 1e6, usegmt=True)
+
+
+def value_document(version):
+    """A version's value inside a document: text when it is text, else base64."""
+    doc = {'content_type': version.content_type, 'etag': version.etag,
+           'last_modified': http_date(version.modified)}
+    if version.content_type.startswith(TEXTUAL):
+        try:
+            doc['value'] = version.value.decode('utf-8')
+            return doc
+        except UnicodeDecodeError:
+            pass
+    doc['value_base64'] = base64.b64encode(version.value).decode('ascii')
+    return doc
+
+
+def receipt_document(bucket, key, receipt):
+    doc = {'bucket': bucket, 'key': key}
+    if not receipt.version.deleted:
+        doc['etag'] = receipt.version.etag
+    doc.update(context=encode_context(receipt.context), clock=receipt.context,
+               preference_list=receipt.preference_list, acknowledged=receipt.acknowledged,
+               coordinator=receipt.coordinator)
+    return doc
+
+
+# -- resources ------------------------------------------------------------------
+
+class Index:
+    def GET(self):
+        return respond('index', {
+            'service': 'kvstore: an HTTP key-value and blob store over MySQL/MariaDB partitions',
+            'documentation': 'docs/API.md',
+            'endpoints': [
+                {'method': m, 'path': p, 'does': d} for m, p, d in (
+                    ('GET', '/buckets', 'list buckets'),
+                    ('PUT', '/buckets/{bucket}', 'create a bucket or set its properties'),
+                    ('GET', '/buckets/{bucket}', 'a bucket\'s properties and key count'),
+                    ('DELETE', '/buckets/{bucket}', 'delete an empty bucket (?force=true: with its keys)'),
+                    ('GET', '/buckets/{bucket}/keys', 'list keys: ?prefix=&limit=&cursor='),
+                    ('POST', '/buckets/{bucket}/keys', 'store a value under a new server-chosen key'),
+                    ('GET', '/buckets/{bucket}/keys/{key}', 'read a value (?r=)'),
+                    ('PUT', '/buckets/{bucket}/keys/{key}', 'create or replace a value (?w=)'),
+                    ('POST', '/buckets/{bucket}/keys/{key}', 'create a value only if the key is new'),
+                    ('DELETE', '/buckets/{bucket}/keys/{key}', 'delete a value'),
+                )],
+            'replicas': store().n, 'r': store().config.r, 'w': store().config.w,
+        })
+
+
+class Buckets:
+    def GET(self):
+        return respond('buckets', {'buckets': store().bucket_names()})
+
+
+class Bucket:
+    def GET(self, bucket):
+        props = store().bucket_properties(bucket)
+        if props is None:
+            raise NotFound('no bucket %r' % bucket)
+        return respond('bucket', {'bucket': bucket, 'properties': props,
+                                  'key_count': store().count_keys(bucket),
+                                  'keys': '/buckets/%s/keys' % bucket})
+
+    def PUT(self, bucket):
+        props = self.requested_properties()
+        created = store().create_bucket(bucket, props)
+        status = '201 Created' if created else '200 OK'
+        return respond('bucket', {'bucket': bucket, 'created': created,
+                                  'properties': store().bucket_properties(bucket)},
+                       status, {'Location': '/buckets/%s' % bucket} if created else None)
+
+    def DELETE(self, bucket):
+        force = (query('force') or '').lower() in ('true', '1', 'yes')
+        store().delete_bucket(bucket, force=force)
+        return respond('bucket', {'bucket': bucket, 'deleted': True})
+
+    @staticmethod
+    def requested_properties():
+        body = web.data()
+        if not body.strip():
+            return {}
+        try:
+            props = json.loads(body)
+        except ValueError:
+            raise BadRequest('bad_body', 'bucket properties are a JSON object')
+        if not isinstance(props, dict):
+            raise BadRequest('bad_body', 'bucket properties are a JSON object')
+        for name, value in props.items():
+            if name not in BUCKET_PROPERTIES or value not in BUCKET_PROPERTIES[name]:
+                raise BadRequest('bad_property', 'known properties: %s' % ', '.join(
+                    '%s (%s)' % (n, ' or '.join(v)) for n, v in BUCKET_PROPERTIES.items()))
+        return props
+
+
+class Keys:
+    def GET(self, bucket):
+        prefix = query('prefix') or ''
+        limit = self.limit()
+        after = self.cursor_key()
+        page = store().list_keys(bucket, prefix=prefix, limit=limit, after=after)
+        if not page.keys and after is None and store().bucket_properties(bucket) is None:
+            raise NotFound('no bucket %r' % bucket)
+        doc = {'bucket': bucket, 'prefix': prefix, 'keys': page.keys, 'next_cursor': None}
+        headers = {}
+        if page.next_after is not None:
+            cursor = base64.urlsafe_b64encode(page.next_after.encode()).decode().rstrip('=')
+            doc['next_cursor'] = cursor
+            headers['Link'] = '</buckets/%s/keys?%s>; rel="next"' % (bucket, urllib.parse.urlencode(
+                dict(prefix=prefix, limit=limit, cursor=cursor) if prefix else dict(limit=limit, cursor=cursor)))
+        return respond('keys', doc, headers=headers)
+
+    def POST(self, bucket):
+        key = uuid.uuid4().hex
+        return write_key(bucket, key, create_only=True)
+
+    @staticmethod
+    def limit():
+        raw = query('limit')
+        if raw in (None, ''):
+            return 1000
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST_LIMIT:
+            raise BadRequest('bad_parameter', 'limit must be 1 to %d' % MAX_LIST_LIMIT, parameter='limit')
+        return int(raw)
+
+    @staticmethod
+    def cursor_key():
+        raw = query('cursor')
+        if not raw:
+            return None
+        try:
+            return base64.urlsafe_b64decode(raw + '=' * (-len(raw) % 4)).decode('utf-8')
+        except (binascii.Error, ValueError):
+            raise BadRequest('bad_parameter', 'cursor is not one this store issued', parameter='cursor')
+
+
+class Key:
+    def GET(self, bucket, key):
+        read = store().get(bucket, key, store().quorum(query('r'), None, 'r'))
+        current = read.current
+        if not current:
+            raise NotFound('no key %r in bucket %r' % (key, bucket))
+        web.header('X-Context', encode_context(read.context))
+        if len(current) > 1:
+            return siblings_response(bucket, key, read)
+        version = current[0]
+        web.header('ETag', version.etag)
+        web.header('Last-Modified', http_date(version.modified))
+        if Preconditions.from_environ(web.ctx.env).evaluate(current, safe=True) == NOT_MODIFIED:
+            web.ctx.status = '304 Not Modified'
+            return b''
+        if accepts_stored_type(version.content_type):
+            web.header('Content-Type', version.content_type)
+            web.header('Vary', 'Accept')
+            return version.value
+        doc = dict(bucket=bucket, key=key, context=encode_context(read.context), **value_document(version))
+        return respond('record', doc)
+
+    def HEAD(self, bucket, key):
+        body = self.GET(bucket, key)
+        body = body.encode('utf-8') if isinstance(body, str) else body
+        web.header('Content-Length', str(len(body)))
+        return b''
+
+    def PUT(self, bucket, key):
+        return write_key(bucket, key, create_only=False)
+
+    def POST(self, bucket, key):
+        return write_key(bucket, key, create_only=True)
+
+    def DELETE(self, bucket, key):
+        check = Preconditions.from_environ(web.ctx.env).check_write
+        receipt = store().delete(bucket, key, context=request_context(), check=check,
+                                 w=store().quorum(query('w'), None, 'w'))
+        doc = receipt_document(bucket, key, receipt)
+        doc['deleted'] = True
+        return respond('receipt', doc)
+
+
+def accepts_stored_type(content_type):
+    """Does the client's Accept admit the type the value was stored with?"""
+    accept = web.ctx.env.get('HTTP_ACCEPT')
+    if not accept:
+        return True
+    try:
+        return mimeparse.quality(content_type, accept) > 0
+    except mimeparse.MimeTypeParseException:
+        raise BadRequest('bad_header', 'Accept is not a list of media ranges')
+
+
+def siblings_response(bucket, key, read):
+    """300 Multiple Choices: concurrent versions the client must resolve."""
+    siblings = [value_document(v) for v in read.current]
+    return respond('siblings', {
+        'bucket': bucket, 'key': key, 'context': encode_context(read.context),
+        'message': 'concurrent writes left %d siblings; PUT one value with this context to resolve them'
+                   % len(siblings),
+        'siblings': siblings}, '300 Multiple Choices')
+
+
+def write_key(bucket, key, create_only):
+    """PUT, POST and server-chosen-key POST: store a value, answer with a receipt."""
+    w = store().quorum(query('w'), None, 'w')
+    context = request_context()
+    preconditions = Preconditions.from_environ(web.ctx.env)
+    value, content_type = request_value()
+
+    def check(current):
+        if create_only and current:
+            raise AlreadyExists('key %r already exists in bucket %r' % (key, bucket))
+        preconditions.check_write(current)
+
+    receipt = store().put(bucket, key, value, content_type, context=context, check=check, w=w)
+    headers = {'ETag': receipt.version.etag, 'X-Context': encode_context(receipt.context)}
+    if receipt.created:
+        headers['Location'] = key_path(bucket, key)
+    return respond('receipt', receipt_document(bucket, key, receipt),
+                   '201 Created' if receipt.created else '200 OK', headers)
+
+
+# -- the application ---------------------------------------------------------------
+
+def create_application(datastore=None):
+    """The WSGI application over a datastore (default: from configuration.cfg)."""
+    datastore = datastore or Datastore.from_configuration()
+    app = Application(urls, globals(), autoreload=False)
+
+    def attach_store(handler):
+        web.ctx.store = datastore
+        return handler()
+
+    app.add_processor(attach_store)
+    wsgi = app.wsgifunc()
+    wsgi.datastore = datastore
+    wsgi.webapp = app
+    return wsgi
+
+
+def main(argv):
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(levelname)s %(message)s')
+    try:
+        application = create_application()
+    except configuration.ConfigError as e:
+        print('configuration error: %s' % e, file=sys.stderr)
+        return 2
+    host, _, port = (argv[1] if len(argv) > 1 else '127.0.0.1:8080').rpartition(':')
+    from cheroot import wsgi
+    server = wsgi.Server((host or '127.0.0.1', int(port)), application)
+    try:
+        server.start()
+    except KeyboardInterrupt:
+        server.stop()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main(sys.argv))

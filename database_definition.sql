@@ -1,0 +1,36 @@
+-- The tables of one partition database.
+--
+-- Every partition (a MariaDB/MySQL database, or an SQLite file) holds the same
+-- tables.  The statements run unchanged on both engines and are idempotent:
+-- the service runs them itself whenever it opens a partition.
+-- Text columns are VARBINARY so that keys compare and sort as bytes.
+
+-- Versions of keys.  A key has one row per version its replica holds: one
+-- normally, several when concurrent writes left siblings.  A deleted key is a
+-- tombstone row (deleted = 1) so that the delete carries a vector clock.
+CREATE TABLE IF NOT EXISTS objects (
+    bucket       VARBINARY(63)   NOT NULL,
+    key_name     VARBINARY(1024) NOT NULL,
+    version_id   VARBINARY(32)   NOT NULL,
+    clock        VARBINARY(4096) NOT NULL,  -- JSON {partition: counter}
+    deleted      SMALLINT        NOT NULL,
+    content_type VARBINARY(255)  NOT NULL,
+    digest       VARBINARY(64)   NOT NULL,  -- sha256 of value, hex; the ETag
+    modified     BIGINT          NOT NULL,  -- microseconds since the epoch
+    value        LONGBLOB        NOT NULL,
+    PRIMARY KEY (bucket, key_name, version_id)
+);
+
+-- Buckets created explicitly, with their properties (JSON).  A bucket also
+-- exists while it holds keys, with default properties.
+CREATE TABLE IF NOT EXISTS buckets (
+    name         VARBINARY(63)   NOT NULL PRIMARY KEY,
+    properties   VARBINARY(4096) NOT NULL,
+    modified     BIGINT          NOT NULL
+);
+
+-- Facts about the partition itself (schema version, ring epoch).
+CREATE TABLE IF NOT EXISTS metadata (
+    name         VARBINARY(64)   NOT NULL PRIMARY KEY,
+    value        VARBINARY(4096) NOT NULL
+);

@@ -1,0 +1,326 @@
+"""Routing and replication: which partitions hold a key, and quorums over them.
+
+The layers, each with the same small get/put/delete shape:
+
+    Datastore   routing (ring.py) + replication with quorums (this module)
+    versions    vector clocks and how versions supersede each other
+    engines     one partition's storage: SQLite or MySQL/MariaDB
+
+A write is coordinated by the first replica of the key's preference list that
+answers: inside one locked transaction it checks the request's preconditions,
+builds the new version's clock and stores it.  The version then goes to the
+other replicas in parallel; the write succeeds once W replicas (the
+coordinator included) hold it.  A read asks R replicas in parallel, asking the
+next replica whenever one fails, and returns the versions no other version
+supersedes; replicas found stale are repaired in the background.
+"""
+import concurrent.futures
+import dataclasses
+import heapq
+import logging
+import re
+import time
+
+import configuration
+from engines import PartitionError, open_engine
+from errors import BadRequest, BucketNotEmpty, NotFound, TooLarge, Unavailable
+from ring import Ring
+from versions import Version, context_of, live, next_dot, reconcile, resolve
+
+log = logging.getLogger('kvstore.datastore')
+BUCKET_NAME = re.compile(r'[a-z0-9][a-z0-9._-]{0,62}\Z')
+DEFAULT_BUCKET_PROPERTIES = {'conflicts': 'siblings'}
+MAX_LIST_LIMIT = 10000
+
+
+@dataclasses.dataclass
+class Read:
+    versions: list            # current versions, tombstones included, oldest first
+    preference_list: list
+    replicas: list            # partitions that answered
+
+    @property
+    def current(self):
+        """Live versions: none when the key is missing or deleted."""
+        return live(self.versions)
+
+    @property
+    def context(self):
+        return context_of(self.versions)
+
+
+@dataclasses.dataclass
+class Receipt:
+    version: Version
+    created: bool             # no live version existed before
+    context: dict
+    preference_list: list
+    acknowledged: list
+    coordinator: str
+
+
+@dataclasses.dataclass
+class KeyPage:
+    keys: list
+    next_after: str           # the last key listed when more follow, else None
+
+
+class Datastore:
+    def __init__(self, config):
+        self.config = config
+        self.n = config.replicas
+        self.engines = {p.name: open_engine(p, config) for p in config.partitions}
+        self.ring = Ring({p.name: p.weight for p in config.partitions}, config.vnodes)
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(8, 4 * len(self.engines)), thread_name_prefix='replica')
+        # How long a request waits for replicas before counting them as failed.
+        self.timeout = config.connect_timeout + config.read_timeout + 0.5
+
+    @classmethod
+    def from_configuration(cls, path=None):
+        return cls(configuration.load(path))
+
+    def close(self):
+        self.executor.shutdown(wait=True)
+        for engine in self.engines.values():
+            engine.close()
+
+    # -- validation ---------------------------------------------------------
+
+    def quorum(self, raw, default, name):
+        """A quorum size from a request parameter: 1..N, one, quorum or all."""
+        if raw is None or raw == '':
+            return default
+        words = {'one': 1, 'quorum': self.n // 2 + 1, 'all': self.n}
+        if raw in words:
+            return words[raw]
+        try:
+            value = int(raw)
+        except ValueError:
+            value = 0
+        if not 1 <= value <= self.n:
+            raise BadRequest('bad_parameter', '%s must be 1 to %d, one, quorum or all' % (name, self.n),
+                             parameter=name)
+        return value
+
+    def check_bucket(self, bucket):
+        if not BUCKET_NAME.match(bucket):
+            raise BadRequest('bad_bucket', 'bucket names are 1 to 63 characters of a-z, 0-9, '
+                             '".", "_" and "-", starting with a letter or digit')
+
+    def check_key(self, bucket, key):
+        self.check_bucket(bucket)
+        size = len(key.encode('utf-8', 'surrogatepass'))
+        if not 0 < size <= self.config.key_length:
+            raise BadRequest('bad_key', 'keys are 1 to %d bytes of UTF-8' % self.config.key_length)
+        try:
+            key.encode('utf-8')
+        except UnicodeEncodeError:
+            raise BadRequest('bad_key', 'keys are 1 to %d bytes of UTF-8' % self.config.key_length)
+
+    # -- fan-out ------------------------------------------------------------
+
+    def _fan_out(self, candidates, call, launch, needed):
+        """Run call(partition) on `launch` candidates at once, starting the next
+        candidate whenever one fails, until `needed` succeed or none are left.
+
+        Returns ({partition: result}, {partition: reason}).  Calls still running
+        when enough have answered go on in the background.
+        """
+        waiting = list(candidates)
+        running, results, failures = {}, {}, {}
+
+        def start():
+            name = waiting.pop(0)
+            running[self.executor.submit(call, name)] = name
+
+        for _ in range(min(launch, len(waiting))):
+            start()
+        deadline = time.monotonic() + self.timeout
+        while running and len(results) < needed:
+            done, _ = concurrent.futures.wait(running, timeout=max(0, deadline - time.monotonic()),
+                                              return_when=concurrent.futures.FIRST_COMPLETED)
+            if not done:
+                break
+            for future in done:
+                name = running.pop(future)
+                try:
+                    results[name] = future.result()
+                except PartitionError as e:
+                    failures[name] = e.reason
+                    if waiting:
+                        start()
+        for name in running.values():
+            failures[name] = 'timed out'
+        return results, failures
+
+    # -- keys ---------------------------------------------------------------
+
+    def get(self, bucket, key, r=None):
+        self.check_key(bucket, key)
+        r = r or self.config.r
+        preference = self.ring.preference_list(bucket, key, self.n)
+        replies, failures = self._fan_out(
+            preference, lambda p: self.engines[p].read(bucket, key), launch=r, needed=r)
+        if len(replies) < r:
+            raise Unavailable('%d of the %d replicas needed for a read answered' % (len(replies), r),
+                              failed=failures)
+        versions = resolve(replies.values())
+        self._repair(bucket, key, replies, versions)
+        return Read(versions=versions, preference_list=preference, replicas=sorted(replies))
+
+    def _repair(self, bucket, key, replies, versions):
+        """Send replicas that answered with less than the current set what they lack."""
+        for name, held in replies.items():
+            for version in versions:
+                if reconcile(held, version)[1]:
+                    self.executor.submit(self._apply_quietly, name, bucket, key, version)
+
+    def _apply_quietly(self, name, bucket, key, version):
+        try:
+            self.engines[name].apply(bucket, key, version)
+        except PartitionError as e:
+            log.info('read repair of %s/%s on %s failed: %s', bucket, key, name, e.reason)
+
+    def put(self, bucket, key, value, content_type, context=None, check=None, w=None):
+        """Store a value.  check(current live versions) may raise to refuse."""
+        if len(value) > self.config.max_value_bytes:
+            raise TooLarge('values are at most %d bytes' % self.config.max_value_bytes,
+                           limit=self.config.max_value_bytes)
+        return self._write(bucket, key, context, check, w,
+                           lambda seen, dot: Version.new(seen, dot, value, content_type))
+
+    def delete(self, bucket, key, context=None, check=None, w=None):
+        """Write a tombstone; NotFound when there is no live version."""
+        def must_exist(current):
+            if not current:
+                raise NotFound('no key %r in bucket %r' % (key, bucket))
+            if check:
+                check(current)
+        return self._write(bucket, key, context, must_exist, w,
+                           lambda seen, dot: Version.new(seen, dot, b'', '', deleted=True))
+
+    def _write(self, bucket, key, context, check, w, make):
+        self.check_key(bucket, key)
+        w = w or self.config.w
+        preference = self.ring.preference_list(bucket, key, self.n)
+        failures = {}
+        for coordinator in preference:
+            def decide(held, coordinator=coordinator):
+                if check:
+                    check(live(held))
+                seen = context if context is not None else context_of(held)
+                return make(seen, next_dot(coordinator, held, seen))
+            try:
+                held, version = self.engines[coordinator].coordinate(bucket, key, decide)
+                break
+            except PartitionError as e:
+                failures[coordinator] = e.reason
+        else:
+            raise Unavailable('no replica of the key could take the write', failed=failures)
+        others = [p for p in preference if p != coordinator and p not in failures]
+        acks, more_failures = self._fan_out(
+            others, lambda p: self.engines[p].apply(bucket, key, version),
+            launch=len(others), needed=w - 1)
+        failures.update(more_failures)
+        acknowledged = [coordinator] + sorted(acks)
+        if len(acknowledged) < w:
+            raise Unavailable('%d of the %d replicas needed for a write acknowledged it; '
+                              'it may have been applied on %s' % (len(acknowledged), w, ', '.join(acknowledged)),
+                              failed=failures, acknowledged=acknowledged)
+        return Receipt(version=version, created=not live(held), context=version.full_clock,
+                       preference_list=preference, acknowledged=acknowledged,
+                       coordinator=coordinator)
+
+    def list_keys(self, bucket, prefix='', limit=1000, after=None):
+        """A page of live keys in byte order, merged across every partition."""
+        self.check_bucket(bucket)
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise BadRequest('bad_parameter', 'limit must be 1 to %d' % MAX_LIST_LIMIT, parameter='limit')
+        names = list(self.engines)
+        # One extra key from each partition tells whether more follow.
+        pages, failures = self._fan_out(
+            names, lambda p: self.engines[p].list_keys(bucket, prefix, after, limit + 1),
+            launch=len(names), needed=len(names))
+        self._require_coverage(failures)
+        keys = []
+        for key in heapq.merge(*pages.values()):
+            if not keys or keys[-1] != key:
+                keys.append(key)
+        more = len(keys) > limit
+        keys = keys[:limit]
+        return KeyPage(keys=keys, next_after=keys[-1] if more else None)
+
+    def _require_coverage(self, failures):
+        """Every key has a replica on the partitions that answered only while
+        fewer than N partitions failed."""
+        if len(failures) >= self.n:
+            raise Unavailable('%d partitions did not answer, so some keys have no replica that did'
+                              % len(failures), failed=failures)
+
+    def has_keys(self, bucket):
+        return bool(self.list_keys(bucket, limit=1).keys)
+
+    def count_keys(self, bucket):
+        count, after = 0, None
+        while True:
+            page = self.list_keys(bucket, limit=MAX_LIST_LIMIT, after=after)
+            count += len(page.keys)
+            if page.next_after is None:
+                return count
+            after = page.next_after
+
+    # -- buckets ------------------------------------------------------------
+
+    def _everywhere(self, call):
+        names = list(self.engines)
+        return self._fan_out(names, call, launch=len(names), needed=len(names))
+
+    def bucket_names(self):
+        found, failures = self._everywhere(lambda p: self.engines[p].bucket_names())
+        self._require_coverage(failures)
+        return sorted(set().union(*found.values()))
+
+    def bucket_properties(self, bucket):
+        """A bucket's properties, or None when it neither was created nor holds keys."""
+        self.check_bucket(bucket)
+        preference = self.ring.preference_list(bucket, '', self.n)
+        r = self.config.r
+        records, failures = self._fan_out(
+            preference, lambda p: self.engines[p].read_bucket(bucket), launch=r, needed=r)
+        if len(records) < r:
+            raise Unavailable('too few replicas of the bucket answered', failed=failures)
+        stored = next((props for props in records.values() if props is not None), None)
+        if stored is None and not self.has_keys(bucket):
+            return None
+        return dict(DEFAULT_BUCKET_PROPERTIES, **(stored or {}))
+
+    def create_bucket(self, bucket, properties=None):
+        """Create or update a bucket; True when it is new."""
+        self.check_bucket(bucket)
+        props = dict(DEFAULT_BUCKET_PROPERTIES, **(properties or {}))
+        existed = self.bucket_properties(bucket) is not None
+        preference = self.ring.preference_list(bucket, '', self.n)
+        w = self.config.w
+        acks, failures = self._fan_out(
+            preference, lambda p: self.engines[p].write_bucket(bucket, props), launch=self.n, needed=w)
+        if len(acks) < w:
+            raise Unavailable('too few replicas of the bucket acknowledged', failed=failures)
+        return not existed
+
+    def delete_bucket(self, bucket, force=False):
+        """Delete a bucket: refused while it holds keys, unless forced."""
+        if self.bucket_properties(bucket) is None:
+            raise NotFound('no bucket %r' % bucket)
+        if not force and self.has_keys(bucket):
+            raise BucketNotEmpty('bucket %r holds keys; delete them first or use ?force=true' % bucket)
+
+        def drop(p):
+            engine = self.engines[p]
+            if force:
+                engine.drop_keys(bucket)
+            engine.drop_bucket(bucket)
+        done, failures = self._everywhere(drop)
+        if failures:
+            raise Unavailable('the bucket could not be removed from every partition', failed=failures)
+

@@ -1,0 +1,97 @@
+"""Conditional requests as RFC 9110 section 13.2.2 orders them.
+
+The same evaluation serves reads (which may answer 304) and writes (which the
+datastore evaluates inside the coordinator's locked transaction, so that
+If-Match is a real compare-and-swap).
+"""
+import email.utils
+
+from errors import BadRequest, PreconditionFailed
+
+PASS, NOT_MODIFIED = 'pass', 'not modified'
+
+
+def _etags(header):
+    """('*', None) or (None, [opaque tags]) from an If-Match/If-None-Match value."""
+    if header is None:
+        return None
+    header = header.strip()
+    if header == '*':
+        return '*'
+    tags = []
+    for part in header.split(','):
+        part = part.strip()
+        if not part:
+            continue
+        weak = part.startswith('W/')
+        tag = part[2:] if weak else part
+        if len(tag) < 2 or tag[0] != '"' or tag[-1] != '"':
+            raise BadRequest('bad_header', 'entity tags are quoted strings, as in "abc" or W/"abc"')
+        tags.append((weak, tag))
+    return tags
+
+
+def _date(header):
+    """A timestamp in seconds, or None for an absent or invalid date (ignored, per RFC)."""
+    if not header:
+        return None
+    try:
+        parsed = email.utils.parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return None
+    return parsed.timestamp() if parsed.tzinfo else None
+
+
+class Preconditions:
+    def __init__(self, if_match=None, if_none_match=None, if_modified_since=None,
+                 if_unmodified_since=None):
+        self.if_match = _etags(if_match)
+        self.if_none_match = _etags(if_none_match)
+        self.if_modified_since = _date(if_modified_since)
+        self.if_unmodified_since = _date(if_unmodified_since)
+
+    @classmethod
+    def from_environ(cls, env):
+        return cls(env.get('HTTP_IF_MATCH'), env.get('HTTP_IF_NONE_MATCH'),
+                   env.get('HTTP_IF_MODIFIED_SINCE'), env.get('HTTP_IF_UNMODIFIED_SINCE'))
+
+    @property
+    def present(self):
+        return any(v is not None for v in (self.if_match, self.if_none_match,
+                                            self.if_modified_since, self.if_unmodified_since))
+
+    def evaluate(self, current, safe):
+        """PASS, NOT_MODIFIED (safe requests only), or raise PreconditionFailed.
+
+        current: the live versions of the resource (empty when it does not exist).
+        safe: the request is a GET or HEAD.
+        """
+        etags = [v.etag for v in current]
+        modified = max((v.modified for v in current), default=None)
+        modified = modified // 1_000_000 if modified is not None else None  # HTTP dates have seconds
+
+        if self.if_match is not None:
+            if not self._matches(self.if_match, etags, strong=True):
+                raise PreconditionFailed('If-Match: the current version does not match')
+        elif self.if_unmodified_since is not None and modified is not None:
+            if modified > self.if_unmodified_since:
+                raise PreconditionFailed('If-Unmodified-Since: the key was modified since')
+        if self.if_none_match is not None:
+            if self._matches(self.if_none_match, etags, strong=False):
+                if safe:
+                    return NOT_MODIFIED
+                raise PreconditionFailed('If-None-Match: a matching version exists')
+        elif safe and self.if_modified_since is not None and modified is not None:
+            if modified <= self.if_modified_since:
+                return NOT_MODIFIED
+        return PASS
+
+    def check_write(self, current):
+        """For the datastore: refuse the write unless the preconditions hold."""
+        self.evaluate(current, safe=False)
+
+    @staticmethod
+    def _matches(condition, etags, strong):
+        if condition == '*':
+            return bool(etags)
+        return any(tag in etags and not (strong and weak) for weak, tag in condition)

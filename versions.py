@@ -1,0 +1,153 @@
+"""Versioning: vector clocks, versions of a key, and how replicas reconcile them.
+
+A clock maps an actor (a partition name) to a counter.  A version carries the
+clock it was written with; a replica keeps every version that no other version
+it holds descends from (siblings), so concurrent writes are never silently lost.
+"""
+import base64
+import binascii
+import dataclasses
+import hashlib
+import json
+import time
+import uuid
+
+
+class BadContext(ValueError):
+    """A causal context sent by a client could not be decoded."""
+
+
+# --- clocks ----------------------------------------------------------------
+
+def merge(*clocks):
+    merged = {}
+    for clock in clocks:
+        for actor, count in clock.items():
+            if count > merged.get(actor, 0):
+                merged[actor] = count
+    return merged
+
+
+def encode_clock(clock):
+    return json.dumps(clock, sort_keys=True, separators=(',', ':')).encode()
+
+
+def decode_clock(data):
+    return json.loads(data)
+
+
+def encode_context(clock):
+    """The opaque causal context a client hands back on its next write."""
+    return base64.urlsafe_b64encode(encode_clock(clock)).decode().rstrip('=')
+
+
+def decode_context(text):
+    try:
+        padded = text.strip() + '=' * (-len(text.strip()) % 4)
+        clock = json.loads(base64.urlsafe_b64decode(padded.encode('ascii')))
+    except (ValueError, binascii.Error, UnicodeError):
+        raise BadContext('the context is not one this store issued')
+    if not isinstance(clock, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v > 0
+            for k, v in clock.items()):
+        raise BadContext('the context is not one this store issued')
+    return clock
+
+
+# --- versions --------------------------------------------------------------
+
+@dataclasses.dataclass
+class Version:
+    """One version of a key: a value, or a tombstone when deleted.
+
+    A version is a dotted version vector: `dot` names the write event itself
+    (the coordinating partition and its counter), `clock` is everything the
+    writer had seen.  Keeping the two apart is what lets two writes with the
+    same stale context through the same coordinator both survive as siblings.
+    """
+    version_id: str
+    clock: dict
+    dot: tuple
+    deleted: bool
+    content_type: str
+    value: bytes
+    digest: str
+    modified: int  # microseconds since the epoch
+
+    @classmethod
+    def new(cls, seen, dot, value, content_type, deleted=False):
+        value = b'' if deleted else value
+        return cls(version_id=uuid.uuid4().hex, clock=dict(seen), dot=tuple(dot),
+                   deleted=deleted, content_type=content_type, value=value,
+                   digest=hashlib.sha256(value).hexdigest(),
+                   modified=time.time_ns() // 1000)
+
+    @property
+    def etag(self):
+        return '"%s"' % self.digest
+
+    @property
+    def full_clock(self):
+        actor, counter = self.dot
+        return merge(self.clock, {actor: counter})
+
+    def has_seen(self, other):
+        actor, counter = other.dot
+        return self.clock.get(actor, 0) >= counter
+
+    def supersedes(self, other):
+        """This version replaces other: its writer had seen other."""
+        if self.version_id == other.version_id or not self.has_seen(other):
+            return False
+        # Both having seen each other only happens when a partition lost its
+        # counters; the later write wins so the order stays total.
+        return not other.has_seen(self) or (self.modified, self.version_id) > (
+            other.modified, other.version_id)
+
+
+def encode_version_clock(version):
+    return encode_clock({'seen': version.clock, 'dot': list(version.dot)})
+
+
+def decode_version_clock(data):
+    """(seen clock, dot) from the stored column."""
+    stored = decode_clock(data)
+    return stored['seen'], tuple(stored['dot'])
+
+
+def next_dot(actor, held, context):
+    """A dot for a new write coordinated by actor, above every counter it issued."""
+    counter = max([context.get(actor, 0)] + [v.full_clock.get(actor, 0) for v in held])
+    return actor, counter + 1
+
+
+def reconcile(held, incoming):
+    """How a replica holding `held` versions takes in `incoming`.
+
+    Returns (ids of held versions to drop, whether to keep incoming).  A version
+    already held, or one that a held version supersedes, changes nothing.
+    """
+    for version in held:
+        if version.version_id == incoming.version_id or version.supersedes(incoming):
+            return [], False
+    return [v.version_id for v in held if incoming.supersedes(v)], True
+
+
+def live(versions):
+    return [v for v in versions if not v.deleted]
+
+
+def context_of(versions):
+    """The merged clock of every version: what a client has 'seen'."""
+    return merge(*(v.full_clock for v in versions))
+
+
+def resolve(replies):
+    """Merge the version lists several replicas returned into the current set."""
+    current = {}
+    for versions in replies:
+        for version in versions:
+            current[version.version_id] = version
+    return sorted((v for v in current.values()
+                   if not any(o.supersedes(v) for o in current.values())),
+                  key=lambda v: (v.modified, v.version_id))
