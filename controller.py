@@ -10,7 +10,6 @@ Serve it with `make run` (gunicorn, see gunicorn.conf.py), or
 `python controller.py [host:port]` for web.py's own development server.
 """
 import base64
-import binascii
 import email.utils
 import json
 import logging
@@ -28,7 +27,7 @@ import documents
 from datastore import MAX_LIST_LIMIT, Datastore
 from errors import AlreadyExists, BadRequest, NotFound, StoreError, TooLarge
 from preconditions import NOT_MODIFIED, Preconditions
-from versions import BadContext, decode_context, encode_context
+from versions import BadContext, decode_context, decode_token, encode_context, encode_token
 
 log = logging.getLogger('kvstore.controller')
 web.config.debug = os.environ.get('WEBPY_ENV') == 'development'
@@ -98,7 +97,13 @@ def error_document(code, message, **details):
 
 def respond_error(code, message, headers=None, **details):
     # An error is always sent; JSON when the client accepts no document type.
-    web.ctx.headers = [h for h in web.ctx.headers if h[0].lower() == 'allow']
+    allow = [v for k, v in web.ctx.headers if k.lower() == 'allow']
+    web.ctx.headers = []
+    if allow:
+        methods = allow[0].split(', ')
+        if 'GET' in methods and 'HEAD' not in methods:  # web.py answers HEAD with GET
+            methods.insert(methods.index('GET') + 1, 'HEAD')
+        web.header('Allow', ', '.join(methods))
     return respond('error', error_document(code, message, **details), STATUS.get(code, '400 Bad Request'),
                    headers, document_format() or 'json')
 
@@ -275,7 +280,7 @@ class Keys:
         doc = {'bucket': bucket, 'prefix': prefix, 'keys': page.keys, 'next_cursor': None}
         headers = {}
         if page.next_after is not None:
-            cursor = base64.urlsafe_b64encode(page.next_after.encode()).decode().rstrip('=')
+            cursor = encode_token(page.next_after.encode('utf-8'))
             doc['next_cursor'] = cursor
             headers['Link'] = '</buckets/%s/keys?%s>; rel="next"' % (bucket, urllib.parse.urlencode(
                 dict(prefix=prefix, limit=limit, cursor=cursor) if prefix else dict(limit=limit, cursor=cursor)))
@@ -300,8 +305,8 @@ class Keys:
         if not raw:
             return None
         try:
-            return base64.urlsafe_b64decode(raw + '=' * (-len(raw) % 4)).decode('utf-8')
-        except (binascii.Error, ValueError):
+            return decode_token(raw).decode('utf-8')
+        except ValueError:
             raise BadRequest('bad_parameter', 'cursor is not one this store issued', parameter='cursor')
 
 
@@ -371,6 +376,7 @@ def siblings_response(bucket, key, read):
 
 def write_key(bucket, key, create_only):
     """PUT, POST and server-chosen-key POST: store a value, answer with a receipt."""
+    store().check_key(bucket, key)
     w = store().quorum(query('w'), None, 'w')
     context = request_context()
     preconditions = Preconditions.from_environ(web.ctx.env)

@@ -16,7 +16,6 @@ supersedes; replicas found stale are repaired in the background.
 """
 import concurrent.futures
 import dataclasses
-import heapq
 import logging
 import re
 import time
@@ -233,20 +232,37 @@ class Datastore:
                        coordinator=coordinator)
 
     def list_keys(self, bucket, prefix='', limit=1000, after=None):
-        """A page of live keys in byte order, merged across every partition."""
+        """A page of live keys in byte order, merged across every partition.
+
+        Each partition returns its version rows in key order; a key is listed
+        when the versions of it that no other version supersedes include a live
+        one, so a stale replica cannot bring back a deleted key.  Rows are read
+        in batches: keys below the lowest last key of a full batch are complete.
+        """
         self.check_bucket(bucket)
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise BadRequest('bad_parameter', 'limit must be 1 to %d' % MAX_LIST_LIMIT, parameter='limit')
         names = list(self.engines)
-        # One extra key from each partition tells whether more follow.
-        pages, failures = self._fan_out(
-            names, lambda p: self.engines[p].list_keys(bucket, prefix, after, limit + 1),
-            launch=len(names), needed=len(names))
-        self._require_coverage(failures)
+        batch = max(limit + 1, 64)
         keys = []
-        for key in heapq.merge(*pages.values()):
-            if not keys or keys[-1] != key:
-                keys.append(key)
+        while len(keys) <= limit:
+            pages, failures = self._fan_out(
+                names, lambda p: self.engines[p].scan(bucket, prefix, after, batch),
+                launch=len(names), needed=len(names))
+            self._require_coverage(failures)
+            horizon = min((rows[-1][0] for rows in pages.values() if len(rows) == batch), default=None)
+            versions_of = {}
+            for rows in pages.values():
+                for key, version in rows:
+                    if horizon is None or key < horizon:
+                        versions_of.setdefault(key, []).append(version)
+            for key in sorted(versions_of):
+                if live(resolve([versions_of[key]])):
+                    keys.append(key)
+            if horizon is None:
+                break
+            # The horizon key may have more rows beyond the batch: read it again.
+            after = max(versions_of, default=horizon)
         more = len(keys) > limit
         keys = keys[:limit]
         return KeyPage(keys=keys, next_after=keys[-1] if more else None)

@@ -7,7 +7,7 @@ only in how they connect, how a write transaction locks, and the placeholder.
     read(bucket, key)                -> [Version]
     coordinate(bucket, key, decide)  -> (held, new version)   locked read-decide-write
     apply(bucket, key, version)      -> True if stored          a replica takes a version
-    list_keys(bucket, prefix, after, limit) -> [key]            byte order, live keys only
+    scan(bucket, prefix, after, limit) -> [(key, Version)]      byte order, no values
     bucket records: bucket_names(), read_bucket(), write_bucket(), drop_bucket()
 """
 import contextlib
@@ -215,10 +215,12 @@ class SQLEngine:
             return keep
         return self._transaction(work)
 
-    def list_keys(self, bucket, prefix, after, limit):
-        """Live keys of a bucket in byte order: > after, starting with prefix."""
+    def scan(self, bucket, prefix, after, limit):
+        """Up to `limit` version rows (values left out) of keys > after that start
+        with prefix, in key byte order: [(key, Version)].  Tombstones included,
+        so that the caller can tell a deleted key from a stale replica's copy."""
         b_prefix = prefix.encode()
-        clauses, args = ['bucket = ?', 'deleted = 0', 'key_name >= ?'], [bucket.encode(), b_prefix]
+        clauses, args = ['bucket = ?', 'key_name >= ?'], [bucket.encode(), b_prefix]
         if after is not None:
             clauses.append('key_name > ?')
             args.append(after.encode())
@@ -227,9 +229,10 @@ class SQLEngine:
             clauses.append('key_name < ?')
             args.append(end)
         with self._cursor() as cursor:
-            self._execute(cursor, 'SELECT DISTINCT key_name FROM objects WHERE ' + ' AND '.join(clauses)
-                          + ' ORDER BY key_name LIMIT ?', args + [limit])
-            return [_text(row[0]) for row in cursor.fetchall()]
+            self._execute(cursor, 'SELECT key_name, ' + COLUMNS.replace('value', "x''") +
+                          ' FROM objects WHERE ' + ' AND '.join(clauses) +
+                          ' ORDER BY key_name LIMIT ?', args + [limit])
+            return [(_text(row[0]), row_to_version(row[1:])) for row in cursor.fetchall()]
 
     def drop_keys(self, bucket):
         with self._cursor() as cursor:

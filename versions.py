@@ -36,16 +36,29 @@ def decode_clock(data):
     return json.loads(data)
 
 
+def encode_token(data):
+    """Bytes as an opaque URL-safe token (contexts, listing cursors)."""
+    return base64.urlsafe_b64encode(data).decode('ascii').rstrip('=')
+
+
+def decode_token(text):
+    """The bytes of a token; ValueError when it is not one."""
+    text = text.strip()
+    try:
+        return base64.b64decode(text + '=' * (-len(text) % 4), altchars=b'-_', validate=True)
+    except (binascii.Error, UnicodeError) as e:
+        raise ValueError(str(e))
+
+
 def encode_context(clock):
     """The opaque causal context a client hands back on its next write."""
-    return base64.urlsafe_b64encode(encode_clock(clock)).decode().rstrip('=')
+    return encode_token(encode_clock(clock))
 
 
 def decode_context(text):
     try:
-        padded = text.strip() + '=' * (-len(text.strip()) % 4)
-        clock = json.loads(base64.urlsafe_b64decode(padded.encode('ascii')))
-    except (ValueError, binascii.Error, UnicodeError):
+        clock = json.loads(decode_token(text))
+    except (ValueError, UnicodeError):
         raise BadContext('the context is not one this store issued')
     if not isinstance(clock, dict) or not all(
             isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v > 0

@@ -1,0 +1,39 @@
+# GNU make.  `make test` installs what it needs (a virtualenv and, as root
+# on Debian/Ubuntu, mariadb-server) and runs the test suite.
+
+PYTHON ?= python3
+VENV := .venv
+VENV_STAMP := $(VENV)/.installed
+
+.PHONY: all test mariadb run clean venv
+
+all: test
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV) && $(VENV)/bin/pip install -q -r requirements-dev.txt
+	touch $@
+
+# The tests start private mariadbd servers of their own; they only need the
+# binaries (mariadbd and mariadb-install-db), not a running system service.
+mariadb:
+	@if command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ]; then \
+		exit 0; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "Installing mariadb-server with apt-get"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq mariadb-server >/dev/null; \
+	else \
+		echo "MariaDB server not found: install MariaDB server 10.6+ (mariadbd and mariadb-install-db) and run make again" >&2; \
+		exit 1; \
+	fi
+
+test: mariadb $(VENV_STAMP)
+	WEBPY_ENV=test $(VENV)/bin/nosetests -v --with-xunit --xunit-file=.test-results.xml test/
+
+run: $(VENV_STAMP)
+	$(VENV)/bin/gunicorn --config gunicorn.conf.py
+
+clean:
+	rm -rf $(VENV) data/ .test-results.xml

@@ -1,0 +1,457 @@
+"""The HTTP API, as a specification, run against SQLite and real MariaDB partitions.
+
+Each test uses a bucket of its own, so the tests share one store per class.
+"""
+import base64
+import json
+import threading
+import unittest
+import urllib.parse
+import xml.etree.ElementTree as ET
+
+from test import support
+from test.mariadb import shared_cluster
+
+KEYS = '/buckets/%s/keys'
+KEY = '/buckets/%s/keys/%s'
+
+
+def q(key):
+    return urllib.parse.quote(key, safe='')
+
+
+class ApiSpecification:
+    """Mixed into a TestCase whose make_partitions() gives the partitions."""
+    max_value_bytes = 64 * 1024
+
+    @classmethod
+    def setUpClass(cls):
+        cls.partitions = cls.make_partitions()
+        cls.store = support.open_store(cls.partitions, max_value_bytes=cls.max_value_bytes)
+        cls.app = support.web_app(cls.store)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.store.close()
+
+    def setUp(self):
+        self.bucket = support.unique()
+
+    def put(self, key, body=b'value', content_type='text/plain', status=None, headers=None, params=''):
+        h = {'Content-Type': content_type}
+        h.update(headers or {})
+        return self.app.put(KEY % (self.bucket, q(key)) + params, body, headers=h, status=status)
+
+    def get(self, key, status=None, headers=None, params=''):
+        return self.app.get(KEY % (self.bucket, q(key)) + params, headers=headers or {}, status=status)
+
+    def assertError(self, response, status, code):
+        self.assertEqual(response.status_int, status)
+        doc = response.json
+        self.assertEqual(doc['code'], code)
+        self.assertEqual(doc['status'], status)
+        self.assertTrue(doc['message'])
+        self.assertNotIn('Traceback', response.text)
+
+    # -- create, read, replace, delete ------------------------------------------
+
+    def test_put_creates_with_201_then_replaces_with_200(self):
+        created = self.put('k', b'one')
+        self.assertEqual(created.status_int, 201)
+        self.assertEqual(created.headers['Location'], KEY % (self.bucket, 'k'))
+        replaced = self.put('k', b'two')
+        self.assertEqual(replaced.status_int, 200)
+        self.assertNotIn('Location', replaced.headers)
+        self.assertEqual(self.get('k').body, b'two')
+
+    def test_write_receipt_names_version_placement_and_acknowledgements(self):
+        receipt = self.put('k', b'v').json
+        self.assertEqual((receipt['bucket'], receipt['key']), (self.bucket, 'k'))
+        self.assertEqual(len(receipt['preference_list']), 3)
+        self.assertEqual(len(set(receipt['preference_list'])), 3)
+        self.assertGreaterEqual(len(receipt['acknowledged']), 2)
+        self.assertTrue(set(receipt['acknowledged']) <= set(receipt['preference_list']))
+        self.assertEqual(receipt['coordinator'], receipt['preference_list'][0])
+        self.assertEqual(receipt['clock'], {receipt['coordinator']: 1})
+        self.assertTrue(receipt['etag'].startswith('"'))
+        self.assertTrue(receipt['context'])
+
+    def test_get_returns_the_stored_bytes_type_etag_and_context(self):
+        body = bytes(range(256))
+        written = self.put('bin', body, content_type='application/x-thing')
+        got = self.get('bin')
+        self.assertEqual(got.body, body)
+        self.assertEqual(got.headers['Content-Type'], 'application/x-thing')
+        self.assertEqual(got.headers['ETag'], written.headers['ETag'])
+        self.assertEqual(got.headers['X-Context'], written.headers['X-Context'])
+        self.assertIn('Last-Modified', got.headers)
+
+    def test_missing_content_type_is_stored_as_octet_stream(self):
+        self.app.put(KEY % (self.bucket, 'raw'), b'\x00\x01', headers={'Content-Type': ''})
+        self.assertEqual(self.get('raw').headers['Content-Type'], 'application/octet-stream')
+
+    def test_form_field_value_is_stored_as_utf8_text(self):
+        self.app.put(KEY % (self.bucket, 'form'), {'value': 'héllo'})
+        got = self.get('form')
+        self.assertEqual(got.headers['Content-Type'], 'text/plain; charset=utf-8')
+        self.assertEqual(got.body.decode('utf-8'), 'héllo')
+
+    def test_form_without_value_field_is_400_and_stores_nothing(self):
+        response = self.app.put(KEY % (self.bucket, 'form'), {'other': 'x'}, status=400)
+        self.assertError(response, 400, 'bad_body')
+        self.get('form', status=404)
+
+    def test_post_to_a_key_creates_only(self):
+        created = self.app.post(KEY % (self.bucket, 'once'), b'first', headers={'Content-Type': 'text/plain'})
+        self.assertEqual(created.status_int, 201)
+        self.assertTrue(created.headers['Location'].endswith(KEY % (self.bucket, 'once')))
+        again = self.app.post(KEY % (self.bucket, 'once'), b'second',
+                              headers={'Content-Type': 'text/plain'}, status=409)
+        self.assertError(again, 409, 'already_exists')
+        self.assertEqual(self.get('once').body, b'first')
+
+    def test_post_to_bucket_keys_chooses_a_key(self):
+        created = self.app.post(KEYS % self.bucket, b'chosen', headers={'Content-Type': 'text/plain'})
+        self.assertEqual(created.status_int, 201)
+        location = created.headers['Location']
+        self.assertEqual(self.app.get(location).body, b'chosen')
+        self.assertEqual(created.json['key'], location.rsplit('/', 1)[1])
+
+    def test_head_gives_headers_and_length_without_body(self):
+        self.put('h', b'12345')
+        head = self.app.head(KEY % (self.bucket, 'h'))
+        self.assertEqual(head.status_int, 200)
+        self.assertEqual(head.headers['Content-Length'], '5')
+        self.assertEqual(head.body, b'')
+        self.assertEqual(self.app.head(KEY % (self.bucket, 'nothing'), status=404).status_int, 404)
+
+    def test_delete_answers_a_receipt_then_the_key_is_gone(self):
+        self.put('d', b'x')
+        deleted = self.app.delete(KEY % (self.bucket, 'd'))
+        self.assertEqual(deleted.status_int, 200)
+        self.assertTrue(deleted.json['deleted'])
+        self.assertError(self.get('d', status=404), 404, 'not_found')
+        self.assertError(self.app.delete(KEY % (self.bucket, 'd'), status=404), 404, 'not_found')
+
+    def test_a_deleted_key_can_be_written_again_as_new(self):
+        self.put('again', b'1')
+        self.app.delete(KEY % (self.bucket, 'again'))
+        self.assertEqual(self.put('again', b'2').status_int, 201)
+        self.assertEqual(self.get('again').body, b'2')
+
+    def test_missing_key_is_404_document(self):
+        self.assertError(self.get('never', status=404), 404, 'not_found')
+
+    # -- keys --------------------------------------------------------------------
+
+    def test_keys_with_slashes_and_non_ascii_round_trip(self):
+        for key in ('a/b/c', 'ключ/été', 'trailing/', 'spaces and ?&=#%', '/leading'):
+            self.put(key, key.encode('utf-8'))
+            self.assertEqual(self.get(key).body, key.encode('utf-8'), key)
+        listed = self.app.get(KEYS % self.bucket).json['keys']
+        self.assertEqual(sorted(listed, key=lambda k: k.encode('utf-8')), listed)
+        self.assertIn('ключ/été', listed)
+
+    def test_key_longer_than_key_length_is_400_and_stores_nothing(self):
+        long_key = 'é' * 513  # 1026 bytes of UTF-8
+        self.assertError(self.put(long_key, status=400), 400, 'bad_key')
+        self.put('é' * 512)  # 1024 bytes is allowed
+
+    def test_bad_bucket_name_is_400(self):
+        response = self.app.put('/buckets/Not_Valid/keys/k', b'x', status=400)
+        self.assertError(response, 400, 'bad_bucket')
+
+    # -- content negotiation ------------------------------------------------------
+
+    def test_value_is_returned_raw_when_accept_admits_its_type(self):
+        self.put('t', b'text', content_type='text/plain')
+        for accept in ('text/plain', 'text/*', '*/*', 'application/json;q=0.9, text/plain'):
+            got = self.get('t', headers={'Accept': accept})
+            self.assertEqual(got.body, b'text', accept)
+
+    def test_value_is_a_record_document_when_only_documents_are_acceptable(self):
+        self.put('t', b'text', content_type='text/csv')
+        doc = self.get('t', headers={'Accept': 'application/json'}).json
+        self.assertEqual((doc['key'], doc['value'], doc['content_type']), ('t', 'text', 'text/csv'))
+        self.put('b', b'\xff\x00', content_type='application/x-bin')
+        doc = self.get('b', headers={'Accept': 'application/json'}).json
+        self.assertEqual(base64.b64decode(doc['value_base64']), b'\xff\x00')
+        xml = self.get('b', headers={'Accept': 'application/xml'})
+        self.assertEqual(ET.fromstring(xml.body).find('key').text, 'b')
+
+    def test_value_unacceptable_in_every_form_is_406(self):
+        self.put('t', b'text', content_type='text/csv')
+        self.assertError(self.get('t', headers={'Accept': 'image/png'}, status=406), 406, 'not_acceptable')
+
+    def test_documents_come_in_json_xml_html_and_text(self):
+        self.put('k', b'v')
+        url = KEYS % self.bucket
+        self.assertEqual(self.app.get(url).json['keys'], ['k'])  # JSON by default
+        as_json = self.app.get(url, headers={'Accept': 'application/json'})
+        self.assertTrue(as_json.headers['Content-Type'].startswith('application/json'))
+        as_xml = self.app.get(url, headers={'Accept': 'application/xml'})
+        self.assertIn('xml', as_xml.headers['Content-Type'])
+        self.assertEqual([i.text for i in ET.fromstring(as_xml.body).find('keys')], ['k'])
+        as_html = self.app.get(url, headers={'Accept': 'text/html'})
+        self.assertTrue(as_html.headers['Content-Type'].startswith('text/html'))
+        self.assertIn('<li>k</li>', as_html.text)
+        as_text = self.app.get(url, headers={'Accept': 'text/plain'})
+        self.assertTrue(as_text.headers['Content-Type'].startswith('text/plain'))
+        self.assertIn('- k', as_text.text)
+        self.assertIn('Accept', as_json.headers['Vary'])
+
+    def test_documents_unacceptable_is_406_document(self):
+        self.assertError(self.app.get('/buckets', headers={'Accept': 'image/png'}, status=406),
+                         406, 'not_acceptable')
+
+    def test_errors_are_negotiated_too(self):
+        response = self.get('never', status=404, headers={'Accept': 'application/xml'})
+        self.assertEqual(ET.fromstring(response.body).find('code').text, 'not_found')
+        response = self.get('never', status=404, headers={'Accept': 'text/html'})
+        self.assertIn('not_found', response.text)
+
+    def test_index_lists_the_api(self):
+        doc = self.app.get('/').json
+        paths = {e['path'] for e in doc['endpoints']}
+        self.assertIn('/buckets/{bucket}/keys/{key}', paths)
+
+    def test_unknown_path_is_404_and_wrong_method_is_405_with_allow(self):
+        self.assertError(self.app.get('/nowhere', status=404), 404, 'not_found')
+        response = self.app.request('/buckets', method='DELETE', status=405)
+        self.assertError(response, 405, 'method_not_allowed')
+        self.assertEqual(response.headers['Allow'], 'GET, HEAD')
+
+    # -- limits and parameters ------------------------------------------------------
+
+    def test_value_over_max_value_bytes_is_413_and_stores_nothing(self):
+        response = self.put('big', b'x' * (self.max_value_bytes + 1), status=413)
+        self.assertError(response, 413, 'value_too_large')
+        self.get('big', status=404)
+        self.assertEqual(self.put('big', b'x' * self.max_value_bytes).status_int, 201)
+
+    def test_quorum_overrides(self):
+        self.assertEqual(len(self.put('k', params='?w=all').json['acknowledged']), 3)
+        self.assertEqual(self.put('k', params='?w=quorum').status_int, 200)
+        self.assertEqual(self.put('k', params='?w=one').status_int, 200)
+        for r in ('1', '2', '3', 'one', 'quorum', 'all'):
+            self.assertEqual(self.get('k', params='?r=' + r).body, b'value')
+
+    def test_quorum_out_of_range_is_400_and_changes_nothing(self):
+        self.put('k', b'kept')
+        for params in ('?w=0', '?w=4', '?w=most', '?w=-1'):
+            self.assertError(self.put('k', b'lost', params=params, status=400), 400, 'bad_parameter')
+        self.assertError(self.get('k', params='?r=9', status=400), 400, 'bad_parameter')
+        self.assertEqual(self.get('k').body, b'kept')
+
+    def test_write_all_reaches_every_replica_in_the_preference_list(self):
+        receipt = self.put('k', b'everywhere', params='?w=all').json
+        for name, engine in self.store.engines.items():
+            held = engine.read(self.bucket, 'k')
+            if name in receipt['preference_list']:
+                self.assertEqual([v.value for v in held], [b'everywhere'], name)
+            else:
+                self.assertEqual(held, [], name)
+
+    # -- versions and context -----------------------------------------------------
+
+    def test_write_with_context_supersedes_it(self):
+        first = self.put('c', b'1')
+        second = self.put('c', b'2', headers={'X-Context': first.headers['X-Context']})
+        self.assertEqual(second.status_int, 200)
+        self.assertEqual(self.get('c').body, b'2')
+
+    def test_concurrent_writes_with_one_context_become_siblings_until_resolved(self):
+        context = self.put('s', b'base').headers['X-Context']
+        self.put('s', b'left', headers={'X-Context': context})
+        self.put('s', b'right', headers={'X-Context': context})
+        choices = self.get('s', status=300)
+        values = sorted(s['value'] for s in choices.json['siblings'])
+        self.assertEqual(values, ['left', 'right'])
+        self.put('s', b'merged', headers={'X-Context': choices.headers['X-Context']})
+        self.assertEqual(self.get('s').body, b'merged')
+
+    def test_write_without_context_supersedes_what_the_coordinator_holds(self):
+        context = self.put('n', b'base').headers['X-Context']
+        self.put('n', b'left', headers={'X-Context': context})
+        self.put('n', b'right', headers={'X-Context': context})
+        self.put('n', b'blind')
+        self.assertEqual(self.get('n').body, b'blind')
+
+    def test_bad_context_is_400(self):
+        self.assertError(self.put('k', headers={'X-Context': '!!notbase64'}, status=400), 400, 'bad_context')
+        garbage = base64.urlsafe_b64encode(b'[1, 2]').decode()
+        self.assertError(self.put('k', headers={'X-Context': garbage}, status=400), 400, 'bad_context')
+        self.get('k', status=404)
+
+    # -- conditional requests --------------------------------------------------------
+
+    def test_if_none_match_star_creates_only(self):
+        self.assertEqual(self.put('c', b'1', headers={'If-None-Match': '*'}).status_int, 201)
+        self.assertError(self.put('c', b'2', headers={'If-None-Match': '*'}, status=412),
+                         412, 'precondition_failed')
+        self.assertEqual(self.get('c').body, b'1')
+
+    def test_if_match_is_compare_and_swap(self):
+        etag = self.put('c', b'1').headers['ETag']
+        self.assertEqual(self.put('c', b'2', headers={'If-Match': etag}).status_int, 200)
+        self.assertError(self.put('c', b'3', headers={'If-Match': etag}, status=412), 412, 'precondition_failed')
+        self.assertEqual(self.get('c').body, b'2')
+        self.assertError(self.put('absent', b'x', headers={'If-Match': '*'}, status=412),
+                         412, 'precondition_failed')
+        self.assertError(self.app.delete(KEY % (self.bucket, 'c'), headers={'If-Match': etag}, status=412),
+                         412, 'precondition_failed')
+        self.assertEqual(self.get('c').body, b'2')
+
+    def test_compare_and_swap_lets_exactly_one_of_many_racers_win(self):
+        etag = self.put('race', b'start').headers['ETag']
+        outcomes = []
+
+        def racer(i):
+            response = self.put('race', b'racer %d' % i, headers={'If-Match': etag}, status='*')
+            outcomes.append(response.status_int)
+
+        threads = [threading.Thread(target=racer, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(sorted(outcomes), [200] + [412] * 7)
+        self.assertTrue(self.get('race').body.startswith(b'racer '))
+
+    def test_conditional_get(self):
+        etag = self.put('g', b'v').headers['ETag']
+        not_modified = self.get('g', headers={'If-None-Match': etag}, status=304)
+        self.assertEqual(not_modified.body, b'')
+        self.assertEqual(not_modified.headers['ETag'], etag)
+        self.assertEqual(self.get('g', headers={'If-None-Match': '"other"'}).body, b'v')
+        self.assertEqual(self.get('g', headers={'If-None-Match': 'W/' + etag}, status=304).status_int, 304)
+        self.get('g', headers={'If-Match': '"other"'}, status=412)
+        last_modified = self.get('g').headers['Last-Modified']
+        self.get('g', headers={'If-Modified-Since': last_modified}, status=304)
+        self.get('g', headers={'If-Modified-Since': 'Thu, 01 Jan 1970 00:00:00 GMT'}, status=200)
+
+    # -- listing ----------------------------------------------------------------------
+
+    def test_listing_pages_through_every_key_in_byte_order_without_repeats(self):
+        keys = ['p/%03d' % i for i in range(23)] + ['q/é', 'q/z', 'p/\u00ff', 'other']
+        for key in keys:
+            self.put(key, b'x')
+        seen, url, pages = [], KEYS % self.bucket + '?prefix=p/&limit=7', 0
+        while url:
+            page = self.app.get(url)
+            pages += 1
+            seen.extend(page.json['keys'])
+            cursor = page.json['next_cursor']
+            url = (KEYS % self.bucket + '?' + urllib.parse.urlencode(
+                {'prefix': 'p/', 'limit': 7, 'cursor': cursor})) if cursor else None
+            if cursor:
+                self.assertIn('rel="next"', page.headers['Link'])
+        expected = sorted((k for k in keys if k.startswith('p/')), key=lambda k: k.encode('utf-8'))
+        self.assertEqual(seen, expected)
+        self.assertEqual(pages, 4)
+        everything = self.app.get(KEYS % self.bucket + '?limit=1000').json
+        self.assertEqual(everything['keys'], sorted(keys, key=lambda k: k.encode('utf-8')))
+        self.assertIsNone(everything['next_cursor'])
+
+    def test_listing_leaves_out_deleted_keys(self):
+        self.put('a')
+        self.put('b')
+        self.app.delete(KEY % (self.bucket, 'a'))
+        self.assertEqual(self.app.get(KEYS % self.bucket).json['keys'], ['b'])
+
+    def test_listing_parameters_are_checked(self):
+        self.put('a')
+        self.assertError(self.app.get(KEYS % self.bucket + '?limit=0', status=400), 400, 'bad_parameter')
+        self.assertError(self.app.get(KEYS % self.bucket + '?limit=x', status=400), 400, 'bad_parameter')
+        self.assertError(self.app.get(KEYS % self.bucket + '?cursor=%%%%', status=400), 400, 'bad_parameter')
+        self.assertError(self.app.get(KEYS % support.unique(), status=404), 404, 'not_found')
+
+    # -- buckets -------------------------------------------------------------------------
+
+    def test_bucket_lifecycle(self):
+        self.assertEqual(self.app.put('/buckets/' + self.bucket).status_int, 201)
+        self.assertEqual(self.app.put('/buckets/' + self.bucket).status_int, 200)
+        self.assertIn(self.bucket, self.app.get('/buckets').json['buckets'])
+        info = self.app.get('/buckets/' + self.bucket).json
+        self.assertEqual((info['key_count'], info['properties']['conflicts']), (0, 'siblings'))
+        self.assertEqual(self.app.delete('/buckets/' + self.bucket).status_int, 200)
+        self.assertError(self.app.get('/buckets/' + self.bucket, status=404), 404, 'not_found')
+        self.assertError(self.app.delete('/buckets/' + self.bucket, status=404), 404, 'not_found')
+
+    def test_writing_a_key_creates_its_bucket(self):
+        self.put('k1')
+        self.put('k2')
+        self.assertIn(self.bucket, self.app.get('/buckets').json['buckets'])
+        self.assertEqual(self.app.get('/buckets/' + self.bucket).json['key_count'], 2)
+
+    def test_deleting_a_bucket_that_holds_keys_needs_force(self):
+        self.put('k')
+        self.assertError(self.app.delete('/buckets/' + self.bucket, status=409), 409, 'bucket_not_empty')
+        self.assertEqual(self.get('k').body, b'value')
+        self.assertEqual(self.app.delete('/buckets/%s?force=true' % self.bucket).status_int, 200)
+        self.get('k', status=404)
+        self.assertNotIn(self.bucket, self.app.get('/buckets').json['buckets'])
+
+    def test_bucket_properties_are_checked_and_stored(self):
+        self.app.put('/buckets/' + self.bucket, json.dumps({'conflicts': 'lww'}))
+        self.assertEqual(self.app.get('/buckets/' + self.bucket).json['properties']['conflicts'], 'lww')
+        for body in ('{"conflicts": "maybe"}', '{"color": "red"}', '[1]', 'not json'):
+            self.assertEqual(self.app.put('/buckets/' + self.bucket, body, status=400).status_int, 400)
+        self.assertEqual(self.app.get('/buckets/' + self.bucket).json['properties']['conflicts'], 'lww')
+
+
+class TestApiOnSQLite(ApiSpecification, unittest.TestCase):
+    @classmethod
+    def make_partitions(cls):
+        cls.directory = support.TemporaryDirectory()
+        return support.sqlite_partitions(cls.directory.path)
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        cls.directory.remove()
+
+
+class TestApiOnMariaDB(ApiSpecification, unittest.TestCase):
+    @classmethod
+    def make_partitions(cls):
+        return support.mariadb_partitions(shared_cluster())
+
+    def test_placement_moves_about_a_fifth_of_replicas_when_a_fifth_partition_is_added(self):
+        keys = ['key-%d' % i for i in range(300)]
+        for key in keys:
+            self.put(key, key.encode(), params='?w=all')
+        five = dict(self.partitions)
+        five['p5'] = dict(five['p1'], database='kv_fifth_' + support.unique('x').replace('-', '_'))
+        bigger = support.open_store(five)
+        try:
+            before = {k: set(self.store.ring.preference_list(self.bucket, k, 3)) for k in keys}
+            after = {k: set(bigger.ring.preference_list(self.bucket, k, 3)) for k in keys}
+            moved = sum(len(after[k] - before[k]) for k in keys) / (3 * len(keys))
+            self.assertLessEqual(moved, 0.30)
+            self.assertGreater(moved, 0.05)
+            # A key that kept two of its three replicas is read through the new ring as before.
+            kept = [k for k in keys if len(after[k] & before[k]) >= 2]
+            self.assertGreater(len(kept), len(keys) / 2)
+            for key in kept:
+                self.assertEqual(bigger.get(self.bucket, key).current[0].value, key.encode())
+        finally:
+            bigger.close()
+
+    def test_database_errors_do_not_leak_to_clients(self):
+        broken = dict(self.partitions)
+        broken['p4'] = dict(broken['p4'], user='nobody', password='s3cret-pass')
+        store = support.open_store(broken)
+        app = support.web_app(store)
+        try:
+            key = next(k for k in ('k%d' % i for i in range(100))
+                       if 'p4' in store.ring.preference_list(self.bucket, k, 3))
+            response = app.put(KEY % (self.bucket, key) + '?w=all', b'x',
+                               headers={'Content-Type': 'text/plain'}, status=503)
+            self.assertError(response, 503, 'unavailable')
+            self.assertIn('p4', response.json['failed'])
+            self.assertEqual(response.headers['Retry-After'], '1')
+            for secret in ('s3cret-pass', 'nobody', 'Traceback', '/tmp/'):
+                self.assertNotIn(secret, response.text)
+        finally:
+            store.close()
