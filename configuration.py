@@ -40,8 +40,14 @@ class StoreConfig:
     vnodes: int
     connect_timeout: float
     read_timeout: float
+    backoff: float
+    max_backoff: float
+    hint_window: float
+    max_siblings: int
     partitions: list
     source: str
+    peers: list = dataclasses.field(default_factory=list)
+    gossip_interval: float = 1.0
 
 
 def config_path():
@@ -87,6 +93,18 @@ def parse(parser, source='configuration'):
         if maximum is not None and value > maximum:
             fail(section, field, 'must be at most %s' % maximum)
         return value
+
+    def peers():
+        found = []
+        for item in parser.get('cluster', 'peers', fallback='').split(','):
+            item = item.strip()
+            if not item:
+                continue
+            host, _, port = item.rpartition(':')
+            if not host or not port.isdigit():
+                fail('cluster', 'peers', '%r is not host:port' % item)
+            found.append((host, int(port)))
+        return found
 
     if not parser.has_section('store'):
         fail('store', 'section', 'is missing')
@@ -139,6 +157,11 @@ def parse(parser, source='configuration'):
         key_length=number('store', 'key_length', int, 1024, 1, 1024),  # the schema's limit
         max_value_bytes=number('store', 'max_value_bytes', int, 16 * 1024 * 1024, 0),
         vnodes=number('store', 'vnodes', int, 64, 1),
-        connect_timeout=number('store', 'connect_timeout', float, 1.0, 0.01),
-        read_timeout=number('store', 'read_timeout', float, 2.0, 0.01),
-        partitions=partitions, source=source)
+        connect_timeout=number('store', 'connect_timeout', float, 0.5, 0.01),
+        read_timeout=number('store', 'read_timeout', float, 1.0, 0.01),
+        backoff=number('store', 'backoff', float, 1.0, 0.01),
+        max_backoff=number('store', 'max_backoff', float, 30.0, 0.01),
+        hint_window=number('store', 'hint_window', float, 86400.0, 1),
+        max_siblings=number('store', 'max_siblings', int, 16, 1),
+        partitions=partitions, source=source,
+        peers=peers(), gossip_interval=number('cluster', 'gossip_interval', float, 1.0, 0.05))

@@ -46,6 +46,7 @@ STATUS = {
     'not_acceptable': '406 Not Acceptable',
     'already_exists': '409 Conflict',
     'bucket_not_empty': '409 Conflict',
+    'too_many_siblings': '409 Conflict',
     'precondition_failed': '412 Precondition Failed',
     'value_too_large': '413 Content Too Large',
     'unavailable': '503 Service Unavailable',
@@ -196,7 +197,7 @@ def receipt_document(bucket, key, receipt):
         doc['etag'] = receipt.version.etag
     doc.update(context=encode_context(receipt.context), clock=receipt.context,
                preference_list=receipt.preference_list, acknowledged=receipt.acknowledged,
-               coordinator=receipt.coordinator)
+               coordinator=receipt.coordinator, hints=receipt.hints, down=receipt.down)
     return doc
 
 

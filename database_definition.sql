@@ -34,3 +34,21 @@ CREATE TABLE IF NOT EXISTS metadata (
     name         VARBINARY(64)   NOT NULL PRIMARY KEY,
     value        VARBINARY(4096) NOT NULL
 );
+
+-- Hinted handoff: versions this partition holds for another partition (the
+-- target) that was down when they were written.  Delivered and deleted once
+-- the target is back; see datastore.Datastore.hand_off and sync.py.
+CREATE TABLE IF NOT EXISTS hints (
+    target       VARBINARY(64)   NOT NULL,
+    bucket       VARBINARY(63)   NOT NULL,
+    key_name     VARBINARY(1024) NOT NULL,
+    version_id   VARBINARY(32)   NOT NULL,
+    clock        VARBINARY(4096) NOT NULL,
+    deleted      SMALLINT        NOT NULL,
+    content_type VARBINARY(255)  NOT NULL,
+    digest       VARBINARY(64)   NOT NULL,
+    modified     BIGINT          NOT NULL,
+    value        LONGBLOB        NOT NULL,
+    created      BIGINT          NOT NULL,  -- microseconds since the epoch
+    PRIMARY KEY (target, bucket, key_name, version_id)
+);

@@ -9,10 +9,14 @@ The layers, each with the same small get/put/delete shape:
 A write is coordinated by the first replica of the key's preference list that
 answers: inside one locked transaction it checks the request's preconditions,
 builds the new version's clock and stores it.  The version then goes to the
-other replicas in parallel; the write succeeds once W replicas (the
-coordinator included) hold it.  A read asks R replicas in parallel, asking the
-next replica whenever one fails, and returns the versions no other version
-supersedes; replicas found stale are repaired in the background.
+other replicas in parallel; a replica that is down or fails gets a hint
+instead, stored on the next healthy partition beyond the preference list
+(sloppy quorum).  The write succeeds once W replicas (the coordinator
+included, hints counted) hold it.  A read asks R replicas in parallel, asking
+the next one (then the fallbacks' hints) whenever one fails, and returns the
+versions no other version supersedes; replicas found stale are repaired in
+the background.  Every call to a partition goes through the failure detector
+(health.py), so known-down partitions are skipped rather than waited for.
 """
 import concurrent.futures
 import dataclasses
@@ -20,9 +24,12 @@ import logging
 import re
 import time
 
+import threading
+
 import configuration
 from engines import PartitionError, open_engine
-from errors import BadRequest, BucketNotEmpty, NotFound, TooLarge, Unavailable
+from errors import BadRequest, BucketNotEmpty, NotFound, TooLarge, TooManySiblings, Unavailable
+from health import Health
 from ring import Ring
 from versions import Version, context_of, live, next_dot, reconcile, resolve
 
@@ -30,6 +37,7 @@ log = logging.getLogger('kvstore.datastore')
 BUCKET_NAME = re.compile(r'[a-z0-9][a-z0-9._-]{0,62}\Z')
 DEFAULT_BUCKET_PROPERTIES = {'conflicts': 'siblings'}
 MAX_LIST_LIMIT = 10000
+BUCKET_CACHE_SECONDS = 5.0   # how long a front end trusts bucket properties it read
 
 
 @dataclasses.dataclass
@@ -54,8 +62,10 @@ class Receipt:
     created: bool             # no live version existed before
     context: dict
     preference_list: list
-    acknowledged: list
+    acknowledged: list        # replicas in the preference list that hold the version
     coordinator: str
+    hints: dict               # {replica that was down: partition holding its hint}
+    down: dict                # {replica that could not be written: reason}
 
 
 @dataclasses.dataclass
@@ -70,6 +80,10 @@ class Datastore:
         self.n = config.replicas
         self.engines = {p.name: open_engine(p, config) for p in config.partitions}
         self.ring = Ring({p.name: p.weight for p in config.partitions}, config.vnodes)
+        self.health = Health(self.engines, config.backoff, config.max_backoff)
+        self._bucket_cache = {}
+        self._handoffs = set()
+        self._handoff_lock = threading.Lock()
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(8, 4 * len(self.engines)), thread_name_prefix='replica')
         # How long a request waits for replicas before counting them as failed.
@@ -117,12 +131,30 @@ class Datastore:
         except UnicodeEncodeError:
             raise BadRequest('bad_key', 'keys are 1 to %d bytes of UTF-8' % self.config.key_length)
 
-    # -- fan-out ------------------------------------------------------------
+    # -- calling partitions -------------------------------------------------
+
+    def call(self, name, method, *args):
+        """engine.method(*args) on one partition, through the failure detector."""
+        if not self.health.available(name):
+            raise PartitionError(name, 'down')
+        try:
+            result = getattr(self.engines[name], method)(*args)
+        except PartitionError as e:
+            if e.reason != 'lock conflict':
+                self.health.failed(name, e.reason)
+            raise
+        if self.health.succeeded(name):
+            try:
+                self.executor.submit(self.hand_off, name)
+            except RuntimeError:  # shutting down
+                pass
+        return result
 
     def _fan_out(self, candidates, call, launch, needed):
         """Run call(partition) on `launch` candidates at once, starting the next
         candidate whenever one fails, until `needed` succeed or none are left.
 
+        call(partition) -> result, raising PartitionError on failure.
         Returns ({partition: result}, {partition: reason}).  Calls still running
         when enough have answered go on in the background.
         """
@@ -155,21 +187,31 @@ class Datastore:
 
     # -- keys ---------------------------------------------------------------
 
+    def placement(self, bucket, key):
+        """(preference list, fallbacks): the N owners, then every other partition."""
+        walk = self.ring.walk(bucket, key)
+        return walk[:self.n], walk[self.n:]
+
     def get(self, bucket, key, r=None):
         self.check_key(bucket, key)
         r = r or self.config.r
-        preference = self.ring.preference_list(bucket, key, self.n)
-        replies, failures = self._fan_out(
-            preference, lambda p: self.engines[p].read(bucket, key), launch=r, needed=r)
+        preference, fallbacks = self.placement(bucket, key)
+
+        def read(p):
+            # An owner answers from its objects; a fallback from the hints it holds.
+            return self.call(p, 'read' if p in preference else 'read_hints', bucket, key)
+        replies, failures = self._fan_out(preference + fallbacks, read, launch=r, needed=r)
         if len(replies) < r:
             raise Unavailable('%d of the %d replicas needed for a read answered' % (len(replies), r),
                               failed=failures)
         versions = resolve(replies.values())
-        self._repair(bucket, key, replies, versions)
+        self._repair(bucket, key, {p: held for p, held in replies.items() if p in preference}, versions)
+        if self.bucket_properties_cached(bucket)['conflicts'] == 'lww' and len(versions) > 1:
+            versions = versions[-1:]   # the last writer wins
         return Read(versions=versions, preference_list=preference, replicas=sorted(replies))
 
     def _repair(self, bucket, key, replies, versions):
-        """Send replicas that answered with less than the current set what they lack."""
+        """Send owners that answered with less than the current set what they lack."""
         for name, held in replies.items():
             for version in versions:
                 if reconcile(held, version)[1]:
@@ -177,7 +219,7 @@ class Datastore:
 
     def _apply_quietly(self, name, bucket, key, version):
         try:
-            self.engines[name].apply(bucket, key, version)
+            self.call(name, 'apply', bucket, key, version)
         except PartitionError as e:
             log.info('read repair of %s/%s on %s failed: %s', bucket, key, name, e.reason)
 
@@ -202,34 +244,105 @@ class Datastore:
     def _write(self, bucket, key, context, check, w, make):
         self.check_key(bucket, key)
         w = w or self.config.w
-        preference = self.ring.preference_list(bucket, key, self.n)
+        if self.bucket_properties_cached(bucket)['conflicts'] == 'lww':
+            context = None   # every write supersedes all the coordinator holds
+        preference, fallbacks = self.placement(bucket, key)
         failures = {}
         for coordinator in preference:
             def decide(held, coordinator=coordinator):
                 if check:
                     check(live(held))
                 seen = context if context is not None else context_of(held)
-                return make(seen, next_dot(coordinator, held, seen))
+                version = make(seen, next_dot(coordinator, held, seen))
+                kept = [v for v in held if not version.supersedes(v)]
+                if len(kept) >= self.config.max_siblings:
+                    raise TooManySiblings(
+                        'the key has %d siblings, the most allowed; GET it and PUT one value '
+                        'with its X-Context to resolve them' % len(kept), limit=self.config.max_siblings)
+                return version
             try:
-                held, version = self.engines[coordinator].coordinate(bucket, key, decide)
+                held, version = self.call(coordinator, 'coordinate', bucket, key, decide)
                 break
             except PartitionError as e:
                 failures[coordinator] = e.reason
         else:
             raise Unavailable('no replica of the key could take the write', failed=failures)
-        others = [p for p in preference if p != coordinator and p not in failures]
-        acks, more_failures = self._fan_out(
-            others, lambda p: self.engines[p].apply(bucket, key, version),
-            launch=len(others), needed=w - 1)
-        failures.update(more_failures)
-        acknowledged = [coordinator] + sorted(acks)
-        if len(acknowledged) < w:
+
+        spare = iter(fallbacks)
+        spare_lock = threading.Lock()
+
+        def replicate(owner):
+            """Write the owner's replica, or failing that a hint for it: where it landed."""
+            if owner not in failures:
+                try:
+                    self.call(owner, 'apply', bucket, key, version)
+                    return owner
+                except PartitionError as e:
+                    reason = e.reason
+            else:
+                reason = failures[owner]
+            while True:
+                with spare_lock:
+                    fallback = next(spare, None)
+                if fallback is None:
+                    raise PartitionError(owner, reason)
+                try:
+                    self.call(fallback, 'store_hint', owner, bucket, key, version)
+                    return fallback
+                except PartitionError:
+                    continue
+
+        others = [p for p in preference if p != coordinator]
+        landed, more_failures = self._fan_out(others, replicate, launch=len(others), needed=w - 1)
+        acknowledged = [coordinator] + sorted(p for p, where in landed.items() if where == p)
+        hints = {p: where for p, where in landed.items() if where != p}
+        down = {p: reason for p, reason in dict(failures, **more_failures).items()
+                if p != coordinator and landed.get(p) != p}
+        if len(acknowledged) + len(hints) < w:
             raise Unavailable('%d of the %d replicas needed for a write acknowledged it; '
-                              'it may have been applied on %s' % (len(acknowledged), w, ', '.join(acknowledged)),
-                              failed=failures, acknowledged=acknowledged)
+                              'it may have been applied on %s'
+                              % (len(acknowledged) + len(hints), w,
+                                 ', '.join(acknowledged + sorted(hints.values()))),
+                              failed=down, acknowledged=acknowledged, hints=hints)
         return Receipt(version=version, created=not live(held), context=version.full_clock,
                        preference_list=preference, acknowledged=acknowledged,
-                       coordinator=coordinator)
+                       coordinator=coordinator, hints=hints, down=down)
+
+    # -- hinted handoff --------------------------------------------------------
+
+    def hand_off(self, target, batch=500):
+        """Deliver every hint held for target; a hint is deleted only after the
+        target committed its version.  Returns (delivered, left)."""
+        with self._handoff_lock:
+            if target in self._handoffs:
+                return 0, 0
+            self._handoffs.add(target)
+        delivered = left = 0
+        try:
+            for holder in self.engines:
+                if holder == target:
+                    continue
+                try:
+                    while True:
+                        hints = self.call(holder, 'hints_for', target, batch)
+                        for bucket, key, version, _ in hints:
+                            self.call(target, 'apply', bucket, key, version)
+                            self.call(holder, 'delete_hint', target, bucket, key, version.version_id)
+                            delivered += 1
+                        if len(hints) < batch:
+                            break
+                except PartitionError as e:
+                    left += 1
+                    log.info('hand-off to %s from %s stopped: %s', target, holder, e)
+        finally:
+            with self._handoff_lock:
+                self._handoffs.discard(target)
+        return delivered, left
+
+    def hint_counts(self):
+        """{holder: {target: (count, oldest created)}} over the partitions that answer."""
+        found, _ = self._everywhere(lambda p: self.call(p, 'hint_counts'))
+        return found
 
     def list_keys(self, bucket, prefix='', limit=1000, after=None):
         """A page of live keys in byte order, merged across every partition.
@@ -247,7 +360,7 @@ class Datastore:
         keys = []
         while len(keys) <= limit:
             pages, failures = self._fan_out(
-                names, lambda p: self.engines[p].scan(bucket, prefix, after, batch),
+                names, lambda p: self.call(p, 'scan', bucket, prefix, after, batch),
                 launch=len(names), needed=len(names))
             self._require_coverage(failures)
             horizon = min((rows[-1][0] for rows in pages.values() if len(rows) == batch), default=None)
@@ -293,20 +406,40 @@ class Datastore:
         return self._fan_out(names, call, launch=len(names), needed=len(names))
 
     def bucket_names(self):
-        found, failures = self._everywhere(lambda p: self.engines[p].bucket_names())
+        found, failures = self._everywhere(lambda p: self.call(p, 'bucket_names'))
         self._require_coverage(failures)
         return sorted(set().union(*found.values()))
+
+    def _bucket_record(self, bucket):
+        """The stored properties of a bucket (None when it has no record)."""
+        preference = self.ring.preference_list(bucket, '', self.n)
+        r = self.config.r
+        records, failures = self._fan_out(
+            preference, lambda p: self.call(p, 'read_bucket', bucket), launch=r, needed=r)
+        if len(records) < r:
+            raise Unavailable('too few replicas of the bucket answered', failed=failures)
+        stored = next((props for props in records.values() if props is not None), None)
+        self._bucket_cache[bucket] = (time.monotonic() + BUCKET_CACHE_SECONDS,
+                                      dict(DEFAULT_BUCKET_PROPERTIES, **(stored or {})))
+        return stored
+
+    def bucket_properties_cached(self, bucket):
+        """A bucket's properties as this front end saw them in the last few seconds."""
+        cached = self._bucket_cache.get(bucket)
+        if cached is None or cached[0] < time.monotonic():
+            try:
+                self._bucket_record(bucket)
+                cached = self._bucket_cache[bucket]
+            except Unavailable:
+                # Keep serving with what we saw last, or the defaults: siblings
+                # never lose a write, whatever the bucket's setting was.
+                return cached[1] if cached else dict(DEFAULT_BUCKET_PROPERTIES)
+        return cached[1]
 
     def bucket_properties(self, bucket):
         """A bucket's properties, or None when it neither was created nor holds keys."""
         self.check_bucket(bucket)
-        preference = self.ring.preference_list(bucket, '', self.n)
-        r = self.config.r
-        records, failures = self._fan_out(
-            preference, lambda p: self.engines[p].read_bucket(bucket), launch=r, needed=r)
-        if len(records) < r:
-            raise Unavailable('too few replicas of the bucket answered', failed=failures)
-        stored = next((props for props in records.values() if props is not None), None)
+        stored = self._bucket_record(bucket)
         if stored is None and not self.has_keys(bucket):
             return None
         return dict(DEFAULT_BUCKET_PROPERTIES, **(stored or {}))
@@ -319,9 +452,10 @@ class Datastore:
         preference = self.ring.preference_list(bucket, '', self.n)
         w = self.config.w
         acks, failures = self._fan_out(
-            preference, lambda p: self.engines[p].write_bucket(bucket, props), launch=self.n, needed=w)
+            preference, lambda p: self.call(p, 'write_bucket', bucket, props), launch=self.n, needed=w)
         if len(acks) < w:
             raise Unavailable('too few replicas of the bucket acknowledged', failed=failures)
+        self._bucket_cache[bucket] = (time.monotonic() + BUCKET_CACHE_SECONDS, props)
         return not existed
 
     def delete_bucket(self, bucket, force=False):
@@ -332,11 +466,11 @@ class Datastore:
             raise BucketNotEmpty('bucket %r holds keys; delete them first or use ?force=true' % bucket)
 
         def drop(p):
-            engine = self.engines[p]
             if force:
-                engine.drop_keys(bucket)
-            engine.drop_bucket(bucket)
+                self.call(p, 'drop_keys', bucket)
+            self.call(p, 'drop_bucket', bucket)
         done, failures = self._everywhere(drop)
+        self._bucket_cache.pop(bucket, None)
         if failures:
             raise Unavailable('the bucket could not be removed from every partition', failed=failures)
 

@@ -8,6 +8,7 @@ only in how they connect, how a write transaction locks, and the placeholder.
     coordinate(bucket, key, decide)  -> (held, new version)   locked read-decide-write
     apply(bucket, key, version)      -> True if stored          a replica takes a version
     scan(bucket, prefix, after, limit) -> [(key, Version)]      byte order, no values
+    hints: store_hint(), read_hints(), hints_for(), delete_hint(), hint_counts()
     bucket records: bucket_names(), read_bucket(), write_bucket(), drop_bucket()
 """
 import contextlib
@@ -188,10 +189,13 @@ class SQLEngine:
             self._execute(cursor, 'DELETE FROM objects WHERE bucket = ? AND key_name = ? AND version_id = ?',
                           (b, k, version_id.encode()))
         self._execute(cursor, 'INSERT INTO objects (bucket, key_name, ' + COLUMNS + ')'
-                      ' VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
-                      (b, k, version.version_id.encode(), encode_version_clock(version),
-                       int(version.deleted), version.content_type.encode(),
-                       version.digest.encode(), version.modified, version.value))
+                      ' VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)', (b, k) + self._version_columns(version))
+
+    @staticmethod
+    def _version_columns(version):
+        """A version as the values of COLUMNS."""
+        return (version.version_id.encode(), encode_version_clock(version), int(version.deleted),
+                version.content_type.encode(), version.digest.encode(), version.modified, version.value)
 
     def read(self, bucket, key):
         with self._cursor() as cursor:
@@ -233,6 +237,45 @@ class SQLEngine:
                           ' FROM objects WHERE ' + ' AND '.join(clauses) +
                           ' ORDER BY key_name LIMIT ?', args + [limit])
             return [(_text(row[0]), row_to_version(row[1:])) for row in cursor.fetchall()]
+
+    # -- hints: versions held for a partition that was down
+    def store_hint(self, target, bucket, key, version):
+        def work(cursor):
+            pk = (target.encode(), bucket.encode(), key.encode(), version.version_id.encode())
+            self._execute(cursor, 'DELETE FROM hints WHERE target = ? AND bucket = ? AND key_name = ?'
+                          ' AND version_id = ?', pk)
+            self._execute(cursor, 'INSERT INTO hints (target, bucket, key_name, ' + COLUMNS + ', created)'
+                          ' VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+                          pk[:3] + self._version_columns(version) + (time.time_ns() // 1000,))
+            return True
+        return self._transaction(work)
+
+    def read_hints(self, bucket, key):
+        """Versions of a key held here for any target."""
+        with self._cursor() as cursor:
+            self._execute(cursor, 'SELECT ' + COLUMNS + ' FROM hints WHERE bucket = ? AND key_name = ?',
+                          (bucket.encode(), key.encode()))
+            return [row_to_version(row) for row in cursor.fetchall()]
+
+    def hints_for(self, target, limit):
+        """Up to limit hints for target, oldest first: [(bucket, key, version, created)]."""
+        with self._cursor() as cursor:
+            self._execute(cursor, 'SELECT bucket, key_name, created, ' + COLUMNS + ' FROM hints'
+                          ' WHERE target = ? ORDER BY created LIMIT ?', (target.encode(), limit))
+            return [(_text(row[0]), _text(row[1]), row_to_version(row[3:]), int(row[2]))
+                    for row in cursor.fetchall()]
+
+    def delete_hint(self, target, bucket, key, version_id):
+        with self._cursor() as cursor:
+            self._execute(cursor, 'DELETE FROM hints WHERE target = ? AND bucket = ? AND key_name = ?'
+                          ' AND version_id = ?', (target.encode(), bucket.encode(), key.encode(),
+                                                  version_id.encode()))
+
+    def hint_counts(self):
+        """{target: (number of hints, oldest created)} held here."""
+        with self._cursor() as cursor:
+            self._execute(cursor, 'SELECT target, COUNT(*), MIN(created) FROM hints GROUP BY target')
+            return {_text(row[0]): (int(row[1]), int(row[2])) for row in cursor.fetchall()}
 
     def drop_keys(self, bucket):
         with self._cursor() as cursor:

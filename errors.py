@@ -33,6 +33,10 @@ class BucketNotEmpty(StoreError):
     code = 'bucket_not_empty'
 
 
+class TooManySiblings(StoreError):
+    code = 'too_many_siblings'
+
+
 class PreconditionFailed(StoreError):
     code = 'precondition_failed'
 

@@ -1,0 +1,103 @@
+"""Failure detection: what this process believes about each partition.
+
+A failed connect or query marks a partition down for a backoff period (doubling
+with each failure, capped); requests skip it meanwhile instead of waiting for
+timeouts.  When the backoff has passed the partition is suspect: one request
+probes it, and its outcome decides.  Views are shared between front ends by
+gossip (gossip.py): for each partition the newest observation wins.
+"""
+import threading
+import time
+
+UP, DOWN, SUSPECT = 'up', 'down', 'suspect'
+
+
+class PartitionHealth:
+    def __init__(self, name):
+        self.name = name
+        self.state = UP
+        self.since = time.time()      # when the state last changed
+        self.observed = 0.0           # when the state was last confirmed
+        self.last_error = None
+        self.failures = 0             # consecutive
+        self.retry_at = 0.0
+        self.probing = False
+
+    def view(self):
+        return {'state': self.state, 'since': self.since, 'observed': self.observed,
+                'last_error': self.last_error}
+
+
+class Health:
+    def __init__(self, names, backoff=1.0, max_backoff=30.0):
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._lock = threading.Lock()
+        self._partitions = {name: PartitionHealth(name) for name in names}
+
+    def available(self, name):
+        """May a request use this partition now?  Claims the probe of a suspect one."""
+        with self._lock:
+            p = self._partitions[name]
+            if p.state == UP:
+                return True
+            if p.probing or time.time() < p.retry_at:
+                return False
+            p.state, p.probing = SUSPECT, True
+            return True
+
+    def succeeded(self, name):
+        """Record a success; True when the partition just came back up."""
+        with self._lock:
+            p = self._partitions[name]
+            now = time.time()
+            p.observed, p.failures, p.probing = now, 0, False
+            if p.state == UP:
+                return False
+            p.state, p.since, p.retry_at = UP, now, 0.0
+            return True
+
+    def failed(self, name, reason):
+        with self._lock:
+            p = self._partitions[name]
+            now = time.time()
+            p.failures += 1
+            p.retry_at = now + min(self.max_backoff, self.backoff * 2 ** (p.failures - 1))
+            if p.state == UP:
+                p.since = now
+            p.state, p.observed, p.last_error, p.probing = DOWN, now, reason, False
+
+    def is_down(self, name):
+        with self._lock:
+            return self._partitions[name].state != UP
+
+    def view(self):
+        with self._lock:
+            return {name: p.view() for name, p in self._partitions.items()}
+
+    def merge(self, remote):
+        """Adopt a peer's newer observations; returns the partitions that came back up."""
+        recovered = []
+        with self._lock:
+            now = time.time()
+            for name, seen in remote.items():
+                p = self._partitions.get(name)
+                if p is None or not isinstance(seen, dict):
+                    continue
+                try:
+                    observed = float(seen['observed'])
+                    state = seen['state']
+                except (KeyError, TypeError, ValueError):
+                    continue
+                if observed <= p.observed or state not in (UP, DOWN, SUSPECT):
+                    continue
+                if state == UP and p.state != UP:
+                    recovered.append(name)
+                if state == UP:
+                    p.state, p.retry_at, p.failures = UP, 0.0, 0
+                else:
+                    # Probe it ourselves after a backoff, as if we had seen it fail.
+                    p.state, p.retry_at = DOWN, now + self.backoff
+                p.since = float(seen.get('since') or now)
+                p.observed, p.last_error, p.probing = observed, seen.get('last_error'), False
+        return recovered
