@@ -18,6 +18,19 @@ CREATE TABLE IF NOT EXISTS objects (
     digest       VARBINARY(64)   NOT NULL,  -- sha256 of value, hex; the ETag
     modified     BIGINT          NOT NULL,  -- microseconds since the epoch
     value        LONGBLOB        NOT NULL,
+    point        BIGINT          NOT NULL,  -- the key's position on the ring (63 bits)
+    PRIMARY KEY (bucket, key_name, version_id)
+);
+-- Anti-entropy compares replicas range by range of ring positions.
+CREATE INDEX IF NOT EXISTS objects_point ON objects (point);
+
+-- Writes acknowledged before every replica held them (w < N): the reconciler
+-- pushes these versions on, then drops the marker.
+CREATE TABLE IF NOT EXISTS pending (
+    bucket       VARBINARY(63)   NOT NULL,
+    key_name     VARBINARY(1024) NOT NULL,
+    version_id   VARBINARY(32)   NOT NULL,
+    created      BIGINT          NOT NULL,
     PRIMARY KEY (bucket, key_name, version_id)
 );
 

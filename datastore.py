@@ -150,13 +150,15 @@ class Datastore:
                 pass
         return result
 
-    def _fan_out(self, candidates, call, launch, needed):
+    def _fan_out(self, candidates, call, launch, needed, unfinished=None):
         """Run call(partition) on `launch` candidates at once, starting the next
         candidate whenever one fails, until `needed` succeed or none are left.
 
         call(partition) -> result, raising PartitionError on failure.
         Returns ({partition: result}, {partition: reason}).  Calls still running
-        when enough have answered go on in the background.
+        when enough have answered go on in the background; with `unfinished` (a
+        dict) they are left there as {future: partition} rather than counted as
+        timed out.
         """
         waiting = list(candidates)
         running, results, failures = {}, {}, {}
@@ -181,8 +183,11 @@ class Datastore:
                     failures[name] = e.reason
                     if waiting:
                         start()
-        for name in running.values():
-            failures[name] = 'timed out'
+        if unfinished is not None and len(results) >= needed:
+            unfinished.update(running)
+        else:
+            for name in running.values():
+                failures[name] = 'timed out'
         return results, failures
 
     # -- keys ---------------------------------------------------------------
@@ -261,7 +266,7 @@ class Datastore:
                         'with its X-Context to resolve them' % len(kept), limit=self.config.max_siblings)
                 return version
             try:
-                held, version = self.call(coordinator, 'coordinate', bucket, key, decide)
+                held, version = self.call(coordinator, 'coordinate', bucket, key, decide, w < self.n)
                 break
             except PartitionError as e:
                 failures[coordinator] = e.reason
@@ -293,7 +298,12 @@ class Datastore:
                     continue
 
         others = [p for p in preference if p != coordinator]
-        landed, more_failures = self._fan_out(others, replicate, launch=len(others), needed=w - 1)
+        unfinished = {}
+        landed, more_failures = self._fan_out(others, replicate, launch=len(others), needed=w - 1,
+                                              unfinished=unfinished)
+        if w < self.n:
+            self.executor.submit(self._settle, coordinator, bucket, key, version, unfinished,
+                                 all(p in landed for p in others if p not in unfinished.values()))
         acknowledged = [coordinator] + sorted(p for p, where in landed.items() if where == p)
         hints = {p: where for p, where in landed.items() if where != p}
         down = {p: reason for p, reason in dict(failures, **more_failures).items()
@@ -307,6 +317,19 @@ class Datastore:
         return Receipt(version=version, created=not live(held), context=version.full_clock,
                        preference_list=preference, acknowledged=acknowledged,
                        coordinator=coordinator, hints=hints, down=down)
+
+    def _settle(self, coordinator, bucket, key, version, unfinished, landed_so_far):
+        """After a lazy write returned: once every other replica holds the version
+        (or a hint for it), drop its pending marker.  A marker left behind (a
+        crash, a failure) is the reconciler's to push on."""
+        done, _ = concurrent.futures.wait(unfinished, timeout=self.timeout)
+        if not landed_so_far or len(done) < len(unfinished) or any(f.exception() for f in done):
+            log.info('lazy write of %s/%s left pending', bucket, key)
+            return
+        try:
+            self.call(coordinator, 'clear_pending', bucket, key, version.version_id)
+        except PartitionError as e:
+            log.info('pending marker of %s/%s not cleared: %s', bucket, key, e)
 
     # -- hinted handoff --------------------------------------------------------
 

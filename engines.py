@@ -5,7 +5,7 @@ rings, quorums or HTTP.  SQLite and MySQL/MariaDB share the SQL; they differ
 only in how they connect, how a write transaction locks, and the placeholder.
 
     read(bucket, key)                -> [Version]
-    coordinate(bucket, key, decide)  -> (held, new version)   locked read-decide-write
+    coordinate(bucket, key, decide, pending) -> (held, new version)  locked read-decide-write
     apply(bucket, key, version)      -> True if stored          a replica takes a version
     scan(bucket, prefix, after, limit) -> [(key, Version)]      byte order, no values
     hints: store_hint(), read_hints(), hints_for(), delete_hint(), hint_counts()
@@ -21,6 +21,7 @@ import time
 
 import pymysql
 
+from ring import key_point
 from versions import Version, decode_version_clock, encode_version_clock, reconcile
 
 log = logging.getLogger('kvstore.engines')
@@ -188,8 +189,9 @@ class SQLEngine:
         for version_id in drop_ids:
             self._execute(cursor, 'DELETE FROM objects WHERE bucket = ? AND key_name = ? AND version_id = ?',
                           (b, k, version_id.encode()))
-        self._execute(cursor, 'INSERT INTO objects (bucket, key_name, ' + COLUMNS + ')'
-                      ' VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)', (b, k) + self._version_columns(version))
+        self._execute(cursor, 'INSERT INTO objects (bucket, key_name, ' + COLUMNS + ', point)'
+                      ' VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+                      (b, k) + self._version_columns(version) + (key_point(bucket, key),))
 
     @staticmethod
     def _version_columns(version):
@@ -201,14 +203,24 @@ class SQLEngine:
         with self._cursor() as cursor:
             return self._held(cursor, bucket, key)
 
-    def coordinate(self, bucket, key, decide):
-        """Lock the key, let decide(held) make the new version, store it."""
+    def coordinate(self, bucket, key, decide, pending=False):
+        """Lock the key, let decide(held) make the new version, store it; with
+        pending, also mark it as not yet on every replica, in the same transaction."""
         def work(cursor):
             held = self._held(cursor, bucket, key)
             version = decide(held)
             self._store(cursor, bucket, key, [v.version_id for v in held if version.supersedes(v)], version)
+            if pending:
+                self._execute(cursor, 'INSERT INTO pending (bucket, key_name, version_id, created)'
+                              ' VALUES (?, ?, ?, ?)', (bucket.encode(), key.encode(),
+                                                       version.version_id.encode(), time.time_ns() // 1000))
             return held, version
         return self._transaction(work)
+
+    def clear_pending(self, bucket, key, version_id):
+        with self._cursor() as cursor:
+            self._execute(cursor, 'DELETE FROM pending WHERE bucket = ? AND key_name = ? AND version_id = ?',
+                          (bucket.encode(), key.encode(), version_id.encode()))
 
     def apply(self, bucket, key, version):
         """Take in a version written elsewhere; keep siblings it does not supersede."""

@@ -1,6 +1,6 @@
 """Placement: a consistent-hash ring with virtual nodes and weights.
 
-Each partition owns `vnodes * weight` points on a 64-bit ring.  A key's
+Each partition owns `vnodes * weight` points on a 63-bit ring.  A key's
 preference list is the first N distinct partitions met walking clockwise from
 the key's own point, so adding or removing a partition only moves the keys
 whose arcs it takes or gives back (about 1/P of them), not most keys as
@@ -11,8 +11,8 @@ import hashlib
 
 
 def ring_point(data):
-    """A 64-bit position on the ring for bytes."""
-    return int.from_bytes(hashlib.md5(data).digest()[:8], 'big')
+    """A 63-bit position on the ring for bytes (it fits a signed BIGINT)."""
+    return int.from_bytes(hashlib.md5(data).digest()[:8], 'big') >> 1
 
 
 def key_point(bucket, key):
