@@ -34,6 +34,8 @@ web.config.debug = os.environ.get('WEBPY_ENV') == 'development'
 
 urls = (
     '/', 'Index',
+    '/cluster', 'Cluster',
+    '/cluster/gossip', 'ClusterGossip',
     '/buckets', 'Buckets',
     '/buckets/([^/]+)', 'Bucket',
     '/buckets/([^/]+)/keys', 'Keys',
@@ -53,6 +55,7 @@ STATUS = {
     'internal_error': '500 Internal Server Error',
 }
 DOCUMENT_TYPES = [m for short in documents.RENDERERS for m in mimerender._get_mime_types(short)]
+MULTIPART = 'multipart/mixed'
 FORM_TYPES = ('application/x-www-form-urlencoded', 'multipart/form-data')
 TEXTUAL = ('text/', 'application/json', 'application/xml', 'application/javascript')
 BUCKET_PROPERTIES = {'conflicts': ('siblings', 'lww')}
@@ -210,6 +213,7 @@ class Index:
             'documentation': 'docs/API.md',
             'endpoints': [
                 {'method': m, 'path': p, 'does': d} for m, p, d in (
+                    ('GET', '/cluster', 'partition health, hints waiting, gossip'),
                     ('GET', '/buckets', 'list buckets'),
                     ('PUT', '/buckets/{bucket}', 'create a bucket or set its properties'),
                     ('GET', '/buckets/{bucket}', 'a bucket\'s properties and key count'),
@@ -223,6 +227,24 @@ class Index:
                 )],
             'replicas': store().n, 'r': store().config.r, 'w': store().config.w,
         })
+
+
+class Cluster:
+    def GET(self):
+        return respond('cluster', store().cluster_status())
+
+
+class ClusterGossip:
+    """Front ends exchange partition health here (gossip.py)."""
+
+    def POST(self):
+        try:
+            view = json.loads(web.data())['partitions']
+            if not isinstance(view, dict):
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            raise BadRequest('bad_body', 'gossip is a JSON object {"partitions": {name: observation}}')
+        return respond('gossip', {'partitions': store().gossip.receive(view)})
 
 
 class Buckets:
@@ -354,6 +376,17 @@ class Key:
         return respond('receipt', doc)
 
 
+def prefers(media_type):
+    """Is media_type the client's first choice over every document type?"""
+    accept = web.ctx.env.get('HTTP_ACCEPT')
+    if not accept:
+        return False
+    try:
+        return mimeparse.best_match([media_type] + DOCUMENT_TYPES[::-1], accept) == media_type
+    except mimeparse.MimeTypeParseException:
+        return False
+
+
 def accepts_stored_type(content_type):
     """Does the client's Accept admit the type the value was stored with?"""
     accept = web.ctx.env.get('HTTP_ACCEPT')
@@ -366,7 +399,17 @@ def accepts_stored_type(content_type):
 
 
 def siblings_response(bucket, key, read):
-    """300 Multiple Choices: concurrent versions the client must resolve."""
+    """300 Multiple Choices: concurrent versions the client must resolve, as a
+    document, or as multipart/mixed with each sibling's raw value when asked."""
+    web.header('Vary', 'Accept')
+    if prefers(MULTIPART):
+        boundary = uuid.uuid4().hex
+        parts = [b'--%s\r\nContent-Type: %s\r\nETag: %s\r\nLast-Modified: %s\r\n\r\n%s\r\n' % (
+            boundary.encode(), v.content_type.encode(), v.etag.encode(),
+            http_date(v.modified).encode(), v.value) for v in read.current]
+        web.ctx.status = '300 Multiple Choices'
+        web.header('Content-Type', '%s; boundary=%s' % (MULTIPART, boundary))
+        return b''.join(parts) + b'--%s--\r\n' % boundary.encode()
     siblings = [value_document(v) for v in read.current]
     return respond('siblings', {
         'bucket': bucket, 'key': key, 'context': encode_context(read.context),
@@ -408,6 +451,7 @@ def create_application(datastore=None):
         return handler()
 
     app.add_processor(attach_store)
+    datastore.gossip.start()
     wsgi = app.wsgifunc()
     wsgi.datastore = datastore
     wsgi.webapp = app

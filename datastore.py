@@ -29,6 +29,7 @@ import threading
 import configuration
 from engines import PartitionError, open_engine
 from errors import BadRequest, BucketNotEmpty, NotFound, TooLarge, TooManySiblings, Unavailable
+from gossip import Gossip
 from health import Health
 from ring import Ring
 from versions import Version, context_of, live, next_dot, reconcile, resolve
@@ -74,6 +75,10 @@ class KeyPage:
     next_after: str           # the last key listed when more follow, else None
 
 
+def iso_time(seconds):
+    return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(seconds))
+
+
 class Datastore:
     def __init__(self, config):
         self.config = config
@@ -81,6 +86,8 @@ class Datastore:
         self.engines = {p.name: open_engine(p, config) for p in config.partitions}
         self.ring = Ring({p.name: p.weight for p in config.partitions}, config.vnodes)
         self.health = Health(self.engines, config.backoff, config.max_backoff)
+        self.gossip = Gossip(self.health, config.peers, config.gossip_interval,
+                             on_recovered=lambda name: self.executor.submit(self.hand_off, name))
         self._bucket_cache = {}
         self._handoffs = set()
         self._handoff_lock = threading.Lock()
@@ -94,6 +101,7 @@ class Datastore:
         return cls(configuration.load(path))
 
     def close(self):
+        self.gossip.stop()
         self.executor.shutdown(wait=True)
         for engine in self.engines.values():
             engine.close()
@@ -277,15 +285,16 @@ class Datastore:
         spare_lock = threading.Lock()
 
         def replicate(owner):
-            """Write the owner's replica, or failing that a hint for it: where it landed."""
-            if owner not in failures:
+            """Write the owner's replica, or failing that a hint for it on the next
+            fallback no other hint of this write took: (where it landed, why not
+            on the owner)."""
+            reason = failures.get(owner)
+            if reason is None:
                 try:
                     self.call(owner, 'apply', bucket, key, version)
-                    return owner
+                    return owner, None
                 except PartitionError as e:
                     reason = e.reason
-            else:
-                reason = failures[owner]
             while True:
                 with spare_lock:
                     fallback = next(spare, None)
@@ -293,21 +302,21 @@ class Datastore:
                     raise PartitionError(owner, reason)
                 try:
                     self.call(fallback, 'store_hint', owner, bucket, key, version)
-                    return fallback
+                    return fallback, reason
                 except PartitionError:
                     continue
 
         others = [p for p in preference if p != coordinator]
         unfinished = {}
-        landed, more_failures = self._fan_out(others, replicate, launch=len(others), needed=w - 1,
-                                              unfinished=unfinished)
+        landed, not_landed = self._fan_out(others, replicate, launch=len(others), needed=w - 1,
+                                           unfinished=unfinished)
         if w < self.n:
             self.executor.submit(self._settle, coordinator, bucket, key, version, unfinished,
-                                 all(p in landed for p in others if p not in unfinished.values()))
-        acknowledged = [coordinator] + sorted(p for p, where in landed.items() if where == p)
-        hints = {p: where for p, where in landed.items() if where != p}
-        down = {p: reason for p, reason in dict(failures, **more_failures).items()
-                if p != coordinator and landed.get(p) != p}
+                                 not not_landed)
+        acknowledged = [coordinator] + sorted(p for p, (where, _) in landed.items() if where == p)
+        hints = {p: where for p, (where, _) in landed.items() if where != p}
+        down = dict(not_landed, **{p: reason for p, (_, reason) in landed.items() if reason})
+        down.update((p, reason) for p, reason in failures.items() if p != coordinator)
         if len(acknowledged) + len(hints) < w:
             raise Unavailable('%d of the %d replicas needed for a write acknowledged it; '
                               'it may have been applied on %s'
@@ -362,10 +371,29 @@ class Datastore:
                 self._handoffs.discard(target)
         return delivered, left
 
-    def hint_counts(self):
-        """{holder: {target: (count, oldest created)}} over the partitions that answer."""
-        found, _ = self._everywhere(lambda p: self.call(p, 'hint_counts'))
-        return found
+    def cluster_status(self):
+        """What this front end knows of the partitions: health, and the hints
+        each holds for others (counted on the partitions that answer)."""
+        held, _ = self._everywhere(lambda p: self.call(p, 'hint_counts'))
+        view = self.health.view()
+        expired_before = time.time() - self.config.hint_window
+        partitions = []
+        for p in self.config.partitions:
+            seen = view[p.name]
+            waiting = [counts[p.name] for counts in held.values() if p.name in counts]
+            partitions.append({
+                'name': p.name, 'engine': p.engine, 'weight': p.weight,
+                'state': seen['state'], 'since': iso_time(seen['since']),
+                'last_error': seen['last_error'],
+                'hints_waiting': sum(count for count, _ in waiting),
+                'hints_expired': sum(count for count, oldest in waiting
+                                     if oldest / 1e6 < expired_before),
+                'hints_held': sum(c for c, _ in held[p.name].values()) if p.name in held else None,
+            })
+        return {'replicas': self.n, 'r': self.config.r, 'w': self.config.w,
+                'partitions': partitions,
+                'gossip': {'peers': ['%s:%d' % peer for peer in self.config.peers],
+                           'interval': self.config.gossip_interval, 'rounds': self.gossip.rounds}}
 
     def list_keys(self, bucket, prefix='', limit=1000, after=None):
         """A page of live keys in byte order, merged across every partition.

@@ -140,7 +140,7 @@ class SQLEngine:
                 finally:
                     cursor.close()
         except self.db_errors as e:
-            log.warning('partition %s failed: %s', self.name, e)
+            log.info('partition %s failed: %s', self.name, e)
             raise PartitionError(self.name, self._describe(e)) from None
 
     def _describe(self, error):
@@ -387,6 +387,8 @@ class MySQLEngine(SQLEngine):
         code = error.args[0] if error.args and isinstance(error.args[0], int) else None
         if code in RETRYABLE_MYSQL:
             return 'lock conflict'
+        if not code:
+            return 'connection lost'
         if isinstance(error, pymysql.OperationalError):
             return 'unreachable or failing (MySQL error %s)' % code
         return 'MySQL error %s' % code

@@ -6,8 +6,11 @@ timeouts.  When the backoff has passed the partition is suspect: one request
 probes it, and its outcome decides.  Views are shared between front ends by
 gossip (gossip.py): for each partition the newest observation wins.
 """
+import logging
 import threading
 import time
+
+log = logging.getLogger('kvstore.health')
 
 UP, DOWN, SUSPECT = 'up', 'down', 'suspect'
 
@@ -65,6 +68,7 @@ class Health:
             p.retry_at = now + min(self.max_backoff, self.backoff * 2 ** (p.failures - 1))
             if p.state == UP:
                 p.since = now
+                log.warning('partition %s is down: %s', name, reason)
             p.state, p.observed, p.last_error, p.probing = DOWN, now, reason, False
 
     def is_down(self, name):

@@ -1,0 +1,303 @@
+"""Partitions fail: real mariadbd servers killed, paused and cut off.
+
+Four partitions, N=3, R=2, W=2.  Every test gives its servers back (restarted,
+resumed) so the shared cluster is whole for the next one.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import unittest
+import urllib.request
+
+from test import support
+from test.mariadb import shared_cluster
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = dict(connect_timeout=0.5, read_timeout=1.0, backoff=0.3, max_backoff=1.0)
+
+
+def keys_on(store, bucket, partition, count, owner=True, prefix='k'):
+    """Keys whose preference list does (or does not) include partition."""
+    found, i = [], 0
+    while len(found) < count:
+        key = '%s%d' % (prefix, i)
+        if (partition in store.ring.preference_list(bucket, key, 3)) == owner:
+            found.append(key)
+        i += 1
+    return found
+
+
+def server_of(cluster, name):
+    return cluster.servers[int(name[1:]) - 1]
+
+
+def wait_until(condition, timeout, interval=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
+
+
+class FailureCase(unittest.TestCase):
+    def setUp(self):
+        self.cluster = shared_cluster()
+        self.partitions = support.mariadb_partitions(self.cluster)
+        self.store = support.open_store(self.partitions, **FAST)
+        self.app = support.web_app(self.store)
+        self.bucket = support.unique()
+
+    def tearDown(self):
+        self.store.close()
+        shared_cluster()  # restarts killed servers, resumes paused ones
+
+    def put(self, store_app, key, value, status=None, params=''):
+        return store_app.put('/buckets/%s/keys/%s%s' % (self.bucket, key, params), value,
+                             headers={'Content-Type': 'text/plain'}, status=status)
+
+    def replica_versions(self, key):
+        """{owner: [version ids]} read straight from each owner's database."""
+        return {p: sorted(v.version_id for v in self.store.engines[p].read(self.bucket, key))
+                for p in self.store.ring.preference_list(self.bucket, key, 3)}
+
+
+class TestOnePartitionKilled(FailureCase):
+    def test_writes_and_reads_go_on_and_replicas_converge_after_restart(self):
+        victim = 'p2'
+        keys = keys_on(self.store, self.bucket, victim, 20) + keys_on(self.store, self.bucket, victim, 10, False)
+        for key in keys:
+            self.put(self.app, key, b'before')
+        server_of(self.cluster, victim).kill()
+        for key in keys:
+            receipt = self.put(self.app, key, b'after ' + key.encode(), params='?w=all').json
+            if victim in receipt['preference_list']:
+                self.assertIn(victim, receipt['down'])
+                self.assertIn(victim, receipt['hints'])
+                self.assertNotIn(receipt['hints'][victim], receipt['preference_list'])
+        for key in keys:
+            self.assertEqual(self.app.get('/buckets/%s/keys/%s' % (self.bucket, key)).body,
+                             b'after ' + key.encode())
+        cluster = self.app.get('/cluster').json
+        state = {p['name']: p for p in cluster['partitions']}
+        self.assertEqual(state[victim]['state'], 'down')
+        self.assertEqual(state[victim]['hints_waiting'], 20)
+
+        server_of(self.cluster, victim).restart()
+        # The next request after the backoff probes the partition; its recovery
+        # starts the hand-off of the hints held for it.
+        self.assertTrue(wait_until(lambda: (self.app.get('/buckets/%s/keys' % self.bucket) and
+                                            not self.store.health.is_down(victim)), 10))
+        self.assertTrue(wait_until(lambda: {p['name']: p for p in self.app.get('/cluster').json['partitions']}
+                                   [victim]['hints_waiting'] == 0, 20))
+        for key in keys:
+            replicas = self.replica_versions(key)
+            self.assertEqual(len(set(map(tuple, replicas.values()))), 1, (key, replicas))
+            self.assertEqual(len(next(iter(replicas.values()))), 1)
+
+    def test_a_delete_made_while_a_replica_was_down_stays_deleted(self):
+        victim = 'p3'
+        key = keys_on(self.store, self.bucket, victim, 1)[0]
+        self.put(self.app, key, b'doomed', params='?w=all')
+        server_of(self.cluster, victim).kill()
+        self.assertEqual(self.app.delete('/buckets/%s/keys/%s' % (self.bucket, key)).status_int, 200)
+        server_of(self.cluster, victim).restart()
+        # A fresh front end, which knows nothing of hints, reads every replica.
+        fresh = support.open_store(self.partitions, **FAST)
+        try:
+            self.assertEqual(fresh.engines[victim].read(self.bucket, key)[0].value, b'doomed')
+            self.assertEqual(fresh.get(self.bucket, key, r=3).current, [])
+            self.assertEqual(fresh.list_keys(self.bucket).keys, [])
+            # Read repair and the hand-off carry the tombstone to the returned replica.
+            fresh.hand_off(victim)
+            self.assertTrue(wait_until(lambda: fresh.engines[victim].read(self.bucket, key)[0].deleted, 5))
+            self.assertEqual(fresh.get(self.bucket, key, r=3).current, [])
+        finally:
+            fresh.close()
+
+
+class TestTwoPartitionsDown(FailureCase):
+    def test_writes_that_lost_two_replicas_succeed_through_a_hint(self):
+        down = ('p1', 'p2')
+        keys = [k for k in keys_on(self.store, self.bucket, 'p1', 60)
+                if 'p2' in self.store.ring.preference_list(self.bucket, k, 3)][:5]
+        self.assertTrue(keys)
+        for name in down:
+            server_of(self.cluster, name).kill()
+        for key in keys:
+            # W=2: the one owner left, and a hint on the one partition outside
+            # the preference list (each hint of a write takes a partition of its own).
+            receipt = self.put(self.app, key, b'hinted').json
+            self.assertEqual(len(receipt['acknowledged']), 1)
+            self.assertNotIn(receipt['acknowledged'][0], down)
+            self.assertEqual(len(receipt['hints']), 1)
+            self.assertIn(next(iter(receipt['hints'])), down)
+            self.assertNotIn(next(iter(receipt['hints'].values())), receipt['preference_list'])
+            self.assertEqual(self.app.get('/buckets/%s/keys/%s' % (self.bucket, key)).body, b'hinted')
+
+    def test_too_few_replicas_is_503_naming_them_with_retry_after(self):
+        for name in ('p1', 'p2', 'p3', 'p4'):
+            server_of(self.cluster, name).kill()
+        response = self.put(self.app, 'k', b'x', status=503)
+        self.assertEqual(response.json['code'], 'unavailable')
+        self.assertEqual(len(response.json['failed']), 3)
+        self.assertEqual(response.headers['Retry-After'], '1')
+        response = self.app.get('/buckets/%s/keys/k' % self.bucket, status=503)
+        self.assertEqual(response.json['code'], 'unavailable')
+
+
+class TestPausedPartition(FailureCase):
+    def test_requests_finish_within_the_timeout_and_it_is_reported_down(self):
+        victim = 'p4'
+        keys = keys_on(self.store, self.bucket, victim, 6)
+        for key in keys:
+            self.put(self.app, key, b'v')
+        server_of(self.cluster, victim).pause()
+        limit = FAST['connect_timeout'] + FAST['read_timeout'] + 1.0
+        for key in keys:
+            started = time.monotonic()
+            self.put(self.app, key, b'while paused')
+            self.assertEqual(self.app.get('/buckets/%s/keys/%s' % (self.bucket, key)).body, b'while paused')
+            self.assertLess(time.monotonic() - started, limit, key)
+        state = {p['name']: p for p in self.app.get('/cluster').json['partitions']}
+        self.assertIn(state[victim]['state'], ('down', 'suspect'))
+        self.assertTrue(state[victim]['last_error'])
+
+
+class TestSplit(FailureCase):
+    def test_writes_on_both_sides_of_a_split_become_siblings_and_a_merge_resolves_them(self):
+        key = 'split-key'
+        owners = self.store.ring.preference_list(self.bucket, key, 3)
+        first = self.put(self.app, key, b'base', params='?w=all')
+        context = first.headers['X-Context']
+
+        def cut_off(names):
+            """A front end that cannot reach the named partitions (a closed port)."""
+            dead = socket.socket()
+            dead.bind(('127.0.0.1', 0))
+            port = dead.getsockname()[1]
+            dead.close()
+            parts = {n: (dict(f, port=port) if n in names else f) for n, f in self.partitions.items()}
+            return support.open_store(parts, **FAST)
+
+        left, right = cut_off(owners[1:]), cut_off(owners[:1])
+        try:
+            left_app, right_app = support.web_app(left), support.web_app(right)
+            for app, value in ((left_app, b'left'), (right_app, b'right')):
+                app.put('/buckets/%s/keys/%s?w=1' % (self.bucket, key), value,
+                        headers={'Content-Type': 'text/plain', 'X-Context': context})
+        finally:
+            left.close()
+            right.close()
+        choices = self.app.get('/buckets/%s/keys/%s?r=all' % (self.bucket, key), status=300)
+        self.assertEqual(sorted(s['value'] for s in choices.json['siblings']), ['left', 'right'])
+        multipart = self.app.get('/buckets/%s/keys/%s?r=all' % (self.bucket, key),
+                                 headers={'Accept': 'multipart/mixed'}, status=300)
+        self.assertTrue(multipart.headers['Content-Type'].startswith('multipart/mixed; boundary='))
+        self.assertIn(b'\r\n\r\nleft\r\n', multipart.body)
+        self.app.put('/buckets/%s/keys/%s?w=all' % (self.bucket, key), b'merged',
+                     headers={'Content-Type': 'text/plain', 'X-Context': choices.headers['X-Context']})
+        self.assertEqual(self.app.get('/buckets/%s/keys/%s?r=all' % (self.bucket, key)).body, b'merged')
+
+    def test_last_writer_wins_buckets_never_show_siblings(self):
+        self.app.put('/buckets/' + self.bucket, json.dumps({'conflicts': 'lww'}))
+        context = self.put(self.app, 'k', b'base').headers['X-Context']
+        for value in (b'one', b'two'):
+            self.app.put('/buckets/%s/keys/k' % self.bucket, value,
+                         headers={'Content-Type': 'text/plain', 'X-Context': context})
+        self.assertEqual(self.app.get('/buckets/%s/keys/k?r=all' % self.bucket).body, b'two')
+
+    def test_sibling_count_has_a_hard_cap(self):
+        store = support.open_store(self.partitions, max_siblings=3, **FAST)
+        app = support.web_app(store)
+        try:
+            context = self.put(app, 'k', b'base').headers['X-Context']
+            for i in range(3):
+                app.put('/buckets/%s/keys/k' % self.bucket, b'v%d' % i,
+                        headers={'Content-Type': 'text/plain', 'X-Context': context})
+            refused = app.put('/buckets/%s/keys/k' % self.bucket, b'one too many',
+                              headers={'Content-Type': 'text/plain', 'X-Context': context}, status=409)
+            self.assertEqual(refused.json['code'], 'too_many_siblings')
+            self.assertEqual(len(app.get('/buckets/%s/keys/k' % self.bucket, status=300).json['siblings']), 3)
+        finally:
+            store.close()
+
+
+class TestGossip(unittest.TestCase):
+    """Two real controller processes that gossip partition health."""
+
+    def setUp(self):
+        self.cluster = shared_cluster()
+        self.directory = support.TemporaryDirectory()
+        self.ports = [free_port(), free_port()]
+        partitions = support.mariadb_partitions(self.cluster)
+        self.processes = []
+        for i, port in enumerate(self.ports):
+            peer = self.ports[1 - i]
+            path = os.path.join(self.directory.path, 'front%d.cfg' % i)
+            write_config(path, partitions, peers='127.0.0.1:%d' % peer, gossip_interval=0.2)
+            env = dict(os.environ, STORE_CONFIG=path, WEBPY_ENV='test')
+            self.processes.append(subprocess.Popen(
+                [sys.executable, os.path.join(HERE, 'controller.py'), '127.0.0.1:%d' % port],
+                cwd=HERE, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for port in self.ports:
+            self.assertTrue(wait_until(lambda: reachable(port), 20))
+
+    def tearDown(self):
+        for process in self.processes:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.directory.remove()
+        shared_cluster()
+
+    def view_of(self, port):
+        """A front end's view, asked through gossip so that it probes nothing."""
+        request = urllib.request.Request('http://127.0.0.1:%d/cluster/gossip' % port,
+                                         data=json.dumps({'partitions': {}}).encode(),
+                                         headers={'Content-Type': 'application/json'})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read())['partitions']
+
+    def test_a_partition_one_front_end_finds_down_is_reported_down_by_the_other(self):
+        first, second = self.ports
+        self.assertEqual(self.view_of(second)['p1']['state'], 'up')
+        server_of(self.cluster, 'p1').kill()
+        # Writes through the first front end meet the dead partition.
+        for i in range(10):
+            urllib.request.urlopen(urllib.request.Request(
+                'http://127.0.0.1:%d/buckets/gossip/keys/k%d' % (first, i), data=b'v', method='PUT',
+                headers={'Content-Type': 'text/plain'}), timeout=10).read()
+        self.assertEqual(self.view_of(first)['p1']['state'], 'down')
+        # Rounds every 0.2 s: within 15 rounds the second one knows too.
+        self.assertTrue(wait_until(lambda: self.view_of(second)['p1']['state'] == 'down', 3.0))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def reachable(port):
+    try:
+        socket.create_connection(('127.0.0.1', port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+def write_config(path, partitions, peers='', gossip_interval=1.0):
+    lines = ['[store]', 'replicas = 3', 'r = 2', 'w = 2']
+    lines += ['%s = %s' % item for item in FAST.items()]
+    lines += ['', '[cluster]', 'peers = ' + peers, 'gossip_interval = %s' % gossip_interval]
+    for name, fields in partitions.items():
+        lines += ['', '[partition-%s]' % name] + ['%s = %s' % item for item in fields.items()]
+    with open(path, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
