@@ -32,7 +32,7 @@ from errors import BadRequest, BucketNotEmpty, NotFound, TooLarge, TooManySiblin
 from gossip import Gossip
 from health import Health
 from ring import Ring
-from versions import Version, context_of, live, next_dot, reconcile, resolve
+from versions import Version, context_of, live, next_dot, prune, reconcile, resolve
 
 log = logging.getLogger('kvstore.datastore')
 BUCKET_NAME = re.compile(r'[a-z0-9][a-z0-9._-]{0,62}\Z')
@@ -266,6 +266,7 @@ class Datastore:
                 if check:
                     check(live(held))
                 seen = context if context is not None else context_of(held)
+                seen = prune(seen, self.engines, max(8, 2 * len(self.engines)))
                 version = make(seen, next_dot(coordinator, held, seen))
                 kept = [v for v in held if not version.supersedes(v)]
                 if len(kept) >= self.config.max_siblings:

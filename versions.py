@@ -13,6 +13,9 @@ import time
 import uuid
 
 
+MAX_CONTEXT_ACTORS = 256
+
+
 class BadContext(ValueError):
     """A causal context sent by a client could not be decoded."""
 
@@ -60,7 +63,7 @@ def decode_context(text):
         clock = json.loads(decode_token(text))
     except (ValueError, UnicodeError):
         raise BadContext('the context is not one this store issued')
-    if not isinstance(clock, dict) or not all(
+    if not isinstance(clock, dict) or len(clock) > MAX_CONTEXT_ACTORS or not all(
             isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v > 0
             for k, v in clock.items()):
         raise BadContext('the context is not one this store issued')
@@ -126,6 +129,17 @@ def decode_version_clock(data):
     """(seen clock, dot) from the stored column."""
     stored = decode_clock(data)
     return stored['seen'], tuple(stored['dot'])
+
+
+def prune(clock, actors, limit):
+    """Bound a clock's size: past `limit` entries, drop those of actors no longer
+    configured, smallest counters first.  Forgetting an entry can only make an
+    old version look concurrent (a sibling), never make a write disappear."""
+    if len(clock) <= limit:
+        return clock
+    removable = sorted((count, actor) for actor, count in clock.items() if actor not in actors)
+    drop = {actor for _, actor in removable[:len(clock) - limit]}
+    return {actor: count for actor, count in clock.items() if actor not in drop}
 
 
 def next_dot(actor, held, context):

@@ -301,3 +301,23 @@ def write_config(path, partitions, peers='', gossip_interval=1.0):
         lines += ['', '[partition-%s]' % name] + ['%s = %s' % item for item in fields.items()]
     with open(path, 'w') as f:
         f.write('\n'.join(lines) + '\n')
+
+
+class TestReadRepair(FailureCase):
+    def test_a_read_writes_the_current_version_back_to_stale_and_missing_replicas(self):
+        key = 'repair-me'
+        owners = self.store.ring.preference_list(self.bucket, key, 3)
+        self.put(self.app, key, b'old', params='?w=all')
+        old_version = self.store.engines[owners[0]].read(self.bucket, key)[0]
+        self.put(self.app, key, b'new', params='?w=all')
+        current = self.store.engines[owners[0]].read(self.bucket, key)
+        # One replica goes back to the old version and another loses the key, as
+        # a restore from an old backup would leave them.
+        stale, missing = owners[1], owners[2]
+        self.store.engines[stale].drop_keys(self.bucket)
+        self.store.engines[stale].apply(self.bucket, key, old_version)
+        self.store.engines[missing].drop_keys(self.bucket)
+        self.assertEqual(self.app.get('/buckets/%s/keys/%s?r=all' % (self.bucket, key)).body, b'new')
+        self.assertTrue(wait_until(lambda: all(
+            [v.version_id for v in self.store.engines[p].read(self.bucket, key)] == [current[0].version_id]
+            for p in owners), 5))
