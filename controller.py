@@ -80,7 +80,9 @@ def _negotiated(root, document, status, headers, format_override):
 
 def respond(root, document, status='200 OK', headers=None, format_override=None):
     """A document in the representation the client's Accept header prefers."""
-    return _negotiated(root, document, status, headers or {}, format_override)
+    body = _negotiated(root, document, status, headers or {}, format_override).encode('utf-8')
+    web.header('Content-Length', str(len(body)))
+    return body
 
 
 def document_format():
@@ -350,15 +352,14 @@ class Key:
             return b''
         if accepts_stored_type(version.content_type):
             web.header('Content-Type', version.content_type)
+            web.header('Content-Length', str(len(version.value)))
             web.header('Vary', 'Accept')
             return version.value
         doc = dict(bucket=bucket, key=key, context=encode_context(read.context), **value_document(version))
         return respond('record', doc)
 
     def HEAD(self, bucket, key):
-        body = self.GET(bucket, key)
-        body = body.encode('utf-8') if isinstance(body, str) else body
-        web.header('Content-Length', str(len(body)))
+        self.GET(bucket, key)  # the same headers, Content-Length included
         return b''
 
     def PUT(self, bucket, key):
@@ -407,9 +408,11 @@ def siblings_response(bucket, key, read):
         parts = [b'--%s\r\nContent-Type: %s\r\nETag: %s\r\nLast-Modified: %s\r\n\r\n%s\r\n' % (
             boundary.encode(), v.content_type.encode(), v.etag.encode(),
             http_date(v.modified).encode(), v.value) for v in read.current]
+        body = b''.join(parts) + b'--%s--\r\n' % boundary.encode()
         web.ctx.status = '300 Multiple Choices'
         web.header('Content-Type', '%s; boundary=%s' % (MULTIPART, boundary))
-        return b''.join(parts) + b'--%s--\r\n' % boundary.encode()
+        web.header('Content-Length', str(len(body)))
+        return body
     siblings = [value_document(v) for v in read.current]
     return respond('siblings', {
         'bucket': bucket, 'key': key, 'context': encode_context(read.context),

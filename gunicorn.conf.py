@@ -11,6 +11,8 @@ workers = int(os.environ.get('WORKERS', '2'))
 worker_class = 'gthread'
 threads = int(os.environ.get('THREADS', '8'))
 keepalive = 5
+# No shared control socket under $HOME: several stores may run on one host.
+control_socket_disable = True
 accesslog = '-' if os.environ.get('ACCESS_LOG') else None
 wsgi_app = 'controller:create_application()'
 

@@ -1,0 +1,249 @@
+"""Versions of a key (versions.py): dotted version vectors and how replicas
+reconcile them.
+
+A version names its own write event (`dot`: coordinator, counter) apart from
+what its writer had seen (`clock`).  A write supersedes exactly the versions
+its writer had seen; writes that did not see each other survive as siblings.
+"""
+import base64
+import dataclasses
+import json
+import unittest
+
+from versions import (BadContext, Version, context_of, decode_context, encode_context, next_dot,
+                      reconcile, resolve)
+
+
+def write(actor, held=(), context=None, value=b'v', content_type='text/plain'):
+    """A write coordinated by `actor` the way the datastore makes one: with the
+    client's context, or (without one) with the context of what the coordinator holds."""
+    seen = context if context is not None else context_of(held)
+    return Version.new(seen, next_dot(actor, held, seen), value, content_type)
+
+
+def as_read_from_another_replica(version):
+    """The same version as another replica returns it: an equal, separate object."""
+    return dataclasses.replace(version, clock=dict(version.clock))
+
+
+class TestVersionNew(unittest.TestCase):
+
+    def test_a_new_version_carries_its_value_clock_dot_and_digest(self):
+        version = Version.new({'p2': 4}, ('p1', 7), b'hello', 'text/plain')
+        self.assertEqual(version.value, b'hello')
+        self.assertEqual(version.content_type, 'text/plain')
+        self.assertEqual(version.clock, {'p2': 4})
+        self.assertEqual(version.dot, ('p1', 7))
+        self.assertFalse(version.deleted)
+        self.assertEqual(version.etag, '"2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"')
+        self.assertEqual(version.full_clock, {'p1': 7, 'p2': 4})
+
+    def test_every_new_version_has_its_own_id(self):
+        ids = {Version.new({}, ('p1', 1), b'same', 'text/plain').version_id for _ in range(100)}
+        self.assertEqual(len(ids), 100)
+
+    def test_a_tombstone_has_no_value(self):
+        tombstone = Version.new({'p1': 1}, ('p1', 2), b'ignored', '', deleted=True)
+        self.assertTrue(tombstone.deleted)
+        self.assertEqual(tombstone.value, b'')
+
+    def test_the_clock_is_a_copy_of_the_context(self):
+        context = {'p1': 1}
+        version = Version.new(context, ('p1', 2), b'v', 'text/plain')
+        context['p1'] = 99
+        self.assertEqual(version.clock, {'p1': 1})
+
+
+class TestSupersedes(unittest.TestCase):
+
+    def test_a_write_made_with_the_context_of_a_version_supersedes_it(self):
+        first = write('p1')
+        second = write('p1', held=[first], context=context_of([first]))
+        self.assertTrue(second.supersedes(first))
+        self.assertFalse(first.supersedes(second))
+
+    def test_a_version_does_not_supersede_itself(self):
+        version = write('p1')
+        self.assertFalse(version.supersedes(version))
+        self.assertFalse(version.supersedes(as_read_from_another_replica(version)))
+
+    def test_two_writes_with_the_same_stale_context_through_the_same_coordinator_are_siblings(self):
+        # The reason for dotted version vectors.  Both clients read `first` and
+        # write with its context through p1.  With plain vector clocks the
+        # second write's clock {p1: 3} would dominate the first's {p1: 2} and
+        # silently drop it; with dots, neither writer saw the other's write.
+        first = write('p1')
+        stale = context_of([first])
+        a = write('p1', held=[first], context=stale, value=b'a')
+        b = write('p1', held=[a], context=stale, value=b'b')  # p1 now holds a, not first
+        self.assertEqual(a.dot, ('p1', 2))
+        self.assertEqual(b.dot, ('p1', 3))
+        self.assertFalse(a.supersedes(b))
+        self.assertFalse(b.supersedes(a))
+        self.assertTrue(a.supersedes(first))
+        self.assertTrue(b.supersedes(first))
+
+    def test_writes_through_different_coordinators_without_each_others_context_are_siblings(self):
+        base = write('p1')
+        a = write('p1', held=[base], context=context_of([base]))
+        b = write('p2', held=[base], context=context_of([base]))
+        self.assertFalse(a.supersedes(b))
+        self.assertFalse(b.supersedes(a))
+
+    def test_a_write_with_the_context_of_two_siblings_supersedes_both(self):
+        first = write('p1')
+        a = write('p1', held=[first], context=context_of([first]))
+        b = write('p1', held=[a], context=context_of([first]))
+        merged = write('p2', held=[a, b], context=context_of([a, b]))
+        self.assertTrue(merged.supersedes(a))
+        self.assertTrue(merged.supersedes(b))
+
+    def test_when_two_versions_have_seen_each_other_exactly_one_supersedes_the_later(self):
+        # Only after a partition lost its counters; the order must stay total.
+        older = Version.new({'p1': 5}, ('p1', 5), b'old', 'text/plain')
+        newer = Version.new({'p1': 5}, ('p1', 5), b'new', 'text/plain')
+        older.modified, newer.modified = 1_000_000, 2_000_000
+        self.assertTrue(newer.supersedes(older))
+        self.assertFalse(older.supersedes(newer))
+
+
+class TestReconcile(unittest.TestCase):
+    """How a replica holding some versions takes in one sent by a coordinator."""
+
+    def test_an_incoming_version_already_held_changes_nothing(self):
+        held = write('p1')
+        self.assertEqual(reconcile([held], as_read_from_another_replica(held)), ([], False))
+
+    def test_an_incoming_version_superseded_by_a_held_one_changes_nothing(self):
+        old = write('p1')
+        new = write('p1', held=[old])
+        self.assertEqual(reconcile([new], old), ([], False))
+
+    def test_an_incoming_version_that_supersedes_held_ones_replaces_them(self):
+        first = write('p1')
+        a = write('p1', held=[first], context=context_of([first]))
+        b = write('p1', held=[a], context=context_of([first]))
+        resolved = write('p2', held=[a, b])
+        drop, keep = reconcile([a, b], resolved)
+        self.assertTrue(keep)
+        self.assertEqual(sorted(drop), sorted([a.version_id, b.version_id]))
+
+    def test_a_concurrent_incoming_version_is_kept_beside_the_held_one(self):
+        base = write('p1')
+        a = write('p1', held=[base], context=context_of([base]))
+        b = write('p2', held=[base], context=context_of([base]))
+        self.assertEqual(reconcile([a], b), ([], True))
+
+    def test_only_the_held_versions_the_incoming_one_supersedes_are_dropped(self):
+        base = write('p1')
+        a = write('p1', held=[base], context=context_of([base]))
+        b = write('p2', held=[base], context=context_of([base]))
+        after_a = write('p1', held=[a], context=context_of([a]))  # saw a, not b
+        drop, keep = reconcile([a, b], after_a)
+        self.assertTrue(keep)
+        self.assertEqual(drop, [a.version_id])
+
+    def test_a_replica_holding_nothing_keeps_the_incoming_version(self):
+        self.assertEqual(reconcile([], write('p1')), ([], True))
+
+
+class TestResolve(unittest.TestCase):
+    """Merging what several replicas answered into the current versions."""
+
+    def test_resolve_returns_the_versions_no_other_supersedes(self):
+        old = write('p1')
+        new = write('p1', held=[old])
+        current = resolve([[old], [new], [old]])
+        self.assertEqual([v.version_id for v in current], [new.version_id])
+
+    def test_resolve_keeps_concurrent_versions_once_each(self):
+        base = write('p1')
+        a = write('p1', held=[base], context=context_of([base]))
+        b = write('p2', held=[base], context=context_of([base]))
+        a.modified, b.modified = 1_000_000, 2_000_000
+        replies = [[a, b], [as_read_from_another_replica(a)],
+                   [as_read_from_another_replica(b), as_read_from_another_replica(a)], [base]]
+        current = resolve(replies)
+        # Deduplicated by version, oldest first.
+        self.assertEqual([v.version_id for v in current], [a.version_id, b.version_id])
+
+    def test_resolve_keeps_a_tombstone_that_supersedes_the_value(self):
+        value = write('p1')
+        seen = context_of([value])
+        tombstone = Version.new(seen, next_dot('p2', [value], seen), b'', '', deleted=True)
+        current = resolve([[value], [tombstone]])
+        self.assertEqual([v.version_id for v in current], [tombstone.version_id])
+
+    def test_resolve_of_no_replies_is_empty(self):
+        self.assertEqual(resolve([]), [])
+        self.assertEqual(resolve([[], []]), [])
+
+
+class TestNextDot(unittest.TestCase):
+
+    def test_the_first_write_of_a_coordinator_is_counter_one(self):
+        self.assertEqual(next_dot('p1', [], {}), ('p1', 1))
+
+    def test_next_dot_is_above_the_counters_of_held_versions(self):
+        held = [Version.new({'p1': 3}, ('p1', 5), b'a', 'text/plain'),
+                Version.new({'p1': 8}, ('p2', 1), b'b', 'text/plain')]
+        self.assertEqual(next_dot('p1', held, {}), ('p1', 9))
+        self.assertEqual(next_dot('p1', held, {'p1': 2}), ('p1', 9))
+
+    def test_next_dot_is_above_the_counter_in_the_context(self):
+        held = [Version.new({}, ('p1', 2), b'a', 'text/plain')]
+        self.assertEqual(next_dot('p1', held, {'p1': 7, 'p2': 40}), ('p1', 8))
+
+    def test_next_dot_ignores_other_coordinators_counters(self):
+        held = [Version.new({'p2': 10}, ('p3', 20), b'a', 'text/plain')]
+        self.assertEqual(next_dot('p1', held, {'p2': 30}), ('p1', 1))
+
+
+class TestContexts(unittest.TestCase):
+
+    def test_context_of_merges_every_version_with_its_dot(self):
+        a = Version.new({'p1': 2, 'p2': 1}, ('p1', 3), b'a', 'text/plain')
+        b = Version.new({'p1': 1, 'p3': 4}, ('p2', 6), b'b', 'text/plain')
+        self.assertEqual(context_of([a, b]), {'p1': 3, 'p2': 6, 'p3': 4})
+        self.assertEqual(context_of([]), {})
+
+    def test_an_encoded_context_decodes_to_the_same_clock(self):
+        for clock in ({}, {'p1': 1}, {'p1': 3, 'p2': 6, 'node-x_9': 2 ** 40}):
+            text = encode_context(clock)
+            self.assertIsInstance(text, str)
+            self.assertEqual(decode_context(text), clock)
+
+    def test_an_encoded_context_is_safe_in_a_header_and_a_url(self):
+        text = encode_context({'p1': 3, 'p2': 6, 'p3': 4})
+        self.assertRegex(text, r'\A[A-Za-z0-9_-]+\Z')
+
+    def test_decode_context_tolerates_surrounding_whitespace(self):
+        self.assertEqual(decode_context('  %s\t' % encode_context({'p1': 2})), {'p1': 2})
+
+    def test_decode_context_rejects_garbage(self):
+        for text in ('', 'not a context!', '%%%%', 'é', 'a', base64.urlsafe_b64encode(b'\xff\xfe{').decode()):
+            with self.assertRaises(BadContext, msg=repr(text)):
+                decode_context(text)
+
+    def test_decode_context_rejects_json_that_is_not_an_object(self):
+        for document in ([1, 2], 'p1', 3, None, [['p1', 1]]):
+            with self.assertRaises(BadContext, msg=repr(document)):
+                decode_context(self.encoded(document))
+
+    def test_decode_context_rejects_counters_that_are_not_positive_whole_numbers(self):
+        for counter in (-1, 0, True, False, 1.5, '3', None, [1]):
+            with self.assertRaises(BadContext, msg=repr(counter)):
+                decode_context(self.encoded({'p1': counter}))
+
+    def test_a_bad_context_is_a_value_error_with_a_message_for_people(self):
+        with self.assertRaises(ValueError) as caught:
+            decode_context('garbage')
+        self.assertIn('context', str(caught.exception))
+
+    @staticmethod
+    def encoded(document):
+        return base64.urlsafe_b64encode(json.dumps(document).encode()).decode().rstrip('=')
+
+
+if __name__ == '__main__':
+    unittest.main()
