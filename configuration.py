@@ -48,6 +48,10 @@ class StoreConfig:
     source: str
     peers: list = dataclasses.field(default_factory=list)
     gossip_interval: float = 1.0
+    # [sync]: the reconciler (sync.py)
+    sync_batch_size: int = 500          # rows per query or transaction
+    sync_rate_limit: float = 0.0        # rows per second read and written; 0: no limit
+    tombstone_grace: float = 7 * 86400  # seconds a tombstone is kept after it is everywhere
 
 
 def config_path():
@@ -119,8 +123,12 @@ def parse(parser, source='configuration'):
         engine = parser.get(section, 'engine', fallback=None)
         if engine not in ENGINES:
             fail(section, 'engine', '%r is unknown (use %s)' % (engine, ' or '.join(ENGINES)))
+        # weight 0: the partition leaves the ring; it stays reachable so that
+        # sync.py can move its keys away (then remove the section).
         p = PartitionConfig(name=name, engine=engine,
-                            weight=number(section, 'weight', float, 1.0, 0.01))
+                            weight=number(section, 'weight', float, 1.0, 0.0))
+        if 0 < p.weight < 0.01:
+            fail(section, 'weight', 'must be 0 (leaving the ring) or at least 0.01')
         if engine == 'sqlite':
             path = parser.get(section, 'path', fallback=None) or fail(section, 'path', 'is required')
             p.path = os.path.join(base, path)
@@ -141,11 +149,14 @@ def parse(parser, source='configuration'):
         partitions.append(p)
     if not partitions:
         fail('partition-NAME', 'section', 'no partitions are configured')
+    if not any(p.weight > 0 for p in partitions):
+        fail('partition-NAME', 'weight', 'every partition has weight 0: none is left on the ring')
 
     replicas = number('store', 'replicas', int, 3, 1)
-    if replicas > len(partitions):
+    on_ring = sum(1 for p in partitions if p.weight > 0)
+    if replicas > on_ring:
         fail('store', 'replicas', '%d replicas need at least %d partitions, %d are configured'
-             % (replicas, replicas, len(partitions)))
+             % (replicas, replicas, on_ring) + (' with a weight above 0' if on_ring < len(partitions) else ''))
     quorum = replicas // 2 + 1
     r = number('store', 'r', int, quorum)
     w = number('store', 'w', int, quorum)
@@ -164,4 +175,7 @@ def parse(parser, source='configuration'):
         hint_window=number('store', 'hint_window', float, 86400.0, 1),
         max_siblings=number('store', 'max_siblings', int, 16, 1),
         partitions=partitions, source=source,
-        peers=peers(), gossip_interval=number('cluster', 'gossip_interval', float, 1.0, 0.05))
+        peers=peers(), gossip_interval=number('cluster', 'gossip_interval', float, 1.0, 0.05),
+        sync_batch_size=number('sync', 'batch_size', int, 500, 1, 100000),
+        sync_rate_limit=number('sync', 'rate_limit', float, 0.0, 0.0),
+        tombstone_grace=number('sync', 'tombstone_grace', float, 7 * 86400.0, 0.0))

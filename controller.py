@@ -25,7 +25,7 @@ import web
 import configuration
 import documents
 from datastore import MAX_LIST_LIMIT, Datastore
-from errors import AlreadyExists, BadRequest, NotFound, StoreError, TooLarge
+from errors import AlreadyExists, BadRequest, NotAcceptable, NotFound, StoreError, TooLarge
 from preconditions import NOT_MODIFIED, Preconditions
 from versions import BadContext, decode_context, decode_token, encode_context, encode_token
 
@@ -80,20 +80,22 @@ def _negotiated(root, document, status, headers, format_override):
 
 def respond(root, document, status='200 OK', headers=None, format_override=None):
     """A document in the representation the client's Accept header prefers."""
+    if format_override is None:
+        document_format()  # an Accept header that cannot be parsed is a 400
     body = _negotiated(root, document, status, headers or {}, format_override).encode('utf-8')
     web.header('Content-Length', str(len(body)))
     return body
 
 
 def document_format():
-    """The short name of the document type the client accepts, or None."""
+    """The short name of the document type the client accepts best, or None."""
     accept = web.ctx.env.get('HTTP_ACCEPT')
     if not accept:
         return 'json'
     try:
         best = mimeparse.best_match(DOCUMENT_TYPES[::-1], accept)
     except mimeparse.MimeTypeParseException:
-        return None
+        raise BadRequest('bad_header', 'Accept is not a list of media ranges')
     return mimerender._get_short_mime(best) if best else None
 
 
@@ -110,14 +112,23 @@ def respond_error(code, message, headers=None, **details):
         if 'GET' in methods and 'HEAD' not in methods:  # web.py answers HEAD with GET
             methods.insert(methods.index('GET') + 1, 'HEAD')
         web.header('Allow', ', '.join(methods))
+    try:
+        acceptable = document_format()
+    except BadRequest:
+        acceptable = None
     return respond('error', error_document(code, message, **details), STATUS.get(code, '400 Bad Request'),
-                   headers, document_format() or 'json')
+                   headers, None if acceptable else 'json')
 
 
 class Application(web.application):
     """web.py's application, where every failure becomes a negotiated error document."""
 
     def handle(self):
+        body = self.handle_errors()
+        # web.py answers HEAD with GET: same headers, no body.
+        return b'' if web.ctx.method == 'HEAD' else body
+
+    def handle_errors(self):
         try:
             return super().handle()
         except StoreError as e:
@@ -196,11 +207,16 @@ def value_document(version):
     return doc
 
 
+def context_header(receipt):
+    return {'X-Context': encode_context(receipt.context)} if receipt.context is not None else {}
+
+
 def receipt_document(bucket, key, receipt):
     doc = {'bucket': bucket, 'key': key}
     if not receipt.version.deleted:
         doc['etag'] = receipt.version.etag
-    doc.update(context=encode_context(receipt.context), clock=receipt.context,
+    doc.update(context=encode_context(receipt.context) if receipt.context is not None else None,
+               clock=receipt.context, siblings=receipt.siblings,
                preference_list=receipt.preference_list, acknowledged=receipt.acknowledged,
                coordinator=receipt.coordinator, hints=receipt.hints, down=receipt.down)
     return doc
@@ -341,26 +357,27 @@ class Key:
         current = read.current
         if not current:
             raise NotFound('no key %r in bucket %r' % (key, bucket))
-        web.header('X-Context', encode_context(read.context))
         if len(current) > 1:
+            web.header('X-Context', encode_context(read.context))
             return siblings_response(bucket, key, read)
         version = current[0]
+        raw = accepts_stored_type(version.content_type)
+        if not raw and document_format() is None:
+            raise NotAcceptable('the value is %s, and no document type is acceptable either'
+                                % version.content_type)
+        web.header('X-Context', encode_context(read.context))
         web.header('ETag', version.etag)
         web.header('Last-Modified', http_date(version.modified))
+        web.header('Vary', 'Accept')
         if Preconditions.from_environ(web.ctx.env).evaluate(current, safe=True) == NOT_MODIFIED:
             web.ctx.status = '304 Not Modified'
             return b''
-        if accepts_stored_type(version.content_type):
+        if raw:
             web.header('Content-Type', version.content_type)
             web.header('Content-Length', str(len(version.value)))
-            web.header('Vary', 'Accept')
             return version.value
         doc = dict(bucket=bucket, key=key, context=encode_context(read.context), **value_document(version))
         return respond('record', doc)
-
-    def HEAD(self, bucket, key):
-        self.GET(bucket, key)  # the same headers, Content-Length included
-        return b''
 
     def PUT(self, bucket, key):
         return write_key(bucket, key, create_only=False)
@@ -374,7 +391,7 @@ class Key:
                                  w=store().quorum(query('w'), None, 'w'))
         doc = receipt_document(bucket, key, receipt)
         doc['deleted'] = True
-        return respond('receipt', doc)
+        return respond('receipt', doc, headers=context_header(receipt))
 
 
 def prefers(media_type):
@@ -402,8 +419,8 @@ def accepts_stored_type(content_type):
 def siblings_response(bucket, key, read):
     """300 Multiple Choices: concurrent versions the client must resolve, as a
     document, or as multipart/mixed with each sibling's raw value when asked."""
-    web.header('Vary', 'Accept')
     if prefers(MULTIPART):
+        web.header('Vary', 'Accept')
         boundary = uuid.uuid4().hex
         parts = [b'--%s\r\nContent-Type: %s\r\nETag: %s\r\nLast-Modified: %s\r\n\r\n%s\r\n' % (
             boundary.encode(), v.content_type.encode(), v.etag.encode(),
@@ -435,7 +452,7 @@ def write_key(bucket, key, create_only):
         preconditions.check_write(current)
 
     receipt = store().put(bucket, key, value, content_type, context=context, check=check, w=w)
-    headers = {'ETag': receipt.version.etag, 'X-Context': encode_context(receipt.context)}
+    headers = dict(context_header(receipt), ETag=receipt.version.etag)
     if receipt.created:
         headers['Location'] = key_path(bucket, key)
     return respond('receipt', receipt_document(bucket, key, receipt),

@@ -23,6 +23,8 @@ CREATE TABLE IF NOT EXISTS objects (
 );
 -- Anti-entropy compares replicas range by range of ring positions.
 CREATE INDEX IF NOT EXISTS objects_point ON objects (point);
+-- The reconciler's garbage collection finds old tombstones by this index.
+CREATE INDEX IF NOT EXISTS objects_tombstones ON objects (deleted, modified);
 
 -- Writes acknowledged before every replica held them (w < N): the reconciler
 -- pushes these versions on, then drops the marker.

@@ -20,8 +20,10 @@ the background.  Every call to a partition goes through the failure detector
 """
 import concurrent.futures
 import dataclasses
+import json
 import logging
 import re
+import sys
 import time
 
 import threading
@@ -61,7 +63,8 @@ class Read:
 class Receipt:
     version: Version
     created: bool             # no live version existed before
-    context: dict
+    context: dict             # None when the write left siblings beside it
+    siblings: int             # versions the coordinator holds after the write
     preference_list: list
     acknowledged: list        # replicas in the preference list that hold the version
     coordinator: str
@@ -84,7 +87,8 @@ class Datastore:
         self.config = config
         self.n = config.replicas
         self.engines = {p.name: open_engine(p, config) for p in config.partitions}
-        self.ring = Ring({p.name: p.weight for p in config.partitions}, config.vnodes)
+        self.ring = Ring({p.name: p.weight for p in config.partitions if p.weight > 0}, config.vnodes)
+        self._view_cache, self._view_lock = (0.0, []), threading.Lock()   # see _previous_rings
         self.health = Health(self.engines, config.backoff, config.max_backoff)
         self.gossip = Gossip(self.health, config.peers, config.gossip_interval,
                              on_recovered=lambda name: self.executor.submit(self.hand_off, name))
@@ -146,17 +150,19 @@ class Datastore:
         if not self.health.available(name):
             raise PartitionError(name, 'down')
         try:
-            result = getattr(self.engines[name], method)(*args)
+            return getattr(self.engines[name], method)(*args)
         except PartitionError as e:
             if e.reason != 'lock conflict':
                 self.health.failed(name, e.reason)
             raise
-        if self.health.succeeded(name):
-            try:
-                self.executor.submit(self.hand_off, name)
-            except RuntimeError:  # shutting down
-                pass
-        return result
+        finally:
+            # Anything but a PartitionError (a refused precondition, say) means
+            # the partition answered: that too ends a probe.
+            if sys.exc_info()[0] is not PartitionError and self.health.succeeded(name):
+                try:
+                    self.executor.submit(self.hand_off, name)
+                except RuntimeError:  # shutting down
+                    pass
 
     def _fan_out(self, candidates, call, launch, needed, unfinished=None):
         """Run call(partition) on `launch` candidates at once, starting the next
@@ -218,6 +224,8 @@ class Datastore:
             raise Unavailable('%d of the %d replicas needed for a read answered' % (len(replies), r),
                               failed=failures)
         versions = resolve(replies.values())
+        if not versions:   # during a view change the key may be on its previous owners only
+            versions = self._read_previous_owners(bucket, key, preference, replies)
         self._repair(bucket, key, {p: held for p, held in replies.items() if p in preference}, versions)
         if self.bucket_properties_cached(bucket)['conflicts'] == 'lww' and len(versions) > 1:
             versions = versions[-1:]   # the last writer wins
@@ -260,6 +268,7 @@ class Datastore:
         if self.bucket_properties_cached(bucket)['conflicts'] == 'lww':
             context = None   # every write supersedes all the coordinator holds
         preference, fallbacks = self.placement(bucket, key)
+        self._adopt_previous_owners(bucket, key, preference)   # during a view change
         failures = {}
         for coordinator in preference:
             def decide(held, coordinator=coordinator):
@@ -324,7 +333,11 @@ class Datastore:
                               % (len(acknowledged) + len(hints), w,
                                  ', '.join(acknowledged + sorted(hints.values()))),
                               failed=down, acknowledged=acknowledged, hints=hints)
-        return Receipt(version=version, created=not live(held), context=version.full_clock,
+        # The writer has seen its own version, but not siblings it left beside
+        # it: no context then, so that its next write cannot supersede them unseen.
+        siblings = [v for v in held if not version.supersedes(v)]
+        return Receipt(version=version, created=not live(held),
+                       context=None if siblings else version.full_clock, siblings=len(siblings) + 1,
                        preference_list=preference, acknowledged=acknowledged,
                        coordinator=coordinator, hints=hints, down=down)
 
@@ -499,8 +512,9 @@ class Datastore:
     def create_bucket(self, bucket, properties=None):
         """Create or update a bucket; True when it is new."""
         self.check_bucket(bucket)
-        props = dict(DEFAULT_BUCKET_PROPERTIES, **(properties or {}))
-        existed = self.bucket_properties(bucket) is not None
+        current = self.bucket_properties(bucket)
+        existed = current is not None
+        props = dict(current or DEFAULT_BUCKET_PROPERTIES, **(properties or {}))
         preference = self.ring.preference_list(bucket, '', self.n)
         w = self.config.w
         acks, failures = self._fan_out(
@@ -517,6 +531,12 @@ class Datastore:
         if not force and self.has_keys(bucket):
             raise BucketNotEmpty('bucket %r holds keys; delete them first or use ?force=true' % bucket)
 
+        # Every partition must answer first: a forced delete that reached only
+        # some would let the others bring the keys back.
+        _, failures = self._everywhere(lambda p: self.call(p, 'read_bucket', bucket))
+        if failures:
+            raise Unavailable('deleting a bucket needs every partition up', failed=failures)
+
         def drop(p):
             if force:
                 self.call(p, 'drop_keys', bucket)
@@ -526,3 +546,186 @@ class Datastore:
         if failures:
             raise Unavailable('the bucket could not be removed from every partition', failed=failures)
 
+    # -- view changes and reconciliation (sync.py) ---------------------------------
+    # A view is the ring keys are placed by: the partitions with a weight above 0
+    # and their weights, vnodes and replicas.  sync.py records each new view as an
+    # epoch in the metadata table of every partition ('view': epoch, ring, state;
+    # 'view.previous': the ring before it) and marks it complete once every key
+    # is on exactly its new owners.  Front ends only read these records: while
+    # some ring other than their own may still place keys (a rebalance under way,
+    # or the configuration changed before sync.py recorded it), a read that finds
+    # nothing on a key's owners also asks the owners that ring gives the key, and
+    # a write first copies to the owners what those hold.
+    VIEW_CACHE_SECONDS = 5.0
+    VIEW_NAMES = ('view', 'view.previous', 'view.progress')
+
+    def ring_description(self):
+        """The configured view, as recorded: {partitions: {name: weight}, vnodes, replicas}."""
+        return {'partitions': {p.name: p.weight for p in self.config.partitions if p.weight > 0},
+                'vnodes': self.config.vnodes, 'replicas': self.n}
+
+    def read_views(self):
+        """{partition: the view it records, or None} over the partitions that answer."""
+        found, _ = self._everywhere(lambda p: self.call(p, 'get_metadata', self.VIEW_NAMES))
+        views = {}
+        for name, values in found.items():
+            view = json.loads(values['view']) if 'view' in values else None
+            if view is not None:
+                view['previous'] = json.loads(values.get('view.previous') or 'null')
+                view['progress'] = json.loads(values.get('view.progress') or 'null')
+            views[name] = view
+        return views
+
+    @staticmethod
+    def newest_view(views):
+        """The view with the highest epoch among read_views() (a completed copy
+        of an epoch before one still rebalancing), or None."""
+        return max((v for v in views.values() if v), default=None,
+                   key=lambda v: (v['epoch'], v['state'] == 'complete'))
+
+    def _previous_rings(self):
+        """[(Ring, replicas)] other than the configured one that may still place
+        keys.  Read at first use, then again in the background when older than
+        VIEW_CACHE_SECONDS, so that requests do not wait on it."""
+        expires, rings = self._view_cache
+        if time.monotonic() < expires:
+            return rings
+        if expires == 0.0:
+            return self._load_previous_rings()
+        if not self._view_lock.locked():
+            try:
+                self.executor.submit(self._load_previous_rings)
+            except RuntimeError:  # shutting down
+                pass
+        return rings
+
+    def _load_previous_rings(self):
+        with self._view_lock:
+            expires, rings = self._view_cache
+            if time.monotonic() < expires:
+                return rings
+            views = self.read_views()
+            if views:
+                newest, mine, rings = self.newest_view(views), self.ring_description(), []
+                if newest:
+                    others = [newest['ring']] + ([newest['previous']] if newest['state'] != 'complete' else [])
+                    rings = [(Ring(r['partitions'], r['vnodes']), r['replicas'])
+                             for r in others if r and r != mine]
+            self._view_cache = (time.monotonic() + self.VIEW_CACHE_SECONDS, rings)
+            return rings
+
+    def previous_owners(self, bucket, key, preference):
+        """Partitions a previous view places the key on, beyond its preference list."""
+        owners = []
+        for ring, n in self._previous_rings():
+            for name in ring.preference_list(bucket, key, n):
+                if name not in preference and name not in owners and name in self.engines:
+                    owners.append(name)
+        return owners
+
+    def _read_owners(self, owners, bucket, key, needed=None):
+        needed = len(owners) if needed is None else needed
+        found, _ = self._fan_out(owners, lambda p: self.call(p, 'read', bucket, key),
+                                 launch=needed, needed=needed)
+        return resolve(found.values())
+
+    def _read_previous_owners(self, bucket, key, preference, replies):
+        """get() found nothing on the key's owners: what its previous owners hold.
+        If they hold nothing either, one owner is asked again, since sync.py
+        removes a key from a previous owner only after every owner holds it."""
+        owners = self.previous_owners(bucket, key, preference)
+        if not owners:
+            return []
+        versions = self._read_owners(owners, bucket, key)
+        if not versions:
+            versions = self._read_owners([p for p in preference if p in replies], bucket, key, needed=1)
+        return versions
+
+    def _adopt_previous_owners(self, bucket, key, preference):
+        """Before a write: copy what the key's previous owners hold to its owners,
+        so that the coordinator decides with it."""
+        owners = self.previous_owners(bucket, key, preference)
+        versions = self._read_owners(owners, bucket, key) if owners else []
+        if versions:
+            self._fan_out(preference, lambda p: [self.call(p, 'apply', bucket, key, v) for v in versions],
+                          launch=len(preference), needed=len(preference))
+
+    def record_view(self, force=False):
+        """Record the configured view in every partition that answers, as a new
+        epoch when it differs from the newest recorded one.  Refuses (ViewConflict)
+        a view that looks like a stale configuration unless forced.
+        Returns (the newest view, whether a new epoch was recorded, partitions
+        that did not answer)."""
+        views = self.read_views()
+        newest, mine = self.newest_view(views), self.ring_description()
+        unreachable = sorted(set(self.engines) - set(views))
+        changed = newest is None or newest['ring'] != mine
+        if changed and newest is not None and not force:
+            if newest['previous'] == mine:
+                raise ViewConflict(
+                    'this configuration is the ring of epoch %d, which epoch %d replaced: is the '
+                    'configuration here out of date?  (--force-view records it as a new epoch)'
+                    % (newest['epoch'] - 1, newest['epoch']))
+            if newest['state'] != 'complete':
+                raise ViewConflict(
+                    'the rebalance to epoch %d is not complete; finish it with the configuration it '
+                    'was recorded with before changing the partitions again (or --force-view)'
+                    % newest['epoch'])
+        if changed:
+            newest = {'epoch': newest['epoch'] + 1 if newest else 1, 'ring': mine,
+                      'state': 'rebalancing' if newest else 'complete',
+                      'recorded': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+                      'previous': newest['ring'] if newest else None, 'progress': None}
+        stale = [p for p, view in views.items() if changed or view is None or
+                 (view['epoch'], view['state']) != (newest['epoch'], newest['state'])]
+        self._write_view(newest, stale)
+        self._view_cache = (0.0, [])
+        return newest, changed, unreachable
+
+    def _write_view(self, view, partitions):
+        record = {k: view[k] for k in ('epoch', 'ring', 'state', 'recorded')}
+        values = {'view': json.dumps(record, sort_keys=True), 'view.previous': json.dumps(view['previous'])}
+        if view.get('progress') is not None or view['state'] == 'complete':
+            values['view.progress'] = json.dumps(view.get('progress'))
+        done, failures = self._fan_out(partitions, lambda p: self.call(p, 'set_metadata', values),
+                                       launch=len(partitions), needed=len(partitions))
+        return failures
+
+    def complete_view(self, view):
+        """Mark the view's rebalance complete on every partition: True when all took it."""
+        view = dict(view, state='complete', progress=None)
+        failures = self._write_view(view, list(self.engines))
+        self._view_cache = (0.0, [])
+        return not failures
+
+    def record_progress(self, progress):
+        """Store a rebalance's progress where rebalance_status() finds it."""
+        values = {'view.progress': json.dumps(progress, sort_keys=True)}
+        self._everywhere(lambda p: self.call(p, 'set_metadata', values))
+
+    def rebalance_status(self):
+        """The recorded view and how far its rebalance is, for GET /cluster."""
+        views = self.read_views()
+        newest = self.newest_view(views)
+        status = {'epoch': newest['epoch'] if newest else None,
+                  'state': newest['state'] if newest else 'unrecorded',
+                  'recorded': newest['recorded'] if newest else None,
+                  'configuration_matches': bool(newest) and newest['ring'] == self.ring_description(),
+                  'partitions': {name: (views[name] or {}).get('epoch') if name in views else 'unreachable'
+                                 for name in sorted(self.engines)},
+                  'progress': None}
+        progress = [v['progress'] for v in views.values()
+                    if v and v['progress'] and newest and v['progress'].get('epoch') == newest['epoch']]
+        if progress and status['state'] != 'complete':
+            status['progress'] = max(progress, key=lambda p: p.get('updated', ''))
+        return status
+
+    def keys_per_partition(self):
+        """{partition: distinct keys it holds (tombstoned ones included), None when
+        it did not answer}.  Counting costs an index scan on every partition."""
+        found, _ = self._everywhere(lambda p: self.call(p, 'count_keys'))
+        return {name: found.get(name) for name in sorted(self.engines)}
+
+
+class ViewConflict(Exception):
+    """sync.py will not record the configured ring as a new view (see record_view)."""

@@ -10,8 +10,12 @@ only in how they connect, how a write transaction locks, and the placeholder.
     scan(bucket, prefix, after, limit) -> [(key, Version)]      byte order, no values
     hints: store_hint(), read_hints(), hints_for(), delete_hint(), hint_counts()
     bucket records: bucket_names(), read_bucket(), write_bucket(), drop_bucket()
+    reconciliation (sync.py): range_digests(), scan_points(), read_many(), apply_many(),
+        pending_markers(), tombstones(), metadata, advisory locks
 """
 import contextlib
+import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -64,6 +68,29 @@ def row_to_version(row):
 
 def _text(value):
     return value.decode() if isinstance(value, (bytes, bytearray)) else value
+
+
+RING_SIZE = 2 ** 63   # ring points are 63-bit (ring.ring_point)
+
+
+def row_hash(bucket, key, version_id):
+    """A version row's 60-bit hash (bytes in): the first 15 hex digits of the MD5
+    of bucket NUL key NUL version_id, as MySQLEngine.digest_hash_sql computes it."""
+    return int(hashlib.md5(bytes(bucket) + b'\x00' + bytes(key) + b'\x00' + bytes(version_id))
+               .hexdigest()[:15], 16)
+
+
+class XorAggregate:
+    """SQLite aggregate kv_xor: the XOR of its integer arguments."""
+
+    def __init__(self):
+        self.value = 0
+
+    def step(self, value):
+        self.value ^= value
+
+    def finalize(self):
+        return self.value
 
 
 class Pool:
@@ -290,8 +317,10 @@ class SQLEngine:
             return {_text(row[0]): (int(row[1]), int(row[2])) for row in cursor.fetchall()}
 
     def drop_keys(self, bucket):
+        """Remove every version of a bucket's keys, and the hints held for them."""
         with self._cursor() as cursor:
             self._execute(cursor, 'DELETE FROM objects WHERE bucket = ?', (bucket.encode(),))
+            self._execute(cursor, 'DELETE FROM hints WHERE bucket = ?', (bucket.encode(),))
 
     # -- buckets
     def bucket_names(self):
@@ -327,6 +356,192 @@ class SQLEngine:
     def close(self):
         self.pool.close()
 
+    # -- reconciliation (sync.py) -----------------------------------------------
+    # Ranges are of ring points: lo <= point < hi, with hi at most RING_SIZE.
+    digest_hash_sql = None   # SQL: a row's 60-bit hash (row_hash), per engine
+    digest_xor_sql = None    # SQL: the aggregate XORing them
+    divide_sql = None        # SQL: integer division
+
+    def _point_range(self, lo, hi):
+        if hi >= RING_SIZE:   # 2**63 does not fit a BIGINT parameter
+            return 'point >= ?', [lo]
+        return 'point >= ? AND point < ?', [lo, hi]
+
+    def range_digests(self, lo, hi, parts=1):
+        """[(row count, XOR of row_hash)] of `parts` equal slices of [lo, hi), in
+        order.  Replicas holding the same versions of the same keys have equal
+        digests; the engine computes them without sending rows."""
+        width = min(max(1, -(-(hi - lo) // parts)), RING_SIZE - 1)   # a BIGINT parameter
+        where, args = self._point_range(lo, hi)
+        with self._cursor() as cursor:
+            self._execute(cursor, 'SELECT (point - ?)' + self.divide_sql + '?, COUNT(*), '
+                          + self.digest_xor_sql + '(' + self.digest_hash_sql + ')'
+                          ' FROM objects WHERE ' + where + ' GROUP BY 1', [lo, width] + args)
+            slices = [[0, 0] for _ in range(parts)]
+            for i, count, xor in cursor.fetchall():
+                found = slices[min(int(i), parts - 1)]   # the last point of the ring, with width clamped
+                found[0] += int(count)
+                found[1] ^= int(xor)
+        return [tuple(found) for found in slices]
+
+    def range_digest(self, lo, hi):
+        return self.range_digests(lo, hi, 1)[0]
+
+    def scan_points(self, lo, hi, limit=None):
+        """Version rows (values left out) with lo <= point < hi, in ring order:
+        [(bucket, key, Version)]."""
+        where, args = self._point_range(lo, hi)
+        statement = ('SELECT bucket, key_name, ' + COLUMNS.replace('value', "x''") + ' FROM objects'
+                     ' WHERE ' + where + ' ORDER BY point, bucket, key_name, version_id')
+        if limit is not None:
+            statement += ' LIMIT ?'
+            args.append(limit)
+        with self._cursor() as cursor:
+            self._execute(cursor, statement, args)
+            return [(_text(row[0]), _text(row[1]), row_to_version(row[2:])) for row in cursor.fetchall()]
+
+    def read_many(self, keys, values=True):
+        """{(bucket, key): [Version]} for many keys at once (values left out
+        unless values)."""
+        keys = list(dict.fromkeys(keys))
+        found = {k: [] for k in keys}
+        columns = COLUMNS if values else COLUMNS.replace('value', "x''")
+        with self._cursor() as cursor:
+            for start in range(0, len(keys), 100):
+                chunk = keys[start:start + 100]
+                self._execute(cursor, 'SELECT bucket, key_name, ' + columns + ' FROM objects WHERE '
+                              + ' OR '.join(['(bucket = ? AND key_name = ?)'] * len(chunk)),
+                              [part for bucket, key in chunk for part in (bucket.encode(), key.encode())])
+                for row in cursor.fetchall():
+                    found[(_text(row[0]), _text(row[1]))].append(row_to_version(row[2:]))
+        return found
+
+    def apply_many(self, items):
+        """apply() each (bucket, key, version) of items in one transaction: [stored]."""
+        order = sorted(range(len(items)), key=lambda i: (items[i][0], items[i][1]))
+
+        def work(cursor):
+            stored = [False] * len(items)
+            for i in order:
+                bucket, key, version = items[i]
+                drop_ids, keep = reconcile(self._held(cursor, bucket, key), version)
+                if keep:
+                    self._store(cursor, bucket, key, drop_ids, version)
+                stored[i] = keep
+            return stored
+        return self._transaction(work) if items else []
+
+    def delete_versions(self, bucket, key, version_ids):
+        """Remove these versions of a key (and no other); how many were there."""
+        removed = 0
+        with self._cursor() as cursor:
+            for version_id in version_ids:
+                self._execute(cursor, 'DELETE FROM objects WHERE bucket = ? AND key_name = ?'
+                              ' AND version_id = ?', (bucket.encode(), key.encode(), version_id.encode()))
+                removed += max(cursor.rowcount, 0)
+        return removed
+
+    @staticmethod
+    def _after(columns, values):
+        """SQL and arguments for (columns) > (values), spelled out for index use."""
+        clauses, args = [], []
+        for i, column in enumerate(columns):
+            clauses.append(' AND '.join(['%s = ?' % c for c in columns[:i]] + ['%s > ?' % column]))
+            args.extend(values[:i + 1])
+        return '(' + ' OR '.join('(%s)' % c for c in clauses) + ')', args
+
+    def pending_markers(self, limit, after=None):
+        """Up to limit pending markers in key order, after the (bucket, key,
+        version_id) cursor: [(bucket, key, version_id, created)]."""
+        where, args = ('', [])
+        if after is not None:
+            clause, args = self._after(('bucket', 'key_name', 'version_id'), [a.encode() for a in after])
+            where = ' WHERE ' + clause
+        with self._cursor() as cursor:
+            self._execute(cursor, 'SELECT bucket, key_name, version_id, created FROM pending' + where +
+                          ' ORDER BY bucket, key_name, version_id LIMIT ?', args + [limit])
+            return [(_text(b), _text(k), _text(v), int(c)) for b, k, v, c in cursor.fetchall()]
+
+    def pending_count(self):
+        with self._cursor() as cursor:
+            self._execute(cursor, 'SELECT COUNT(*) FROM pending')
+            return int(cursor.fetchone()[0])
+
+    def tombstones(self, before, limit, after=None):
+        """Up to limit tombstones modified before `before`, oldest first, after the
+        (modified, bucket, key, version_id) cursor: [(modified, bucket, key, version_id)]."""
+        clauses, args = ['deleted = 1', 'modified < ?'], [before]
+        if after is not None:
+            clause, more = self._after(('modified', 'bucket', 'key_name', 'version_id'),
+                                       [after[0]] + [a.encode() for a in after[1:]])
+            clauses.append(clause)
+            args += more
+        with self._cursor() as cursor:
+            self._execute(cursor, 'SELECT modified, bucket, key_name, version_id FROM objects WHERE '
+                          + ' AND '.join(clauses) +
+                          ' ORDER BY modified, bucket, key_name, version_id LIMIT ?', args + [limit])
+            return [(int(m), _text(b), _text(k), _text(v)) for m, b, k, v in cursor.fetchall()]
+
+    def hinted_keys(self):
+        """{(bucket, key)} of every hint held here, whatever its target."""
+        with self._cursor() as cursor:
+            self._execute(cursor, 'SELECT DISTINCT bucket, key_name FROM hints')
+            return {(_text(b), _text(k)) for b, k in cursor.fetchall()}
+
+    def count_keys(self):
+        """How many distinct keys (tombstoned ones included) this partition holds."""
+        with self._cursor() as cursor:
+            self._execute(cursor, 'SELECT COUNT(*) FROM (SELECT DISTINCT bucket, key_name FROM objects) k')
+            return int(cursor.fetchone()[0])
+
+    def bucket_records(self):
+        """{bucket: (properties JSON text, modified)} of the records held here."""
+        with self._cursor() as cursor:
+            self._execute(cursor, 'SELECT name, properties, modified FROM buckets')
+            return {_text(n): (_text(p), int(m)) for n, p, m in cursor.fetchall()}
+
+    def put_bucket_record(self, name, properties, modified):
+        """Store a bucket record copied from another partition unless the one
+        held here is as new: True when it was stored."""
+        def work(cursor):
+            self._execute(cursor, 'SELECT modified FROM buckets WHERE name = ?' + self.lock_clause,
+                          (name.encode(),))
+            row = cursor.fetchone()
+            if row is not None and int(row[0]) >= modified:
+                return False
+            self._execute(cursor, 'DELETE FROM buckets WHERE name = ?', (name.encode(),))
+            self._execute(cursor, 'INSERT INTO buckets (name, properties, modified) VALUES (?, ?, ?)',
+                          (name.encode(), properties.encode(), modified))
+            return True
+        return self._transaction(work)
+
+    def get_metadata(self, names):
+        """{name: value} of the metadata rows that exist among names."""
+        names = list(names)
+        with self._cursor() as cursor:
+            self._execute(cursor, 'SELECT name, value FROM metadata WHERE name IN (%s)'
+                          % ', '.join(['?'] * len(names)), [n.encode() for n in names])
+            return {_text(n): _text(v) for n, v in cursor.fetchall()}
+
+    def set_metadata(self, values):
+        """Write {name: value} metadata rows in one transaction."""
+        def work(cursor):
+            for name, value in sorted(values.items()):
+                if len(value.encode()) > 4096:
+                    raise ValueError('metadata %s is longer than 4096 bytes' % name)
+                self._execute(cursor, 'DELETE FROM metadata WHERE name = ?', (name.encode(),))
+                self._execute(cursor, 'INSERT INTO metadata (name, value) VALUES (?, ?)',
+                              (name.encode(), value.encode()))
+        self._transaction(work)
+
+    def try_lock(self, name):
+        """Take the advisory lock `name` without waiting: a handle, or None when
+        another process holds it.  Held until unlock() or the process dies."""
+        raise NotImplementedError
+
+    def unlock(self, handle):
+        raise NotImplementedError
+
 
 class SQLiteEngine(SQLEngine):
     """A partition in one SQLite file: the embedded default."""
@@ -342,6 +557,7 @@ class SQLiteEngine(SQLEngine):
                                isolation_level=None, check_same_thread=False)
         conn.execute('PRAGMA journal_mode = WAL')
         conn.execute('PRAGMA synchronous = NORMAL')
+        self._register_functions(conn)
         return conn
 
     def _begin(self, cursor):
@@ -352,6 +568,32 @@ class SQLiteEngine(SQLEngine):
         if isinstance(error, sqlite3.OperationalError) and 'locked' in str(error):
             return 'lock conflict'
         return 'SQLite error (%s)' % type(error).__name__
+
+    # -- reconciliation (sync.py) -----------------------------------------------
+    digest_hash_sql = 'kv_hash(bucket, key_name, version_id)'
+    digest_xor_sql = 'kv_xor'
+    divide_sql = ' / '
+
+    @staticmethod
+    def _register_functions(conn):
+        conn.create_function('kv_hash', 3, row_hash, deterministic=True)
+        conn.create_aggregate('kv_xor', 1, XorAggregate)
+
+    def try_lock(self, name):
+        """An flock() on a file beside the database file."""
+        try:
+            handle = open('%s.%s.lock' % (self.path, name), 'a+')
+        except OSError as e:
+            raise PartitionError(self.name, 'lock file cannot be opened (%s)' % e.strerror) from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return None
+        return handle
+
+    def unlock(self, handle):
+        handle.close()   # closing releases the flock
 
 
 class MySQLEngine(SQLEngine):
@@ -392,6 +634,36 @@ class MySQLEngine(SQLEngine):
         if isinstance(error, pymysql.OperationalError):
             return 'unreachable or failing (MySQL error %s)' % code
         return 'MySQL error %s' % code
+
+    # -- reconciliation (sync.py) -----------------------------------------------
+    digest_hash_sql = ('CAST(CONV(LEFT(MD5(CONCAT(bucket, 0x00, key_name, 0x00, version_id)), 15), 16, 10)'
+                       ' AS UNSIGNED)')
+    digest_xor_sql = 'BIT_XOR'
+    divide_sql = ' DIV '
+
+    def try_lock(self, name):
+        """GET_LOCK on a connection of its own, named after the database (the
+        lock is server-wide); the server releases it if the connection dies."""
+        lock = ('%s.%s' % (self.database, name))[-64:]
+        conn = None
+        try:
+            conn = self._connect()
+            with conn.cursor() as cursor:
+                cursor.execute('SELECT GET_LOCK(%s, 0)', (lock,))
+                taken = cursor.fetchone()[0] == 1
+        except self.db_errors as e:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            raise PartitionError(self.name, self._describe(e)) from None
+        if not taken:
+            conn.close()
+            return None
+        return conn
+
+    def unlock(self, handle):
+        with contextlib.suppress(Exception):
+            handle.close()   # the server releases the lock with the connection
 
 
 def open_engine(partition, config):

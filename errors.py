@@ -25,6 +25,10 @@ class NotFound(StoreError):
     code = 'not_found'
 
 
+class NotAcceptable(StoreError):
+    code = 'not_acceptable'
+
+
 class AlreadyExists(StoreError):
     code = 'already_exists'
 

@@ -303,8 +303,11 @@ class MariaDBServer(object):
     and ``init.sql``.
     """
 
-    def __init__(self, base_dir, name):
+    def __init__(self, base_dir, name, options=()):
+        """options: extra server options, given to the install and every start
+        (e.g. a fixed-size tablespace for a disk-full test)."""
         self.name = name
+        self.options = list(options)
         self.base_dir = os.path.abspath(base_dir)
         self.dir = os.path.join(self.base_dir, name)
         self.datadir = os.path.join(self.dir, 'data')
@@ -412,7 +415,7 @@ class MariaDBServer(object):
             '--innodb-flush-log-at-trx-commit=2',
             '--innodb-doublewrite=0',
             '--innodb-use-native-aio=0',
-        ]
+        ] + self.options
         bindir = os.path.dirname(mariadbd)
         env = dict(os.environ)
         # mariadb-install-db looks for mariadbd in its basedir; make sure it
@@ -447,7 +450,7 @@ class MariaDBServer(object):
             '--tmpdir=' + self.tmpdir,
             '--bind-address=127.0.0.1',
             '--skip-name-resolve',
-        ] + FAST_OPTIONS + SERVER_OPTIONS
+        ] + FAST_OPTIONS + SERVER_OPTIONS + self.options
 
     def start(self, timeout=START_TIMEOUT):
         """Start the server (installing its datadir the first time) and wait

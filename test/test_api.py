@@ -5,6 +5,7 @@ Each test uses a bucket of its own, so the tests share one store per class.
 import base64
 import json
 import threading
+import time
 import unittest
 import urllib.parse
 import xml.etree.ElementTree as ET
@@ -200,6 +201,26 @@ class ApiSpecification:
         self.assertIn('- k', as_text.text)
         self.assertIn('Accept', as_json.headers['Vary'])
 
+    def test_head_of_a_document_has_its_length_and_no_body(self):
+        get = self.app.get('/buckets')
+        head = self.app.head('/buckets')
+        self.assertEqual(head.body, b'')
+        self.assertEqual(head.headers['Content-Length'], str(len(get.body)))
+
+    def test_an_accept_header_that_cannot_be_parsed_is_400(self):
+        self.assertError(self.app.get('/buckets', headers={'Accept': 'not a media type'}, status=400),
+                         400, 'bad_header')
+
+    def test_errors_in_xml_carry_the_type_asked_for(self):
+        response = self.get('never', status=404, headers={'Accept': 'application/xml'})
+        self.assertTrue(response.headers['Content-Type'].startswith('application/xml'))
+
+    def test_a_value_406_reveals_nothing_of_the_value(self):
+        self.put('t', b'text', content_type='text/csv')
+        response = self.get('t', headers={'Accept': 'image/png'}, status=406)
+        for header in ('ETag', 'X-Context', 'Last-Modified'):
+            self.assertNotIn(header, response.headers)
+
     def test_documents_unacceptable_is_406_document(self):
         self.assertError(self.app.get('/buckets', headers={'Accept': 'image/png'}, status=406),
                          406, 'not_acceptable')
@@ -276,6 +297,16 @@ class ApiSpecification:
         self.put('n', b'right', headers={'X-Context': context})
         self.put('n', b'blind')
         self.assertEqual(self.get('n').body, b'blind')
+
+    def test_a_write_that_leaves_siblings_hands_out_no_context(self):
+        context = self.put('s', b'base').headers['X-Context']
+        self.put('s', b'left', headers={'X-Context': context})
+        right = self.put('s', b'right', headers={'X-Context': context})
+        self.assertNotIn('X-Context', right.headers)
+        self.assertIsNone(right.json['context'])
+        self.assertEqual(right.json['siblings'], 2)
+        # So the writer must read the siblings before it can replace them.
+        self.assertEqual(len(self.get('s', status=300).json['siblings']), 2)
 
     def test_bad_context_is_400(self):
         self.assertError(self.put('k', headers={'X-Context': '!!notbase64'}, status=400), 400, 'bad_context')
@@ -391,6 +422,26 @@ class ApiSpecification:
         self.assertEqual(self.app.delete('/buckets/%s?force=true' % self.bucket).status_int, 200)
         self.get('k', status=404)
         self.assertNotIn(self.bucket, self.app.get('/buckets').json['buckets'])
+
+    def test_putting_a_bucket_again_keeps_its_properties(self):
+        self.app.put('/buckets/' + self.bucket, json.dumps({'conflicts': 'lww'}))
+        self.assertEqual(self.app.put('/buckets/' + self.bucket).status_int, 200)
+        self.assertEqual(self.app.get('/buckets/' + self.bucket).json['properties']['conflicts'], 'lww')
+
+    def test_a_refused_precondition_ends_the_probe_of_a_recovering_partition(self):
+        store = support.open_store(self.partitions, backoff=0.05, max_backoff=0.05)
+        app = support.web_app(store)
+        try:
+            key = 'probe'
+            app.put(KEY % (self.bucket, key), b'v', headers={'Content-Type': 'text/plain'})
+            primary = store.ring.preference_list(self.bucket, key, 3)[0]
+            store.health.failed(primary, 'a test says so')
+            time.sleep(0.1)  # past the backoff: the next request probes it
+            app.put(KEY % (self.bucket, key), b'w', headers={'Content-Type': 'text/plain',
+                                                           'If-None-Match': '*'}, status=412)
+            self.assertFalse(store.health.is_down(primary))
+        finally:
+            store.close()
 
     def test_bucket_properties_are_checked_and_stored(self):
         self.app.put('/buckets/' + self.bucket, json.dumps({'conflicts': 'lww'}))
