@@ -37,6 +37,7 @@ class StoreConfig:
     w: int
     key_length: int
     max_value_bytes: int
+    chunk_size: int
     vnodes: int
     connect_timeout: float
     read_timeout: float
@@ -166,7 +167,9 @@ def parse(parser, source='configuration'):
     return StoreConfig(
         replicas=replicas, r=r, w=w,
         key_length=number('store', 'key_length', int, 1024, 1, 1024),  # the schema's limit
-        max_value_bytes=number('store', 'max_value_bytes', int, 16 * 1024 * 1024, 0),
+        max_value_bytes=number('store', 'max_value_bytes', int, 1024 ** 3, 0),
+        # Under MariaDB's max_allowed_packet (16 MiB by default) with room to spare.
+        chunk_size=number('store', 'chunk_size', int, 1024 ** 2, 1, 8 * 1024 ** 2),
         vnodes=number('store', 'vnodes', int, 64, 1),
         connect_timeout=number('store', 'connect_timeout', float, 0.5, 0.01),
         read_timeout=number('store', 'read_timeout', float, 1.0, 0.01),

@@ -24,8 +24,11 @@ import web
 
 import configuration
 import documents
+import ranges
 from datastore import MAX_LIST_LIMIT, Datastore
-from errors import AlreadyExists, BadRequest, NotAcceptable, NotFound, StoreError, TooLarge
+from errors import (AlreadyExists, BadRequest, NotAcceptable, NotFound, RangeNotSatisfiable, StoreError,
+                    TooLarge, Unavailable)
+from integrity import expected_digests
 from preconditions import NOT_MODIFIED, Preconditions
 from versions import BadContext, decode_context, decode_token, encode_context, encode_token
 
@@ -51,6 +54,9 @@ STATUS = {
     'too_many_siblings': '409 Conflict',
     'precondition_failed': '412 Precondition Failed',
     'value_too_large': '413 Content Too Large',
+    'range_not_satisfiable': '416 Range Not Satisfiable',
+    'insufficient_storage': '507 Insufficient Storage',
+    'corrupt_data': '500 Internal Server Error',
     'unavailable': '503 Service Unavailable',
     'internal_error': '500 Internal Server Error',
 }
@@ -58,7 +64,14 @@ DOCUMENT_TYPES = [m for short in documents.RENDERERS for m in mimerender._get_mi
 MULTIPART = 'multipart/mixed'
 FORM_TYPES = ('application/x-www-form-urlencoded', 'multipart/form-data')
 TEXTUAL = ('text/', 'application/json', 'application/xml', 'application/javascript')
-BUCKET_PROPERTIES = {'conflicts': ('siblings', 'lww')}
+# Bucket properties a client may set, and what each accepts.
+BUCKET_PROPERTIES = {
+    'conflicts': ('siblings or lww', lambda v: v in ('siblings', 'lww')),
+    'cache_control': ('a Cache-Control value for the values of the bucket',
+                      lambda v: isinstance(v, str) and len(v) <= 256 and v.isprintable()),
+}
+META_PREFIX = 'HTTP_X_META_'
+MAX_METADATA_BYTES = 4096
 
 
 # -- documents ----------------------------------------------------------------
@@ -132,8 +145,7 @@ class Application(web.application):
         try:
             return super().handle()
         except StoreError as e:
-            headers = {'Retry-After': '1'} if e.code == 'unavailable' else None
-            return respond_error(e.code, e.message, headers, **e.details)
+            return respond_error(e.code, e.message, dict(e.headers), **e.details)
         except web.HTTPError:
             if web.ctx.status.startswith('404'):
                 return respond_error('not_found', 'no resource at %s' % web.ctx.path)
@@ -166,8 +178,31 @@ def request_context():
         raise BadRequest('bad_context', str(e))
 
 
+class RequestBody:
+    """The request body as a stream, read no further than its Content-Length;
+    a body that ends before it (the client went away) is an error, never a
+    shorter value."""
+
+    def __init__(self, env):
+        self.input = env['wsgi.input']
+        declared = env.get('CONTENT_LENGTH')
+        self.left = int(declared) if declared and declared.isdigit() else None
+
+    def read(self, size):
+        if self.left is not None:
+            size = min(size, self.left)
+            if size <= 0:
+                return b''
+        data = self.input.read(size)
+        if self.left is not None:
+            if not data:
+                raise BadRequest('incomplete_body', 'the body ended before its Content-Length')
+            self.left -= len(data)
+        return data
+
+
 def request_value():
-    """(bytes, content type) from a raw body, or from a form's `value` field."""
+    """(bytes or a stream, content type): a raw body, or a form's `value` field."""
     limit = store().config.max_value_bytes
     declared = web.ctx.env.get('CONTENT_LENGTH')
     if declared and declared.isdigit() and int(declared) > limit:
@@ -182,7 +217,31 @@ def request_value():
         mimeparse.parse_mime_type(content_type)
     except mimeparse.MimeTypeParseException:
         raise BadRequest('bad_header', 'Content-Type is not a media type')
-    return web.data(), content_type
+    return RequestBody(web.ctx.env), content_type
+
+
+def request_metadata():
+    """What a value keeps besides its bytes: X-Meta-* headers and Cache-Control."""
+    env = web.ctx.env
+    meta = {name[len(META_PREFIX):].lower().replace('_', '-'): value
+            for name, value in env.items() if name.startswith(META_PREFIX)}
+    metadata = {}
+    if meta:
+        metadata['meta'] = meta
+    if env.get('HTTP_CACHE_CONTROL'):
+        metadata['cache_control'] = env['HTTP_CACHE_CONTROL']
+    if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+        raise BadRequest('bad_header', 'X-Meta-* and Cache-Control headers take at most %d bytes'
+                         % MAX_METADATA_BYTES)
+    return metadata
+
+
+def body_may_be_large():
+    """Is the body worth refusing before it is read?"""
+    env = web.ctx.env
+    declared = env.get('CONTENT_LENGTH')
+    return (not declared or not declared.isdigit() or int(declared) > store().config.chunk_size
+            or env.get('HTTP_EXPECT', '').lower() == '100-continue')
 
 
 def key_path(bucket, key):
@@ -194,9 +253,15 @@ def http_date(microseconds):
 
 
 def value_document(version):
-    """A version's value inside a document: text when it is text, else base64."""
+    """A version's value inside a document: text when it is text, else base64;
+    a value too large for one chunk is left out (GET it raw, with ranges)."""
     doc = {'content_type': version.content_type, 'etag': version.etag,
-           'last_modified': http_date(version.modified)}
+           'last_modified': http_date(version.modified), 'size': version.size}
+    if version.metadata.get('meta'):
+        doc['meta'] = version.metadata['meta']
+    if version.chunk_size:
+        doc['value_omitted'] = 'larger than one chunk: GET the key for its bytes'
+        return doc
     if version.content_type.startswith(TEXTUAL):
         try:
             doc['value'] = version.value.decode('utf-8')
@@ -304,9 +369,9 @@ class Bucket:
         if not isinstance(props, dict):
             raise BadRequest('bad_body', 'bucket properties are a JSON object')
         for name, value in props.items():
-            if name not in BUCKET_PROPERTIES or value not in BUCKET_PROPERTIES[name]:
+            if name not in BUCKET_PROPERTIES or not BUCKET_PROPERTIES[name][1](value):
                 raise BadRequest('bad_property', 'known properties: %s' % ', '.join(
-                    '%s (%s)' % (n, ' or '.join(v)) for n, v in BUCKET_PROPERTIES.items()))
+                    '%s (%s)' % (n, what) for n, (what, _) in BUCKET_PROPERTIES.items()))
         return props
 
 
@@ -373,9 +438,7 @@ class Key:
             web.ctx.status = '304 Not Modified'
             return b''
         if raw:
-            web.header('Content-Type', version.content_type)
-            web.header('Content-Length', str(len(version.value)))
-            return version.value
+            return value_response(bucket, version)
         doc = dict(bucket=bucket, key=key, context=encode_context(read.context), **value_document(version))
         return respond('record', doc)
 
@@ -405,6 +468,34 @@ def prefers(media_type):
         return False
 
 
+def value_response(bucket, version):
+    """The stored bytes, whole or the one range asked for, streamed chunk by chunk."""
+    env = web.ctx.env
+    for name, value in version.metadata.get('meta', {}).items():
+        web.header('X-Meta-' + name.title(), value)
+    cache_control = (version.metadata.get('cache_control')
+                     or store().bucket_properties_cached(bucket).get('cache_control'))
+    if cache_control:
+        web.header('Cache-Control', cache_control)
+    web.header('Content-Type', version.content_type)
+    web.header('Accept-Ranges', 'bytes')
+    wanted = None
+    if env.get('HTTP_IF_RANGE', version.etag) == version.etag:  # a stale If-Range gets it all
+        try:
+            wanted = ranges.parse_range(env.get('HTTP_RANGE'), version.size)
+        except ranges.Unsatisfiable:
+            raise RangeNotSatisfiable(version.size)
+    first, last = wanted or (0, version.size - 1)
+    if wanted:
+        web.ctx.status = '206 Partial Content'
+        web.header('Content-Range', 'bytes %d-%d/%d' % (first, last, version.size))
+    web.header('Content-Length', str(last - first + 1))
+    if version.size == 0:
+        return b''
+    body = store().open_value(version, first, last)
+    return body if version.chunk_size else b''.join(body)
+
+
 def accepts_stored_type(content_type):
     """Does the client's Accept admit the type the value was stored with?"""
     accept = web.ctx.env.get('HTTP_ACCEPT')
@@ -421,15 +512,24 @@ def siblings_response(bucket, key, read):
     document, or as multipart/mixed with each sibling's raw value when asked."""
     if prefers(MULTIPART):
         web.header('Vary', 'Accept')
-        boundary = uuid.uuid4().hex
-        parts = [b'--%s\r\nContent-Type: %s\r\nETag: %s\r\nLast-Modified: %s\r\n\r\n%s\r\n' % (
-            boundary.encode(), v.content_type.encode(), v.etag.encode(),
-            http_date(v.modified).encode(), v.value) for v in read.current]
-        body = b''.join(parts) + b'--%s--\r\n' % boundary.encode()
+        boundary = uuid.uuid4().hex.encode()
+        heads = [b'--%s\r\nContent-Type: %s\r\nETag: %s\r\nLast-Modified: %s\r\n\r\n' % (
+            boundary, v.content_type.encode(), v.etag.encode(), http_date(v.modified).encode())
+            for v in read.current]
+        end = b'--%s--\r\n' % boundary
+        length = sum(len(h) + v.size + 2 for h, v in zip(heads, read.current)) + len(end)
+
+        def parts():
+            for head, version in zip(heads, read.current):
+                yield head
+                if version.size:
+                    yield from store().open_value(version)
+                yield b'\r\n'
+            yield end
         web.ctx.status = '300 Multiple Choices'
-        web.header('Content-Type', '%s; boundary=%s' % (MULTIPART, boundary))
-        web.header('Content-Length', str(len(body)))
-        return body
+        web.header('Content-Type', '%s; boundary=%s' % (MULTIPART, boundary.decode()))
+        web.header('Content-Length', str(length))
+        return parts()
     siblings = [value_document(v) for v in read.current]
     return respond('siblings', {
         'bucket': bucket, 'key': key, 'context': encode_context(read.context),
@@ -444,14 +544,24 @@ def write_key(bucket, key, create_only):
     w = store().quorum(query('w'), None, 'w')
     context = request_context()
     preconditions = Preconditions.from_environ(web.ctx.env)
-    value, content_type = request_value()
+    metadata = request_metadata()
+    expected = expected_digests(web.ctx.env)
 
     def check(current):
         if create_only and current:
             raise AlreadyExists('key %r already exists in bucket %r' % (key, bucket))
         preconditions.check_write(current)
 
-    receipt = store().put(bucket, key, value, content_type, context=context, check=check, w=w)
+    if (create_only or preconditions.present) and body_may_be_large():
+        # Refuse before reading a body that would be thrown away; the write
+        # checks again, atomically, on its coordinator.
+        try:
+            check(store().get(bucket, key).current)
+        except Unavailable:
+            pass
+    value, content_type = request_value()
+    receipt = store().put(bucket, key, value, content_type, context=context, check=check, w=w,
+                          metadata=metadata, expected=expected)
     headers = dict(context_header(receipt), ETag=receipt.version.etag)
     if receipt.created:
         headers['Location'] = key_path(bucket, key)

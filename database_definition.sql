@@ -17,7 +17,10 @@ CREATE TABLE IF NOT EXISTS objects (
     content_type VARBINARY(255)  NOT NULL,
     digest       VARBINARY(64)   NOT NULL,  -- sha256 of value, hex; the ETag
     modified     BIGINT          NOT NULL,  -- microseconds since the epoch
-    value        LONGBLOB        NOT NULL,
+    value        LONGBLOB        NOT NULL,  -- the bytes, when they fit in one chunk
+    size         BIGINT          NOT NULL,  -- bytes in the value
+    chunk_size   INT             NOT NULL,  -- 0: the value is inline; else it is in chunks
+    metadata     VARBINARY(8192) NOT NULL,  -- JSON: X-Meta-* headers, Cache-Control
     point        BIGINT          NOT NULL,  -- the key's position on the ring (63 bits)
     PRIMARY KEY (bucket, key_name, version_id)
 );
@@ -64,6 +67,25 @@ CREATE TABLE IF NOT EXISTS hints (
     digest       VARBINARY(64)   NOT NULL,
     modified     BIGINT          NOT NULL,
     value        LONGBLOB        NOT NULL,
+    size         BIGINT          NOT NULL,
+    chunk_size   INT             NOT NULL,
+    metadata     VARBINARY(8192) NOT NULL,
     created      BIGINT          NOT NULL,  -- microseconds since the epoch
     PRIMARY KEY (target, bucket, key_name, version_id)
 );
+
+-- The bytes of large values, in chunks of the version's chunk_size.  A
+-- version's chunks are written before the version row that makes them
+-- visible; chunks that no version or hint points to are garbage (an upload
+-- that failed or was cut off) and the reconciler removes them.
+CREATE TABLE IF NOT EXISTS chunks (
+    version_id   VARBINARY(32)   NOT NULL,
+    seq          INT             NOT NULL,
+    bucket       VARBINARY(63)   NOT NULL,  -- the key the version is of, so that
+    key_name     VARBINARY(1024) NOT NULL,  -- garbage is found by primary keys
+    data         LONGBLOB        NOT NULL,
+    digest       VARBINARY(64)   NOT NULL,  -- sha256 of data, hex
+    created      BIGINT          NOT NULL,
+    PRIMARY KEY (version_id, seq)
+);
+CREATE INDEX IF NOT EXISTS chunks_created ON chunks (created);

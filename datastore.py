@@ -20,19 +20,24 @@ the background.  Every call to a partition goes through the failure detector
 """
 import concurrent.futures
 import dataclasses
+import io
+import hashlib
 import json
 import logging
 import re
 import sys
 import time
+import uuid
 
 import threading
 
 import configuration
-from engines import PartitionError, open_engine
-from errors import BadRequest, BucketNotEmpty, NotFound, TooLarge, TooManySiblings, Unavailable
+from engines import FULL, PartitionError, open_engine
+from errors import (BadRequest, BucketNotEmpty, CorruptData, InsufficientStorage, NotFound, TooLarge,
+                    TooManySiblings, Unavailable)
 from gossip import Gossip
 from health import Health
+from integrity import Hasher
 from ring import Ring
 from versions import Version, context_of, live, next_dot, prune, reconcile, resolve
 
@@ -80,6 +85,18 @@ class KeyPage:
 
 def iso_time(seconds):
     return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(seconds))
+
+
+def read_up_to(stream, size):
+    """Up to size bytes: fewer only at the end of the stream."""
+    parts, wanted = [], size
+    while wanted:
+        data = stream.read(wanted)
+        if not data:
+            break
+        parts.append(data)
+        wanted -= len(data)
+    return b''.join(parts)
 
 
 class Datastore:
@@ -152,8 +169,9 @@ class Datastore:
         try:
             return getattr(self.engines[name], method)(*args)
         except PartitionError as e:
-            if e.reason != 'lock conflict':
-                self.health.failed(name, e.reason)
+            if e.unavailable:
+                # Blame the partition that failed: copying chunks reads another.
+                self.health.failed(e.partition, e.reason)
             raise
         finally:
             # Anything but a PartitionError (a refused precondition, say) means
@@ -164,7 +182,7 @@ class Datastore:
                 except RuntimeError:  # shutting down
                     pass
 
-    def _fan_out(self, candidates, call, launch, needed, unfinished=None):
+    def _fan_out(self, candidates, call, launch, needed, unfinished=None, timeout=None):
         """Run call(partition) on `launch` candidates at once, starting the next
         candidate whenever one fails, until `needed` succeed or none are left.
 
@@ -183,7 +201,7 @@ class Datastore:
 
         for _ in range(min(launch, len(waiting))):
             start()
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + (timeout or self.timeout)
         while running and len(results) < needed:
             done, _ = concurrent.futures.wait(running, timeout=max(0, deadline - time.monotonic()),
                                               return_when=concurrent.futures.FIRST_COMPLETED)
@@ -244,13 +262,95 @@ class Datastore:
         except PartitionError as e:
             log.info('read repair of %s/%s on %s failed: %s', bucket, key, name, e.reason)
 
-    def put(self, bucket, key, value, content_type, context=None, check=None, w=None):
-        """Store a value.  check(current live versions) may raise to refuse."""
-        if len(value) > self.config.max_value_bytes:
+    def put(self, bucket, key, value, content_type, context=None, check=None, w=None,
+            metadata=None, expected=None):
+        """Store a value: bytes, or a stream to read (read(n)).  check(current live
+        versions) may raise to refuse; expected: digests the body must match.
+
+        A value that fits in one chunk is stored inline in its version.  A larger
+        one is read and written chunk by chunk to the coordinator first, so it
+        is never held whole in memory; its version, written last, makes it
+        visible at once, and replicas copy the chunks from the coordinator.
+        """
+        self.check_key(bucket, key)
+        stream = io.BytesIO(value) if isinstance(value, (bytes, bytearray)) else value
+        limit, size = self.config.max_value_bytes, self.config.chunk_size
+        hasher = Hasher(expected)
+        first = read_up_to(stream, size)
+        second = read_up_to(stream, size) if len(first) == size else b''
+        if not second:
+            hasher.update(first)
+            self._check_size(hasher.size)
+            hasher.verify()
+            return self._write(bucket, key, context, check, w, lambda seen, dot: Version.new(
+                seen, dot, first, content_type, metadata=metadata))
+
+        preference, _ = self.placement(bucket, key)
+        coordinator = next((p for p in preference if self.health.available(p)), None)
+        if coordinator is None:
+            raise Unavailable('no replica of the key could take the write',
+                              failed={p: 'down' for p in preference})
+        version_id = uuid.uuid4().hex
+        try:
+            seq, data = 0, first
+            while data:
+                hasher.update(data)
+                self._check_size(hasher.size)
+                self._store_chunk(coordinator, bucket, key, version_id, seq, data)
+                seq, data = seq + 1, (second if seq == 0 else read_up_to(stream, size))
+            hasher.verify()
+        except BaseException:
+            self._forget_chunks(coordinator, version_id)
+            raise
+        engine = self.engines[coordinator]
+        return self._write(bucket, key, context, check, w, lambda seen, dot: Version.new(
+            seen, dot, b'', content_type, metadata=metadata, version_id=version_id,
+            digest=hasher.hexdigest, size=hasher.size, chunk_size=size, chunk_source=engine),
+            coordinators=[coordinator])
+
+    def open_value(self, version, first=0, last=None):
+        """The bytes first..last (inclusive) of a version, as an iterator of
+        chunks read one at a time.  Bytes that do not match their digest are
+        never served: an inline value is checked before anything is sent, a
+        chunked one chunk by chunk (and whole, when it is read whole), and a
+        mismatch ends the stream with an error."""
+        last = version.size - 1 if last is None else last
+        if not version.chunk_size:
+            if hashlib.sha256(version.value).hexdigest() != version.digest:
+                log.error('version %s: the value does not match its digest', version.version_id)
+                raise CorruptData('the stored value is damaged; it is not served')
+            return iter([version.value[first:last + 1]])
+        return self._stream_chunks(version, first, last)
+
+    def _stream_chunks(self, version, first, last):
+        whole = hashlib.sha256() if (first, last) == (0, version.size - 1) else None
+        for data in version.chunk_source.iter_value(version, first, last):
+            if whole:
+                whole.update(data)
+            yield data
+        if whole and whole.hexdigest() != version.digest:
+            log.error('version %s: the chunks do not match the value digest', version.version_id)
+            raise CorruptData('the stored value is damaged')
+
+    def _check_size(self, size):
+        if size > self.config.max_value_bytes:
             raise TooLarge('values are at most %d bytes' % self.config.max_value_bytes,
                            limit=self.config.max_value_bytes)
-        return self._write(bucket, key, context, check, w,
-                           lambda seen, dot: Version.new(seen, dot, value, content_type))
+
+    def _store_chunk(self, partition, bucket, key, version_id, seq, data):
+        try:
+            self.call(partition, 'write_chunk', bucket, key, version_id, seq, data)
+        except PartitionError as e:
+            if e.reason == FULL:
+                raise InsufficientStorage('partition %s is full' % partition, failed={partition: e.reason})
+            raise Unavailable('the partition taking the value failed', failed={partition: e.reason})
+
+    def _forget_chunks(self, partition, version_id):
+        """Remove the chunks of an upload that failed (sync.py's gc catches the rest)."""
+        try:
+            self.call(partition, 'delete_chunks', version_id)
+        except PartitionError:
+            pass
 
     def delete(self, bucket, key, context=None, check=None, w=None):
         """Write a tombstone; NotFound when there is no live version."""
@@ -262,7 +362,7 @@ class Datastore:
         return self._write(bucket, key, context, must_exist, w,
                            lambda seen, dot: Version.new(seen, dot, b'', '', deleted=True))
 
-    def _write(self, bucket, key, context, check, w, make):
+    def _write(self, bucket, key, context, check, w, make, coordinators=None):
         self.check_key(bucket, key)
         w = w or self.config.w
         if self.bucket_properties_cached(bucket)['conflicts'] == 'lww':
@@ -270,7 +370,7 @@ class Datastore:
         preference, fallbacks = self.placement(bucket, key)
         self._adopt_previous_owners(bucket, key, preference)   # during a view change
         failures = {}
-        for coordinator in preference:
+        for coordinator in coordinators or preference:
             def decide(held, coordinator=coordinator):
                 if check:
                     check(live(held))
@@ -289,6 +389,8 @@ class Datastore:
             except PartitionError as e:
                 failures[coordinator] = e.reason
         else:
+            if FULL in failures.values():
+                raise InsufficientStorage('no replica of the key has room for the write', failed=failures)
             raise Unavailable('no replica of the key could take the write', failed=failures)
 
         spare = iter(fallbacks)
@@ -318,8 +420,10 @@ class Datastore:
 
         others = [p for p in preference if p != coordinator]
         unfinished = {}
+        # Copying a large value's chunks takes a bounded time per chunk.
         landed, not_landed = self._fan_out(others, replicate, launch=len(others), needed=w - 1,
-                                           unfinished=unfinished)
+                                           unfinished=unfinished,
+                                           timeout=self.timeout * (1 + version.chunk_count))
         if w < self.n:
             self.executor.submit(self._settle, coordinator, bucket, key, version, unfinished,
                                  not not_landed)
@@ -345,7 +449,7 @@ class Datastore:
         """After a lazy write returned: once every other replica holds the version
         (or a hint for it), drop its pending marker.  A marker left behind (a
         crash, a failure) is the reconciler's to push on."""
-        done, _ = concurrent.futures.wait(unfinished, timeout=self.timeout)
+        done, _ = concurrent.futures.wait(unfinished, timeout=self.timeout * (1 + version.chunk_count))
         if not landed_so_far or len(done) < len(unfinished) or any(f.exception() for f in done):
             log.info('lazy write of %s/%s left pending', bucket, key)
             return
@@ -557,7 +661,12 @@ class Datastore:
     # nothing on a key's owners also asks the owners that ring gives the key, and
     # a write first copies to the owners what those hold.
     VIEW_CACHE_SECONDS = 5.0
-    VIEW_NAMES = ('view', 'view.previous', 'view.progress')
+    VIEW_NAMES = ('view', 'view.previous', 'view.progress', 'view.history')
+    VIEW_HISTORY = 50   # epochs whose rings are remembered (by digest), to refuse going back
+
+    @staticmethod
+    def ring_digest(ring):
+        return hashlib.sha1(json.dumps(ring, sort_keys=True).encode()).hexdigest()[:12]
 
     def ring_description(self):
         """The configured view, as recorded: {partitions: {name: weight}, vnodes, replicas}."""
@@ -573,6 +682,7 @@ class Datastore:
             if view is not None:
                 view['previous'] = json.loads(values.get('view.previous') or 'null')
                 view['progress'] = json.loads(values.get('view.progress') or 'null')
+                view['history'] = json.loads(values.get('view.history') or '[]')
             views[name] = view
         return views
 
@@ -650,41 +760,54 @@ class Datastore:
             self._fan_out(preference, lambda p: [self.call(p, 'apply', bucket, key, v) for v in versions],
                           launch=len(preference), needed=len(preference))
 
-    def record_view(self, force=False):
+    def record_view(self, force=False, dry_run=False):
         """Record the configured view in every partition that answers, as a new
         epoch when it differs from the newest recorded one.  Refuses (ViewConflict)
         a view that looks like a stale configuration unless forced.
         Returns (the newest view, whether a new epoch was recorded, partitions
-        that did not answer)."""
+        that did not answer); with dry_run, only what it would record."""
         views = self.read_views()
         newest, mine = self.newest_view(views), self.ring_description()
         unreachable = sorted(set(self.engines) - set(views))
         changed = newest is None or newest['ring'] != mine
         if changed and newest is not None and not force:
-            if newest['previous'] == mine:
+            earlier = [epoch for epoch, digest in newest['history'] if digest == self.ring_digest(mine)]
+            if earlier or newest['previous'] == mine:
                 raise ViewConflict(
                     'this configuration is the ring of epoch %d, which epoch %d replaced: is the '
                     'configuration here out of date?  (--force-view records it as a new epoch)'
-                    % (newest['epoch'] - 1, newest['epoch']))
+                    % (earlier[-1] if earlier else newest['epoch'] - 1, newest['epoch']))
             if newest['state'] != 'complete':
                 raise ViewConflict(
                     'the rebalance to epoch %d is not complete; finish it with the configuration it '
                     'was recorded with before changing the partitions again (or --force-view)'
                     % newest['epoch'])
+            dropped = sorted(set(newest['ring']['partitions']) - set(self.engines))
+            if dropped:
+                raise ViewConflict(
+                    '%s of epoch %d is not configured, so the keys on it cannot be moved: give it '
+                    'weight = 0 until sync.py has emptied it, then remove it (or --force-view if it '
+                    'is lost)' % (' and '.join(dropped), newest['epoch']))
         if changed:
-            newest = {'epoch': newest['epoch'] + 1 if newest else 1, 'ring': mine,
+            epoch = newest['epoch'] + 1 if newest else 1
+            history = (newest['history'] if newest else []) + [[epoch, self.ring_digest(mine)]]
+            newest = {'epoch': epoch, 'ring': mine,
                       'state': 'rebalancing' if newest else 'complete',
                       'recorded': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
-                      'previous': newest['ring'] if newest else None, 'progress': None}
+                      'previous': newest['ring'] if newest else None, 'progress': None,
+                      'history': history[-self.VIEW_HISTORY:]}
         stale = [p for p, view in views.items() if changed or view is None or
                  (view['epoch'], view['state']) != (newest['epoch'], newest['state'])]
+        if dry_run:
+            return newest, changed, unreachable
         self._write_view(newest, stale)
         self._view_cache = (0.0, [])
         return newest, changed, unreachable
 
     def _write_view(self, view, partitions):
         record = {k: view[k] for k in ('epoch', 'ring', 'state', 'recorded')}
-        values = {'view': json.dumps(record, sort_keys=True), 'view.previous': json.dumps(view['previous'])}
+        values = {'view': json.dumps(record, sort_keys=True), 'view.previous': json.dumps(view['previous']),
+                  'view.history': json.dumps(view['history'])}
         if view.get('progress') is not None or view['state'] == 'complete':
             values['view.progress'] = json.dumps(view.get('progress'))
         done, failures = self._fan_out(partitions, lambda p: self.call(p, 'set_metadata', values),

@@ -30,18 +30,32 @@ from versions import Version, decode_version_clock, encode_version_clock, reconc
 
 log = logging.getLogger('kvstore.engines')
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'database_definition.sql')
-COLUMNS = 'version_id, clock, deleted, content_type, digest, modified, value'
+COLUMNS = 'version_id, clock, deleted, content_type, digest, modified, value, size, chunk_size, metadata'
 # MySQL errors worth retrying a transaction for: deadlock, lock wait timeout.
 RETRYABLE_MYSQL = (1213, 1205)
+# MySQL errors of a full partition: table full, disk full, out of space.
+MYSQL_FULL = (1114, 1021, 1030)
 
 
 class PartitionError(Exception):
-    """A partition could not do what was asked (down, unreachable, failing)."""
+    """A partition could not do what was asked (down, unreachable, failing).
 
-    def __init__(self, partition, reason):
+    `unavailable` is False for failures that say nothing of the partition's
+    health (a lock conflict, a full disk, a corrupt chunk): those do not mark
+    it down.
+    """
+
+    def __init__(self, partition, reason, unavailable=True):
         super().__init__('%s: %s' % (partition, reason))
         self.partition = partition
         self.reason = reason
+        self.unavailable = unavailable
+
+
+FULL = 'full'                    # the partition's disk or table is full
+LOCK_CONFLICT = 'lock conflict'
+CORRUPT = 'corrupt data'
+HEALTHY_FAILURES = (FULL, LOCK_CONFLICT, CORRUPT)
 
 
 def schema_statements():
@@ -58,10 +72,14 @@ def prefix_end(prefix):
     return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
-def row_to_version(row):
-    version_id, clock, deleted, content_type, digest, modified, value = row
+def row_to_version(row, source=None):
+    """A Version from the columns of COLUMNS; source: the engine its chunks are on."""
+    version_id, clock, deleted, content_type, digest, modified, value, size, chunk_size, metadata = row
     seen, dot = decode_version_clock(clock)
     return Version(version_id=_text(version_id), clock=seen, dot=dot,
+                   size=int(size), chunk_size=int(chunk_size),
+                   metadata=json.loads(metadata) if metadata else {},
+                   chunk_source=source if chunk_size else None,
                    deleted=bool(deleted), content_type=_text(content_type),
                    value=bytes(value), digest=_text(digest), modified=int(modified))
 
@@ -168,7 +186,8 @@ class SQLEngine:
                     cursor.close()
         except self.db_errors as e:
             log.info('partition %s failed: %s', self.name, e)
-            raise PartitionError(self.name, self._describe(e)) from None
+            reason = self._describe(e)
+            raise PartitionError(self.name, reason, reason not in HEALTHY_FAILURES) from None
 
     def _describe(self, error):
         return type(error).__name__
@@ -190,7 +209,7 @@ class SQLEngine:
                     cursor.connection.commit()
                     return result
             except PartitionError as e:
-                if e.reason != 'lock conflict' or attempt == 4:
+                if e.reason != LOCK_CONFLICT or attempt == 4:
                     raise
                 time.sleep(0.005 * (attempt + 1))
 
@@ -209,7 +228,7 @@ class SQLEngine:
     def _held(self, cursor, bucket, key):
         self._execute(cursor, 'SELECT ' + COLUMNS + ' FROM objects WHERE bucket = ? AND key_name = ?'
                       + self.lock_clause, (bucket.encode(), key.encode()))
-        return [row_to_version(row) for row in cursor.fetchall()]
+        return [row_to_version(row, self) for row in cursor.fetchall()]
 
     def _store(self, cursor, bucket, key, drop_ids, version):
         b, k = bucket.encode(), key.encode()
@@ -217,14 +236,16 @@ class SQLEngine:
             self._execute(cursor, 'DELETE FROM objects WHERE bucket = ? AND key_name = ? AND version_id = ?',
                           (b, k, version_id.encode()))
         self._execute(cursor, 'INSERT INTO objects (bucket, key_name, ' + COLUMNS + ', point)'
-                      ' VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+                      ' VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
                       (b, k) + self._version_columns(version) + (key_point(bucket, key),))
 
     @staticmethod
     def _version_columns(version):
         """A version as the values of COLUMNS."""
         return (version.version_id.encode(), encode_version_clock(version), int(version.deleted),
-                version.content_type.encode(), version.digest.encode(), version.modified, version.value)
+                version.content_type.encode(), version.digest.encode(), version.modified, version.value,
+                version.size, version.chunk_size,
+                json.dumps(version.metadata, sort_keys=True).encode() if version.metadata else b'')
 
     def read(self, bucket, key):
         with self._cursor() as cursor:
@@ -251,6 +272,8 @@ class SQLEngine:
 
     def apply(self, bucket, key, version):
         """Take in a version written elsewhere; keep siblings it does not supersede."""
+        self.copy_chunks(bucket, key, version)
+
         def work(cursor):
             drop_ids, keep = reconcile(self._held(cursor, bucket, key), version)
             if keep:
@@ -275,16 +298,91 @@ class SQLEngine:
             self._execute(cursor, 'SELECT key_name, ' + COLUMNS.replace('value', "x''") +
                           ' FROM objects WHERE ' + ' AND '.join(clauses) +
                           ' ORDER BY key_name LIMIT ?', args + [limit])
-            return [(_text(row[0]), row_to_version(row[1:])) for row in cursor.fetchall()]
+            return [(_text(row[0]), row_to_version(row[1:], self)) for row in cursor.fetchall()]
+
+    # -- chunks: the bytes of large values, written before their version
+    def write_chunk(self, bucket, key, version_id, seq, data):
+        with self._cursor() as cursor:
+            self._execute(cursor, 'REPLACE INTO chunks (version_id, seq, bucket, key_name, data, digest, created)'
+                          ' VALUES (?, ?, ?, ?, ?, ?, ?)',
+                          (version_id.encode(), seq, bucket.encode(), key.encode(), data,
+                           hashlib.sha256(data).hexdigest().encode(), time.time_ns() // 1000))
+
+    def read_chunk(self, version_id, seq):
+        """A chunk's bytes, checked against the digest stored with them."""
+        with self._cursor() as cursor:
+            self._execute(cursor, 'SELECT data, digest FROM chunks WHERE version_id = ? AND seq = ?',
+                          (version_id.encode(), seq))
+            row = cursor.fetchone()
+        if row is None or hashlib.sha256(row[0]).hexdigest() != _text(row[1]):
+            log.error('partition %s: chunk %d of version %s is %s', self.name, seq, version_id,
+                      'missing' if row is None else 'corrupt')
+            raise PartitionError(self.name, CORRUPT, unavailable=False)
+        return bytes(row[0])
+
+    def chunks_held(self, version_id):
+        with self._cursor() as cursor:
+            self._execute(cursor, 'SELECT COUNT(*) FROM chunks WHERE version_id = ?', (version_id.encode(),))
+            return int(cursor.fetchone()[0])
+
+    def delete_chunks(self, version_id):
+        with self._cursor() as cursor:
+            self._execute(cursor, 'DELETE FROM chunks WHERE version_id = ?', (version_id.encode(),))
+
+    def copy_chunks(self, bucket, key, version):
+        """Bring a large version's chunks here from where it was read, one at a
+        time, before the version itself is stored."""
+        source = version.chunk_source
+        if not version.chunk_count or source is self or self.chunks_held(version.version_id) == version.chunk_count:
+            return
+        if source is None:
+            raise PartitionError(self.name, 'the chunks of version %s are nowhere to copy from'
+                                 % version.version_id, unavailable=False)
+        for seq in range(version.chunk_count):
+            self.write_chunk(bucket, key, version.version_id, seq, source.read_chunk(version.version_id, seq))
+
+    def collect_chunks(self, before, limit):
+        """Delete chunks written before `before` (microseconds) that no version
+        or hint here points to: uploads that failed or were cut off, versions
+        superseded or reaped.  Returns how many versions' chunks went."""
+        with self._cursor() as cursor:
+            self._execute(cursor, 'SELECT DISTINCT bucket, key_name, version_id FROM chunks'
+                          ' WHERE created < ? LIMIT ?', (before, limit))
+            candidates = cursor.fetchall()
+            removed = 0
+            for bucket, key, version_id in candidates:
+                self._execute(cursor, 'SELECT COUNT(*) FROM objects WHERE bucket = ? AND key_name = ?'
+                              ' AND version_id = ?', (bucket, key, version_id))
+                held = cursor.fetchone()[0]
+                self._execute(cursor, 'SELECT COUNT(*) FROM hints WHERE bucket = ? AND key_name = ?'
+                              ' AND version_id = ?', (bucket, key, version_id))
+                if not held and not cursor.fetchone()[0]:
+                    self._execute(cursor, 'DELETE FROM chunks WHERE version_id = ?', (version_id,))
+                    removed += 1
+            return removed
+
+    def iter_value(self, version, first=0, last=None):
+        """The bytes first..last (inclusive) of a version held here, chunk by chunk."""
+        last = version.size - 1 if last is None else last
+        if not version.chunk_size:
+            yield version.value[first:last + 1]
+            return
+        size = version.chunk_size
+        for seq in range(first // size, last // size + 1):
+            data = self.read_chunk(version.version_id, seq)
+            start = max(first - seq * size, 0)
+            yield data[start:last + 1 - seq * size]
 
     # -- hints: versions held for a partition that was down
     def store_hint(self, target, bucket, key, version):
+        self.copy_chunks(bucket, key, version)
+
         def work(cursor):
             pk = (target.encode(), bucket.encode(), key.encode(), version.version_id.encode())
             self._execute(cursor, 'DELETE FROM hints WHERE target = ? AND bucket = ? AND key_name = ?'
                           ' AND version_id = ?', pk)
             self._execute(cursor, 'INSERT INTO hints (target, bucket, key_name, ' + COLUMNS + ', created)'
-                          ' VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+                          ' VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
                           pk[:3] + self._version_columns(version) + (time.time_ns() // 1000,))
             return True
         return self._transaction(work)
@@ -294,14 +392,14 @@ class SQLEngine:
         with self._cursor() as cursor:
             self._execute(cursor, 'SELECT ' + COLUMNS + ' FROM hints WHERE bucket = ? AND key_name = ?',
                           (bucket.encode(), key.encode()))
-            return [row_to_version(row) for row in cursor.fetchall()]
+            return [row_to_version(row, self) for row in cursor.fetchall()]
 
     def hints_for(self, target, limit):
         """Up to limit hints for target, oldest first: [(bucket, key, version, created)]."""
         with self._cursor() as cursor:
             self._execute(cursor, 'SELECT bucket, key_name, created, ' + COLUMNS + ' FROM hints'
                           ' WHERE target = ? ORDER BY created LIMIT ?', (target.encode(), limit))
-            return [(_text(row[0]), _text(row[1]), row_to_version(row[3:]), int(row[2]))
+            return [(_text(row[0]), _text(row[1]), row_to_version(row[3:], self), int(row[2]))
                     for row in cursor.fetchall()]
 
     def delete_hint(self, target, bucket, key, version_id):
@@ -398,7 +496,7 @@ class SQLEngine:
             args.append(limit)
         with self._cursor() as cursor:
             self._execute(cursor, statement, args)
-            return [(_text(row[0]), _text(row[1]), row_to_version(row[2:])) for row in cursor.fetchall()]
+            return [(_text(row[0]), _text(row[1]), row_to_version(row[2:], self)) for row in cursor.fetchall()]
 
     def read_many(self, keys, values=True):
         """{(bucket, key): [Version]} for many keys at once (values left out
@@ -413,12 +511,14 @@ class SQLEngine:
                               + ' OR '.join(['(bucket = ? AND key_name = ?)'] * len(chunk)),
                               [part for bucket, key in chunk for part in (bucket.encode(), key.encode())])
                 for row in cursor.fetchall():
-                    found[(_text(row[0]), _text(row[1]))].append(row_to_version(row[2:]))
+                    found[(_text(row[0]), _text(row[1]))].append(row_to_version(row[2:], self))
         return found
 
     def apply_many(self, items):
         """apply() each (bucket, key, version) of items in one transaction: [stored]."""
         order = sorted(range(len(items)), key=lambda i: (items[i][0], items[i][1]))
+        for bucket, key, version in items:
+            self.copy_chunks(bucket, key, version)
 
         def work(cursor):
             stored = [False] * len(items)
@@ -430,6 +530,15 @@ class SQLEngine:
                 stored[i] = keep
             return stored
         return self._transaction(work) if items else []
+
+    def insert_many(self, items):
+        """Store [(bucket, key, version)] of keys this partition holds no version
+        of, inline values only, in one transaction of multi-row INSERTs: a bulk
+        load (tests, imports), with exactly the rows apply() would write."""
+        statement = self._sql('INSERT INTO objects (bucket, key_name, ' + COLUMNS + ', point) VALUES (%s)'
+                              % ', '.join(['?'] * (COLUMNS.count(',') + 4)))
+        rows = [(b.encode(), k.encode()) + self._version_columns(v) + (key_point(b, k),) for b, k, v in items]
+        self._transaction(lambda cursor: cursor.executemany(statement, rows))
 
     def delete_versions(self, bucket, key, version_ids):
         """Remove these versions of a key (and no other); how many were there."""
@@ -566,7 +675,9 @@ class SQLiteEngine(SQLEngine):
 
     def _describe(self, error):
         if isinstance(error, sqlite3.OperationalError) and 'locked' in str(error):
-            return 'lock conflict'
+            return LOCK_CONFLICT
+        if isinstance(error, sqlite3.OperationalError) and 'full' in str(error):
+            return FULL
         return 'SQLite error (%s)' % type(error).__name__
 
     # -- reconciliation (sync.py) -----------------------------------------------
@@ -628,7 +739,9 @@ class MySQLEngine(SQLEngine):
     def _describe(self, error):
         code = error.args[0] if error.args and isinstance(error.args[0], int) else None
         if code in RETRYABLE_MYSQL:
-            return 'lock conflict'
+            return LOCK_CONFLICT
+        if code in MYSQL_FULL:
+            return FULL
         if not code:
             return 'connection lost'
         if isinstance(error, pymysql.OperationalError):

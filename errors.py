@@ -8,6 +8,7 @@ carry a traceback, a path or a credential.
 
 class StoreError(Exception):
     code = 'internal_error'
+    headers = {}  # HTTP headers the error response carries
 
     def __init__(self, message, **details):
         super().__init__(message)
@@ -49,6 +50,25 @@ class TooLarge(StoreError):
     code = 'value_too_large'
 
 
+class InsufficientStorage(StoreError):
+    """A partition's disk or table is full; nothing of the write is visible."""
+    code = 'insufficient_storage'
+
+
 class Unavailable(StoreError):
     """Too few replicas answered.  A write may still have been applied on some."""
     code = 'unavailable'
+    headers = {'Retry-After': '1'}
+
+
+class RangeNotSatisfiable(StoreError):
+    code = 'range_not_satisfiable'
+
+    def __init__(self, size):
+        super().__init__('the value has %d bytes: no requested range overlaps them' % size, size=size)
+        self.headers = {'Content-Range': 'bytes */%d' % size}
+
+
+class CorruptData(StoreError):
+    """Stored bytes no longer match their digest: refused rather than served."""
+    code = 'corrupt_data'

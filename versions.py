@@ -89,14 +89,27 @@ class Version:
     value: bytes
     digest: str
     modified: int  # microseconds since the epoch
+    size: int = 0
+    chunk_size: int = 0          # 0: the value is inline; else its bytes are in chunks
+    metadata: dict = dataclasses.field(default_factory=dict)
+    # Where the chunks can be read (an engine); not part of the version itself.
+    chunk_source: object = dataclasses.field(default=None, compare=False, repr=False)
 
     @classmethod
-    def new(cls, seen, dot, value, content_type, deleted=False):
-        value = b'' if deleted else value
-        return cls(version_id=uuid.uuid4().hex, clock=dict(seen), dot=tuple(dot),
+    def new(cls, seen, dot, value, content_type, deleted=False, metadata=None, version_id=None,
+            digest=None, size=None, chunk_size=0, chunk_source=None):
+        """A new version: an inline value, a tombstone, or (with chunk_size) a
+        value whose chunks are already written under version_id."""
+        value = b'' if deleted or chunk_size else value
+        return cls(version_id=version_id or uuid.uuid4().hex, clock=dict(seen), dot=tuple(dot),
                    deleted=deleted, content_type=content_type, value=value,
-                   digest=hashlib.sha256(value).hexdigest(),
-                   modified=time.time_ns() // 1000)
+                   digest=digest or hashlib.sha256(value).hexdigest(),
+                   modified=time.time_ns() // 1000, size=len(value) if size is None else size,
+                   chunk_size=chunk_size, metadata=metadata or {}, chunk_source=chunk_source)
+
+    @property
+    def chunk_count(self):
+        return -(-self.size // self.chunk_size) if self.chunk_size else 0
 
     @property
     def etag(self):
