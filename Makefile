@@ -37,3 +37,25 @@ run: $(VENV_STAMP)
 
 clean:
 	rm -rf $(VENV) data/ .test-results.xml
+
+# The benchmark (bench/run.py, issue 6): private mariadbd servers, the store
+# under gunicorn as `make run` serves it, wrk, a web.py hello world and etcd.
+# Writes bench/results/.  Arguments: make bench BENCH_ARGS='--quick'
+# (or --only 'C-*', --scaling, --profile; see bench/README.md).
+.PHONY: bench
+bench: mariadb $(VENV_STAMP)
+	@for tool in wrk etcd; do \
+		command -v $$tool >/dev/null 2>&1 && continue; \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+			echo "Installing wrk and etcd-server with apt-get"; \
+			export DEBIAN_FRONTEND=noninteractive; \
+			apt-get update -qq && apt-get install -y -qq wrk etcd-server >/dev/null || exit 1; \
+			break; \
+		else \
+			echo "$$tool not found: install wrk and etcd (Debian: apt-get install wrk etcd-server)" >&2; \
+			exit 1; \
+		fi; \
+	done
+	@[ $(VENV)/.bench-installed -nt requirements-bench.txt ] || \
+		{ $(VENV)/bin/pip install -q -r requirements-bench.txt && touch $(VENV)/.bench-installed; }
+	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
