@@ -53,6 +53,7 @@ class StoreConfig:
     sync_batch_size: int = 500          # rows per query or transaction
     sync_rate_limit: float = 0.0        # rows per second read and written; 0: no limit
     tombstone_grace: float = 7 * 86400  # seconds a tombstone is kept after it is everywhere
+    chunk_grace: float = 86400          # seconds before chunks no version points to are removed
 
 
 def config_path():
@@ -181,4 +182,5 @@ def parse(parser, source='configuration'):
         peers=peers(), gossip_interval=number('cluster', 'gossip_interval', float, 1.0, 0.05),
         sync_batch_size=number('sync', 'batch_size', int, 500, 1, 100000),
         sync_rate_limit=number('sync', 'rate_limit', float, 0.0, 0.0),
-        tombstone_grace=number('sync', 'tombstone_grace', float, 7 * 86400.0, 0.0))
+        tombstone_grace=number('sync', 'tombstone_grace', float, 7 * 86400.0, 0.0),
+        chunk_grace=number('sync', 'chunk_grace', float, 86400.0, 0.0))

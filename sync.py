@@ -19,8 +19,10 @@ runs the jobs in this order:
                the replicas that lack them; then anti-entropy (antientropy.py):
                compare the owners of each arc of the ring by digests, descend
                only where they differ, and copy what each owner lacks
-    gc         reap tombstones held alike by every owner for longer than the
-               grace period, when no hint for the key is waiting
+    gc         remove chunks no version or hint points to (uploads cut off,
+               versions superseded or moved away) once older than chunk_grace;
+               reap tombstones held alike by every owner for longer than
+               tombstone_grace, when no hint for the key is waiting
 
 Every step copies before it deletes and can be repeated, so a run killed at any
 moment loses nothing: the next one finishes the work.  A run holds an advisory
@@ -579,15 +581,19 @@ class Reconciler:
     # -- garbage collection ------------------------------------------------------
 
     def gc(self):
-        counts = collections.Counter(tombstones_reaped=0, tombstones_kept=0)
+        counts = collections.Counter(tombstones_reaped=0, tombstones_kept=0, chunked_versions_removed=0)
         waiting = collections.Counter()
+        self._collect_chunks(counts, waiting)
+        chunks = (', chunks of %d versions removed' % counts['chunked_versions_removed']
+                  if counts['chunked_versions_removed'] else '')
         if self.view['state'] != 'complete':
-            return JobResult('gc', dict(counts), {}, True,
-                             'gc: skipped until the rebalance to epoch %d is complete' % self.view['epoch'])
+            return JobResult('gc', dict(counts), dict(waiting), True, 'gc: tombstones skipped until the '
+                             'rebalance to epoch %d is complete%s' % (self.view['epoch'], chunks))
         hinted, unreachable = self.each(sorted(self.store.engines), 'hinted_keys')
         if unreachable:
-            return JobResult('gc', dict(counts), {n: 1 for n in unreachable}, True,
-                             'gc: skipped, the hints on %s are unknown' % ', '.join(sorted(unreachable)))
+            return JobResult('gc', dict(counts), dict(waiting, **{n: 1 for n in unreachable}), True,
+                             'gc: tombstones skipped, the hints on %s are unknown%s'
+                             % (', '.join(sorted(unreachable)), chunks))
         hinted = set().union(*hinted.values())
         before = int((time.time() - self.config.tombstone_grace) * 1e6)
         seen = set()
@@ -610,9 +616,26 @@ class Reconciler:
         parts = ['%d tombstones reaped' % counts['tombstones_reaped']]
         if counts['tombstones_kept']:
             parts.append('%d kept (not alike on every owner, or hinted)' % counts['tombstones_kept'])
+        if chunks:
+            parts.append(chunks[2:])
         if waiting:
             parts.append(waiting_text(waiting))
         return JobResult('gc', dict(counts), dict(waiting), bool(waiting), 'gc: ' + ', '.join(parts))
+
+    def _collect_chunks(self, counts, waiting):
+        """Remove, on each partition, the chunks older than chunk_grace that no
+        version or hint there points to (engines.SQLEngine.collect_chunks)."""
+        if self.dry_run:
+            return   # collect_chunks finds and deletes in one go
+        before = int((time.time() - self.config.chunk_grace) * 1e6)
+        for name in sorted(self.store.engines):
+            try:
+                removed = self.call(name, 'collect_chunks', before, self.batch)
+            except PartitionError:
+                waiting[name] += 1
+                continue
+            counts['chunked_versions_removed'] += removed
+            self.meter.wrote(removed)
 
     def _reap(self, name, rows, hinted, counts, waiting):
         """Delete each tombstone from every owner once each holds it and nothing else."""

@@ -274,6 +274,28 @@ class TestSyncJobs(SyncCase):
         self.assertEqual(results['gc'].counts['tombstones_reaped'], 1)
         self.assertEqual(sorted(k for b, k in holdings(fresh) if b == self.bucket), [hinted])
 
+    def test_gc_removes_chunks_no_version_points_to_and_keeps_the_others(self):
+        store = self.open(self.partitions, chunk_size=1024)
+        big, replaced = bytes(range(256)) * 20, b'x' * 3000
+        store.put(self.bucket, 'big', big, 'application/octet-stream', w=3)
+        store.put(self.bucket, 'replaced', replaced, 'application/octet-stream', w=3)
+        store.put(self.bucket, 'replaced', b'small now', 'text/plain', w=3)   # its chunks are garbage
+        owner = store.ring.preference_list(self.bucket, 'big', 3)[0]
+        store.engines[owner].write_chunk(self.bucket, 'cut-off', 'f' * 32, 0, b'an upload that died')
+        chunked = lambda: sum(e.chunks_held(v) for e in store.engines.values()   # noqa: E731
+                              for v in ('f' * 32,))
+        self.assertEqual(chunked(), 1)
+        results, _, status = sync_once(config_of(self.partitions, {'chunk_grace': 3600}, chunk_size=1024), 'gc')
+        self.assertEqual((status, results['gc'].counts['chunked_versions_removed']), (sync.CONVERGED, 0))
+        results, _, status = sync_once(config_of(self.partitions, {'chunk_grace': 0}, chunk_size=1024), 'gc')
+        self.assertEqual(status, sync.CONVERGED)
+        self.assertEqual(results['gc'].counts['chunked_versions_removed'], 1 + 3)   # the cut-off upload, 3 replicas
+        self.assertEqual(chunked(), 0)
+        self.assertIn('chunks of 4 versions removed', results['gc'].summary)
+        for name in store.ring.preference_list(self.bucket, 'big', 3):
+            version = store.engines[name].read(self.bucket, 'big')[0]
+            self.assertEqual(b''.join(store.engines[name].iter_value(version)), big)
+
     def test_dry_run_changes_nothing_and_json_reports_every_job(self):
         keys = ['d%d' % i for i in range(200)]
         self.put_all(keys, w=3)
@@ -404,6 +426,24 @@ class TestViewChanges(SyncCase):
         results, _, status = sync_once(self.config)
         self.assertEqual(status, sync.ERROR)
         self.assertIn('out of date', results['view'].error)
+
+    def test_large_values_move_with_their_chunks(self):
+        store = self.open(self.partitions, chunk_size=1024)
+        values = {'big%d' % i: bytes([i]) * (3000 + i) for i in range(40)}
+        for key, value in values.items():
+            store.put(self.bucket, key, value, 'application/octet-stream', w=3)
+        self.assertEqual(sync_once(config_of(self.partitions, chunk_size=1024))[2], sync.CONVERGED)
+        five = self.five()
+        results, _, status = sync_once(config_of(five, chunk_size=1024))
+        self.assertEqual(status, sync.CONVERGED, {r.name: r.summary for r in results.values()})
+        bigger = self.open(five, chunk_size=1024)
+        self.assertConverged(bigger, list(values))
+        moved = [k for k in values if 'p5' in bigger.ring.preference_list(self.bucket, k, 3)]
+        self.assertGreater(len(moved), 5)
+        for key, value in values.items():
+            for name in bigger.ring.preference_list(self.bucket, key, 3):
+                engine = bigger.engines[name]
+                self.assertEqual(b''.join(engine.iter_value(engine.read(self.bucket, key)[0])), value)
 
     def test_a_view_change_under_live_reads_and_writes_loses_nothing(self):
         keys = ['live%d' % i for i in range(800)]
@@ -626,9 +666,11 @@ class TestDigestsAndArcs(unittest.TestCase):
     def test_sync_settings_are_read_from_the_sync_section(self):
         parser = configparser.ConfigParser()
         parser.read_string('[store]\nreplicas = 1\n[sync]\nbatch_size = 50\nrate_limit = 2000\ntombstone_grace = 60\n'
+                           'chunk_grace = 30\n'
                            '[partition-p1]\nengine = sqlite\npath = /tmp/kvstore-test-cfg/p1.sqlite3\n')
         config = configuration.parse(parser, '/tmp/x.cfg')
-        self.assertEqual((config.sync_batch_size, config.sync_rate_limit, config.tombstone_grace), (50, 2000, 60))
+        self.assertEqual((config.sync_batch_size, config.sync_rate_limit, config.tombstone_grace,
+                          config.chunk_grace), (50, 2000, 60, 30))
         parser.read_string('[partition-p1]\nweight = 0\n')
         with self.assertRaisesRegex(configuration.ConfigError, 'weight'):
             configuration.parse(parser, '/tmp/x.cfg')
