@@ -14,42 +14,10 @@ the ring a partition does not own, where it should hold nothing.
 """
 import collections
 
-from engines import RING_SIZE
-from ring import key_point
+from ring import RING_SIZE, key_point
 
 LEAF_ROWS = 128   # ranges with at most this many rows on every owner are fetched
 FANOUT = 16       # slices a differing range is cut into
-
-
-def arcs(ring, n):
-    """[(lo, hi, owners)] covering the ring [0, RING_SIZE): the keys whose point
-    is in [lo, hi) are held by exactly the partitions `owners` (a sorted list).
-    Neighbouring arcs with the same owners are merged."""
-    points, names = ring._points, ring._owners   # Ring keeps its points sorted
-    total = len(points)
-
-    def owners_from(i):
-        found = []
-        for j in range(i, i + total):
-            if names[j % total] not in found:
-                found.append(names[j % total])
-                if len(found) == n:
-                    break
-        return sorted(found)
-
-    # A key at point x is placed by the first point above it (ring.Ring.walk).
-    bounds = [(0, points[0], owners_from(0))]
-    bounds += [(points[i - 1], points[i], owners_from(i)) for i in range(1, total)]
-    bounds.append((points[-1], RING_SIZE, owners_from(0)))
-    merged = []
-    for lo, hi, owners in bounds:
-        if hi <= lo:
-            continue
-        if merged and merged[-1][1] == lo and merged[-1][2] == owners:
-            merged[-1] = (merged[-1][0], hi, owners)
-        else:
-            merged.append((lo, hi, owners))
-    return merged
 
 
 def ranges_outside(arc_list, name):

@@ -46,6 +46,7 @@ BUCKET_NAME = re.compile(r'[a-z0-9][a-z0-9._-]{0,62}\Z')
 DEFAULT_BUCKET_PROPERTIES = {'conflicts': 'siblings'}
 MAX_LIST_LIMIT = 10000
 BUCKET_CACHE_SECONDS = 5.0   # how long a front end trusts bucket properties it read
+KEY_COUNT_SECONDS = 60.0     # how long GET /cluster reuses its count of keys per partition
 
 
 @dataclasses.dataclass
@@ -110,6 +111,7 @@ class Datastore:
         self.gossip = Gossip(self.health, config.peers, config.gossip_interval,
                              on_recovered=lambda name: self.executor.submit(self.hand_off, name))
         self._bucket_cache = {}
+        self._key_counts = (0.0, {})
         self._handoffs = set()
         self._handoff_lock = threading.Lock()
         self.executor = concurrent.futures.ThreadPoolExecutor(
@@ -504,6 +506,7 @@ class Datastore:
         """What this front end knows of the partitions: health, and the hints
         each holds for others (counted on the partitions that answer)."""
         held, _ = self._everywhere(lambda p: self.call(p, 'hint_counts'))
+        keys = self.keys_per_partition_cached()
         view = self.health.view()
         expired_before = time.time() - self.config.hint_window
         partitions = []
@@ -518,9 +521,11 @@ class Datastore:
                 'hints_expired': sum(count for count, oldest in waiting
                                      if oldest / 1e6 < expired_before),
                 'hints_held': sum(c for c, _ in held[p.name].values()) if p.name in held else None,
+                'keys': keys.get(p.name),
             })
         return {'replicas': self.n, 'r': self.config.r, 'w': self.config.w,
-                'partitions': partitions,
+                'partitions': partitions, 'keys_counted': iso_time(self._key_counts[0]),
+                'rebalance': self.rebalance_status(),
                 'gossip': {'peers': ['%s:%d' % peer for peer in self.config.peers],
                            'interval': self.config.gossip_interval, 'rounds': self.gossip.rounds}}
 
@@ -853,6 +858,12 @@ class Datastore:
         if progress and status['state'] != 'complete':
             status['progress'] = max(progress, key=lambda p: p.get('updated', ''))
         return status
+
+    def keys_per_partition_cached(self):
+        """keys_per_partition(), counted at most once a minute by this front end."""
+        if time.time() - self._key_counts[0] > KEY_COUNT_SECONDS:
+            self._key_counts = (time.time(), self.keys_per_partition())
+        return self._key_counts[1]
 
     def keys_per_partition(self):
         """{partition: distinct keys it holds (tombstoned ones included), None when

@@ -25,7 +25,7 @@ import time
 
 import pymysql
 
-from ring import key_point
+from ring import RING_SIZE, key_point
 from versions import Version, decode_version_clock, encode_version_clock, reconcile
 
 log = logging.getLogger('kvstore.engines')
@@ -88,7 +88,6 @@ def _text(value):
     return value.decode() if isinstance(value, (bytes, bytearray)) else value
 
 
-RING_SIZE = 2 ** 63   # ring points are 63-bit (ring.ring_point)
 
 
 def row_hash(bucket, key, version_id):
@@ -341,16 +340,19 @@ class SQLEngine:
         for seq in range(version.chunk_count):
             self.write_chunk(bucket, key, version.version_id, seq, source.read_chunk(version.version_id, seq))
 
-    def collect_chunks(self, before, limit):
+    def collect_chunks(self, before, limit, after=''):
         """Delete chunks written before `before` (microseconds) that no version
         or hint here points to: uploads that failed or were cut off, versions
-        superseded or reaped.  Returns how many versions' chunks went."""
+        superseded or moved away.  Walks at most `limit` chunked versions in
+        version-id order from `after`; returns (versions whose chunks went, the
+        last version id seen, or None at the end)."""
         with self._cursor() as cursor:
-            self._execute(cursor, 'SELECT DISTINCT bucket, key_name, version_id FROM chunks'
-                          ' WHERE created < ? LIMIT ?', (before, limit))
+            self._execute(cursor, 'SELECT DISTINCT version_id, bucket, key_name FROM chunks'
+                          ' WHERE version_id > ? AND created < ? ORDER BY version_id LIMIT ?',
+                          (after.encode(), before, limit))
             candidates = cursor.fetchall()
             removed = 0
-            for bucket, key, version_id in candidates:
+            for version_id, bucket, key in candidates:
                 self._execute(cursor, 'SELECT COUNT(*) FROM objects WHERE bucket = ? AND key_name = ?'
                               ' AND version_id = ?', (bucket, key, version_id))
                 held = cursor.fetchone()[0]
@@ -359,7 +361,8 @@ class SQLEngine:
                 if not held and not cursor.fetchone()[0]:
                     self._execute(cursor, 'DELETE FROM chunks WHERE version_id = ?', (version_id,))
                     removed += 1
-            return removed
+        last = _text(candidates[-1][0]) if len(candidates) == limit else None
+        return removed, last
 
     def iter_value(self, version, first=0, last=None):
         """The bytes first..last (inclusive) of a version held here, chunk by chunk."""

@@ -10,6 +10,9 @@ import bisect
 import hashlib
 
 
+RING_SIZE = 2 ** 63   # points are 63-bit, so that they fit a signed BIGINT
+
+
 def ring_point(data):
     """A 63-bit position on the ring for bytes (it fits a signed BIGINT)."""
     return int.from_bytes(hashlib.md5(data).digest()[:8], 'big') >> 1
@@ -49,3 +52,32 @@ class Ring:
     def preference_list(self, bucket, key, n):
         """The N partitions that hold the key's replicas, primary first."""
         return self.walk(bucket, key)[:n]
+
+    def arcs(self, n):
+        """[(lo, hi, owners)] covering [0, RING_SIZE): the keys whose point is in
+        [lo, hi) are held by exactly `owners` (N partitions, sorted).  Neighbouring
+        arcs with the same owners are merged."""
+        points, names, total = self._points, self._owners, len(self._points)
+
+        def owners_from(i):
+            found = []
+            for j in range(i, i + total):
+                if names[j % total] not in found:
+                    found.append(names[j % total])
+                    if len(found) == n:
+                        break
+            return sorted(found)
+
+        # A key at point x is placed by the first point above it (walk).
+        bounds = [(0, points[0], owners_from(0))]
+        bounds += [(points[i - 1], points[i], owners_from(i)) for i in range(1, total)]
+        bounds.append((points[-1], RING_SIZE, owners_from(0)))
+        merged = []
+        for lo, hi, owners in bounds:
+            if hi <= lo:
+                continue
+            if merged and merged[-1][1] == lo and merged[-1][2] == owners:
+                merged[-1] = (merged[-1][0], hi, owners)
+            else:
+                merged.append((lo, hi, owners))
+        return merged

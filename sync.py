@@ -43,7 +43,7 @@ import time
 
 try:
     import configuration
-    from antientropy import Differ, arcs, ranges_outside, scan_pages
+    from antientropy import Differ, ranges_outside, scan_pages
     from datastore import Datastore, ViewConflict
     from engines import PartitionError
     from versions import reconcile, resolve
@@ -349,7 +349,7 @@ class Reconciler:
         counts = collections.Counter(keys_moved=0, versions_copied=0, bucket_records=0)
         waiting = collections.Counter()
         view, changed = self.view, self.view_changed
-        arc_list = arcs(self.store.ring, self.store.n)
+        arc_list = self.store.ring.arcs(self.store.n)
         self._place_bucket_records(counts, waiting)
 
         outside = [(name, lo, hi) for name in sorted(self.store.engines)
@@ -480,7 +480,7 @@ class Reconciler:
         waiting = collections.Counter()
         self._push_pending(counts, waiting)
         if not self.compared:
-            arc_list = arcs(self.store.ring, self.store.n)
+            arc_list = self.store.ring.arcs(self.store.n)
             self._anti_entropy(arc_list, counts, waiting, 'repair',
                                lambda done: self.progress.show('repair', done, len(arc_list)))
         parts = ['%d lazy writes pushed' % counts['pending_pushed']]
@@ -629,13 +629,15 @@ class Reconciler:
             return   # collect_chunks finds and deletes in one go
         before = int((time.time() - self.config.chunk_grace) * 1e6)
         for name in sorted(self.store.engines):
-            try:
-                removed = self.call(name, 'collect_chunks', before, self.batch)
-            except PartitionError:
-                waiting[name] += 1
-                continue
-            counts['chunked_versions_removed'] += removed
-            self.meter.wrote(removed)
+            after = ''
+            while after is not None:
+                try:
+                    removed, after = self.call(name, 'collect_chunks', before, self.batch, after)
+                except PartitionError:
+                    waiting[name] += 1
+                    break
+                counts['chunked_versions_removed'] += removed
+                self.meter.wrote(removed)
 
     def _reap(self, name, rows, hinted, counts, waiting):
         """Delete each tombstone from every owner once each holds it and nothing else."""

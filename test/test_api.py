@@ -463,6 +463,22 @@ class TestApiOnSQLite(ApiSpecification, unittest.TestCase):
         cls.directory.remove()
 
 
+    def test_cluster_reports_health_keys_per_partition_and_rebalance(self):
+        directory = support.TemporaryDirectory()
+        store = support.open_store(support.sqlite_partitions(directory.path))
+        app = support.web_app(store)
+        try:
+            for i in range(20):
+                app.put(KEY % ('b', 'k%d' % i) + '?w=all', b'v', headers={'Content-Type': 'text/plain'})
+            doc = app.get('/cluster').json
+            self.assertEqual([p['state'] for p in doc['partitions']], ['up'] * 4)
+            self.assertEqual(sum(p['keys'] for p in doc['partitions']), 20 * 3)
+            self.assertIn('state', doc['rebalance'])
+        finally:
+            store.close()
+            directory.remove()
+
+
 class TestApiOnMariaDB(ApiSpecification, unittest.TestCase):
     @classmethod
     def make_partitions(cls):

@@ -22,9 +22,9 @@ import unittest
 
 import configuration
 import sync
-from antientropy import arcs
+
 from datastore import Datastore
-from engines import RING_SIZE
+from ring import RING_SIZE
 from errors import NotFound
 from ring import key_point
 from test import support
@@ -651,7 +651,7 @@ class TestDigestsAndArcs(unittest.TestCase):
         directory = support.TemporaryDirectory()
         store = Datastore(support.build_config(support.sqlite_partitions(directory.path, count=5)))
         try:
-            found = arcs(store.ring, 3)
+            found = store.ring.arcs(3)
             self.assertEqual(found[0][0], 0)
             self.assertEqual(found[-1][1], RING_SIZE)
             self.assertTrue(all(a[1] == b[0] for a, b in zip(found, found[1:])))
