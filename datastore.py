@@ -88,6 +88,15 @@ def iso_time(seconds):
     return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(seconds))
 
 
+def key_is_live(rows):
+    """Do a key's version rows (from engine.scan) leave a live version?  When
+    every replica holds the same single version, its tombstone flag says; only
+    when they differ are the clocks decoded and compared."""
+    if len({version_id for _, version_id, _, _ in rows}) == 1:
+        return not rows[0][2]
+    return bool(live(resolve([[make() for _, _, _, make in rows]])))
+
+
 def read_up_to(stream, size):
     """Up to size bytes: fewer only at the end of the stream."""
     parts, wanted = [], size
@@ -549,18 +558,18 @@ class Datastore:
                 launch=len(names), needed=len(names))
             self._require_coverage(failures)
             horizon = min((rows[-1][0] for rows in pages.values() if len(rows) == batch), default=None)
-            versions_of = {}
+            rows_of = {}
             for rows in pages.values():
-                for key, version in rows:
-                    if horizon is None or key < horizon:
-                        versions_of.setdefault(key, []).append(version)
-            for key in sorted(versions_of):
-                if live(resolve([versions_of[key]])):
+                for row in rows:
+                    if horizon is None or row[0] < horizon:
+                        rows_of.setdefault(row[0], []).append(row)
+            for key in sorted(rows_of):
+                if key_is_live(rows_of[key]):
                     keys.append(key)
             if horizon is None:
                 break
             # The horizon key may have more rows beyond the batch: read it again.
-            after = max(versions_of, default=horizon)
+            after = max(rows_of, default=horizon)
         more = len(keys) > limit
         keys = keys[:limit]
         return KeyPage(keys=keys, next_after=keys[-1] if more else None)

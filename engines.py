@@ -15,6 +15,7 @@ only in how they connect, how a write transaction locks, and the placeholder.
 """
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -82,6 +83,13 @@ def row_to_version(row, source=None):
                    chunk_source=source if chunk_size else None,
                    deleted=bool(deleted), content_type=_text(content_type),
                    value=bytes(value), digest=_text(digest), modified=int(modified))
+
+
+def listed_version(version_id, deleted, clock, modified):
+    """Just enough of a version to tell which supersedes which (scan())."""
+    seen, dot = decode_version_clock(clock)
+    return Version(version_id=_text(version_id), clock=seen, dot=dot, deleted=bool(deleted),
+                   content_type='', value=b'', digest='', modified=int(modified))
 
 
 def _text(value):
@@ -281,9 +289,11 @@ class SQLEngine:
         return self._transaction(work)
 
     def scan(self, bucket, prefix, after, limit):
-        """Up to `limit` version rows (values left out) of keys > after that start
-        with prefix, in key byte order: [(key, Version)].  Tombstones included,
-        so that the caller can tell a deleted key from a stale replica's copy."""
+        """Up to `limit` version rows of keys > after that start with prefix, in
+        key byte order: [(key, version_id, deleted, Version with its value left
+        out)].  Tombstones included, so that the caller can tell a deleted key
+        from a stale replica's copy.  The Version is built only when asked for
+        (a call): a listing needs it only where replicas disagree."""
         b_prefix = prefix.encode()
         clauses, args = ['bucket = ?', 'key_name >= ?'], [bucket.encode(), b_prefix]
         if after is not None:
@@ -294,10 +304,11 @@ class SQLEngine:
             clauses.append('key_name < ?')
             args.append(end)
         with self._cursor() as cursor:
-            self._execute(cursor, 'SELECT key_name, ' + COLUMNS.replace('value', "x''") +
+            self._execute(cursor, 'SELECT key_name, version_id, deleted, clock, modified'
                           ' FROM objects WHERE ' + ' AND '.join(clauses) +
                           ' ORDER BY key_name LIMIT ?', args + [limit])
-            return [(_text(row[0]), row_to_version(row[1:], self)) for row in cursor.fetchall()]
+            return [(row[0].decode(), row[1], row[2], functools.partial(listed_version, *row[1:]))
+                    for row in cursor.fetchall()]
 
     # -- chunks: the bytes of large values, written before their version
     def write_chunk(self, bucket, key, version_id, seq, data):
