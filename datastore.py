@@ -296,7 +296,7 @@ class Datastore:
         """
         self.check_key(bucket, key)
         stream = io.BytesIO(value) if isinstance(value, (bytes, bytearray)) else value
-        limit, size = self.config.max_value_bytes, self.config.chunk_size
+        size = self.config.chunk_size
         hasher = Hasher(expected)
         first = read_up_to(stream, size)
         second = read_up_to(stream, size) if len(first) == size else b''

@@ -2,7 +2,10 @@
 import configparser
 import os
 import shutil
+import socket
+import sys
 import tempfile
+import time
 import uuid
 
 import configuration
@@ -56,3 +59,55 @@ def web_app(datastore):
 
 def unique(prefix='b'):
     return '%s-%s' % (prefix, uuid.uuid4().hex[:12])
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def reachable(port):
+    try:
+        socket.create_connection(('127.0.0.1', port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+def wait_until(condition, timeout, interval=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
+
+
+def gunicorn_command():
+    """gunicorn from the virtualenv that runs the tests."""
+    path = os.path.join(os.path.dirname(sys.executable), 'gunicorn')
+    return [path] if os.path.exists(path) else [sys.executable, '-m', 'gunicorn']
+
+
+class OnSQLite:
+    """Mixed into a specification: four SQLite partitions in a temporary directory."""
+
+    @classmethod
+    def make_partitions(cls):
+        cls.directory = TemporaryDirectory()
+        return sqlite_partitions(cls.directory.path)
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        cls.directory.remove()
+
+
+class OnMariaDB:
+    """Mixed into a specification: the shared cluster of private mariadbd servers."""
+
+    @classmethod
+    def make_partitions(cls):
+        from test.mariadb import shared_cluster
+        return mariadb_partitions(shared_cluster())

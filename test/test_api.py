@@ -11,7 +11,6 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 
 from test import support
-from test.mariadb import shared_cluster
 
 KEYS = '/buckets/%s/keys'
 KEY = '/buckets/%s/keys/%s'
@@ -451,18 +450,7 @@ class ApiSpecification:
         self.assertEqual(self.app.get('/buckets/' + self.bucket).json['properties']['conflicts'], 'lww')
 
 
-class TestApiOnSQLite(ApiSpecification, unittest.TestCase):
-    @classmethod
-    def make_partitions(cls):
-        cls.directory = support.TemporaryDirectory()
-        return support.sqlite_partitions(cls.directory.path)
-
-    @classmethod
-    def tearDownClass(cls):
-        super().tearDownClass()
-        cls.directory.remove()
-
-
+class TestApiOnSQLite(support.OnSQLite, ApiSpecification, unittest.TestCase):
     def test_cluster_reports_health_keys_per_partition_and_rebalance(self):
         directory = support.TemporaryDirectory()
         store = support.open_store(support.sqlite_partitions(directory.path))
@@ -479,11 +467,7 @@ class TestApiOnSQLite(ApiSpecification, unittest.TestCase):
             directory.remove()
 
 
-class TestApiOnMariaDB(ApiSpecification, unittest.TestCase):
-    @classmethod
-    def make_partitions(cls):
-        return support.mariadb_partitions(shared_cluster())
-
+class TestApiOnMariaDB(support.OnMariaDB, ApiSpecification, unittest.TestCase):
     def test_placement_moves_about_a_fifth_of_replicas_when_a_fifth_partition_is_added(self):
         keys = ['key-%d' % i for i in range(300)]
         for key in keys:

@@ -184,23 +184,11 @@ class BlobSpecification:
             b''.join(self.store.open_value(self.store.get(self.bucket, 'blob').current[0]))
 
 
-class TestBlobsOnSQLite(BlobSpecification, unittest.TestCase):
-    @classmethod
-    def make_partitions(cls):
-        cls.directory = support.TemporaryDirectory()
-        return support.sqlite_partitions(cls.directory.path)
-
-    @classmethod
-    def tearDownClass(cls):
-        super().tearDownClass()
-        cls.directory.remove()
+class TestBlobsOnSQLite(support.OnSQLite, BlobSpecification, unittest.TestCase):
+    pass
 
 
-class TestBlobsOnMariaDB(BlobSpecification, unittest.TestCase):
-    @classmethod
-    def make_partitions(cls):
-        return support.mariadb_partitions(shared_cluster())
-
+class TestBlobsOnMariaDB(support.OnMariaDB, BlobSpecification, unittest.TestCase):
     def test_a_hint_carries_the_chunks_to_its_owner(self):
         key = 'hinted'
         owners = self.store.ring.preference_list(self.bucket, key, 3)

@@ -8,12 +8,12 @@ import configparser
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import textwrap
 import unittest
+
+from test import support
 
 import configuration
 from configuration import ConfigError
@@ -39,16 +39,8 @@ def mysql_partitions(count=4, **fields):
     return text
 
 
-def gunicorn_command():
-    """gunicorn from the virtualenv that runs the tests."""
-    path = os.path.join(os.path.dirname(sys.executable), 'gunicorn')
-    return [path] if os.path.exists(path) else [sys.executable, '-m', 'gunicorn']
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 class ConfigurationTestCase(unittest.TestCase):
@@ -260,9 +252,9 @@ class TestGunicornRefusesABadConfiguration(ConfigurationTestCase):
     def test_gunicorn_exits_with_one_line_naming_the_bad_field(self):
         path = self.write('[store]\nreplicas = 5\n' + ''.join(
             '\n[partition-p%d]\nengine = sqlite\npath = data/p%d.sqlite3\n' % (i, i) for i in (1, 2, 3, 4)))
-        env = dict(os.environ, STORE_CONFIG=path, BIND='127.0.0.1:%d' % free_port(),
+        env = dict(os.environ, STORE_CONFIG=path, BIND='127.0.0.1:%d' % support.free_port(),
                    XDG_RUNTIME_DIR=self.directory)
-        process = subprocess.Popen(gunicorn_command() + ['--config', 'gunicorn.conf.py'], cwd=REPO, env=env,
+        process = subprocess.Popen(support.gunicorn_command() + ['--config', 'gunicorn.conf.py'], cwd=REPO, env=env,
                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    start_new_session=True)
         try:

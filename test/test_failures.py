@@ -34,13 +34,6 @@ def server_of(cluster, name):
     return cluster.servers[int(name[1:]) - 1]
 
 
-def wait_until(condition, timeout, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return condition()
 
 
 class FailureCase(unittest.TestCase):
@@ -89,9 +82,9 @@ class TestOnePartitionKilled(FailureCase):
         server_of(self.cluster, victim).restart()
         # The next request after the backoff probes the partition; its recovery
         # starts the hand-off of the hints held for it.
-        self.assertTrue(wait_until(lambda: (self.app.get('/buckets/%s/keys' % self.bucket) and
+        self.assertTrue(support.wait_until(lambda: (self.app.get('/buckets/%s/keys' % self.bucket) and
                                             not self.store.health.is_down(victim)), 10))
-        self.assertTrue(wait_until(lambda: {p['name']: p for p in self.app.get('/cluster').json['partitions']}
+        self.assertTrue(support.wait_until(lambda: {p['name']: p for p in self.app.get('/cluster').json['partitions']}
                                    [victim]['hints_waiting'] == 0, 20))
         for key in keys:
             replicas = self.replica_versions(key)
@@ -113,7 +106,7 @@ class TestOnePartitionKilled(FailureCase):
             self.assertEqual(fresh.list_keys(self.bucket).keys, [])
             # Read repair and the hand-off carry the tombstone to the returned replica.
             fresh.hand_off(victim)
-            self.assertTrue(wait_until(lambda: fresh.engines[victim].read(self.bucket, key)[0].deleted, 5))
+            self.assertTrue(support.wait_until(lambda: fresh.engines[victim].read(self.bucket, key)[0].deleted, 5))
             self.assertEqual(fresh.get(self.bucket, key, r=3).current, [])
         finally:
             fresh.close()
@@ -232,7 +225,7 @@ class TestGossip(unittest.TestCase):
     def setUp(self):
         self.cluster = shared_cluster()
         self.directory = support.TemporaryDirectory()
-        self.ports = [free_port(), free_port()]
+        self.ports = [support.free_port(), support.free_port()]
         partitions = support.mariadb_partitions(self.cluster)
         self.processes = []
         for i, port in enumerate(self.ports):
@@ -244,7 +237,7 @@ class TestGossip(unittest.TestCase):
                 [sys.executable, os.path.join(HERE, 'controller.py'), '127.0.0.1:%d' % port],
                 cwd=HERE, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         for port in self.ports:
-            self.assertTrue(wait_until(lambda: reachable(port), 20))
+            self.assertTrue(support.wait_until(lambda: support.reachable(port), 20))
 
     def tearDown(self):
         for process in self.processes:
@@ -276,21 +269,11 @@ class TestGossip(unittest.TestCase):
                 headers={'Content-Type': 'text/plain'}), timeout=10).read()
         self.assertEqual(self.view_of(first)['p1']['state'], 'down')
         # Rounds every 0.2 s: within 15 rounds the second one knows too.
-        self.assertTrue(wait_until(lambda: self.view_of(second)['p1']['state'] == 'down', 3.0))
+        self.assertTrue(support.wait_until(lambda: self.view_of(second)['p1']['state'] == 'down', 3.0))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
-def reachable(port):
-    try:
-        socket.create_connection(('127.0.0.1', port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
 
 
 def write_config(path, partitions, peers='', gossip_interval=1.0):
@@ -318,6 +301,6 @@ class TestReadRepair(FailureCase):
         self.store.engines[stale].apply(self.bucket, key, old_version)
         self.store.engines[missing].drop_keys(self.bucket)
         self.assertEqual(self.app.get('/buckets/%s/keys/%s?r=all' % (self.bucket, key)).body, b'new')
-        self.assertTrue(wait_until(lambda: all(
+        self.assertTrue(support.wait_until(lambda: all(
             [v.version_id for v in self.store.engines[p].read(self.bucket, key)] == [current[0].version_id]
             for p in owners), 5))

@@ -12,10 +12,11 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import unittest
+
+from test import support
 import urllib.parse
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,16 +31,8 @@ w = 2
 """ + ''.join('\n[partition-p%d]\nengine = sqlite\npath = data/p%d.sqlite3\n' % (i, i) for i in (1, 2, 3, 4))
 
 
-def gunicorn_command():
-    """gunicorn from the virtualenv that runs the tests."""
-    path = os.path.join(os.path.dirname(sys.executable), 'gunicorn')
-    return [path] if os.path.exists(path) else [sys.executable, '-m', 'gunicorn']
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def pid_alive(pid):
@@ -73,7 +66,7 @@ class Server:
         self.config_path = os.path.join(self.directory, 'configuration.cfg')
         with open(self.config_path, 'w') as f:
             f.write(CONFIGURATION)
-        self.port = free_port()
+        self.port = support.free_port()
         self.log_path = os.path.join(self.directory, 'gunicorn.log')
         self.workers = workers
         self.process = None
@@ -87,7 +80,7 @@ class Server:
                    XDG_RUNTIME_DIR=self.directory)
         with open(self.log_path, 'wb') as log:
             self.process = subprocess.Popen(
-                gunicorn_command() + ['--config', 'gunicorn.conf.py'], cwd=REPO, env=env,
+                support.gunicorn_command() + ['--config', 'gunicorn.conf.py'], cwd=REPO, env=env,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.pids.add(self.process.pid)
         deadline = time.monotonic() + START_TIMEOUT
