@@ -433,11 +433,12 @@ class Key:
         web.header('X-Context', encode_context(read.context))
         web.header('ETag', version.etag)
         web.header('Last-Modified', http_date(version.modified))
-        web.header('Vary', 'Accept')
         if Preconditions.from_environ(web.ctx.env).evaluate(current, safe=True) == NOT_MODIFIED:
+            web.header('Vary', 'Accept')
             web.ctx.status = '304 Not Modified'
             return b''
         if raw:
+            web.header('Vary', 'Accept')  # a document gets it from the negotiation
             return value_response(bucket, version)
         doc = dict(bucket=bucket, key=key, context=encode_context(read.context), **value_document(version))
         return respond('record', doc)

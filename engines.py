@@ -436,10 +436,12 @@ class SQLEngine:
             return {_text(row[0]): (int(row[1]), int(row[2])) for row in cursor.fetchall()}
 
     def drop_keys(self, bucket):
-        """Remove every version of a bucket's keys, and the hints held for them."""
+        """Remove every version of a bucket's keys, the hints held for them and
+        the chunks of their large values."""
         with self._cursor() as cursor:
             self._execute(cursor, 'DELETE FROM objects WHERE bucket = ?', (bucket.encode(),))
             self._execute(cursor, 'DELETE FROM hints WHERE bucket = ?', (bucket.encode(),))
+            self._execute(cursor, 'DELETE FROM chunks WHERE bucket = ?', (bucket.encode(),))
 
     # -- buckets
     def bucket_names(self):

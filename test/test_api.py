@@ -224,6 +224,11 @@ class ApiSpecification:
         self.assertError(self.app.get('/buckets', headers={'Accept': 'image/png'}, status=406),
                          406, 'not_acceptable')
 
+    def test_a_record_document_says_vary_once(self):
+        self.put('t', b'text', content_type='text/csv')
+        response = self.get('t', headers={'Accept': 'application/json'})
+        self.assertEqual([v for k, v in response.headerlist if k == 'Vary'], ['Accept'])
+
     def test_errors_are_negotiated_too(self):
         response = self.get('never', status=404, headers={'Accept': 'application/xml'})
         self.assertEqual(ET.fromstring(response.body).find('code').text, 'not_found')

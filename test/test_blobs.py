@@ -168,6 +168,12 @@ class BlobSpecification:
         self.assertEqual(engine.chunks_held(ghost), 0)
         self.assertEqual(self.app.get(self.url('kept')).body, body)
 
+    def test_a_forced_bucket_delete_takes_the_chunks_with_it(self):
+        self.put(pattern(3 * CHUNK, 13), params='?w=all')
+        version_id = self.store.get(self.bucket, 'blob').current[0].version_id
+        self.app.delete('/buckets/%s?force=true' % self.bucket)
+        self.assertEqual([e.chunks_held(version_id) for e in self.store.engines.values()], [0] * 4)
+
     def test_damaged_bytes_are_never_served(self):
         body = pattern(2 * CHUNK + 10, 4)
         receipt = self.put(body, params='?w=all').json
