@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import queue
+import select
 import sqlite3
 import time
 
@@ -121,17 +122,26 @@ class XorAggregate:
 class Pool:
     """Idle connections kept for reuse; a connection that failed is dropped."""
 
-    def __init__(self, connect, broken, size=16):
+    def __init__(self, connect, broken, stale=lambda conn: False, size=16):
         self._connect = connect
         self._broken = broken  # errors after which a connection is not reused
+        self._stale = stale    # is an idle connection closed at the other end?
         self._idle = queue.LifoQueue(maxsize=size)
+
+    def _take(self):
+        while True:
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                return self._connect()
+            if not self._stale(conn):
+                return conn
+            with contextlib.suppress(Exception):
+                conn.close()
 
     @contextlib.contextmanager
     def connection(self):
-        try:
-            conn = self._idle.get_nowait()
-        except queue.Empty:
-            conn = self._connect()
+        conn = self._take()
         try:
             yield conn
         except BaseException as e:
@@ -159,6 +169,52 @@ class Pool:
                 pass
 
 
+class BatchingCursor:
+    """A MySQL write transaction in as few round trips as it can take.
+
+    Statements that return nothing are held back and sent with the next one
+    that does, or with the COMMIT, as one multi-statement: START TRANSACTION
+    travels with the first (locking) read, and the writes with the COMMIT.
+    A replica's write costs two round trips instead of five.
+    """
+
+    def __init__(self, cursor):
+        self._cursor = cursor
+        self._held = ['START TRANSACTION']
+        self.connection = self
+
+    def execute(self, statement, args=()):
+        if not statement.lstrip().upper().startswith('SELECT'):
+            self._held.append(self._cursor.mogrify(statement, args))
+            return
+        self._send(self._cursor.mogrify(statement, args))
+
+    def executemany(self, statement, rows):
+        self._send()
+        return self._cursor.executemany(statement, rows)
+
+    def _send(self, last=None):
+        """Send the held statements (and last); leave last's result to read."""
+        statements = self._held + ([last] if last else [])
+        self._held = []
+        if not statements:
+            return
+        self._cursor.execute(';\n'.join(statements))
+        for _ in range(len(statements) - 1):
+            self._cursor.nextset()
+
+    def commit(self):
+        self._held.append('COMMIT')
+        self._send()
+
+    def rollback(self):
+        self._held = []
+        self._cursor.connection.rollback()
+
+    def __getattr__(self, name):   # fetchone, fetchall, rowcount, ...
+        return getattr(self._cursor, name)
+
+
 class SQLEngine:
     """The SQL both engines share.  Subclasses set how to connect and lock."""
     placeholder = '?'
@@ -168,14 +224,19 @@ class SQLEngine:
     def __init__(self, name):
         self.name = name
         self._schema_ready = False
-        self.pool = Pool(self._open, self.db_errors)
+        self.pool = Pool(self._open, self.db_errors, self._stale)
 
     # -- what subclasses provide
     def _connect(self):
         raise NotImplementedError
 
     def _begin(self, cursor):
+        """Start a write transaction; may return a cursor to use in its place."""
         raise NotImplementedError
+
+    @staticmethod
+    def _stale(conn):
+        return False
 
     # -- plumbing
     def _sql(self, statement):
@@ -207,7 +268,7 @@ class SQLEngine:
         for attempt in range(5):
             try:
                 with self._cursor() as cursor:
-                    self._begin(cursor)
+                    cursor = self._begin(cursor) or cursor
                     try:
                         result = work(cursor)
                     except BaseException:
@@ -740,7 +801,7 @@ class MySQLEngine(SQLEngine):
         self.params = dict(host=host, port=port, user=user, password=password,
                            connect_timeout=connect_timeout, read_timeout=read_timeout,
                            write_timeout=read_timeout, autocommit=True, charset='utf8mb4',
-                           ssl_disabled=True)
+                           ssl_disabled=True, client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS)
         self.database = database
         super().__init__(name)
 
@@ -757,7 +818,14 @@ class MySQLEngine(SQLEngine):
         return conn
 
     def _begin(self, cursor):
-        cursor.execute('START TRANSACTION')
+        return BatchingCursor(cursor)
+
+    @staticmethod
+    def _stale(conn):
+        """An idle connection has nothing to read unless the server closed it
+        (a restart, a kill): then it is dropped before a request fails on it."""
+        sock = getattr(conn, '_sock', None)
+        return sock is None or bool(select.select([sock], [], [], 0)[0])
 
     # PyMySQL spends more on each column's description than on its data: the
     # columns other than the value travel as one, separated by 0x1f (which no

@@ -207,8 +207,9 @@ class TestBlobsOnMariaDB(support.OnMariaDB, BlobSpecification, unittest.TestCase
         finally:
             victim.restart()
         self.store.health.succeeded(owners[2])
-        self.store.hand_off(owners[2])
+        self.store.hand_off(owners[2])   # or it is under way already, since the owner is back
         engine = self.store.engines[owners[2]]
+        self.assertTrue(support.wait_until(lambda: engine.read(self.bucket, key), 10))
         version = engine.read(self.bucket, key)[0]
         self.assertEqual(b''.join(engine.iter_value(version)), body)
 
