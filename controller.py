@@ -35,14 +35,15 @@ from versions import BadContext, decode_context, decode_token, encode_context, e
 log = logging.getLogger('kvstore.controller')
 web.config.debug = os.environ.get('WEBPY_ENV') == 'development'
 
+# web.py tries these in order: the one nearly every request takes comes first.
 urls = (
-    '/', 'Index',
+    '/buckets/([^/]+)/keys/([\\s\\S]+)', 'Key',
+    '/buckets/([^/]+)/keys', 'Keys',
+    '/buckets/([^/]+)', 'Bucket',
+    '/buckets', 'Buckets',
     '/cluster', 'Cluster',
     '/cluster/gossip', 'ClusterGossip',
-    '/buckets', 'Buckets',
-    '/buckets/([^/]+)', 'Bucket',
-    '/buckets/([^/]+)/keys', 'Keys',
-    '/buckets/([^/]+)/keys/([\\s\\S]+)', 'Key',
+    '/', 'Index',
 )
 
 STATUS = {

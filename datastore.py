@@ -249,7 +249,7 @@ class Datastore:
     def placement(self, bucket, key):
         """(preference list, fallbacks): the N owners, then every other partition."""
         walk = self.ring.walk(bucket, key)
-        return walk[:self.n], walk[self.n:]
+        return list(walk[:self.n]), list(walk[self.n:])
 
     def get(self, bucket, key, r=None):
         self.check_key(bucket, key)

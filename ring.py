@@ -7,6 +7,7 @@ whose arcs it takes or gives back (about 1/P of them), not most keys as
 `hash % P` would.
 """
 import bisect
+import functools
 import hashlib
 
 
@@ -36,8 +37,9 @@ class Ring:
         self._owners = [n for _, n in points]
         self.partitions = sorted(weights)
 
+    @functools.lru_cache(maxsize=65536)   # hot keys skip the hashing (the ring never changes)
     def walk(self, bucket, key):
-        """Every partition once, in ring order starting at the key."""
+        """Every partition once, in ring order starting at the key (a tuple)."""
         start = bisect.bisect(self._points, key_point(bucket, key))
         seen = []
         total = len(self._owners)
@@ -47,11 +49,11 @@ class Ring:
                 seen.append(name)
                 if len(seen) == len(self.partitions):
                     break
-        return seen
+        return tuple(seen)
 
     def preference_list(self, bucket, key, n):
         """The N partitions that hold the key's replicas, primary first."""
-        return self.walk(bucket, key)[:n]
+        return list(self.walk(bucket, key)[:n])
 
     def arcs(self, n):
         """[(lo, hi, owners)] covering [0, RING_SIZE): the keys whose point is in

@@ -49,7 +49,7 @@ class TestPreferenceList(unittest.TestCase):
             walk = self.ring.walk(BUCKET, key)
             self.assertEqual(sorted(walk), ['p1', 'p2', 'p3', 'p4', 'p5'], key)
             for n in (1, 2, N, 5):
-                self.assertEqual(self.ring.preference_list(BUCKET, key, n), walk[:n], (key, n))
+                self.assertEqual(self.ring.preference_list(BUCKET, key, n), list(walk[:n]), (key, n))
 
     def test_bucket_is_part_of_the_placement(self):
         # The same key name in two buckets is two keys, placed independently.
