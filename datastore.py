@@ -436,9 +436,13 @@ class Datastore:
                     raise PartitionError(owner, reason)
                 try:
                     self.call(fallback, 'store_hint', owner, bucket, key, version)
-                    return fallback, reason
                 except PartitionError:
                     continue
+                if not self.health.is_down(owner):
+                    # The owner is up (a lock conflict, a full table): no recovery
+                    # will start the hand-off, so start it now.
+                    self.executor.submit(self.hand_off, owner)
+                return fallback, reason
 
         others = [p for p in preference if p != coordinator]
         unfinished = {}

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import queue
+import random
 import select
 import sqlite3
 import time
@@ -35,6 +36,7 @@ SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'database
 COLUMNS = 'version_id, clock, deleted, content_type, digest, modified, value, size, chunk_size, metadata'
 # MySQL errors worth retrying a transaction for: deadlock, lock wait timeout.
 RETRYABLE_MYSQL = (1213, 1205)
+TRANSACTION_ATTEMPTS = 10
 # MySQL errors of a full partition: table full, disk full, out of space.
 MYSQL_FULL = (1114, 1021, 1030)
 
@@ -265,7 +267,7 @@ class SQLEngine:
 
     def _transaction(self, work):
         """Run work(cursor) in one write transaction, retrying lock conflicts."""
-        for attempt in range(5):
+        for attempt in range(TRANSACTION_ATTEMPTS):
             try:
                 with self._cursor() as cursor:
                     cursor = self._begin(cursor) or cursor
@@ -277,9 +279,11 @@ class SQLEngine:
                     cursor.connection.commit()
                     return result
             except PartitionError as e:
-                if e.reason != LOCK_CONFLICT or attempt == 4:
+                if e.reason != LOCK_CONFLICT or attempt == TRANSACTION_ATTEMPTS - 1:
                     raise
-                time.sleep(0.005 * (attempt + 1))
+                # InnoDB's gap locks make writers of neighbouring new keys
+                # deadlock now and then: back off, at random, and try again.
+                time.sleep(random.uniform(0.002, 0.01) * 2 ** min(attempt, 5))
 
     def _open(self):
         """A new connection; the first one also creates any missing tables."""

@@ -1418,7 +1418,7 @@ def main_run(run, args):
             % (' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''), '',
             results_table(ordered), '', LEGEND, profile_section(profile), facts_section(facts, settings)]
     with open(os.path.join(RESULTS_DIR, 'results.md'), 'w') as f:
-        f.write('\n'.join(text))
+        f.write('\n'.join(text) + '\n')
     plot(ordered, os.path.join(RESULTS_DIR, 'throughput.png'),
          'kvstore vs references, %s, %s cores' % (facts['date'][:10], facts['nproc']))
     log('wrote %s', os.path.join(RESULTS_DIR, 'results.md'))

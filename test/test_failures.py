@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import unittest
 import urllib.request
@@ -304,3 +305,30 @@ class TestReadRepair(FailureCase):
         self.assertTrue(support.wait_until(lambda: all(
             [v.version_id for v in self.store.engines[p].read(self.bucket, key)] == [current[0].version_id]
             for p in owners), 5))
+
+
+class TestConcurrentNewKeys(FailureCase):
+    def test_many_writers_of_new_keys_leave_every_owner_with_every_key(self):
+        keys = ['new-%05d' % i for i in range(1500)]
+        errors = []
+
+        def writer(part):
+            for key in keys[part::24]:
+                try:
+                    self.store.put(self.bucket, key, key.encode(), 'text/plain', w=3)
+                except Exception as e:   # noqa: a failure is what the test looks for
+                    errors.append((key, e))
+        threads = [threading.Thread(target=writer, args=(i,)) for i in range(24)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(errors, [])
+
+        def missing():
+            return [(key, owner) for key in keys for owner in self.store.ring.preference_list(self.bucket, key, 3)
+                    if not self.store.engines[owner].read(self.bucket, key)]
+        # A replica that lost a lock conflict gets a hint, handed off at once.
+        self.assertTrue(support.wait_until(lambda: not missing(), 20), missing()[:5])
+        for key in keys[:50]:
+            self.assertEqual(self.store.get(self.bucket, key, r=1).current[0].value, key.encode())
