@@ -60,6 +60,15 @@ PROGRESS_SECONDS = 2.0      # how often a rebalance records its progress
 log = logging.getLogger('kvstore.sync')
 
 
+
+def by_owner(owners):
+    """{owner: {keys}} from {key: [owners]}."""
+    wanted = collections.defaultdict(set)
+    for key, names in owners.items():
+        for owner in names:
+            wanted[owner].add(key)
+    return wanted
+
 class Meter:
     """Rows read from and written to partitions (and rows the partitions
     digested without sending them); holds reads plus writes to `rate` rows
@@ -412,11 +421,7 @@ class Reconciler:
             rows = page[name]
             self.meter.read(sum(len(v) for v in rows.values()))
             owners = {key: self.owners(*key) for key in rows}
-            wanted = collections.defaultdict(set)
-            for key, names in owners.items():
-                for owner in names:
-                    wanted[owner].add(key)
-            held = self.read_held(wanted, waiting)
+            held = self.read_held(by_owner(owners), waiting)
             plan, blocked = [], set()
             for key, versions in rows.items():
                 if any(o not in held for o in owners[key]):
@@ -522,11 +527,7 @@ class Reconciler:
                     break
                 self.meter.read(sum(len(v) for v in mine.values()))
                 owners = {key: [o for o in self.owners(*key) if o != name] for key in keys}
-                wanted = collections.defaultdict(set)
-                for key, names in owners.items():
-                    for owner in names:
-                        wanted[owner].add(key)
-                held = self.read_held(wanted, waiting)
+                held = self.read_held(by_owner(owners), waiting)
                 plan, blocked = [], set()
                 for key in keys:
                     if any(o not in held for o in owners[key]):
