@@ -60,7 +60,6 @@ PROGRESS_SECONDS = 2.0      # how often a rebalance records its progress
 log = logging.getLogger('kvstore.sync')
 
 
-
 def by_owner(owners):
     """{owner: {keys}} from {key: [owners]}."""
     wanted = collections.defaultdict(set)
@@ -68,6 +67,7 @@ def by_owner(owners):
         for owner in names:
             wanted[owner].add(key)
     return wanted
+
 
 class Meter:
     """Rows read from and written to partitions (and rows the partitions
