@@ -151,19 +151,9 @@ def start_time(pid):
         return None
 
 
-def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def reap_stale_runs():
     """Kill what a run that died without cleaning up (SIGKILL) left behind."""
-    from test.mariadb import _reap_stale_dirs
+    from test.mariadb import _pid_alive as pid_alive, _reap_stale_dirs
     _reap_stale_dirs()  # the harness's servers whose owner is gone
     tmp = tempfile.gettempdir()
     for entry in sorted(os.listdir(tmp)):

@@ -90,6 +90,25 @@ def gunicorn_command():
     return [path] if os.path.exists(path) else [sys.executable, '-m', 'gunicorn']
 
 
+class StoreSpecification:
+    """A TestCase mixin: one store per class over make_partitions(), opened with
+    store_settings, and a bucket of its own for each test."""
+    store_settings = {}
+
+    @classmethod
+    def setUpClass(cls):
+        cls.partitions = cls.make_partitions()
+        cls.store = open_store(cls.partitions, **cls.store_settings)
+        cls.app = web_app(cls.store)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.store.close()
+
+    def setUp(self):
+        self.bucket = unique()
+
+
 class OnSQLite:
     """Mixed into a specification: four SQLite partitions in a temporary directory."""
 

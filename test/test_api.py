@@ -20,22 +20,10 @@ def q(key):
     return urllib.parse.quote(key, safe='')
 
 
-class ApiSpecification:
+class ApiSpecification(support.StoreSpecification):
     """Mixed into a TestCase whose make_partitions() gives the partitions."""
     max_value_bytes = 64 * 1024
-
-    @classmethod
-    def setUpClass(cls):
-        cls.partitions = cls.make_partitions()
-        cls.store = support.open_store(cls.partitions, max_value_bytes=cls.max_value_bytes)
-        cls.app = support.web_app(cls.store)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.store.close()
-
-    def setUp(self):
-        self.bucket = support.unique()
+    store_settings = {'max_value_bytes': max_value_bytes}
 
     def put(self, key, body=b'value', content_type='text/plain', status=None, headers=None, params=''):
         h = {'Content-Type': content_type}

@@ -33,19 +33,8 @@ def pattern(size, seed=0):
     return bytes(out[:size])
 
 
-class BlobSpecification:
-    @classmethod
-    def setUpClass(cls):
-        cls.partitions = cls.make_partitions()
-        cls.store = support.open_store(cls.partitions, chunk_size=CHUNK, max_value_bytes=64 * 1024 * 1024)
-        cls.app = support.web_app(cls.store)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.store.close()
-
-    def setUp(self):
-        self.bucket = support.unique()
+class BlobSpecification(support.StoreSpecification):
+    store_settings = {'chunk_size': CHUNK, 'max_value_bytes': 64 * 1024 * 1024}
 
     def url(self, key='blob'):
         return '/buckets/%s/keys/%s' % (self.bucket, key)
@@ -338,27 +327,26 @@ class TestServingBlobs(unittest.TestCase):
         # A few chunks of 1 MiB in flight, not the value: far below its 256 MiB.
         self.assertLess(grown, 48 * 1024 * 1024, 'peak RSS grew by %d MiB' % (grown // 2 ** 20))
 
-    def test_an_upload_cut_off_midway_leaves_the_old_value(self):
-        conn, response = self.request('PUT', '/buckets/cut/keys/v', body=b'old',
-                                      headers={'Content-Type': 'text/plain'})
+    def half_upload(self, path):
+        """Store 'old' at path, then start replacing it with 8 MiB and send 3:
+        the socket of the upload left hanging."""
+        conn, response = self.request('PUT', path, body=b'old', headers={'Content-Type': 'text/plain'})
         self.assertEqual(response.status, 201)
         sock = socket.create_connection(('127.0.0.1', self.port))
-        sock.sendall(b'PUT /buckets/cut/keys/v HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n'
-                     b'Content-Length: %d\r\n\r\n' % (8 * 1024 * 1024))
+        sock.sendall(b'PUT %s HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n'
+                     b'Content-Length: %d\r\n\r\n' % (path.encode(), 8 * 1024 * 1024))
         sock.sendall(b'n' * (3 * 1024 * 1024))
+        return sock
+
+    def test_an_upload_cut_off_midway_leaves_the_old_value(self):
+        sock = self.half_upload('/buckets/cut/keys/v')
         sock.close()
         time.sleep(1)
         conn, response = self.request('GET', '/buckets/cut/keys/v')
         self.assertEqual((response.status, response.read()), (200, b'old'))
 
     def test_a_worker_killed_midway_leaves_the_old_value(self):
-        conn, response = self.request('PUT', '/buckets/killed/keys/v', body=b'old',
-                                      headers={'Content-Type': 'text/plain'})
-        self.assertEqual(response.status, 201)
-        sock = socket.create_connection(('127.0.0.1', self.port))
-        sock.sendall(b'PUT /buckets/killed/keys/v HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n'
-                     b'Content-Length: %d\r\n\r\n' % (8 * 1024 * 1024))
-        sock.sendall(b'n' * (3 * 1024 * 1024))
+        sock = self.half_upload('/buckets/killed/keys/v')
         time.sleep(0.5)
         os.kill(self.worker_pid(), signal.SIGKILL)
         sock.close()
