@@ -33,13 +33,13 @@ test: mariadb $(VENV_STAMP)
 	WEBPY_ENV=test $(VENV)/bin/nosetests -v --with-xunit --xunit-file=.test-results.xml test/
 
 run: $(VENV_STAMP)
-	$(VENV)/bin/gunicorn --config gunicorn.conf.py
+	$(VENV)/bin/python serve.py
 
 clean:
 	rm -rf $(VENV) data/ .test-results.xml
 
 # The benchmark (bench/run.py, issue 6): private mariadbd servers, the store
-# under gunicorn as `make run` serves it, wrk, a web.py hello world and etcd.
+# under uWSGI as `make run` serves it, wrk, a web.py hello world and etcd.
 # Writes bench/results/.  Arguments: make bench BENCH_ARGS='--quick'
 # (or --only 'C-*', --scaling, --profile; see bench/README.md).
 .PHONY: bench

@@ -138,6 +138,8 @@ class Application(web.application):
     """web.py's application, where every failure becomes a negotiated error document."""
 
     def handle(self):
+        # RFC 9110 6.6.1: an origin server with a clock sends Date (uWSGI does not).
+        web.header('Date', email.utils.formatdate(usegmt=True))
         body = self.handle_errors()
         # web.py answers HEAD with GET: same headers, no body.
         return b'' if web.ctx.method == 'HEAD' else body
@@ -184,12 +186,25 @@ class RequestBody:
     a body that ends before it (the client went away) is an error, never a
     shorter value."""
 
+    CHUNK_TIMEOUT = 30   # seconds to wait for the next chunk of a chunked body
+
     def __init__(self, env):
         self.input = env['wsgi.input']
         declared = env.get('CONTENT_LENGTH')
         self.left = int(declared) if declared and declared.isdigit() else None
+        # uWSGI's router hands a chunked body on undecoded (serve.py): it is read
+        # with uwsgi.chunked_read.  Other servers decode it into wsgi.input.
+        self.uwsgi = None
+        if (self.left is None and 'uwsgi.version' in env
+                and 'chunked' in env.get('HTTP_TRANSFER_ENCODING', '').lower()):
+            import uwsgi
+            self.uwsgi, self.pending = uwsgi, b''
+            # The router closes the connection after such a request: say so.
+            web.header('Connection', 'close')
 
     def read(self, size):
+        if self.uwsgi is not None:
+            return self.read_chunked(size)
         if self.left is not None:
             size = min(size, self.left)
             if size <= 0:
@@ -199,6 +214,18 @@ class RequestBody:
             if not data:
                 raise BadRequest('incomplete_body', 'the body ended before its Content-Length')
             self.left -= len(data)
+        return data
+
+    def read_chunked(self, size):
+        while not self.pending:
+            try:
+                chunk = self.uwsgi.chunked_read(self.CHUNK_TIMEOUT)
+            except OSError:
+                raise BadRequest('incomplete_body', 'the chunked body ended before its last chunk')
+            if not chunk:
+                return b''
+            self.pending = chunk
+        data, self.pending = self.pending[:size], self.pending[size:]
         return data
 
 

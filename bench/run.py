@@ -5,15 +5,16 @@ One run starts everything it measures, on this machine only (loopback):
 
   * four private mariadbd servers (test/mariadb.py), a temporary
     configuration with them as partitions (N=3, R=2, W=2), and the store
-    under gunicorn exactly as `make run` serves it (gunicorn --config
-    gunicorn.conf.py, with BIND, WORKERS, THREADS and STORE_CONFIG);
+    under uWSGI exactly as `make run` serves it (python serve.py, with BIND,
+    WORKERS, THREADS and STORE_CONFIG), or under gunicorn gthread
+    (--server gunicorn, bench/gunicorn.conf.py) for comparison;
   * a data set written straight through the engine layer, the very rows
     the store writes (see bulk_load);
   * wrk (one thread, pinned to one CPU, its own CPU time measured) with the
     Lua scripts of bench/lua: YCSB workloads C, B, A and write-only with
     zipfian keys (theta 0.99) over 1 KiB values, at r/w = one and quorum;
     1 MiB values; listing pages;
-  * the references: a web.py hello world under the same gunicorn settings
+  * the references: a web.py hello world under the same server settings
     (the ceiling), a PyMySQL primary-key SELECT loop against one server (the
     database's own cost) and etcd (one node, its HTTP/JSON gateway; what a
     user would otherwise pick), with the same keys, values and key law.
@@ -62,7 +63,7 @@ LUA_DIR = os.path.join(HERE, 'lua')
 RESULTS_DIR = os.path.join(HERE, 'results')
 sys.path.insert(0, ROOT)
 # Production database names: no test_ prefix (configuration.py), in the
-# store's gunicorn and in this process's loader alike.
+# store's server and in this process's loader alike.
 os.environ.pop('WEBPY_ENV', None)
 
 TEMP_PREFIX = 'kvbench-'
@@ -76,7 +77,7 @@ MIB = 1024 * 1024
 CLOCK_TICKS = os.sysconf('SC_CLK_TCK')
 DISTURBED_CORES = 0.25        # other processes' CPU during a row that makes it suspect
 QUIET_CORES = 0.20            # what counts as a quiet machine before a row
-ONE_WORKER = 90               # % of the server's CPU in one gunicorn worker: unbalanced
+ONE_WORKER = 90               # % of the server's CPU in one worker process: unbalanced
 
 
 def log(message, *args):
@@ -431,7 +432,7 @@ class Row:
 
 def main_rows():
     rows = [
-        Row('hello', 'hello', 'web.py hello world (GET /), same gunicorn settings: the ceiling',
+        Row('hello', 'hello', 'web.py hello world (GET /), same server settings: the ceiling',
             'fixed.lua', {'BENCH_EXPECT': 'Hello'}),
         Row('pymysql', 'pymysql', 'PyMySQL primary-key SELECT loop on one server, one connection: '
             "the database's own cost"),
@@ -510,13 +511,14 @@ def run_wrk(run, url, script, env, duration, connections, cpu):
 class Target:
     """Where a row sends its requests and whose CPU it counts."""
     url: str
-    server: callable          # () -> pids of the server (gunicorn tree, etcd)
+    server: callable          # () -> pids of the server (its process tree, etcd)
     db: callable = lambda: []  # () -> pids of the databases
 
 
 def process_split(each):
     """How the server's CPU divided among its busiest processes, in percent
-    (gunicorn: the workers; a worker keeps the connections it accepted)."""
+    (the workers, and uWSGI's HTTP router; a gunicorn worker keeps the
+    connections it accepted)."""
     total = sum(each.values())
     if total <= 0 or len(each) < 2:
         return None
@@ -851,32 +853,42 @@ def drop_database(cluster, database, count):
             conn.close()
 
 
-# -- gunicorn ----------------------------------------------------------------------------
+# -- the serving stack ----------------------------------------------------------------------
 
-def gunicorn_binary():
-    candidate = os.path.join(os.path.dirname(sys.executable), 'gunicorn')
+def venv_binary(name):
+    candidate = os.path.join(os.path.dirname(sys.executable), name)
     if os.access(candidate, os.X_OK):
         return candidate
-    found = shutil.which('gunicorn')
+    found = shutil.which(name)
     if not found:
-        raise BenchError('gunicorn not found: run with the project virtualenv (make bench)')
+        raise BenchError('%s not found: run with the project virtualenv (make bench)' % name)
     return found
 
 
-def start_gunicorn(run, name, config_path, args, app=None):
-    """gunicorn as `make run` starts it: --config gunicorn.conf.py, settings from the env.
+def server_setting(args):
+    if args.server == 'gunicorn':
+        return 'gunicorn --config bench/gunicorn.conf.py, WORKERS=%d THREADS=%d (gthread)' % (
+            args.workers, args.threads)
+    return 'python serve.py (uWSGI HTTP router), WORKERS=%d THREADS=%d' % (args.workers, args.threads)
 
-    Only XDG_RUNTIME_DIR is pointed at the run's temporary directory, so that
+
+def start_server(run, name, config_path, args, app=None):
+    """The store as `make run` serves it (serve.py: uWSGI), or under gunicorn
+    gthread (--server gunicorn) for comparison, with the settings in the env.
+
+    XDG_RUNTIME_DIR is pointed at the run's temporary directory, so that
     gunicorn's control socket does not replace that of another gunicorn on
     this machine.  app (for the hello world) is given on the command line.
     """
     port = free_port()
     env = dict(os.environ, BIND='127.0.0.1:%d' % port, WORKERS=str(args.workers),
-               THREADS=str(args.threads), STORE_CONFIG=config_path, XDG_RUNTIME_DIR=run.tmp)
+               THREADS=str(args.threads), STORE_CONFIG=config_path, XDG_RUNTIME_DIR=run.tmp,
+               PYTHONPATH=HERE)
     env.pop('ACCESS_LOG', None)
-    cmd = [gunicorn_binary(), '--config', 'gunicorn.conf.py']
-    if app:
-        cmd += ['--pythonpath', HERE, app]
+    if args.server == 'gunicorn':
+        cmd = [venv_binary('gunicorn'), '--config', 'bench/gunicorn.conf.py'] + (['--pythonpath', HERE, app] if app else [])
+    else:
+        cmd = [sys.executable, 'serve.py'] + ([app] if app else [])
     process = Process(run, name, cmd, env=env)
     wait_http(process, port, '/')
     deadline = time.monotonic() + 30
@@ -1024,7 +1036,7 @@ def measure_pymysql(run, args, row, cluster, config_path, database, groups_db):
 # -- profiling -------------------------------------------------------------------------------
 
 def profile_store(run, args, row, target, master):
-    """py-spy on every gunicorn worker (--subprocesses) while `row` runs: a flame graph
+    """py-spy on every worker (--subprocesses) while `row` runs: a flame graph
     (bench/results/profile.svg) and collapsed stacks, summarised in results.md.
 
     --gil keeps the samples of the thread holding the GIL: where the workers' Python
@@ -1122,7 +1134,7 @@ def command_output(cmd, strip=True):
 
 
 def machine_facts():
-    import gunicorn
+    import importlib.metadata
     import web
     cpu = ''
     try:
@@ -1137,7 +1149,7 @@ def machine_facts():
     return dict(
         date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC'),
         nproc=command_output(['nproc']), cpu=cpu, free=command_output(['free', '-h'], strip=False),
-        commit=commit, kernel=platform.release(), python=sys.version.split()[0], gunicorn=gunicorn.__version__,
+        commit=commit, kernel=platform.release(), python=sys.version.split()[0], uwsgi=importlib.metadata.version('pyuwsgi'),
         webpy=getattr(web, '__version__', '?'),
         etcd=command_output(['etcd', '--version']).splitlines()[0] if shutil.which('etcd') else '(not installed)',
         wrk=wrk_version.split(' Copyright')[0])
@@ -1191,7 +1203,7 @@ def facts_section(facts, settings):
              '- date: %s' % facts['date'],
              '- kvstore commit: %s' % facts.get('commit', '?'),
              '- `nproc`: %s (%s), kernel %s' % (facts['nproc'], facts['cpu'], facts['kernel']),
-             '- Python %s, gunicorn %s, web.py %s' % (facts['python'], facts['gunicorn'], facts['webpy']),
+             '- Python %s, uWSGI %s, web.py %s' % (facts['python'], facts.get('uwsgi', '?'), facts['webpy']),
              '- MariaDB: %s' % (mariadb.get('version', '(not started)')),
              '- etcd: %s' % facts['etcd'],
              '- wrk: %s' % facts['wrk'],
@@ -1210,7 +1222,7 @@ LEGEND = """\
 How to read it:
 
 - **CPU ms/req** is the CPU time (user + system, from `/proc/<pid>/stat`) that
-  the server (gunicorn master and workers, or etcd) and the databases (every
+  the server (uWSGI's master, router and workers, or etcd) and the databases (every
   mariadbd) spent during the row, divided by the requests answered.  With two
   cores shared by everything, it is the number to compare; req/s follows from
   it once the cores are full.  For `pymysql` it is mariadbd's CPU per query;
@@ -1222,15 +1234,17 @@ How to read it:
 - **wrk CPU** is wrk's own CPU (one thread, pinned to one CPU) as a share of
   one core: far from 100 %% means wrk was not the bottleneck.
 - **req/s ÷ hello** compares with the web.py hello world under the same
-  gunicorn settings; **÷ etcd** with etcd's matching operation (range for
+  server settings; **÷ etcd** with etcd's matching operation (range for
   GET, put for PUT, the same mixes, a 1000-key range for listing).
 - † marks a row during which other processes on the machine (or the
   hypervisor, as steal time) took more than %.2f cores (measured from
   /proc/stat): its numbers are suspect.
-- **worker split**: the share of the server's CPU each gunicorn process
-  took, busiest first.  A gthread worker keeps the keep-alive connections it
-  accepted, and wrk opens all its connections at once: often one worker wins
-  nearly all of them and the other idles.  Such a row is run again (up to
+- **worker split**: the share of the server's CPU each process took,
+  busiest first (under uWSGI the workers and the HTTP router; the router
+  hands each request to a free worker).  Under gunicorn gthread a worker
+  keeps the keep-alive connections it accepted, and wrk opens all its
+  connections at once: often one worker wins nearly all of them and the
+  other idles.  Such a row is run again (up to
   --retries times); ‡ marks one that stayed unbalanced (one worker above
   %d %%).  It costs more than throughput: one worker's threads then contend for
   its GIL, so even the CPU per request rises.
@@ -1245,7 +1259,7 @@ def profile_section(profile):
     if not profile:
         return ''
     lines = ['', '## Profile of the store under %s (py-spy)' % profile['row'], '',
-             '%d samples, taken at 200 Hz in every gunicorn worker, of the thread holding the GIL '
+             '%d samples, taken at 200 Hz in every worker, of the thread holding the GIL '
              '(`py-spy record --subprocesses --gil --nonblocking`): where the workers\' Python time goes. '
              'Flame graph: `%s`.' % (profile['samples'], profile['svg']), '',
              '| self % | layer (file of the innermost frame) |', '|--:|---|']
@@ -1333,7 +1347,7 @@ def main_run(run, args):
         return env
 
     if 'hello' in systems:
-        hello = start_gunicorn(run, 'hello', config_path or write_sqlite_config(run), args,
+        hello = start_server(run, 'hello', config_path or write_sqlite_config(run), args,
                                app='hello:application')
         target = Target(hello.url + '/', lambda: process_tree(hello.pid), db_pids)
         for row in rows:
@@ -1346,7 +1360,7 @@ def main_run(run, args):
             results[row.name] = measure_pymysql(run, args, row, cluster, config_path, database, db_pids)
 
     if 'store' in systems:
-        store = start_gunicorn(run, 'store', config_path, args)
+        store = start_server(run, 'store', config_path, args)
         target = Target(store.url + '/', lambda: process_tree(store.pid), db_pids)
         for row in rows:
             if row.system == 'store':
@@ -1393,9 +1407,8 @@ def main_run(run, args):
     settings = {
         'rows': '%d s each after a %d s warm-up; wrk -t1 -c%d (1 MiB rows: -c%d), pinned to CPU %s'
                 % (args.duration, args.warmup, args.connections, max(1, args.connections // 4), args.wrk_cpu),
-        'store': '4 MariaDB partitions, N=%s, R=%s, W=%s, 64 vnodes; gunicorn --config gunicorn.conf.py, '
-                 'WORKERS=%d THREADS=%d (gthread)' % (store_info.get('replicas', 3), store_info.get('r', 2),
-                                                      store_info.get('w', 2), args.workers, args.threads),
+        'store': '4 MariaDB partitions, N=%s, R=%s, W=%s, 64 vnodes; %s' % (
+            store_info.get('replicas', 3), store_info.get('r', 2), store_info.get('w', 2), server_setting(args)),
         'data': '%d keys of 1 KiB in bucket `%s`, %d keys of 1 MiB in bucket `%s`; keys zipfian '
                 '(YCSB, theta %.2f, scrambled)' % (args.keys, BUCKET, args.big_keys, BIG_BUCKET, THETA),
         'etcd': 'one node on loopback, temporary data dir, --quota-backend-bytes 8 GiB, HTTP/JSON gateway',
@@ -1427,7 +1440,7 @@ def scaling_run(run, args):
     row = next(r for r in main_rows() if r.name == 'C-one')
     results = []
 
-    hello = start_gunicorn(run, 'hello', write_sqlite_config(run), args, app='hello:application')
+    hello = start_server(run, 'hello', write_sqlite_config(run), args, app='hello:application')
     hello_row = next(r for r in main_rows() if r.name == 'hello')
     measured = measure_wrk(run, args, hello_row, Target(hello.url + '/', lambda: process_tree(hello.pid), db_pids))
     measured.update(label='hello world', partitions=None, keys=None, load_s=None, nrw='')
@@ -1441,7 +1454,7 @@ def scaling_run(run, args):
         seconds = bulk_load(config_path, BUCKET, nkeys, KIB)
         log('loaded in %.1f s (%.0f keys/s, %.0f rows/s)', seconds, nkeys / seconds,
             nkeys * info['replicas'] / seconds)
-        store = start_gunicorn(run, 'store-%s' % database, config_path, args)
+        store = start_server(run, 'store-%s' % database, config_path, args)
         env = {'BENCH_KEYS': str(nkeys), 'BENCH_SCRAMBLE': str(scramble_multiplier(nkeys)),
                'BENCH_THETA': str(THETA)}
         measured = measure_wrk(run, args, row, Target(store.url + '/', lambda: process_tree(store.pid), db_pids),
@@ -1472,8 +1485,7 @@ def scaling_run(run, args):
     settings = {
         'rows': '%d s each after a %d s warm-up; wrk -t1 -c%d, pinned to CPU %s'
                 % (args.duration, args.warmup, args.connections, args.wrk_cpu),
-        'store': 'gunicorn --config gunicorn.conf.py, WORKERS=%d THREADS=%d; N = min(3, partitions), '
-                 'R = W = quorum; 2 partitions means N=2' % (args.workers, args.threads),
+        'store': '%s; N = min(3, partitions), R = W = quorum; 2 partitions means N=2' % server_setting(args),
         'load': 'bulk_load: the engine renders the rows (SQLEngine._store), batched multi-row INSERTs, '
                 'one thread per partition',
     }
@@ -1503,12 +1515,14 @@ def parse_args(argv):
                         help='GET r=1 with 10k and 1M keys (4 partitions) and with 2, 4, 8 partitions')
     parser.add_argument('--scaling-keys', default='10000,1000000')
     parser.add_argument('--scaling-partitions', default='2,4,8')
-    parser.add_argument('--workers', type=int, default=2, help='gunicorn WORKERS (default 2)')
-    parser.add_argument('--threads', type=int, default=8, help='gunicorn THREADS (default 8)')
+    parser.add_argument('--server', choices=('uwsgi', 'gunicorn'), default='uwsgi',
+                        help='uwsgi: serve.py, as make run does (default); gunicorn: gthread, for comparison')
+    parser.add_argument('--workers', type=int, default=2, help='WORKERS: worker processes (default 2)')
+    parser.add_argument('--threads', type=int, default=8, help='THREADS: threads per worker (default 8)')
     parser.add_argument('--warmup', type=int, default=2, help='seconds of unmeasured load before a row')
     parser.add_argument('--buffer-pool', default='1G', help='innodb_buffer_pool_size of each server')
     parser.add_argument('--retries', type=int, default=2,
-                        help='runs again a row that other processes disturbed or that one gunicorn '
+                        help='runs again a row that other processes disturbed or that one '
                              'worker served alone (default: up to twice)')
     parser.add_argument('--quiet-wait', type=int, default=20,
                         help='seconds to wait for other processes to calm down before a row')

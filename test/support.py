@@ -3,7 +3,6 @@ import configparser
 import os
 import shutil
 import socket
-import sys
 import tempfile
 import time
 import uuid
@@ -82,12 +81,6 @@ def wait_until(condition, timeout, interval=0.1):
             return True
         time.sleep(interval)
     return condition()
-
-
-def gunicorn_command():
-    """gunicorn from the virtualenv that runs the tests."""
-    path = os.path.join(os.path.dirname(sys.executable), 'gunicorn')
-    return [path] if os.path.exists(path) else [sys.executable, '-m', 'gunicorn']
 
 
 class StoreSpecification:

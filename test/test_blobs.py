@@ -10,16 +10,14 @@ import http.client
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 import unittest
 
 from test import support
 from test.mariadb import MariaDBServer, shared_cluster
+from test.server import StoreServer
 
 CHUNK = 64 * 1024
-HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def pattern(size, seed=0):
@@ -243,47 +241,24 @@ class TestFullPartition(unittest.TestCase):
 
 
 class TestServingBlobs(unittest.TestCase):
-    """The real server (gunicorn, as `make run` starts it) streaming large values."""
+    """The real server (serve.py, as `make run` starts it) streaming large values."""
 
     @classmethod
     def setUpClass(cls):
-        cls.directory = support.TemporaryDirectory()
-        with socket.socket() as s:
-            s.bind(('127.0.0.1', 0))
-            cls.port = s.getsockname()[1]
-        config = os.path.join(cls.directory.path, 'store.cfg')
-        with open(config, 'w') as f:
-            f.write('[store]\nreplicas = 3\nr = 2\nw = 2\nchunk_size = 1048576\n'
-                    'max_value_bytes = 536870912\n')
-            for name, fields in support.sqlite_partitions(cls.directory.path).items():
-                f.write('[partition-%s]\nengine = sqlite\npath = %s\n' % (name, fields['path']))
-        env = dict(os.environ, STORE_CONFIG=config, BIND='127.0.0.1:%d' % cls.port, WORKERS='1',
-                   XDG_RUNTIME_DIR=cls.directory.path)
-        gunicorn = os.path.join(os.path.dirname(sys.executable), 'gunicorn')
-        cls.server = subprocess.Popen([gunicorn, '--config', 'gunicorn.conf.py'], cwd=HERE, env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                      start_new_session=True)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(('127.0.0.1', cls.port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        config = '[store]\nreplicas = 3\nr = 2\nw = 2\nchunk_size = 1048576\nmax_value_bytes = 536870912\n'
+        config += ''.join('[partition-%s]\nengine = sqlite\npath = %s\n' % (name, fields['path'])
+                          for name, fields in support.sqlite_partitions('data').items())
+        cls.server = StoreServer(config, workers=1)
+        cls.server.start()
+        cls.port = cls.server.port
 
     @classmethod
     def tearDownClass(cls):
-        os.killpg(cls.server.pid, signal.SIGTERM)
-        try:
-            cls.server.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(cls.server.pid, signal.SIGKILL)
-            cls.server.wait()
-        cls.directory.remove()
+        cls.server.stop()
+        cls.server.cleanup()
 
     def worker_pid(self):
-        children = open('/proc/%d/task/%d/children' % (self.server.pid, self.server.pid)).read().split()
-        return int(children[0])
+        return self.server.worker_pids()[0]
 
     def peak_rss(self, pid):
         for line in open('/proc/%d/status' % pid):

@@ -1,4 +1,4 @@
-"""Reading and checking the configuration (configuration.py, gunicorn.conf.py).
+"""Reading and checking the configuration (configuration.py, serve.py).
 
 A good configuration loads; a bad one stops startup with ONE line naming the
 section and the field.  Under WEBPY_ENV=test MySQL database names get the
@@ -14,6 +14,7 @@ import textwrap
 import unittest
 
 from test import support
+from test.server import serve_command
 
 import configuration
 from configuration import ConfigError
@@ -245,16 +246,15 @@ class TestBadConfigurations(ConfigurationTestCase):
         self.assertIn(path, message)
 
 
-class TestGunicornRefusesABadConfiguration(ConfigurationTestCase):
-    """gunicorn.conf.py's on_starting hook checks the configuration before any
-    worker starts: gunicorn exits non-zero with one clear line."""
+class TestServerRefusesABadConfiguration(ConfigurationTestCase):
+    """serve.py checks the configuration before uWSGI starts any worker: it
+    exits with status 2 and one clear line."""
 
-    def test_gunicorn_exits_with_one_line_naming_the_bad_field(self):
+    def test_serve_exits_with_one_line_naming_the_bad_field(self):
         path = self.write('[store]\nreplicas = 5\n' + ''.join(
             '\n[partition-p%d]\nengine = sqlite\npath = data/p%d.sqlite3\n' % (i, i) for i in (1, 2, 3, 4)))
-        env = dict(os.environ, STORE_CONFIG=path, BIND='127.0.0.1:%d' % support.free_port(),
-                   XDG_RUNTIME_DIR=self.directory)
-        process = subprocess.Popen(support.gunicorn_command() + ['--config', 'gunicorn.conf.py'], cwd=REPO, env=env,
+        env = dict(os.environ, STORE_CONFIG=path, BIND='127.0.0.1:%d' % support.free_port())
+        process = subprocess.Popen(serve_command(), cwd=REPO, env=env,
                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    start_new_session=True)
         try:
@@ -262,9 +262,9 @@ class TestGunicornRefusesABadConfiguration(ConfigurationTestCase):
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.communicate()
-            self.fail('gunicorn was still running after 30 s with a bad configuration')
+            self.fail('serve.py was still running after 30 s with a bad configuration')
         stderr = stderr.decode('utf-8', 'replace')
-        self.assertNotEqual(process.returncode, 0, stderr)
+        self.assertEqual(process.returncode, 2, stderr)
         lines = [line for line in stderr.splitlines() if line.startswith('configuration error:')]
         self.assertEqual(len(lines), 1, stderr)
         self.assertIn('[store] replicas', lines[0])

@@ -1,27 +1,20 @@
-"""The real server: gunicorn started the way `make run` starts it, over HTTP.
+"""The real server: serve.py (uWSGI) started the way `make run` starts it, over HTTP.
 
-The store runs as `gunicorn --config gunicorn.conf.py` from the repository,
-with two worker processes over four SQLite partitions in a temporary
-directory, and is spoken to over a socket with http.client: nothing here
-goes through a WSGI test client.
+The store runs as `python serve.py` with two worker processes over four
+SQLite partitions in a temporary directory, and is spoken to over a socket
+with http.client: nothing here goes through a WSGI test client.
 """
-import http.client
+import contextlib
+import email.utils
 import json
 import os
-import shutil
 import signal
 import socket
-import subprocess
-import tempfile
 import time
 import unittest
-
-from test import support
 import urllib.parse
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
+from test.server import STOP_TIMEOUT, StoreServer, pid_alive
 
 CONFIGURATION = """
 [store]
@@ -31,144 +24,14 @@ w = 2
 """ + ''.join('\n[partition-p%d]\nengine = sqlite\npath = data/p%d.sqlite3\n' % (i, i) for i in (1, 2, 3, 4))
 
 
-
-
-
-
-def pid_alive(pid):
-    """A process that exists and is not a zombie."""
+@contextlib.contextmanager
+def paused(pid):
+    """SIGSTOP a worker: while it is stopped, the other workers serve every request."""
+    os.kill(pid, signal.SIGSTOP)
     try:
-        with open('/proc/%d/stat' % pid) as f:
-            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
-    except OSError:
-        return False
-
-
-def children(pid):
-    found = []
-    for entry in os.listdir('/proc'):
-        if entry.isdigit():
-            try:
-                with open('/proc/%s/stat' % entry) as f:
-                    fields = f.read().rsplit(')', 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != 'Z':
-                found.append(int(entry))
-    return sorted(found)
-
-
-class Server:
-    """A gunicorn master and its workers, in a process group of their own."""
-
-    def __init__(self, workers=2):
-        self.directory = tempfile.mkdtemp(prefix='kvstore-server-')
-        self.config_path = os.path.join(self.directory, 'configuration.cfg')
-        with open(self.config_path, 'w') as f:
-            f.write(CONFIGURATION)
-        self.port = support.free_port()
-        self.log_path = os.path.join(self.directory, 'gunicorn.log')
-        self.workers = workers
-        self.process = None
-        self.pids = set()
-
-    def start(self):
-        env = dict(os.environ, STORE_CONFIG=self.config_path, BIND='127.0.0.1:%d' % self.port,
-                   WORKERS=str(self.workers),
-                   # gunicorn's control socket goes here rather than in $HOME,
-                   # so that servers of concurrent test runs do not share one.
-                   XDG_RUNTIME_DIR=self.directory)
-        with open(self.log_path, 'wb') as log:
-            self.process = subprocess.Popen(
-                support.gunicorn_command() + ['--config', 'gunicorn.conf.py'], cwd=REPO, env=env,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.pids.add(self.process.pid)
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if self.process.poll() is not None:
-                raise AssertionError('gunicorn exited with %s before accepting connections:\n%s'
-                                     % (self.process.returncode, self.log()))
-            try:
-                socket.create_connection(('127.0.0.1', self.port), timeout=1).close()
-            except OSError:
-                pass
-            else:
-                # Accepting: wait for every worker to have booted too.
-                if len(self.worker_pids()) == self.workers:
-                    return
-            if time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError('gunicorn did not accept connections within %d s:\n%s'
-                                     % (START_TIMEOUT, self.log()))
-            time.sleep(0.05)
-
-    def worker_pids(self):
-        pids = children(self.process.pid)
-        self.pids.update(pids)
-        return pids
-
-    def stop(self):
-        """SIGTERM, then SIGKILL after 10 s.  Returns (graceful, pids still alive)."""
-        graceful = True
-        if self.process is None:
-            return graceful, []
-        if self.process.poll() is None:
-            self.worker_pids()
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                graceful = False
-        # Whatever is left of the group (a worker the master did not reap) goes too.
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.process.wait()
-        deadline = time.monotonic() + 5
-        while any(pid_alive(pid) for pid in self.pids) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return graceful, [pid for pid in self.pids if pid_alive(pid)]
-
-    def cleanup(self):
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-    def log(self):
-        try:
-            with open(self.log_path, encoding='utf-8', errors='replace') as f:
-                return f.read()[-4000:]
-        except OSError:
-            return ''
-
-    def connect(self):
-        return http.client.HTTPConnection('127.0.0.1', self.port, timeout=10)
-
-    def serving_worker(self, conn):
-        """The pid of the worker holding this client connection's other end."""
-        client_port = conn.sock.getsockname()[1]
-        wanted = '0100007F:%04X' % self.port, '0100007F:%04X' % client_port
-        inode = None
-        for _ in range(100):
-            with open('/proc/net/tcp') as f:
-                for line in f.readlines()[1:]:
-                    fields = line.split()
-                    if (fields[1], fields[2]) == wanted and fields[9] != '0':
-                        inode = fields[9]
-            if inode:
-                break
-            time.sleep(0.01)
-        for pid in self.worker_pids():
-            try:
-                fds = os.listdir('/proc/%d/fd' % pid)
-            except OSError:
-                continue
-            for fd in fds:
-                try:
-                    if os.readlink('/proc/%d/fd/%s' % (pid, fd)) == 'socket:[%s]' % inode:
-                        return pid
-                except OSError:
-                    continue
-        return None
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 def key_url(bucket, key):
@@ -185,7 +48,7 @@ class TestServer(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.server = Server(workers=2)
+        cls.server = StoreServer(CONFIGURATION, workers=2)
         try:
             cls.server.start()
         except BaseException:
@@ -198,7 +61,7 @@ class TestServer(unittest.TestCase):
         graceful, left = cls.server.stop()
         cls.server.cleanup()
         if left:
-            raise AssertionError('processes left behind after stopping gunicorn: %s' % left)
+            raise AssertionError('processes left behind after stopping the server: %s' % left)
 
     def setUp(self):
         self.conn = self.server.connect()
@@ -236,12 +99,11 @@ class TestServer(unittest.TestCase):
         self.assertEqual(body, value)
         self.assertEqual(response.getheader('Content-Type'), 'image/png')
         self.assertEqual(response.getheader('ETag'), etag)
-        # Sent chunked (gunicorn does when the application sets no length) or
-        # with the right length.
-        if response.getheader('Content-Length') is not None:
-            self.assertEqual(response.getheader('Content-Length'), str(len(value)))
-        else:
-            self.assertEqual(response.getheader('Transfer-Encoding'), 'chunked')
+        self.assertEqual(response.getheader('Content-Length'), str(len(value)))
+        # RFC 9110 6.6.1: an origin server with a clock sends Date, once.
+        self.assertEqual(len(response.headers.get_all('Date')), 1)
+        self.assertLess(abs(email.utils.parsedate_to_datetime(response.getheader('Date')).timestamp()
+                            - time.time()), 60)
 
     def test_a_key_with_slashes_and_non_ascii_characters_in_a_percent_encoded_url(self):
         key = 'photos/2024/été naïve ü/日本語 100%.txt'
@@ -330,34 +192,54 @@ class TestServer(unittest.TestCase):
         self.assertEqual(self.conn.sock.getsockname(), local)
 
     def test_a_write_through_one_worker_is_read_through_the_other(self):
-        # Hold connections open until both worker processes hold one.
-        by_worker = {}
-        opened = []
-        try:
-            for _ in range(60):
-                conn = self.server.connect()
-                opened.append(conn)
-                response, _ = request(conn, 'GET', '/')
-                self.assertEqual(response.status, 200)
-                by_worker.setdefault(self.server.serving_worker(conn), conn)
-                by_worker.pop(None, None)
-                if len(by_worker) == 2:
-                    break
-            self.assertEqual(len(by_worker), 2, 'every connection landed on one worker: %s' % list(by_worker))
-            (one, via_one), (other, via_other) = sorted(by_worker.items())
-            url = key_url('server', 'across-workers')
-            response, body = self.put(url, b'written by %d' % one, 'text/plain', conn=via_one)
+        one, other = self.server.worker_pids()
+        url = key_url('server', 'across-workers')
+        with paused(other):   # only `one` can answer
+            response, body = self.put(url, b'written by %d' % one, 'text/plain', conn=self.server.connect())
             self.assertEqual(response.status, 201, body)
-            response, body = request(via_other, 'GET', url)
+        with paused(one):     # only `other` can answer
+            response, body = request(self.server.connect(), 'GET', url)
             self.assertEqual((response.status, body), (200, b'written by %d' % one))
-            self.assertEqual(self.server.serving_worker(via_other), other)
-            response, body = self.put(url, b'written by %d' % other, 'text/plain', conn=via_other)
+            response, body = self.put(url, b'written by %d' % other, 'text/plain', conn=self.server.connect())
             self.assertEqual(response.status, 200, body)
-            response, body = request(via_one, 'GET', url)
+        with paused(other):
+            response, body = request(self.server.connect(), 'GET', url)
             self.assertEqual((response.status, body), (200, b'written by %d' % other))
-        finally:
-            for conn in opened:
-                conn.close()
+
+    def test_a_chunked_upload_is_stored_whole(self):
+        url = key_url('server', 'chunked')
+        pieces = [b'first piece, ', b'x' * 70000, b', last piece']
+        # http.client sends an iterator without a length chunked.
+        response, body = self.put(url, iter(pieces), 'text/plain')
+        self.assertEqual(response.status, 201, body)
+        response, body = request(self.conn, 'GET', url)
+        self.assertEqual((response.status, body), (200, b''.join(pieces)))
+
+    def test_a_chunked_upload_cut_off_midway_changes_nothing(self):
+        url = key_url('server', 'chunked-cut')
+        self.put(url, b'old', 'text/plain')
+        with socket.create_connection(('127.0.0.1', self.server.port)) as sock:
+            sock.sendall(b'PUT %s HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n'
+                         b'Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n' % url.encode())
+            time.sleep(0.3)
+        time.sleep(0.5)
+        response, body = request(self.server.connect(), 'GET', url)
+        self.assertEqual((response.status, body), (200, b'old'))
+
+    def test_expect_100_continue_is_answered_before_the_body_is_sent(self):
+        url = key_url('server', 'expecting')
+        with socket.create_connection(('127.0.0.1', self.server.port), timeout=5) as sock:
+            sock.sendall(b'PUT %s HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n'
+                         b'Expect: 100-continue\r\nContent-Length: 5\r\n\r\n' % url.encode())
+            interim = sock.recv(4096)
+            self.assertTrue(interim.startswith(b'HTTP/1.1 100 '), interim)
+            sock.sendall(b'hello')
+            answer = b''
+            while b'\r\n\r\n' not in answer:
+                answer += sock.recv(4096)
+            self.assertTrue(answer.startswith(b'HTTP/1.1 201 '), answer)
+        response, body = request(self.server.connect(), 'GET', url)
+        self.assertEqual(body, b'hello')
 
     def test_a_write_is_visible_from_fresh_connections(self):
         url = key_url('server', 'fresh')
@@ -375,7 +257,7 @@ class TestServer(unittest.TestCase):
 class TestServerStops(unittest.TestCase):
 
     def test_sigterm_stops_the_master_and_every_worker(self):
-        server = Server(workers=2)
+        server = StoreServer(CONFIGURATION, workers=2)
         try:
             server.start()
             workers = server.worker_pids()
@@ -386,7 +268,7 @@ class TestServerStops(unittest.TestCase):
             conn.close()
             started = time.monotonic()
             graceful, left = server.stop()
-            self.assertTrue(graceful, 'gunicorn needed SIGKILL:\n%s' % server.log())
+            self.assertTrue(graceful, 'the server needed SIGKILL:\n%s' % server.log())
             self.assertLess(time.monotonic() - started, STOP_TIMEOUT)
             self.assertEqual(left, [])
             for pid in [server.process.pid] + workers:

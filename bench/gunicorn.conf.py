@@ -1,4 +1,5 @@
-"""gunicorn settings for `make run`: the production serving setup.
+"""gunicorn gthread settings: the serving stack `make run` used before uWSGI,
+kept so that `bench/run.py --server gunicorn` can compare the two.
 
 Threads keep client connections alive and share one datastore (its
 connection pools and replica fan-out threads) per worker process.
@@ -19,7 +20,7 @@ wsgi_app = 'controller:create_application()'
 
 def on_starting(server):
     """Check configuration.cfg once, before any worker starts: one clear line."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import configuration
     try:
         configuration.load()

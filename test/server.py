@@ -1,0 +1,151 @@
+"""The real server for tests: serve.py (uWSGI) started the way `make run`
+starts it, in a process group of its own, over a configuration of the test's."""
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from test.support import free_port
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+
+
+def serve_command():
+    """`make run`'s command, with the Python that runs the tests."""
+    return [sys.executable, os.path.join(REPO, 'serve.py')]
+
+
+def pid_alive(pid):
+    """A process that exists and is not a zombie."""
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except OSError:
+        return False
+
+
+def children(pid):
+    found = []
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            try:
+                with open('/proc/%s/stat' % entry) as f:
+                    fields = f.read().rsplit(')', 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != 'Z':
+                found.append(int(entry))
+    return sorted(found)
+
+
+class StoreServer:
+    """serve.py's master, its HTTP router and its workers.
+
+    configuration: the text of the store's configuration file, written with
+    the server's data under a temporary directory (its working directory's
+    relative paths, such as data/p1.sqlite3, land there).
+    """
+
+    def __init__(self, configuration, workers=2, threads=8):
+        self.directory = tempfile.mkdtemp(prefix='kvstore-server-')
+        self.config_path = os.path.join(self.directory, 'configuration.cfg')
+        with open(self.config_path, 'w') as f:
+            f.write(configuration)
+        self.port = free_port()
+        self.log_path = os.path.join(self.directory, 'server.log')
+        self.stats_path = os.path.join(self.directory, 'stats.sock')
+        self.workers, self.threads = workers, threads
+        self.process = None
+        self.pids = set()
+
+    def start(self):
+        env = dict(os.environ, STORE_CONFIG=self.config_path, BIND='127.0.0.1:%d' % self.port,
+                   WORKERS=str(self.workers), THREADS=str(self.threads), STATS=self.stats_path)
+        with open(self.log_path, 'wb') as log:
+            self.process = subprocess.Popen(
+                serve_command(), cwd=self.directory, env=env,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.pids.add(self.process.pid)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if self.process.poll() is not None:
+                raise AssertionError('serve.py exited with %s before accepting connections:\n%s'
+                                     % (self.process.returncode, self.log()))
+            if self.answers() and len(self.worker_pids()) == self.workers:
+                return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError('serve.py did not answer within %d s:\n%s' % (START_TIMEOUT, self.log()))
+            time.sleep(0.05)
+
+    def answers(self):
+        conn = self.connect()
+        try:
+            conn.request('GET', '/')
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            conn.close()
+
+    def stats(self):
+        """uWSGI's stats document, or None while it does not answer."""
+        try:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(5)
+                sock.connect(self.stats_path)
+                data = b''.join(iter(lambda: sock.recv(65536), b''))
+            return json.loads(data)
+        except (OSError, ValueError):
+            return None
+
+    def worker_pids(self):
+        """The worker processes (not the HTTP router) that are running now."""
+        self.pids.update(children(self.process.pid))
+        stats = self.stats() or {'workers': []}
+        return sorted(w['pid'] for w in stats['workers'] if w['pid'] and pid_alive(w['pid']))
+
+    def stop(self):
+        """SIGTERM, then SIGKILL after 10 s.  Returns (graceful, pids still alive)."""
+        graceful = True
+        if self.process is None:
+            return graceful, []
+        if self.process.poll() is None:
+            self.worker_pids()
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                graceful = False
+        # Whatever is left of the group (a worker the master did not reap) goes too.
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.process.wait()
+        deadline = time.monotonic() + 5
+        while any(pid_alive(pid) for pid in self.pids) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return graceful, [pid for pid in self.pids if pid_alive(pid)]
+
+    def cleanup(self):
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def log(self):
+        try:
+            with open(self.log_path, encoding='utf-8', errors='replace') as f:
+                return f.read()[-4000:]
+        except OSError:
+            return ''
+
+    def connect(self, timeout=10):
+        return http.client.HTTPConnection('127.0.0.1', self.port, timeout=timeout)
+
