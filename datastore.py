@@ -47,6 +47,7 @@ DEFAULT_BUCKET_PROPERTIES = {'conflicts': 'siblings'}
 MAX_LIST_LIMIT = 10000
 BUCKET_CACHE_SECONDS = 5.0   # how long a front end trusts bucket properties it read
 KEY_COUNT_SECONDS = 60.0     # how long GET /cluster reuses its count of keys per partition
+PENDING_DROP_DELAY = 0.5    # seconds a settled write's pending marker waits to go out with others
 
 
 @dataclasses.dataclass
@@ -123,6 +124,7 @@ class Datastore:
         self._key_counts = (0.0, {})
         self._handoffs = set()
         self._handoff_lock = threading.Lock()
+        self._settled, self._settled_lock = {}, threading.Lock()   # see _drop_pending_later
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(8, 4 * len(self.engines)), thread_name_prefix='replica')
         # How long a request waits for replicas before counting them as failed.
@@ -135,6 +137,8 @@ class Datastore:
     def close(self):
         self.gossip.stop()
         self.executor.shutdown(wait=True)
+        for partition in list(self._settled):
+            self._drop_settled(partition)
         for engine in self.engines.values():
             engine.close()
 
@@ -417,6 +421,7 @@ class Datastore:
 
         spare = iter(fallbacks)
         spare_lock = threading.Lock()
+        superseded = [v.version_id for v in held if version.supersedes(v)]
 
         def replicate(owner):
             """Write the owner's replica, or failing that a hint for it on the next
@@ -425,7 +430,7 @@ class Datastore:
             reason = failures.get(owner)
             if reason is None:
                 try:
-                    self.call(owner, 'apply', bucket, key, version)
+                    self.call(owner, 'apply', bucket, key, version, superseded)
                     return owner, None
                 except PartitionError as e:
                     reason = e.reason
@@ -479,10 +484,30 @@ class Datastore:
         if not landed_so_far or len(done) < len(unfinished) or any(f.exception() for f in done):
             log.info('lazy write of %s/%s left pending', bucket, key)
             return
+        self._drop_pending_later(coordinator, bucket, key, version.version_id)
+
+    def _drop_pending_later(self, partition, bucket, key, version_id):
+        """Queue a settled write's pending marker: the markers go in one statement
+        per partition every PENDING_DROP_DELAY seconds, not a round trip per
+        write.  A marker this process dies holding is only pushed on once more."""
+        with self._settled_lock:
+            queue = self._settled.setdefault(partition, [])
+            queue.append((bucket, key, version_id))
+            if len(queue) > 1:
+                return   # a drop is already due
+        timer = threading.Timer(PENDING_DROP_DELAY, self._drop_settled, [partition])
+        timer.daemon = True
+        timer.start()
+
+    def _drop_settled(self, partition):
+        with self._settled_lock:
+            markers = self._settled.pop(partition, [])
+        if not markers:
+            return
         try:
-            self.call(coordinator, 'clear_pending', bucket, key, version.version_id)
+            self.call(partition, 'clear_pending', markers)
         except PartitionError as e:
-            log.info('pending marker of %s/%s not cleared: %s', bucket, key, e)
+            log.info('%d pending markers on %s not cleared: %s', len(markers), partition, e.reason)
 
     # -- hinted handoff --------------------------------------------------------
 

@@ -205,9 +205,11 @@ class BatchingCursor:
         for _ in range(len(statements) - 1):
             self._cursor.nextset()
 
-    def commit(self):
+    def commit(self, then=None):
+        """COMMIT what is held; then (a SELECT, with its args) rides in the same
+        round trip, its rows left to fetch."""
         self._held.append('COMMIT')
-        self._send()
+        self._send(self._cursor.mogrify(*then) if then else None)
 
     def rollback(self):
         self._held = []
@@ -221,6 +223,7 @@ class SQLEngine:
     """The SQL both engines share.  Subclasses set how to connect and lock."""
     placeholder = '?'
     lock_clause = ''
+    if_absent_clause = ' ON CONFLICT DO NOTHING'
     db_errors = ()
 
     def __init__(self, name):
@@ -265,8 +268,10 @@ class SQLEngine:
     def _execute(self, cursor, statement, args=()):
         cursor.execute(self._sql(statement), args)
 
-    def _transaction(self, work):
-        """Run work(cursor) in one write transaction, retrying lock conflicts."""
+    def _transaction(self, work, reread=None):
+        """Run work(cursor) in one write transaction, retrying lock conflicts.
+        With reread (bucket, key), return the key's versions as they are after
+        the commit instead of work's result (MySQL: in the same round trip)."""
         for attempt in range(TRANSACTION_ATTEMPTS):
             try:
                 with self._cursor() as cursor:
@@ -276,8 +281,10 @@ class SQLEngine:
                     except BaseException:
                         cursor.connection.rollback()
                         raise
-                    cursor.connection.commit()
-                    return result
+                    if reread is None:
+                        cursor.connection.commit()
+                        return result
+                    return self._commit_and_read(cursor, *reread)
             except PartitionError as e:
                 if e.reason != LOCK_CONFLICT or attempt == TRANSACTION_ATTEMPTS - 1:
                     raise
@@ -304,19 +311,29 @@ class SQLEngine:
     def _held_version(self, row):
         return row_to_version(row, self)
 
-    def _held(self, cursor, bucket, key):
-        self._execute(cursor, 'SELECT ' + self.held_columns + ' FROM objects WHERE bucket = ? AND key_name = ?'
-                      + self.lock_clause, (bucket.encode(), key.encode()))
+    def _held(self, cursor, bucket, key, lock=True):
+        self._execute(cursor, self._held_query(lock), (bucket.encode(), key.encode()))
         return [self._held_version(row) for row in cursor.fetchall()]
 
-    def _store(self, cursor, bucket, key, drop_ids, version):
+    def _held_query(self, lock=True):
+        return ('SELECT ' + self.held_columns + ' FROM objects WHERE bucket = ? AND key_name = ?'
+                + (self.lock_clause if lock else ''))
+
+    def _commit_and_read(self, cursor, bucket, key):
+        cursor.connection.commit()
+        return self._held(cursor, bucket, key, lock=False)
+
+    def _store(self, cursor, bucket, key, drop_ids, version, if_absent=False):
+        """Drop the versions drop_ids, add version (if_absent: unless it is there)."""
         b, k = bucket.encode(), key.encode()
         for version_id in drop_ids:
             self._execute(cursor, 'DELETE FROM objects WHERE bucket = ? AND key_name = ? AND version_id = ?',
                           (b, k, version_id.encode()))
-        self._execute(cursor, 'INSERT INTO objects (bucket, key_name, ' + COLUMNS + ', point)'
-                      ' VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
-                      (b, k) + self._version_columns(version) + (key_point(bucket, key),))
+        if version is not None:
+            self._execute(cursor, 'INSERT INTO objects (bucket, key_name, ' + COLUMNS + ', point)'
+                          ' VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)'
+                          + (self.if_absent_clause if if_absent else ''),
+                          (b, k) + self._version_columns(version) + (key_point(bucket, key),))
 
     @staticmethod
     def _version_columns(version):
@@ -344,20 +361,39 @@ class SQLEngine:
             return held, version
         return self._transaction(work)
 
-    def clear_pending(self, bucket, key, version_id):
+    def clear_pending(self, markers):
+        """Drop the pending markers [(bucket, key, version_id)], in statements of
+        up to 100."""
+        markers = [(b.encode(), k.encode(), v.encode()) for b, k, v in markers]
         with self._cursor() as cursor:
-            self._execute(cursor, 'DELETE FROM pending WHERE bucket = ? AND key_name = ? AND version_id = ?',
-                          (bucket.encode(), key.encode(), version_id.encode()))
+            for start in range(0, len(markers), 100):
+                batch = markers[start:start + 100]
+                self._execute(cursor, 'DELETE FROM pending WHERE '
+                              + ' OR '.join(['(bucket = ? AND key_name = ? AND version_id = ?)'] * len(batch)),
+                              [part for marker in batch for part in marker])
 
-    def apply(self, bucket, key, version):
-        """Take in a version written elsewhere; keep siblings it does not supersede."""
+    def apply(self, bucket, key, version, superseded=None):
+        """Take in a version written elsewhere; keep siblings it does not supersede.
+
+        superseded: the ids of the versions the coordinator replaced with it.  A
+        replica holding what the coordinator held (nearly always) takes it in
+        one round trip: those dropped, the version added, and what the replica
+        holds then read back in the same batch.  Should that show a version
+        superseding another, the locked read-decide-write below sets it right.
+        """
         self.copy_chunks(bucket, key, version)
+        if superseded is not None:
+            held = self._transaction(
+                lambda cursor: self._store(cursor, bucket, key, superseded, version, if_absent=True),
+                reread=(bucket, key))
+            if not reconcile(held, version)[0]:
+                return any(v.version_id == version.version_id for v in held)
 
         def work(cursor):
-            drop_ids, keep = reconcile(self._held(cursor, bucket, key), version)
-            if keep:
-                self._store(cursor, bucket, key, drop_ids, version)
-            return keep
+            held = self._held(cursor, bucket, key)
+            drop_ids, store = reconcile(held, version)
+            self._store(cursor, bucket, key, drop_ids, version if store else None)
+            return store or (version.version_id in {v.version_id for v in held} - set(drop_ids))
         return self._transaction(work)
 
     def scan(self, bucket, prefix, after, limit):
@@ -613,8 +649,7 @@ class SQLEngine:
             for i in order:
                 bucket, key, version = items[i]
                 drop_ids, keep = reconcile(self._held(cursor, bucket, key), version)
-                if keep:
-                    self._store(cursor, bucket, key, drop_ids, version)
+                self._store(cursor, bucket, key, drop_ids, version if keep else None)
                 stored[i] = keep
             return stored
         return self._transaction(work) if items else []
@@ -799,6 +834,7 @@ class MySQLEngine(SQLEngine):
     """A partition in one MySQL/MariaDB database."""
     placeholder = '%s'
     lock_clause = ' FOR UPDATE'
+    if_absent_clause = ' ON DUPLICATE KEY UPDATE version_id = version_id'
     db_errors = (pymysql.Error,)
 
     def __init__(self, name, host, port, user, password, database, connect_timeout, read_timeout):
@@ -823,6 +859,10 @@ class MySQLEngine(SQLEngine):
 
     def _begin(self, cursor):
         return BatchingCursor(cursor)
+
+    def _commit_and_read(self, cursor, bucket, key):
+        cursor.commit(then=(self._sql(self._held_query(lock=False)), (bucket.encode(), key.encode())))
+        return [self._held_version(row) for row in cursor.fetchall()]
 
     @staticmethod
     def _stale(conn):

@@ -543,7 +543,7 @@ class Reconciler:
                         continue
                     if not self.dry_run:
                         try:
-                            self.call(name, 'clear_pending', bucket, key, version_id)
+                            self.call(name, 'clear_pending', [(bucket, key, version_id)])
                         except PartitionError:
                             counts['pending_left'] += 1
                             continue

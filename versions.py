@@ -162,15 +162,16 @@ def next_dot(actor, held, context):
 
 
 def reconcile(held, incoming):
-    """How a replica holding `held` versions takes in `incoming`.
+    """How a replica holding `held` versions takes in `incoming`: it keeps every
+    version no other one supersedes.
 
-    Returns (ids of held versions to drop, whether to keep incoming).  A version
-    already held, or one that a held version supersedes, changes nothing.
+    Returns (ids of held versions to drop, whether to store incoming).  A
+    version already held, or one that a held version supersedes, is not stored.
     """
-    for version in held:
-        if version.version_id == incoming.version_id or version.supersedes(incoming):
-            return [], False
-    return [v.version_id for v in held if incoming.supersedes(v)], True
+    present = any(v.version_id == incoming.version_id for v in held)
+    candidates = held if present else held + [incoming]
+    dropped = {v.version_id for v in candidates if any(u.supersedes(v) for u in candidates)}
+    return [v.version_id for v in held if v.version_id in dropped], not present and incoming.version_id not in dropped
 
 
 def live(versions):

@@ -157,6 +157,14 @@ class SyncCase(unittest.TestCase):
 
 
 class TestSyncJobs(SyncCase):
+    def test_a_lazy_write_that_reached_every_replica_drops_its_pending_marker(self):
+        # w=2 of 3: each write leaves a marker on its coordinator until the third
+        # replica has it; settled markers are dropped in batches, not one by one.
+        self.put_all(['lazy-settled-%d' % i for i in range(50)], w=2)
+        pending = lambda: sum(e.pending_count() for e in self.store.engines.values())   # noqa: E731
+        self.assertTrue(support.wait_until(lambda: pending() == 0, 10), '%d markers left' % pending())
+        self.assertConverged(self.store, ['lazy-settled-%d' % i for i in range(50)])
+
     def test_lazy_writes_converge_after_one_run_that_pushes_only_them(self):
         self.put_all(['settled-%d' % i for i in range(100)], w=3)
         lazy = {'lazy-%d' % i: crash_after_commit(self.store, self.bucket, 'lazy-%d' % i, b'lazy')

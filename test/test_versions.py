@@ -134,6 +134,14 @@ class TestReconcile(unittest.TestCase):
         b = write('p2', held=[base], context=context_of([base]))
         self.assertEqual(reconcile([a], b), ([], True))
 
+    def test_a_held_version_that_another_held_one_supersedes_is_dropped_too(self):
+        # What a replica holds after taking a version in without looking first
+        # (the one-round-trip apply): set right by the next reconcile.
+        old = write('p1')
+        new = write('p1', held=[old])
+        self.assertEqual(reconcile([old, new], new), ([old.version_id], False))
+        self.assertEqual(reconcile([new, old], old), ([old.version_id], False))
+
     def test_only_the_held_versions_the_incoming_one_supersedes_are_dropped(self):
         base = write('p1')
         a = write('p1', held=[base], context=context_of([base]))

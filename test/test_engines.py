@@ -1,0 +1,75 @@
+"""A partition's storage (engines.py) taking in versions written elsewhere,
+on SQLite and on real MariaDB servers.
+
+A replica is sent a version with the ids of the versions the coordinator
+replaced by it.  Whatever the replica held, it ends up holding exactly the
+versions no other one supersedes.
+"""
+import unittest
+
+from test import support
+from test.test_versions import write
+
+
+class ApplySpecification(support.StoreSpecification):
+
+    def setUp(self):
+        super().setUp()
+        self.engine = self.store.engines['p1']
+
+    def holds(self, key):
+        return sorted(v.version_id for v in self.engine.read(self.bucket, key))
+
+    def test_a_replica_holding_what_the_coordinator_held_ends_with_the_new_version(self):
+        old = write('p2')
+        new = write('p2', held=[old])
+        self.engine.apply(self.bucket, 'k', old)
+        self.assertTrue(self.engine.apply(self.bucket, 'k', new, [old.version_id]))
+        self.assertEqual(self.holds('k'), [new.version_id])
+        self.assertEqual(self.engine.read(self.bucket, 'k')[0].value, new.value)
+
+    def test_a_new_key_is_added(self):
+        first = write('p2')
+        self.assertTrue(self.engine.apply(self.bucket, 'fresh', first, []))
+        self.assertEqual(self.holds('fresh'), [first.version_id])
+
+    def test_the_same_version_twice_is_stored_once(self):
+        first = write('p2')
+        self.assertTrue(self.engine.apply(self.bucket, 'twice', first, []))
+        self.assertTrue(self.engine.apply(self.bucket, 'twice', first, []))
+        self.assertEqual(self.holds('twice'), [first.version_id])
+
+    def test_a_replica_holding_a_newer_version_keeps_only_that(self):
+        old = write('p2')
+        new = write('p2', held=[old])
+        newer = write('p3', held=[new])
+        self.engine.apply(self.bucket, 'k', newer)
+        self.assertFalse(self.engine.apply(self.bucket, 'k', new, [old.version_id]))
+        self.assertEqual(self.holds('k'), [newer.version_id])
+
+    def test_a_sibling_the_coordinator_did_not_hold_stays_beside_the_new_version(self):
+        base = write('p2')
+        mine = write('p2', held=[base], context=base.full_clock)
+        theirs = write('p3', held=[base], context=base.full_clock)
+        self.engine.apply(self.bucket, 'k', base)
+        self.engine.apply(self.bucket, 'k', theirs)
+        self.assertTrue(self.engine.apply(self.bucket, 'k', mine, [base.version_id]))
+        self.assertEqual(self.holds('k'), sorted([mine.version_id, theirs.version_id]))
+
+    def test_an_older_version_the_coordinator_did_not_list_is_dropped(self):
+        # The replica holds a version the new one supersedes but the coordinator
+        # no longer held (it had replaced it already): it goes too.
+        first = write('p2')
+        second = write('p2', held=[first])
+        third = write('p2', held=[second])
+        self.engine.apply(self.bucket, 'k', first)
+        self.assertTrue(self.engine.apply(self.bucket, 'k', third, [second.version_id]))
+        self.assertEqual(self.holds('k'), [third.version_id])
+
+
+class TestApplyOnSQLite(support.OnSQLite, ApplySpecification, unittest.TestCase):
+    pass
+
+
+class TestApplyOnMariaDB(support.OnMariaDB, ApplySpecification, unittest.TestCase):
+    pass
