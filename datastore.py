@@ -263,7 +263,13 @@ class Datastore:
         def read(p):
             # An owner answers from its objects; a fallback from the hints it holds.
             return self.call(p, 'read' if p in preference else 'read_hints', bucket, key)
-        replies, failures = self._fan_out(preference + fallbacks, read, launch=r, needed=r)
+        replies, failures = self._read_at_once(preference[:r], bucket, key) if r > 1 else ({}, {})
+        if len(replies) < r:
+            # Those that failed are replaced by the next owners, then by fallbacks.
+            more, failed = self._fan_out([p for p in preference + fallbacks if p not in replies and p not in failures],
+                                         read, launch=r - len(replies), needed=r - len(replies))
+            replies.update(more)
+            failures.update(failed)
         if len(replies) < r:
             raise Unavailable('%d of the %d replicas needed for a read answered' % (len(replies), r),
                               failed=failures)
@@ -274,6 +280,29 @@ class Datastore:
         if self.bucket_properties_cached(bucket)['conflicts'] == 'lww' and len(versions) > 1:
             versions = versions[-1:]   # the last writer wins
         return Read(versions=versions, preference_list=preference, replicas=sorted(replies))
+
+    def _read_at_once(self, owners, bucket, key):
+        """Read a key on several owners from this thread: every query is sent
+        before any answer is read, so the databases work at once without a
+        thread hand-off per replica.  Returns ({owner: versions}, {owner: reason})."""
+        sent, replies, failures = {}, {}, {}
+        try:
+            for p in owners:
+                try:
+                    sent[p] = self.call(p, 'send_read', bucket, key)
+                except PartitionError as e:
+                    failures[p] = e.reason
+            for p in list(sent):
+                unread = sent.pop(p)
+                try:
+                    replies[p] = self.call(p, 'finish_read', unread)
+                except PartitionError as e:
+                    self.engines[p].abandon_read(unread)   # when found down before reading it
+                    failures[p] = e.reason
+        finally:
+            for p, unread in sent.items():   # only if something unexpected was raised
+                self.engines[p].abandon_read(unread)
+        return replies, failures
 
     def _repair(self, bucket, key, replies, versions):
         """Send owners that answered with less than the current set what they lack."""

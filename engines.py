@@ -143,22 +143,30 @@ class Pool:
 
     @contextlib.contextmanager
     def connection(self):
-        conn = self._take()
+        conn = self.take()
         try:
             yield conn
         except BaseException as e:
             if isinstance(e, self._broken) or not isinstance(e, Exception):
-                with contextlib.suppress(Exception):
-                    conn.close()
+                self.discard(conn)
                 raise
-            self._release(conn)
+            self.release(conn)
             raise
-        self._release(conn)
+        self.release(conn)
 
-    def _release(self, conn):
+    def take(self):
+        """A connection, to give back with release() or, if it failed, discard()."""
+        return self._take()
+
+    def release(self, conn):
         try:
             self._idle.put_nowait(conn)
         except queue.Full:
+            conn.close()
+
+    @staticmethod
+    def discard(conn):
+        with contextlib.suppress(Exception):
             conn.close()
 
     def close(self):
@@ -187,9 +195,13 @@ class BatchingCursor:
 
     def execute(self, statement, args=()):
         if not statement.lstrip().upper().startswith('SELECT'):
-            self._held.append(self._cursor.mogrify(statement, args))
+            self.hold(statement, args)
             return
         self._send(self._cursor.mogrify(statement, args))
+
+    def hold(self, statement, args=()):
+        """Send statement with the next batch; a SELECT's rows are passed over."""
+        self._held.append(self._cursor.mogrify(statement, args))
 
     def executemany(self, statement, rows):
         self._send()
@@ -258,9 +270,13 @@ class SQLEngine:
                 finally:
                     cursor.close()
         except self.db_errors as e:
-            log.info('partition %s failed: %s', self.name, e)
-            reason = self._describe(e)
-            raise PartitionError(self.name, reason, reason not in HEALTHY_FAILURES) from None
+            raise self._failure(e) from None
+
+    def _failure(self, error):
+        """The PartitionError a database error means."""
+        log.info('partition %s failed: %s', self.name, error)
+        reason = self._describe(error)
+        return PartitionError(self.name, reason, reason not in HEALTHY_FAILURES)
 
     def _describe(self, error):
         return type(error).__name__
@@ -323,6 +339,10 @@ class SQLEngine:
         cursor.connection.commit()
         return self._held(cursor, bucket, key, lock=False)
 
+    def _lock_key(self, cursor, bucket, key):
+        """Lock a key's rows in a write transaction (SQLite: the transaction holds
+        the whole database already)."""
+
     def _store(self, cursor, bucket, key, drop_ids, version, if_absent=False):
         """Drop the versions drop_ids, add version (if_absent: unless it is there)."""
         b, k = bucket.encode(), key.encode()
@@ -347,6 +367,18 @@ class SQLEngine:
         with self._cursor() as cursor:
             return self._held(cursor, bucket, key)
 
+    def send_read(self, bucket, key):
+        """read() in two halves, so that one thread can have several partitions
+        reading at once: this sends the query, finish_read(sent) reads the
+        answer.  Here (SQLite, a local file) it reads at once."""
+        return self.read(bucket, key)
+
+    def finish_read(self, sent):
+        return sent
+
+    def abandon_read(self, sent):
+        """A sent read that will not be finished."""
+
     def coordinate(self, bucket, key, decide, pending=False):
         """Lock the key, let decide(held) make the new version, store it; with
         pending, also mark it as not yet on every replica, in the same transaction."""
@@ -362,15 +394,16 @@ class SQLEngine:
         return self._transaction(work)
 
     def clear_pending(self, markers):
-        """Drop the pending markers [(bucket, key, version_id)], in statements of
-        up to 100."""
-        markers = [(b.encode(), k.encode(), v.encode()) for b, k, v in markers]
+        """Drop the pending markers [(bucket, key, version_id)]: one autocommit
+        DELETE each, so that none holds a lock while waiting for another."""
         with self._cursor() as cursor:
-            for start in range(0, len(markers), 100):
-                batch = markers[start:start + 100]
-                self._execute(cursor, 'DELETE FROM pending WHERE '
-                              + ' OR '.join(['(bucket = ? AND key_name = ? AND version_id = ?)'] * len(batch)),
-                              [part for marker in batch for part in marker])
+            self._each(cursor, 'DELETE FROM pending WHERE bucket = ? AND key_name = ? AND version_id = ?',
+                       [(b.encode(), k.encode(), v.encode()) for b, k, v in markers])
+
+    def _each(self, cursor, statement, rows):
+        """Run statement once per row of arguments (MySQL: in one round trip)."""
+        for row in rows:
+            self._execute(cursor, statement, row)
 
     def apply(self, bucket, key, version, superseded=None):
         """Take in a version written elsewhere; keep siblings it does not supersede.
@@ -383,9 +416,12 @@ class SQLEngine:
         """
         self.copy_chunks(bucket, key, version)
         if superseded is not None:
-            held = self._transaction(
-                lambda cursor: self._store(cursor, bucket, key, superseded, version, if_absent=True),
-                reread=(bucket, key))
+            def replace(cursor):
+                # Lock the key's rows first, as the locked path does: writers of
+                # one key then queue rather than deadlock on InnoDB's gap locks.
+                self._lock_key(cursor, bucket, key)
+                self._store(cursor, bucket, key, superseded, version, if_absent=True)
+            held = self._transaction(replace, reread=(bucket, key))
             if not reconcile(held, version)[0]:
                 return any(v.version_id == version.version_id for v in held)
 
@@ -863,6 +899,55 @@ class MySQLEngine(SQLEngine):
     def _commit_and_read(self, cursor, bucket, key):
         cursor.commit(then=(self._sql(self._held_query(lock=False)), (bucket.encode(), key.encode())))
         return [self._held_version(row) for row in cursor.fetchall()]
+
+    def _lock_key(self, cursor, bucket, key):
+        cursor.hold(self._sql('SELECT 1 FROM objects WHERE bucket = ? AND key_name = ?' + self.lock_clause),
+                    (bucket.encode(), key.encode()))
+
+    def _each(self, cursor, statement, rows):
+        statement = self._sql(statement)
+        for start in range(0, len(rows), 100):
+            batch = rows[start:start + 100]
+            cursor.execute(';\n'.join(cursor.mogrify(statement, row) for row in batch))
+            while cursor.nextset():
+                pass
+
+    # PyMySQL sends a query and reads its answer in one call (Connection.query);
+    # these are its two halves, Connection._execute_command and
+    # _read_query_result, so that several partitions work on a read at once.
+    def send_read(self, bucket, key):
+        try:
+            conn = self.pool.take()
+        except self.db_errors as e:
+            raise self._failure(e) from None
+        try:
+            query = self._sql(self._held_query(lock=False)) % tuple(
+                conn.literal(value) for value in (bucket.encode(), key.encode()))
+            conn._execute_command(pymysql.constants.COMMAND.COM_QUERY, query)
+        except self.db_errors as e:
+            self.pool.discard(conn)
+            raise self._failure(e) from None
+        except BaseException:
+            self.pool.discard(conn)
+            raise
+        return conn
+
+    def finish_read(self, conn):
+        try:
+            conn._read_query_result()
+            rows = conn._result.rows or ()
+        except self.db_errors as e:
+            self.pool.discard(conn)
+            raise self._failure(e) from None
+        except BaseException:
+            self.pool.discard(conn)
+            raise
+        self.pool.release(conn)
+        return [self._held_version(row) for row in rows]
+
+    def abandon_read(self, conn):
+        """A sent read that will not be finished: its connection cannot be reused."""
+        self.pool.discard(conn)
 
     @staticmethod
     def _stale(conn):

@@ -12,6 +12,7 @@ Environment: BIND (127.0.0.1:8080), WORKERS (2), THREADS (8), STORE_CONFIG,
 ACCESS_LOG (any value: log each request), STATS (an address or a socket
 path: serve uWSGI's stats, a JSON document of the workers, there).
 """
+import logging
 import os
 import sys
 
@@ -59,6 +60,8 @@ def main(argv):
     app = argv[1] if len(argv) > 1 else 'controller:create_application()'
     if app == 'controller:create_application()':
         check_configuration()
+    # The workers, forked from this process, log through this configuration.
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s [%(process)d] %(name)s %(levelname)s %(message)s')
     import pyuwsgi
     pyuwsgi.run(uwsgi_options(app=app))
 
