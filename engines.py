@@ -408,11 +408,12 @@ class SQLEngine:
     def apply(self, bucket, key, version, superseded=None):
         """Take in a version written elsewhere; keep siblings it does not supersede.
 
-        superseded: the ids of the versions the coordinator replaced with it.  A
-        replica holding what the coordinator held (nearly always) takes it in
-        one round trip: those dropped, the version added, and what the replica
-        holds then read back in the same batch.  Should that show a version
-        superseding another, the locked read-decide-write below sets it right.
+        superseded: the ids of the versions the coordinator replaced with it.
+        The replica then takes it in one round trip: those dropped, the version
+        added, and what the replica holds then read back in the same batch.
+        Should that show a version superseding another, the one superseded goes
+        in one more statement.  Without superseded (read repair, hints), the
+        read-decide-write below.
         """
         self.copy_chunks(bucket, key, version)
         if superseded is not None:
@@ -422,8 +423,14 @@ class SQLEngine:
                 self._lock_key(cursor, bucket, key)
                 self._store(cursor, bucket, key, superseded, version, if_absent=True)
             held = self._transaction(replace, reread=(bucket, key))
-            if not reconcile(held, version)[0]:
-                return any(v.version_id == version.version_id for v in held)
+            drop_ids = reconcile(held, version)[0]
+            if drop_ids:
+                # Writes of the key crossed on the way (a newer version was here,
+                # or an older one the coordinator had already replaced): each row
+                # to drop is superseded by one that stays, so it goes without a lock.
+                with self._cursor() as cursor:
+                    self._store(cursor, bucket, key, drop_ids, None)
+            return version.version_id in {v.version_id for v in held} - set(drop_ids)
 
         def work(cursor):
             held = self._held(cursor, bucket, key)
