@@ -455,11 +455,19 @@ class SQLEngine:
             clauses.append('key_name < ?')
             args.append(end)
         with self._cursor() as cursor:
-            self._execute(cursor, 'SELECT key_name, version_id, deleted, clock, modified'
-                          ' FROM objects WHERE ' + ' AND '.join(clauses) +
-                          ' ORDER BY key_name LIMIT ?', args + [limit])
-            return [(row[0].decode(), row[1], row[2], functools.partial(listed_version, *row[1:]))
-                    for row in cursor.fetchall()]
+            self._execute(cursor, 'SELECT ' + self.scan_columns + ' FROM objects WHERE ' + ' AND '.join(clauses)
+                          + ' ORDER BY key_name LIMIT ?', args + [limit])
+            rows = [self._scanned(row) for row in cursor.fetchall()]
+        return [(key.decode(), version_id, deleted, functools.partial(listed_version, version_id, deleted, clock,
+                                                                      modified))
+                for key, version_id, deleted, clock, modified in rows]
+
+    # The columns a listing reads; MySQLEngine packs them into one.
+    scan_columns = 'key_name, version_id, deleted, clock, modified'
+
+    @staticmethod
+    def _scanned(row):
+        return row
 
     # -- chunks: the bytes of large values, written before their version
     def write_chunk(self, bucket, key, version_id, seq, data):
@@ -968,6 +976,14 @@ class MySQLEngine(SQLEngine):
     # column can hold: hex, numbers, JSON with control characters escaped, and
     # media types).
     held_columns = 'CONCAT_WS(0x1f, %s), value' % COLUMNS.replace(', value', '')
+    # PyMySQL's cost is per column: a listing reads one.  The key goes last, as
+    # it alone may hold a 0x1f byte (a clock is JSON, which escapes it).
+    scan_columns = 'CONCAT_WS(0x1f, version_id, deleted, clock, modified, key_name)'
+
+    @staticmethod
+    def _scanned(row):
+        version_id, deleted, clock, modified, key = row[0].split(b'\x1f', 4)
+        return key, version_id, int(deleted), clock, modified
 
     def _held_version(self, row):
         fields = row[0].split(b'\x1f')

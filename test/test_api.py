@@ -382,6 +382,15 @@ class ApiSpecification(support.StoreSpecification):
         self.app.delete(KEY % (self.bucket, 'a'))
         self.assertEqual(self.app.get(KEYS % self.bucket).json['keys'], ['b'])
 
+    def test_keys_holding_separator_and_control_bytes_are_listed_whole(self):
+        # MySQL partitions pack a listing's columns with 0x1f between them.
+        keys = ['unit\x1fseparated', '\x1f', 'tab\tand\x1f\x1fmore', 'plain']
+        for key in keys:
+            self.put(key, b'x')
+        self.app.delete(KEY % (self.bucket, urllib.parse.quote('\x1f')))
+        listed = self.app.get(KEYS % self.bucket).json['keys']
+        self.assertEqual(listed, sorted(set(keys) - {'\x1f'}, key=lambda k: k.encode('utf-8')))
+
     def test_listing_parameters_are_checked(self):
         self.put('a')
         self.assertError(self.app.get(KEYS % self.bucket + '?limit=0', status=400), 400, 'bad_parameter')
