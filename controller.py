@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import time
 import urllib.parse
 import uuid
 
@@ -139,7 +140,7 @@ class Application(web.application):
 
     def handle(self):
         # RFC 9110 6.6.1: an origin server with a clock sends Date (uWSGI does not).
-        web.header('Date', email.utils.formatdate(usegmt=True))
+        web.header('Date', current_http_date())
         body = self.handle_errors()
         # web.py answers HEAD with GET: same headers, no body.
         return b'' if web.ctx.method == 'HEAD' else body
@@ -163,7 +164,12 @@ class Application(web.application):
 # -- request pieces -------------------------------------------------------------
 
 def query(name):
-    return web.input(_method='get').get(name)
+    """A query parameter (the last, if repeated), or None; parsed once a request."""
+    params = web.ctx.get('query_params')
+    if params is None:
+        params = web.ctx.query_params = dict(urllib.parse.parse_qsl(web.ctx.env.get('QUERY_STRING', ''),
+                                                                     keep_blank_values=True))
+    return params.get(name)
 
 
 def store():
@@ -278,6 +284,20 @@ def key_path(bucket, key):
 
 def http_date(microseconds):
     return email.utils.formatdate(microseconds / 1e6, usegmt=True)
+
+
+_date_now = (0, '')
+
+
+def current_http_date():
+    """The Date header's value, formatted once a second."""
+    global _date_now
+    second, text = _date_now
+    now = int(time.time())
+    if now != second:
+        text = email.utils.formatdate(now, usegmt=True)
+        _date_now = (now, text)
+    return text
 
 
 def value_document(version):
