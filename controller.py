@@ -139,9 +139,10 @@ class Application(web.application):
     """web.py's application, where every failure becomes a negotiated error document."""
 
     def handle(self):
-        # RFC 9110 6.6.1: an origin server with a clock sends Date (uWSGI does not).
-        web.header('Date', current_http_date())
         body = self.handle_errors()
+        # RFC 9110 6.6.1: an origin server with a clock sends Date (uWSGI does
+        # not).  Set last: an error document starts its headers afresh.
+        web.header('Date', current_http_date())
         # web.py answers HEAD with GET: same headers, no body.
         return b'' if web.ctx.method == 'HEAD' else body
 
@@ -483,6 +484,10 @@ class Key:
         web.header('Last-Modified', http_date(version.modified))
         if Preconditions.from_environ(web.ctx.env).evaluate(current, safe=True) == NOT_MODIFIED:
             web.header('Vary', 'Accept')
+            if raw:
+                # RFC 9110 8.6: the length a 200 would have had.  Without a length
+                # uWSGI's router cannot keep the connection alive.
+                web.header('Content-Length', str(version.size))
             web.ctx.status = '304 Not Modified'
             return b''
         if raw:

@@ -526,8 +526,8 @@ def process_split(each):
     return [round(s) for s in shares if s >= 1]
 
 
-def measure_wrk(run, args, row, target, env_extra=None):
-    connections = max(1, args.connections // 4) if row.big else args.connections
+def measure_wrk(run, args, row, target, env_extra=None, connections=None):
+    connections = connections or (max(1, args.connections // 4) if row.big else args.connections)
     env = dict(row.env, **(env_extra or {}))
     groups = lambda: {'server': target.server(), 'db': target.db()}
     attempts = []
@@ -1433,7 +1433,8 @@ def main_run(run, args):
 
 
 def scaling_run(run, args):
-    """GET r=1 with more keys and with more partitions."""
+    """GET r=1 with more keys and with more partitions; with the most keys, a
+    listing page's latency for one client too."""
     keys = [int(k) for k in args.scaling_keys.split(',')]
     partitions = [int(p) for p in args.scaling_partitions.split(',')]
     configs = [(4, k) for k in keys] + [(p, keys[0]) for p in partitions if p != 4]
@@ -1442,6 +1443,7 @@ def scaling_run(run, args):
     facts['mariadb'] = mariadb_facts(cluster)
     db_pids = lambda: [s.pid for s in cluster if s.pid]
     row = next(r for r in main_rows() if r.name == 'C-one')
+    list_row = next(r for r in main_rows() if r.name == 'list')
     results = []
 
     hello = start_server(run, 'hello', write_sqlite_config(run), args, app='hello:application')
@@ -1467,13 +1469,22 @@ def scaling_run(run, args):
                         partitions=count, keys=nkeys, load_s=seconds,
                         nrw='%d/%d/%d' % (info['replicas'], info['r'], info['w']))
         results.append(measured)
+        if count == 4 and nkeys == max(keys):
+            measured = measure_wrk(run, args, list_row, Target(store.url + '/', lambda: process_tree(store.pid),
+                                                               db_pids), env, connections=1)
+            measured.update(label='a page of 1000 keys (GET /buckets/bench/keys?limit=1000), one client, '
+                                  '%d partitions, %s keys' % (count, '{:,}'.format(nkeys)),
+                            partitions=count, keys=nkeys, load_s=None,
+                            nrw='%d/%d/%d' % (info['replicas'], info['r'], info['w']))
+            results.append(measured)
         store.stop()
         drop_database(cluster, database, count)
 
     hello_rps = results[0]['rps']
     lines = ['# kvstore benchmark: scaling of GET r=1', '',
              'Written by `bench/run.py %s`. The same zipfian GET r=one workload (1 KiB values) with more '
-             'keys and with more partitions (all servers on this one machine).' % ' '.join(sys.argv[1:]), '',
+             'keys and with more partitions (all servers on this one machine); with the most keys, also '
+             'the latency of a page of 1000 keys for one client (wrk -c1).' % ' '.join(sys.argv[1:]), '',
              '| configuration | N/R/W | keys | load s (keys/s) | req/s | p50 ms | p99 ms | p99.9 ms | errors '
              '| CPU ms/req (server + db) | server | db | worker split | wrk CPU | req/s ÷ hello |',
              '|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|']

@@ -144,10 +144,14 @@ class TestServer(unittest.TestCase):
         response, _ = self.put(url, b'cached', 'text/plain')
         etag = response.getheader('ETag')
         self.assertTrue(etag and etag.startswith('"'), etag)
+        sock = self.conn.sock
         response, body = request(self.conn, 'GET', url, headers={'If-None-Match': etag})
         self.assertEqual(response.status, 304)
         self.assertEqual(body, b'')
         self.assertEqual(response.getheader('ETag'), etag)
+        # With the length a 200 would have had, the connection stays open.
+        self.assertEqual(response.getheader('Content-Length'), str(len(b'cached')))
+        self.assertIs(self.conn.sock, sock, 'the connection was closed after the 304')
         response, body = request(self.conn, 'GET', url, headers={'If-None-Match': '"another", W/%s' % etag})
         self.assertEqual(response.status, 304)
         response, body = request(self.conn, 'GET', url, headers={'If-None-Match': '"another"'})
@@ -165,6 +169,8 @@ class TestServer(unittest.TestCase):
         self.assertTrue(response.getheader('Content-Type').startswith('application/json'))
         error = json.loads(body)
         self.assertEqual(error['code'], 'not_found')
+        # An error document is a response like any other: it has a Date too.
+        self.assertEqual(len(response.headers.get_all('Date')), 1)
         self.assertIsInstance(error['message'], str)
         self.assertTrue(error['message'])
         self.assertNotIn(b'Traceback', body)
