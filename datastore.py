@@ -263,7 +263,7 @@ class Datastore:
         def read(p):
             # An owner answers from its objects; a fallback from the hints it holds.
             return self.call(p, 'read' if p in preference else 'read_hints', bucket, key)
-        replies, failures = self._read_at_once(preference[:r], bucket, key) if r > 1 else ({}, {})
+        replies, failures = self._at_once(preference[:r], 'read', bucket, key) if r > 1 else ({}, {})
         if len(replies) < r:
             # Those that failed are replaced by the next owners, then by fallbacks.
             more, failed = self._fan_out([p for p in preference + fallbacks if p not in replies and p not in failures],
@@ -281,28 +281,30 @@ class Datastore:
             versions = versions[-1:]   # the last writer wins
         return Read(versions=versions, preference_list=preference, replicas=sorted(replies))
 
-    def _read_at_once(self, owners, bucket, key):
-        """Read a key on several owners from this thread: every query is sent
-        before any answer is read, so the databases work at once without a
-        thread hand-off per replica.  Returns ({owner: versions}, {owner: reason})."""
-        sent, replies, failures = {}, {}, {}
+    def _at_once(self, names, what, *args):
+        """engine.send_<what>(*args) on every partition named, then
+        finish_<what> on each: from this thread, with every query sent before
+        any answer is read, so that the databases work at once without a thread
+        hand-off (or GIL contention) per partition.
+        Returns ({partition: result}, {partition: reason})."""
+        sent, results, failures = {}, {}, {}
         try:
-            for p in owners:
+            for p in names:
                 try:
-                    sent[p] = self.call(p, 'send_read', bucket, key)
+                    sent[p] = self.call(p, 'send_' + what, *args)
                 except PartitionError as e:
                     failures[p] = e.reason
             for p in list(sent):
                 unread = sent.pop(p)
                 try:
-                    replies[p] = self.call(p, 'finish_read', unread)
+                    results[p] = self.call(p, 'finish_' + what, unread)
                 except PartitionError as e:
-                    self.engines[p].abandon_read(unread)   # when found down before reading it
+                    self.engines[p].abandon_query(unread)   # when found down before reading it
                     failures[p] = e.reason
         finally:
             for p, unread in sent.items():   # only if something unexpected was raised
-                self.engines[p].abandon_read(unread)
-        return replies, failures
+                self.engines[p].abandon_query(unread)
+        return results, failures
 
     def _repair(self, bucket, key, replies, versions):
         """Send owners that answered with less than the current set what they lack."""
@@ -611,9 +613,7 @@ class Datastore:
         batch = max(limit + 1, 64)
         keys = []
         while len(keys) <= limit:
-            pages, failures = self._fan_out(
-                names, lambda p: self.call(p, 'scan', bucket, prefix, after, batch),
-                launch=len(names), needed=len(names))
+            pages, failures = self._at_once(names, 'scan', bucket, prefix, after, batch)
             self._require_coverage(failures)
             horizon = min((rows[-1][0] for rows in pages.values() if len(rows) == batch), default=None)
             rows_of = {}

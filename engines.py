@@ -364,20 +364,28 @@ class SQLEngine:
                 json.dumps(version.metadata, sort_keys=True).encode() if version.metadata else b'')
 
     def read(self, bucket, key):
+        return self.finish_read(self.send_read(bucket, key))
+
+    # Reads in two halves, so that one thread can have several partitions
+    # working at once: send_X sends the query, finish_X(sent) reads the answer
+    # (abandon_query(sent) if it will not be read).
+    def send_query(self, statement, args):
+        """Here (SQLite, a local file) the query runs at once."""
         with self._cursor() as cursor:
-            return self._held(cursor, bucket, key)
+            self._execute(cursor, statement, args)
+            return cursor.fetchall()
 
-    def send_read(self, bucket, key):
-        """read() in two halves, so that one thread can have several partitions
-        reading at once: this sends the query, finish_read(sent) reads the
-        answer.  Here (SQLite, a local file) it reads at once."""
-        return self.read(bucket, key)
-
-    def finish_read(self, sent):
+    def finish_query(self, sent):
         return sent
 
-    def abandon_read(self, sent):
-        """A sent read that will not be finished."""
+    def abandon_query(self, sent):
+        pass
+
+    def send_read(self, bucket, key):
+        return self.send_query(self._held_query(lock=False), (bucket.encode(), key.encode()))
+
+    def finish_read(self, sent):
+        return [self._held_version(row) for row in self.finish_query(sent)]
 
     def coordinate(self, bucket, key, decide, pending=False):
         """Lock the key, let decide(held) make the new version, store it; with
@@ -445,6 +453,9 @@ class SQLEngine:
         out)].  Tombstones included, so that the caller can tell a deleted key
         from a stale replica's copy.  The Version is built only when asked for
         (a call): a listing needs it only where replicas disagree."""
+        return self.finish_scan(self.send_scan(bucket, prefix, after, limit))
+
+    def send_scan(self, bucket, prefix, after, limit):
         b_prefix = prefix.encode()
         clauses, args = ['bucket = ?', 'key_name >= ?'], [bucket.encode(), b_prefix]
         if after is not None:
@@ -454,10 +465,11 @@ class SQLEngine:
         if end is not None:
             clauses.append('key_name < ?')
             args.append(end)
-        with self._cursor() as cursor:
-            self._execute(cursor, 'SELECT ' + self.scan_columns + ' FROM objects WHERE ' + ' AND '.join(clauses)
-                          + ' ORDER BY key_name LIMIT ?', args + [limit])
-            rows = [self._scanned(row) for row in cursor.fetchall()]
+        return self.send_query('SELECT ' + self.scan_columns + ' FROM objects WHERE ' + ' AND '.join(clauses)
+                               + ' ORDER BY key_name LIMIT ?', args + [limit])
+
+    def finish_scan(self, sent):
+        rows = [self._scanned(row) for row in self.finish_query(sent)]
         return [(key.decode(), version_id, deleted, functools.partial(listed_version, version_id, deleted, clock,
                                                                       modified))
                 for key, version_id, deleted, clock, modified in rows]
@@ -929,15 +941,14 @@ class MySQLEngine(SQLEngine):
 
     # PyMySQL sends a query and reads its answer in one call (Connection.query);
     # these are its two halves, Connection._execute_command and
-    # _read_query_result, so that several partitions work on a read at once.
-    def send_read(self, bucket, key):
+    # _read_query_result.
+    def send_query(self, statement, args):
         try:
             conn = self.pool.take()
         except self.db_errors as e:
             raise self._failure(e) from None
         try:
-            query = self._sql(self._held_query(lock=False)) % tuple(
-                conn.literal(value) for value in (bucket.encode(), key.encode()))
+            query = self._sql(statement) % tuple(conn.literal(value) for value in args)
             conn._execute_command(pymysql.constants.COMMAND.COM_QUERY, query)
         except self.db_errors as e:
             self.pool.discard(conn)
@@ -947,7 +958,7 @@ class MySQLEngine(SQLEngine):
             raise
         return conn
 
-    def finish_read(self, conn):
+    def finish_query(self, conn):
         try:
             conn._read_query_result()
             rows = conn._result.rows or ()
@@ -958,10 +969,10 @@ class MySQLEngine(SQLEngine):
             self.pool.discard(conn)
             raise
         self.pool.release(conn)
-        return [self._held_version(row) for row in rows]
+        return rows
 
-    def abandon_read(self, conn):
-        """A sent read that will not be finished: its connection cannot be reused."""
+    def abandon_query(self, conn):
+        """A sent query that will not be read: its connection cannot be reused."""
         self.pool.discard(conn)
 
     @staticmethod
