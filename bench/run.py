@@ -566,7 +566,7 @@ def measure_wrk(run, args, row, target, env_extra=None, connections=None):
             measured['cpu_ms_per_req'] or 0, measured['server_ms_per_req'] or 0,
             measured['db_ms_per_req'] or 0, measured['wrk_cpu_pct'] or 0, other)
         measured['disturbed'] = other > DISTURBED_CORES
-        measured['one_worker'] = bool(row.system in ('store', 'hello') and args.workers > 1
+        measured['one_worker'] = bool(row.system in ('store', 'hello') and args.workers > 1 and connections > 1
                                       and measured['split'] and measured['split'][0] >= ONE_WORKER)
         if not measured['disturbed'] and not measured['one_worker']:
             break
