@@ -38,8 +38,9 @@ def uwsgi_options(environ=os.environ, app='controller:create_application()'):
         '--buffer-size', '65535',
         # Without these a response of more than a few KiB on a kept-alive
         # connection waited 40 ms for the client's delayed ACK (Nagle): the
-        # router forwarded it in page-sized writes.
-        '--tcp-nodelay', '--http-buffer-size', '65536',
+        # router forwarded it in page-sized writes.  (Router buffers of 64 KiB
+        # broke large and chunked uploads.)
+        '--tcp-nodelay', '--http-buffer-size', '32768',
     ]
     if not environ.get('ACCESS_LOG'):
         options.append('--disable-logging')
