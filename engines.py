@@ -130,7 +130,8 @@ class Pool:
         self._stale = stale    # is an idle connection closed at the other end?
         self._idle = queue.LifoQueue(maxsize=size)
 
-    def _take(self):
+    def take(self):
+        """A connection, to give back with release() or, if it failed, discard()."""
         while True:
             try:
                 conn = self._idle.get_nowait()
@@ -154,9 +155,6 @@ class Pool:
             raise
         self.release(conn)
 
-    def take(self):
-        """A connection, to give back with release() or, if it failed, discard()."""
-        return self._take()
 
     def release(self, conn):
         try:
