@@ -518,9 +518,9 @@ class Datastore:
         self._drop_pending_later(coordinator, bucket, key, version.version_id)
 
     def _drop_pending_later(self, partition, bucket, key, version_id):
-        """Queue a settled write's pending marker: the markers go in one statement
-        per partition every PENDING_DROP_DELAY seconds, not a round trip per
-        write.  A marker this process dies holding is only pushed on once more."""
+        """Queue a settled write's pending marker: the markers go in one round
+        trip per partition every PENDING_DROP_DELAY seconds, not one per write.
+        A marker this process dies holding is only pushed on once more."""
         with self._settled_lock:
             queue = self._settled.setdefault(partition, [])
             queue.append((bucket, key, version_id))
