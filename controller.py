@@ -252,6 +252,9 @@ def request_value():
         mimeparse.parse_mime_type(content_type)
     except mimeparse.MimeTypeParseException:
         raise BadRequest('bad_header', 'Content-Type is not a media type')
+    if any(c < ' ' or c == '\x7f' for c in content_type):
+        # RFC 9110 5.5: no control characters in a field value (it is sent back as one).
+        raise BadRequest('bad_header', 'Content-Type holds a control character')
     return RequestBody(web.ctx.env), content_type
 
 

@@ -78,6 +78,12 @@ class ApiSpecification(support.StoreSpecification):
         self.app.put(KEY % (self.bucket, 'raw'), b'\x00\x01', headers={'Content-Type': ''})
         self.assertEqual(self.get('raw').headers['Content-Type'], 'application/octet-stream')
 
+    def test_a_content_type_with_control_characters_is_400_and_stores_nothing(self):
+        for content_type in ('text/plain\x1fx', 'text/plain; a=\x01'):
+            response = self.put('ctl', b'v', content_type=content_type, status=400)
+            self.assertError(response, 400, 'bad_header')
+        self.get('ctl', status=404)
+
     def test_form_field_value_is_stored_as_utf8_text(self):
         self.app.put(KEY % (self.bucket, 'form'), {'value': 'héllo'})
         got = self.get('form')
