@@ -263,7 +263,7 @@ class Datastore:
         def read(p):
             # An owner answers from its objects; a fallback from the hints it holds.
             return self.call(p, 'read' if p in preference else 'read_hints', bucket, key)
-        replies, failures = self._at_once(preference[:r], 'read', bucket, key) if r > 1 else ({}, {})
+        replies, failures = self._at_once(preference[:r], 'read', bucket, key)
         if len(replies) < r:
             # Those that failed are replaced by the next owners, then by fallbacks.
             more, failed = self._fan_out([p for p in preference + fallbacks if p not in replies and p not in failures],

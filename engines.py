@@ -945,29 +945,30 @@ class MySQLEngine(SQLEngine):
             conn = self.pool.take()
         except self.db_errors as e:
             raise self._failure(e) from None
-        try:
+        with self._dropped_on_failure(conn):
             query = self._sql(statement) % tuple(conn.literal(value) for value in args)
             conn._execute_command(pymysql.constants.COMMAND.COM_QUERY, query)
-        except self.db_errors as e:
-            self.pool.discard(conn)
-            raise self._failure(e) from None
-        except BaseException:
-            self.pool.discard(conn)
-            raise
         return conn
 
     def finish_query(self, conn):
-        try:
+        with self._dropped_on_failure(conn):
             conn._read_query_result()
             rows = conn._result.rows or ()
+        self.pool.release(conn)
+        return rows
+
+    @contextlib.contextmanager
+    def _dropped_on_failure(self, conn):
+        """A connection that failed mid-query is not reused; a database error
+        becomes a PartitionError."""
+        try:
+            yield
         except self.db_errors as e:
             self.pool.discard(conn)
             raise self._failure(e) from None
         except BaseException:
             self.pool.discard(conn)
             raise
-        self.pool.release(conn)
-        return rows
 
     def abandon_query(self, conn):
         """A sent query that will not be read: its connection cannot be reused."""

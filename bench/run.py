@@ -50,7 +50,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -270,24 +269,9 @@ class Process:
 
 
 def free_port():
-    """A free TCP port on 127.0.0.1, below the ephemeral range (as test/mariadb.py)."""
-    low = 32768
-    try:
-        with open('/proc/sys/net/ipv4/ip_local_port_range') as f:
-            low = int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        pass
-    for _ in range(200):
-        port = random.randint(max(1025, low - 12000), low - 1)
-        s = socket.socket()
-        try:
-            s.bind(('127.0.0.1', port))
-            return port
-        except OSError:
-            continue
-        finally:
-            s.close()
-    raise BenchError('no free port found')
+    """A free TCP port on 127.0.0.1, below the ephemeral range: the harness's."""
+    from test.mariadb import _pick_port
+    return _pick_port()
 
 
 def http_request(port, method, path, body=None, headers=None, timeout=30):
