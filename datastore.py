@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import re
+import select
 import sys
 import time
 import uuid
@@ -281,30 +282,59 @@ class Datastore:
             versions = versions[-1:]   # the last writer wins
         return Read(versions=versions, preference_list=preference, replicas=sorted(replies))
 
-    def _at_once(self, names, what, *args):
+    def _at_once(self, names, what, *args, needed=None, laggards=None):
         """engine.send_<what>(*args) on every partition named, then
-        finish_<what> on each: from this thread, with every query sent before
-        any answer is read, so that the databases work at once without a thread
-        hand-off (or GIL contention) per partition.
+        finish_<what> on each as its answer arrives: from this thread, with
+        every query sent before any answer is read, so that the databases work
+        at once without a thread hand-off (or GIL contention) per partition.
+
+        With needed, return once that many have answered (and any others whose
+        answers are already here); the queries still out go into laggards,
+        {partition: sent}, for the caller to finish.
         Returns ({partition: result}, {partition: reason})."""
         sent, results, failures = {}, {}, {}
+        needed = len(names) if needed is None else needed
         try:
             for p in names:
                 try:
                     sent[p] = self.call(p, 'send_' + what, *args)
                 except PartitionError as e:
                     failures[p] = e.reason
-            for p in list(sent):
-                unread = sent.pop(p)
-                try:
-                    results[p] = self.call(p, 'finish_' + what, unread)
-                except PartitionError as e:
-                    self.engines[p].abandon_query(unread)   # when found down before reading it
-                    failures[p] = e.reason
+            deadline = time.monotonic() + self.timeout
+            while sent:
+                answered = self._answered(sent, deadline if len(results) < needed else None)
+                if not answered:
+                    break
+                for p in answered:
+                    unread = sent.pop(p)
+                    try:
+                        results[p] = self.call(p, 'finish_' + what, unread)
+                    except PartitionError as e:
+                        self.engines[p].abandon_query(unread)   # when found down before reading it
+                        failures[p] = e.reason
+            if laggards is not None:
+                laggards.update(sent)
+                sent = {}
         finally:
             for p, unread in sent.items():   # only if something unexpected was raised
                 self.engines[p].abandon_query(unread)
         return results, failures
+
+    def _answered(self, sent, deadline):
+        """The partitions whose answers to sent queries have arrived: waiting
+        until the first does or the deadline passes (then all of them: reading
+        will time out), or with no deadline not waiting at all."""
+        sockets = {}
+        for p, unread in sent.items():
+            sock = self.engines[p].answer_socket(unread)
+            if sock is None:
+                return [p]
+            sockets[sock] = p
+        wait = 0 if deadline is None else max(0, deadline - time.monotonic())
+        readable = select.select(list(sockets), [], [], wait)[0]
+        if not readable and deadline is not None:
+            return list(sent)
+        return [sockets[sock] for sock in readable]
 
     def _repair(self, bucket, key, replies, versions):
         """Send owners that answered with less than the current set what they lack."""
@@ -453,12 +483,15 @@ class Datastore:
         spare = iter(fallbacks)
         spare_lock = threading.Lock()
         superseded = [v.version_id for v in held if version.supersedes(v)]
+        others = [p for p in preference if p != coordinator]
+        refused = {p: failures[p] for p in others if p in failures}
 
-        def replicate(owner):
-            """Write the owner's replica, or failing that a hint for it on the next
-            fallback no other hint of this write took: (where it landed, why not
-            on the owner)."""
-            reason = failures.get(owner)
+        def replicate(owner, reason=None):
+            """Write the owner's replica (unless it refused already, or reason
+            says why it failed), or failing that a hint for it on the next
+            fallback no other hint of this write took: (where it landed, why
+            not on the owner)."""
+            reason = reason or refused.get(owner)
             if reason is None:
                 try:
                     self.call(owner, 'apply', bucket, key, version, superseded)
@@ -480,15 +513,29 @@ class Datastore:
                     self.executor.submit(self.hand_off, owner)
                 return fallback, reason
 
-        others = [p for p in preference if p != coordinator]
-        unfinished = {}
-        # Copying a large value's chunks takes a bounded time per chunk.
-        landed, not_landed = self._fan_out(others, replicate, launch=len(others), needed=w - 1,
-                                           unfinished=unfinished,
-                                           timeout=self.timeout * (1 + version.chunk_count))
+        laggards, unfinished = {}, {}
+        if version.chunk_count:
+            landed = {}   # threads below: copying the chunks takes a while
+        else:
+            # An inline version goes to every replica at once from this thread;
+            # the answers beyond the w - 1 needed are read later.
+            applied, failed = self._at_once([p for p in others if p not in refused], 'apply',
+                                            bucket, key, version, superseded,
+                                            needed=w - 1, laggards=laggards)
+            landed = {p: (p, None) for p in applied}
+            refused.update(failed)
+        # Large values, and owners that refused (hints then), in threads.
+        rest = [p for p in others if p not in landed and p not in laggards]
+        more, not_landed = self._fan_out(rest, replicate, launch=len(rest),
+                                         needed=max(0, w - 1 - len(landed)), unfinished=unfinished,
+                                         timeout=self.timeout * (1 + version.chunk_count))
+        landed.update(more)
         if w < self.n:
-            self.executor.submit(self._settle, coordinator, bucket, key, version, unfinished,
-                                 not not_landed)
+            if laggards or unfinished or not_landed:
+                self.executor.submit(self._settle, coordinator, bucket, key, version, laggards, unfinished,
+                                     not not_landed, replicate)
+            else:
+                self._drop_pending_later(coordinator, bucket, key, version.version_id)
         acknowledged = [coordinator] + sorted(p for p, (where, _) in landed.items() if where == p)
         hints = {p: where for p, (where, _) in landed.items() if where != p}
         down = dict(not_landed, **{p: reason for p, (_, reason) in landed.items() if reason})
@@ -507,12 +554,24 @@ class Datastore:
                        preference_list=preference, acknowledged=acknowledged,
                        coordinator=coordinator, hints=hints, down=down)
 
-    def _settle(self, coordinator, bucket, key, version, unfinished, landed_so_far):
+    def _settle(self, coordinator, bucket, key, version, laggards, unfinished, landed_so_far, replicate):
         """After a lazy write returned: once every other replica holds the version
-        (or a hint for it), drop its pending marker.  A marker left behind (a
-        crash, a failure) is the reconciler's to push on."""
+        (or a hint for it), drop its pending marker.  laggards: {partition:
+        sent}, replicas' answers still to read (one that failed gets a hint:
+        replicate(partition, reason)); unfinished: {future: partition}.
+        A marker left behind (a crash, a failure) is the reconciler's to push on."""
+        settled = landed_so_far
+        for p, unread in laggards.items():
+            try:
+                self.call(p, 'finish_apply', unread)
+            except PartitionError as e:
+                self.engines[p].abandon_query(unread)
+                try:
+                    replicate(p, e.reason)
+                except PartitionError:
+                    settled = False
         done, _ = concurrent.futures.wait(unfinished, timeout=self.timeout * (1 + version.chunk_count))
-        if not landed_so_far or len(done) < len(unfinished) or any(f.exception() for f in done):
+        if not settled or len(done) < len(unfinished) or any(f.exception() for f in done):
             log.info('lazy write of %s/%s left pending', bucket, key)
             return
         self._drop_pending_later(coordinator, bucket, key, version.version_id)

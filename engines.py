@@ -13,6 +13,7 @@ only in how they connect, how a write transaction locks, and the placeholder.
     reconciliation (sync.py): range_digests(), scan_points(), read_many(), apply_many(),
         pending_markers(), tombstones(), metadata, advisory locks
 """
+import collections
 import contextlib
 import fcntl
 import functools
@@ -20,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import queue
 import random
 import select
 import sqlite3
@@ -128,14 +128,17 @@ class Pool:
         self._connect = connect
         self._broken = broken  # errors after which a connection is not reused
         self._stale = stale    # is an idle connection closed at the other end?
-        self._idle = queue.LifoQueue(maxsize=size)
+        self._size = size
+        # A deque's append and pop are atomic: no lock, no Condition to notify
+        # (a queue.Queue's cost, paid twice per query).
+        self._idle = collections.deque()
 
     def take(self):
         """A connection, to give back with release() or, if it failed, discard()."""
         while True:
             try:
-                conn = self._idle.get_nowait()
-            except queue.Empty:
+                conn = self._idle.pop()
+            except IndexError:
                 return self._connect()
             if not self._stale(conn):
                 return conn
@@ -155,11 +158,10 @@ class Pool:
             raise
         self.release(conn)
 
-
     def release(self, conn):
-        try:
-            self._idle.put_nowait(conn)
-        except queue.Full:
+        if len(self._idle) < self._size:
+            self._idle.append(conn)
+        else:
             conn.close()
 
     @staticmethod
@@ -170,11 +172,18 @@ class Pool:
     def close(self):
         while True:
             try:
-                self._idle.get_nowait().close()
-            except queue.Empty:
+                self._idle.pop().close()
+            except IndexError:
                 return
-            except Exception:
-                pass
+
+
+class Sent:
+    """A MySQL query sent and not yet answered: the connection its answers
+    come on, how many statements it held, and what it was sent for."""
+    __slots__ = ('conn', 'results', 'request')
+
+    def __init__(self, conn, results, request=None):
+        self.conn, self.results, self.request = conn, results, request
 
 
 class BatchingCursor:
@@ -214,6 +223,11 @@ class BatchingCursor:
         self._cursor.execute(';\n'.join(statements))
         for _ in range(len(statements) - 1):
             self._cursor.nextset()
+
+    def statements(self, then):
+        """What is held, COMMIT and then (a SELECT, with its args): the SQL to
+        send as one query, whose last answer is then's rows."""
+        return self._held + ['COMMIT', self._cursor.mogrify(*then)]
 
     def commit(self, then=None):
         """COMMIT what is held; then (a SELECT, with its args) rides in the same
@@ -416,27 +430,15 @@ class SQLEngine:
 
         superseded: the ids of the versions the coordinator replaced with it.
         The replica then takes it in one round trip: those dropped, the version
-        added, and what the replica holds then read back in the same batch.
-        Should that show a version superseding another, the one superseded goes
-        in one more statement.  Without superseded (read repair, hints), the
-        read-decide-write below.
+        added, and what the replica holds then read back in the same batch
+        (_replace, then _keep_applied).  Without superseded (read repair,
+        hints), the read-decide-write below.
         """
         self.copy_chunks(bucket, key, version)
         if superseded is not None:
-            def replace(cursor):
-                # Lock the key's rows first, as the locked path does: writers of
-                # one key then queue rather than deadlock on InnoDB's gap locks.
-                self._lock_key(cursor, bucket, key)
-                self._store(cursor, bucket, key, superseded, version, if_absent=True)
-            held = self._transaction(replace, reread=(bucket, key))
-            drop_ids = reconcile(held, version)[0]
-            if drop_ids:
-                # Writes of the key crossed on the way (a newer version was here,
-                # or an older one the coordinator had already replaced): each row
-                # to drop is superseded by one that stays, so it goes without a lock.
-                with self._cursor() as cursor:
-                    self._store(cursor, bucket, key, drop_ids, None)
-            return version.version_id in {v.version_id for v in held} - set(drop_ids)
+            held = self._transaction(lambda cursor: self._replace(cursor, bucket, key, version, superseded),
+                                     reread=(bucket, key))
+            return self._keep_applied(bucket, key, version, held)
 
         def work(cursor):
             held = self._held(cursor, bucket, key)
@@ -444,6 +446,36 @@ class SQLEngine:
             self._store(cursor, bucket, key, drop_ids, version if store else None)
             return store or (version.version_id in {v.version_id for v in held} - set(drop_ids))
         return self._transaction(work)
+
+    def _replace(self, cursor, bucket, key, version, superseded):
+        # Lock the key's rows first, as the locked path does: writers of
+        # one key then queue rather than deadlock on InnoDB's gap locks.
+        self._lock_key(cursor, bucket, key)
+        self._store(cursor, bucket, key, superseded, version, if_absent=True)
+
+    def _keep_applied(self, bucket, key, version, held):
+        """After _replace, with what the replica holds now: True if the version
+        stays.  Should a version there supersede another, writes of the key
+        crossed on the way (a newer version was here, or an older one the
+        coordinator had already replaced): each row to drop is superseded by one
+        that stays, so it goes in one more statement, without a lock."""
+        drop_ids = reconcile(held, version)[0]
+        if drop_ids:
+            with self._cursor() as cursor:
+                self._store(cursor, bucket, key, drop_ids, None)
+        return version.version_id in {v.version_id for v in held} - set(drop_ids)
+
+    # A replica's write in two halves too, so that one thread can send the
+    # version to every replica before waiting for any (here: at once).
+    def send_apply(self, bucket, key, version, superseded):
+        return self.apply(bucket, key, version, superseded)
+
+    def finish_apply(self, sent):
+        return sent
+
+    def answer_socket(self, sent):
+        """The socket a sent query's answer arrives on; None when it is here."""
+        return None
 
     def scan(self, bucket, prefix, after, limit):
         """Up to `limit` version rows of keys > after that start with prefix, in
@@ -922,8 +954,12 @@ class MySQLEngine(SQLEngine):
         return BatchingCursor(cursor)
 
     def _commit_and_read(self, cursor, bucket, key):
-        cursor.commit(then=(self._sql(self._held_query(lock=False)), (bucket.encode(), key.encode())))
+        cursor.commit(then=self._reread(bucket, key))
         return [self._held_version(row) for row in cursor.fetchall()]
+
+    def _reread(self, bucket, key):
+        """The statement reading a key's versions back, and its arguments."""
+        return self._sql(self._held_query(lock=False)), (bucket.encode(), key.encode())
 
     def _lock_key(self, cursor, bucket, key):
         cursor.hold(self._sql('SELECT 1 FROM objects WHERE bucket = ? AND key_name = ?' + self.lock_clause),
@@ -941,21 +977,54 @@ class MySQLEngine(SQLEngine):
     # these are its two halves, Connection._execute_command and
     # _read_query_result.
     def send_query(self, statement, args):
+        return self._send(lambda conn: [self._sql(statement) % tuple(conn.literal(value) for value in args)])
+
+    def _send(self, statements, request=None):
+        """Send statements(conn), a list of SQL, as one query; finish_query
+        reads the answers and returns the last one's rows."""
         try:
             conn = self.pool.take()
         except self.db_errors as e:
             raise self._failure(e) from None
         with self._dropped_on_failure(conn):
-            query = self._sql(statement) % tuple(conn.literal(value) for value in args)
-            conn._execute_command(pymysql.constants.COMMAND.COM_QUERY, query)
-        return conn
+            sql = statements(conn)
+            conn._execute_command(pymysql.constants.COMMAND.COM_QUERY, ';\n'.join(sql))
+        return Sent(conn, len(sql), request)
 
-    def finish_query(self, conn):
+    def finish_query(self, sent):
+        conn = sent.conn
         with self._dropped_on_failure(conn):
             conn._read_query_result()
+            for _ in range(sent.results - 1):
+                conn.next_result()
             rows = conn._result.rows or ()
         self.pool.release(conn)
         return rows
+
+    def send_apply(self, bucket, key, version, superseded):
+        if version.chunk_size:   # its chunks are copied first, in this call
+            return self.apply(bucket, key, version, superseded)
+
+        def statements(conn):
+            batch = BatchingCursor(conn.cursor())
+            self._replace(batch, bucket, key, version, superseded)
+            return batch.statements(then=self._reread(bucket, key))
+        return self._send(statements, (bucket, key, version, superseded))
+
+    def finish_apply(self, sent):
+        if not isinstance(sent, Sent):
+            return sent
+        bucket, key, version, superseded = sent.request
+        try:
+            held = [self._held_version(row) for row in self.finish_query(sent)]
+        except PartitionError as e:
+            if e.reason != LOCK_CONFLICT:
+                raise
+            return self.apply(bucket, key, version, superseded)   # retried, with backoff
+        return self._keep_applied(bucket, key, version, held)
+
+    def answer_socket(self, sent):
+        return sent.conn._sock if isinstance(sent, Sent) else None
 
     @contextlib.contextmanager
     def _dropped_on_failure(self, conn):
@@ -970,9 +1039,10 @@ class MySQLEngine(SQLEngine):
             self.pool.discard(conn)
             raise
 
-    def abandon_query(self, conn):
+    def abandon_query(self, sent):
         """A sent query that will not be read: its connection cannot be reused."""
-        self.pool.discard(conn)
+        if isinstance(sent, Sent):
+            self.pool.discard(sent.conn)
 
     @staticmethod
     def _stale(conn):
