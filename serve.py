@@ -8,7 +8,7 @@ processes, THREADS threads each, is free.  Each worker loads the application
 itself (lazy-apps), so that its connection pools and gossip thread are its
 own.  bench/results/stack.md has the numbers behind the choice of uWSGI.
 
-Environment: BIND (127.0.0.1:8080), WORKERS (2), THREADS (8), STORE_CONFIG,
+Environment: BIND (127.0.0.1:8080), WORKERS (4), THREADS (4), STORE_CONFIG,
 ACCESS_LOG (any value: log each request), STATS (an address or a socket
 path: serve uWSGI's stats, a JSON document of the workers, there).
 """
@@ -28,8 +28,8 @@ def uwsgi_options(environ=os.environ, app='controller:create_application()'):
         '--http-manage-expect',
         '--http-chunked-input',
         '--master',
-        '--processes', environ.get('WORKERS', '2'),
-        '--threads', environ.get('THREADS', '8'),
+        '--processes', environ.get('WORKERS', '4'),
+        '--threads', environ.get('THREADS', '4'),
         '--lazy-apps',
         '--need-app',
         '--die-on-term',

@@ -1516,8 +1516,8 @@ def parse_args(argv):
     parser.add_argument('--scaling-partitions', default='2,4,8')
     parser.add_argument('--server', choices=('uwsgi', 'gunicorn'), default='uwsgi',
                         help='uwsgi: serve.py, as make run does (default); gunicorn: gthread, for comparison')
-    parser.add_argument('--workers', type=int, default=2, help='WORKERS: worker processes (default 2)')
-    parser.add_argument('--threads', type=int, default=8, help='THREADS: threads per worker (default 8)')
+    parser.add_argument('--workers', type=int, default=4, help='WORKERS: worker processes (default 4)')
+    parser.add_argument('--threads', type=int, default=4, help='THREADS: threads per worker (default 4)')
     parser.add_argument('--warmup', type=int, default=2, help='seconds of unmeasured load before a row')
     parser.add_argument('--buffer-pool', default='1G', help='innodb_buffer_pool_size of each server')
     parser.add_argument('--retries', type=int, default=2,
