@@ -497,6 +497,7 @@ class Target:
     url: str
     server: callable          # () -> pids of the server (its process tree, etcd)
     db: callable = lambda: []  # () -> pids of the databases
+    deadlocks: callable = None  # () -> InnoDB deadlocks so far, summed over the databases
 
 
 def process_split(each):
@@ -520,9 +521,11 @@ def measure_wrk(run, args, row, target, env_extra=None, connections=None):
         wait_quiet(groups, args.quiet_wait)
         if args.warmup:
             run_wrk(run, target.url, row.script, env, args.warmup, connections, args.wrk_cpu)
+        deadlocks_before = target.deadlocks() if target.deadlocks else None
         before = CPUSnapshot(groups())
         result, wrk_ms = run_wrk(run, target.url, row.script, env, args.duration, connections, args.wrk_cpu)
         spent = CPUSnapshot(groups()).since(before)
+        deadlocks = target.deadlocks() - deadlocks_before if target.deadlocks else None
         requests = result['requests']
         seconds = result['duration_us'] / 1e6
         ours = spent['server'] + spent['db'] + spent['self'] + wrk_ms
@@ -542,7 +545,7 @@ def measure_wrk(run, args, row, target, env_extra=None, connections=None):
             wrk_cpu_pct=100.0 * wrk_ms / 1000.0 / seconds if seconds else None,
             machine_cores=spent['machine'] / 1000.0 / spent['wall'],
             other_cores=other, attempt=attempt + 1, bytes=result['bytes'],
-            split=process_split(spent['server_each']))
+            split=process_split(spent['server_each']), deadlocks=deadlocks)
         attempts.append(measured)
         log('%-12s %8.0f req/s  p50 %7.2f ms  p99 %7.2f ms  errors %d  CPU %.3f ms/req '
             '(server %.3f, db %.3f)  wrk %.0f%%  others %.2f cores',
@@ -561,6 +564,21 @@ def measure_wrk(run, args, row, target, env_extra=None, connections=None):
 
 
 # -- MariaDB ------------------------------------------------------------------------------
+
+def innodb_deadlocks(cluster, count):
+    """InnoDB deadlocks since start, summed over the first count servers (each
+    one a transaction the store retried)."""
+    total = 0
+    for server in cluster.servers[:count]:
+        conn = server.connect()
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute("SHOW GLOBAL STATUS LIKE 'Innodb_deadlocks'")
+                total += int(cursor.fetchone()[1])
+        finally:
+            conn.close()
+    return total
+
 
 def parse_size(text):
     text = str(text).strip().upper()
@@ -1157,8 +1175,9 @@ def results_table(results):
     by_name = {r['name']: r for r in results}
     hello = by_name.get('hello')
     lines = ['| row | workload | conns | req/s | p50 ms | p99 ms | p99.9 ms | errors | CPU ms/req '
-             '(server + db) | server | db | worker split | wrk CPU | req/s ÷ hello | req/s ÷ etcd | CPU ÷ etcd |',
-             '|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|']
+             '(server + db) | server | db | worker split | wrk CPU | dead-locks | req/s ÷ hello | req/s ÷ etcd '
+             '| CPU ÷ etcd |',
+             '|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|']
     for r in results:
         etcd = by_name.get(r.get('etcd') or '')
         flag = (' †' if r.get('disturbed') else '') + (' ‡' if r.get('one_worker') else '')
@@ -1170,11 +1189,12 @@ def results_table(results):
         if r['system'] == 'pymysql':
             server = '(client %s)' % fmt(r.get('client_ms_per_req'), 3)
         split = '/'.join(str(s) for s in r['split']) if r.get('split') and r['system'] != 'etcd' else '–'
-        lines.append('| %s%s | %s | %d | %s | %s | %s | %s | %s | **%s** | %s | %s | %s | %s | %s | %s | %s |' % (
+        lines.append('| %s%s | %s | %d | %s | %s | %s | %s | %s | **%s** | %s | %s | %s | %s | %s | %s | %s | %s |' % (
             r['name'], flag, r['what'], r['connections'], fmt(r['rps'], 0), fmt(r['p50_ms']), fmt(r['p99_ms']),
             fmt(r['p999_ms']), r['errors'], fmt(r['cpu_ms_per_req'], 3), server,
             fmt(r['db_ms_per_req'], 3), split,
             ('%.0f%%' % r['wrk_cpu_pct']) if r.get('wrk_cpu_pct') is not None else '–',
+            r['deadlocks'] if r.get('deadlocks') is not None else '–',
             ratio(r['rps'], hello['rps']) if hello and r is not hello else '–',
             ratio(r['rps'], etcd['rps']) if etcd else '–',
             ratio(r['cpu_ms_per_req'], etcd['cpu_ms_per_req']) if etcd else '–'))
@@ -1345,7 +1365,8 @@ def main_run(run, args):
 
     if 'store' in systems:
         store = start_server(run, 'store', config_path, args)
-        target = Target(store.url + '/', lambda: process_tree(store.pid), db_pids)
+        target = Target(store.url + '/', lambda: process_tree(store.pid), db_pids,
+                        lambda: innodb_deadlocks(cluster, 4))
         for row in rows:
             if row.system == 'store':
                 results[row.name] = measure_wrk(run, args, row, target, env_for(row))
