@@ -180,10 +180,10 @@ class Pool:
 class Sent:
     """A MySQL query sent and not yet answered: the connection its answers
     come on, how many statements it held, and what it was sent for."""
-    __slots__ = ('conn', 'results', 'request')
+    __slots__ = ('conn', 'results', 'request', 'keep')
 
-    def __init__(self, conn, results, request=None):
-        self.conn, self.results, self.request = conn, results, request
+    def __init__(self, conn, results, request=None, keep=-1):
+        self.conn, self.results, self.request, self.keep = conn, results, request, keep
 
 
 class BatchingCursor:
@@ -191,8 +191,9 @@ class BatchingCursor:
 
     Statements that return nothing are held back and sent with the next one
     that does, or with the COMMIT, as one multi-statement: START TRANSACTION
-    travels with the first (locking) read, and the writes with the COMMIT.
-    A replica's write costs two round trips instead of five.
+    travels with the first (locking) read, and the writes with the COMMIT:
+    two round trips instead of five.  A replica's write, built here and sent
+    whole (statements()), takes one.
     """
 
     def __init__(self, cursor):
@@ -207,7 +208,8 @@ class BatchingCursor:
         self._send(self._cursor.mogrify(statement, args))
 
     def hold(self, statement, args=()):
-        """Send statement with the next batch; a SELECT's rows are passed over."""
+        """Send statement with the next batch (a SELECT's rows are passed over,
+        unless the batch is sent whole: statements())."""
         self._held.append(self._cursor.mogrify(statement, args))
 
     def executemany(self, statement, rows):
@@ -224,16 +226,13 @@ class BatchingCursor:
         for _ in range(len(statements) - 1):
             self._cursor.nextset()
 
-    def statements(self, then):
-        """What is held, COMMIT and then (a SELECT, with its args): the SQL to
-        send as one query, whose last answer is then's rows."""
-        return self._held + ['COMMIT', self._cursor.mogrify(*then)]
+    def statements(self):
+        """What is held and COMMIT: the SQL to send as one query."""
+        return self._held + ['COMMIT']
 
-    def commit(self, then=None):
-        """COMMIT what is held; then (a SELECT, with its args) rides in the same
-        round trip, its rows left to fetch."""
+    def commit(self):
         self._held.append('COMMIT')
-        self._send(self._cursor.mogrify(*then) if then else None)
+        self._send()
 
     def rollback(self):
         self._held = []
@@ -296,29 +295,31 @@ class SQLEngine:
     def _execute(self, cursor, statement, args=()):
         cursor.execute(self._sql(statement), args)
 
-    def _transaction(self, work, reread=None):
-        """Run work(cursor) in one write transaction, retrying lock conflicts.
-        With reread (bucket, key), return the key's versions as they are after
-        the commit instead of work's result (MySQL: in the same round trip)."""
-        for attempt in range(TRANSACTION_ATTEMPTS):
+    def _transaction(self, work):
+        """Run work(cursor) in one write transaction, retrying lock conflicts."""
+        def attempt():
+            with self._cursor() as cursor:
+                cursor = self._begin(cursor) or cursor
+                try:
+                    result = work(cursor)
+                except BaseException:
+                    cursor.connection.rollback()
+                    raise
+                cursor.connection.commit()
+                return result
+        return self._retrying(attempt)
+
+    @staticmethod
+    def _retrying(attempt):
+        for tried in range(TRANSACTION_ATTEMPTS):
             try:
-                with self._cursor() as cursor:
-                    cursor = self._begin(cursor) or cursor
-                    try:
-                        result = work(cursor)
-                    except BaseException:
-                        cursor.connection.rollback()
-                        raise
-                    if reread is None:
-                        cursor.connection.commit()
-                        return result
-                    return self._commit_and_read(cursor, *reread)
+                return attempt()
             except PartitionError as e:
-                if e.reason != LOCK_CONFLICT or attempt == TRANSACTION_ATTEMPTS - 1:
+                if e.reason != LOCK_CONFLICT or tried == TRANSACTION_ATTEMPTS - 1:
                     raise
                 # InnoDB's gap locks make writers of neighbouring new keys
                 # deadlock now and then: back off, at random, and try again.
-                time.sleep(random.uniform(0.002, 0.01) * 2 ** min(attempt, 5))
+                time.sleep(random.uniform(0.002, 0.01) * 2 ** min(tried, 5))
 
     def _open(self):
         """A new connection; the first one also creates any missing tables."""
@@ -333,27 +334,21 @@ class SQLEngine:
 
     # -- objects
     # How the hot paths (a key's versions) select and read back a version;
-    # MySQLEngine packs the columns into one.
+    # MySQLEngine packs the columns into one.  A coordinator decides from
+    # everything but the value, which it need not read.
     held_columns = COLUMNS
+    held_columns_without_value = COLUMNS.replace(' value,', " x'',")
 
     def _held_version(self, row):
         return row_to_version(row, self)
 
-    def _held(self, cursor, bucket, key, lock=True):
-        self._execute(cursor, self._held_query(lock), (bucket.encode(), key.encode()))
+    def _held(self, cursor, bucket, key, lock=True, values=True):
+        self._execute(cursor, self._held_query(lock, values), (bucket.encode(), key.encode()))
         return [self._held_version(row) for row in cursor.fetchall()]
 
-    def _held_query(self, lock=True):
-        return ('SELECT ' + self.held_columns + ' FROM objects WHERE bucket = ? AND key_name = ?'
-                + (self.lock_clause if lock else ''))
-
-    def _commit_and_read(self, cursor, bucket, key):
-        cursor.connection.commit()
-        return self._held(cursor, bucket, key, lock=False)
-
-    def _lock_key(self, cursor, bucket, key):
-        """Lock a key's rows in a write transaction (SQLite: the transaction holds
-        the whole database already)."""
+    def _held_query(self, lock=True, values=True):
+        return ('SELECT ' + (self.held_columns if values else self.held_columns_without_value)
+                + ' FROM objects WHERE bucket = ? AND key_name = ?' + (self.lock_clause if lock else ''))
 
     def _store(self, cursor, bucket, key, drop_ids, version, if_absent=False):
         """Drop the versions drop_ids, add version (if_absent: unless it is there)."""
@@ -403,7 +398,7 @@ class SQLEngine:
         """Lock the key, let decide(held) make the new version, store it; with
         pending, also mark it as not yet on every replica, in the same transaction."""
         def work(cursor):
-            held = self._held(cursor, bucket, key)
+            held = self._held(cursor, bucket, key, values=False)
             version = decide(held)
             self._store(cursor, bucket, key, [v.version_id for v in held if version.supersedes(v)], version)
             if pending:
@@ -429,16 +424,15 @@ class SQLEngine:
         """Take in a version written elsewhere; keep siblings it does not supersede.
 
         superseded: the ids of the versions the coordinator replaced with it.
-        The replica then takes it in one round trip: those dropped, the version
-        added, and what the replica holds then read back in the same batch
-        (_replace, then _keep_applied).  Without superseded (read repair,
-        hints), the read-decide-write below.
+        The replica then locks the key's rows, drops those, adds the version
+        and commits, without deciding anything (_replace; MySQL: one round
+        trip, send_apply).  Without superseded (read repair, hints), the
+        read-decide-write below.
         """
         self.copy_chunks(bucket, key, version)
         if superseded is not None:
-            held = self._transaction(lambda cursor: self._replace(cursor, bucket, key, version, superseded),
-                                     reread=(bucket, key))
-            return self._keep_applied(bucket, key, version, held)
+            held_ids = self._transaction(lambda cursor: self._replace(cursor, bucket, key, version, superseded))
+            return self._keep_applied(bucket, key, version, superseded, held_ids)
 
         def work(cursor):
             held = self._held(cursor, bucket, key)
@@ -448,17 +442,27 @@ class SQLEngine:
         return self._transaction(work)
 
     def _replace(self, cursor, bucket, key, version, superseded):
-        # Lock the key's rows first, as the locked path does: writers of
-        # one key then queue rather than deadlock on InnoDB's gap locks.
-        self._lock_key(cursor, bucket, key)
+        """Lock the key's rows (first, as the coordinator does: writers of one
+        key then queue rather than deadlock on InnoDB's gap locks), drop the
+        superseded, add the version: the ids held before."""
+        self._execute(cursor, self._locked_ids_query, (bucket.encode(), key.encode()))
+        held_ids = [_text(row[0]) for row in cursor.fetchall()]
         self._store(cursor, bucket, key, superseded, version, if_absent=True)
+        return held_ids
 
-    def _keep_applied(self, bucket, key, version, held):
-        """After _replace, with what the replica holds now: True if the version
-        stays.  Should a version there supersede another, writes of the key
-        crossed on the way (a newer version was here, or an older one the
-        coordinator had already replaced): each row to drop is superseded by one
-        that stays, so it goes in one more statement, without a lock."""
+    @property
+    def _locked_ids_query(self):
+        return 'SELECT version_id FROM objects WHERE bucket = ? AND key_name = ?' + self.lock_clause
+
+    def _keep_applied(self, bucket, key, version, superseded, held_ids):
+        """After _replace: True if the version stays.  When the replica held
+        only what the coordinator replaced, it now holds just the version.
+        Otherwise writes of the key crossed on the way (a newer version was
+        here, or a sibling): what it holds now is read and reconciled, and each
+        row to drop, superseded by one that stays, goes without a lock."""
+        if set(held_ids) <= set(superseded) | {version.version_id}:
+            return True
+        held = self.read(bucket, key)
         drop_ids = reconcile(held, version)[0]
         if drop_ids:
             with self._cursor() as cursor:
@@ -953,18 +957,6 @@ class MySQLEngine(SQLEngine):
     def _begin(self, cursor):
         return BatchingCursor(cursor)
 
-    def _commit_and_read(self, cursor, bucket, key):
-        cursor.commit(then=self._reread(bucket, key))
-        return [self._held_version(row) for row in cursor.fetchall()]
-
-    def _reread(self, bucket, key):
-        """The statement reading a key's versions back, and its arguments."""
-        return self._sql(self._held_query(lock=False)), (bucket.encode(), key.encode())
-
-    def _lock_key(self, cursor, bucket, key):
-        cursor.hold(self._sql('SELECT 1 FROM objects WHERE bucket = ? AND key_name = ?' + self.lock_clause),
-                    (bucket.encode(), key.encode()))
-
     def _each(self, cursor, statement, rows):
         statement = self._sql(statement)
         for start in range(0, len(rows), 100):
@@ -979,9 +971,9 @@ class MySQLEngine(SQLEngine):
     def send_query(self, statement, args):
         return self._send(lambda conn: [self._sql(statement) % tuple(conn.literal(value) for value in args)])
 
-    def _send(self, statements, request=None):
+    def _send(self, statements, request=None, keep=-1):
         """Send statements(conn), a list of SQL, as one query; finish_query
-        reads the answers and returns the last one's rows."""
+        reads every answer and returns the rows of the keep-th."""
         try:
             conn = self.pool.take()
         except self.db_errors as e:
@@ -989,39 +981,44 @@ class MySQLEngine(SQLEngine):
         with self._dropped_on_failure(conn):
             sql = statements(conn)
             conn._execute_command(pymysql.constants.COMMAND.COM_QUERY, ';\n'.join(sql))
-        return Sent(conn, len(sql), request)
+        return Sent(conn, len(sql), request, keep % len(sql))
 
     def finish_query(self, sent):
         conn = sent.conn
         with self._dropped_on_failure(conn):
             conn._read_query_result()
-            for _ in range(sent.results - 1):
+            rows = conn._result.rows
+            for index in range(1, sent.results):
                 conn.next_result()
-            rows = conn._result.rows or ()
+                if index == sent.keep:
+                    rows = conn._result.rows
         self.pool.release(conn)
-        return rows
+        return rows or ()
 
     def send_apply(self, bucket, key, version, superseded):
         if version.chunk_size:   # its chunks are copied first, in this call
             return self.apply(bucket, key, version, superseded)
 
         def statements(conn):
+            # _replace in one batch: START TRANSACTION, the locking read (its
+            # rows are the answer kept), the writes, COMMIT.
             batch = BatchingCursor(conn.cursor())
-            self._replace(batch, bucket, key, version, superseded)
-            return batch.statements(then=self._reread(bucket, key))
-        return self._send(statements, (bucket, key, version, superseded))
+            batch.hold(self._sql(self._locked_ids_query), (bucket.encode(), key.encode()))
+            self._store(batch, bucket, key, superseded, version, if_absent=True)
+            return batch.statements()
+        return self._send(statements, (bucket, key, version, superseded), keep=1)
 
     def finish_apply(self, sent):
         if not isinstance(sent, Sent):
             return sent
         bucket, key, version, superseded = sent.request
         try:
-            held = [self._held_version(row) for row in self.finish_query(sent)]
+            held_ids = [_text(row[0]) for row in self.finish_query(sent)]
         except PartitionError as e:
             if e.reason != LOCK_CONFLICT:
                 raise
             return self.apply(bucket, key, version, superseded)   # retried, with backoff
-        return self._keep_applied(bucket, key, version, held)
+        return self._keep_applied(bucket, key, version, superseded, held_ids)
 
     def answer_socket(self, sent):
         return sent.conn._sock if isinstance(sent, Sent) else None
@@ -1056,6 +1053,7 @@ class MySQLEngine(SQLEngine):
     # column can hold: hex, numbers, JSON with control characters escaped, and
     # media types).
     held_columns = 'CONCAT_WS(0x1f, %s), value' % COLUMNS.replace(', value', '')
+    held_columns_without_value = held_columns.replace(', value', ", x''")
     # PyMySQL's cost is per column: a listing reads one.  The key goes last, as
     # it alone may hold a 0x1f byte (a clock is JSON, which escapes it).
     scan_columns = 'CONCAT_WS(0x1f, version_id, deleted, clock, modified, key_name)'
