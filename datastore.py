@@ -278,7 +278,7 @@ class Datastore:
         if not versions:   # during a view change the key may be on its previous owners only
             versions = self._read_previous_owners(bucket, key, preference, replies)
         self._repair(bucket, key, {p: held for p, held in replies.items() if p in preference}, versions)
-        if self.bucket_properties_cached(bucket)['conflicts'] == 'lww' and len(versions) > 1:
+        if len(versions) > 1 and self.bucket_properties_cached(bucket)['conflicts'] == 'lww':
             versions = versions[-1:]   # the last writer wins
         return Read(versions=versions, preference_list=preference, replicas=sorted(replies))
 

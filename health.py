@@ -40,8 +40,10 @@ class Health:
 
     def available(self, name):
         """May a request use this partition now?  Claims the probe of a suspect one."""
+        p = self._partitions[name]
+        if p.state == UP:   # the common case, read without the lock
+            return True
         with self._lock:
-            p = self._partitions[name]
             if p.state == UP:
                 return True
             if p.probing or time.time() < p.retry_at:
@@ -51,8 +53,11 @@ class Health:
 
     def succeeded(self, name):
         """Record a success; True when the partition just came back up."""
+        p = self._partitions[name]
+        if p.state == UP and not p.failures and not p.probing:
+            p.observed = time.time()   # nothing else changes: no lock
+            return False
         with self._lock:
-            p = self._partitions[name]
             now = time.time()
             p.observed, p.failures, p.probing = now, 0, False
             if p.state == UP:
