@@ -282,15 +282,16 @@ class Datastore:
             versions = versions[-1:]   # the last writer wins
         return Read(versions=versions, preference_list=preference, replicas=sorted(replies))
 
-    def _at_once(self, names, what, *args, needed=None, laggards=None):
+    def _at_once(self, names, what, *args, needed=None, laggards=None, since=None):
         """engine.send_<what>(*args) on every partition named, then
         finish_<what> on each as its answer arrives: from this thread, with
         every query sent before any answer is read, so that the databases work
         at once without a thread hand-off (or GIL contention) per partition.
 
-        With needed, return once that many have answered (and any others whose
-        answers are already here); the queries still out go into laggards,
-        {partition: sent}, for the caller to finish.
+        With needed, return once that many have answered and the others have
+        had as long again as it took since `since` (a monotonic time; without
+        it, no longer); the queries still out go into laggards, {partition:
+        sent}, for the caller to finish.
         Returns ({partition: result}, {partition: reason})."""
         sent, results, failures = {}, {}, {}
         needed = len(names) if needed is None else needed
@@ -300,9 +301,16 @@ class Datastore:
                     sent[p] = self.call(p, 'send_' + what, *args)
                 except PartitionError as e:
                     failures[p] = e.reason
-            deadline = time.monotonic() + self.timeout
+            deadline = time.monotonic() + self.timeout   # for the answers needed
+            grace = None                                  # for the others, once those are in
             while sent:
-                answered = self._answered(sent, deadline if len(results) < needed else None)
+                if len(results) < needed:
+                    answered = self._answered(sent, deadline, read_anyway=True)
+                else:
+                    if grace is None:
+                        now = time.monotonic()
+                        grace = min(deadline, now + (now - since)) if since is not None else now
+                    answered = self._answered(sent, grace)
                 if not answered:
                     break
                 for p in answered:
@@ -320,21 +328,21 @@ class Datastore:
                 self.engines[p].abandon_query(unread)
         return results, failures
 
-    def _answered(self, sent, deadline):
-        """The partitions whose answers to sent queries have arrived: waiting
-        until the first does or the deadline passes (then all of them: reading
-        will time out), or with no deadline not waiting at all."""
-        if deadline is not None and len(sent) == 1:
-            return list(sent)   # reading it waits as long, without a select first
+    def _answered(self, sent, deadline, read_anyway=False):
+        """The partitions whose answers to sent queries have arrived, waiting
+        for the first until deadline (a monotonic time).  read_anyway: when
+        none arrives in time, all of them (reading them then times out), and
+        a single one is read without a select first."""
+        if read_anyway and len(sent) == 1:
+            return list(sent)
         sockets = {}
         for p, unread in sent.items():
             sock = self.engines[p].answer_socket(unread)
             if sock is None:
                 return [p]
             sockets[sock] = p
-        wait = 0 if deadline is None else max(0, deadline - time.monotonic())
-        readable = select.select(list(sockets), [], [], wait)[0]
-        if not readable and deadline is not None:
+        readable = select.select(list(sockets), [], [], max(0.0, deadline - time.monotonic()))[0]
+        if not readable and read_anyway:
             return list(sent)
         return [sockets[sock] for sock in readable]
 
@@ -452,6 +460,7 @@ class Datastore:
                            lambda seen, dot: Version.new(seen, dot, b'', '', deleted=True))
 
     def _write(self, bucket, key, context, check, w, make, coordinators=None):
+        started = time.monotonic()
         self.check_key(bucket, key)
         w = w or self.config.w
         if self.bucket_properties_cached(bucket)['conflicts'] == 'lww':
@@ -473,7 +482,7 @@ class Datastore:
                         'with its X-Context to resolve them' % len(kept), limit=self.config.max_siblings)
                 return version
             try:
-                held, version = self.call(coordinator, 'coordinate', bucket, key, decide, w < self.n)
+                held, version = self.call(coordinator, 'coordinate', bucket, key, decide)
                 break
             except PartitionError as e:
                 failures[coordinator] = e.reason
@@ -519,11 +528,12 @@ class Datastore:
         if version.chunk_count:
             landed = {}   # threads below: copying the chunks takes a while
         else:
-            # An inline version goes to every replica at once from this thread;
-            # the answers beyond the w - 1 needed are read later.
+            # An inline version goes to every replica at once from this thread.
+            # Past the w - 1 answers needed, the others get as long again as
+            # the write has taken; those still out then are read later.
             applied, failed = self._at_once([p for p in others if p not in refused], 'apply',
                                             bucket, key, version, superseded,
-                                            needed=w - 1, laggards=laggards)
+                                            needed=w - 1, laggards=laggards, since=started)
             landed = {p: (p, None) for p in applied}
             refused.update(failed)
         # Large values, and owners that refused (hints then), in threads.
@@ -532,12 +542,13 @@ class Datastore:
                                          needed=max(0, w - 1 - len(landed)), unfinished=unfinished,
                                          timeout=self.timeout * (1 + version.chunk_count))
         landed.update(more)
-        if w < self.n:
-            if laggards or unfinished or not_landed:
-                self.executor.submit(self._settle, coordinator, bucket, key, version, laggards, unfinished,
-                                     not not_landed, replicate)
-            else:
-                self._drop_pending_later(coordinator, bucket, key, version.version_id)
+        if laggards or unfinished or not_landed:
+            # Answered before every replica holds the version (w < N): a
+            # pending marker on the coordinator, written before the answer,
+            # has the reconciler push it on should this process die.
+            self._mark_pending(coordinator, bucket, key, version)
+            self.executor.submit(self._settle, coordinator, bucket, key, version, laggards, unfinished,
+                                 not not_landed, replicate)
         acknowledged = [coordinator] + sorted(p for p, (where, _) in landed.items() if where == p)
         hints = {p: where for p, (where, _) in landed.items() if where != p}
         down = dict(not_landed, **{p: reason for p, (_, reason) in landed.items() if reason})
@@ -555,6 +566,13 @@ class Datastore:
                        context=None if siblings else version.full_clock, siblings=len(siblings) + 1,
                        preference_list=preference, acknowledged=acknowledged,
                        coordinator=coordinator, hints=hints, down=down)
+
+    def _mark_pending(self, coordinator, bucket, key, version):
+        try:
+            self.call(coordinator, 'mark_pending', bucket, key, version.version_id)
+        except PartitionError as e:
+            # The version is on W replicas; anti-entropy brings the rest.
+            log.warning('no pending marker for %s/%s on %s: %s', bucket, key, coordinator, e.reason)
 
     def _settle(self, coordinator, bucket, key, version, laggards, unfinished, landed_so_far, replicate):
         """After a lazy write returned: once every other replica holds the version

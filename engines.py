@@ -5,7 +5,7 @@ rings, quorums or HTTP.  SQLite and MySQL/MariaDB share the SQL; they differ
 only in how they connect, how a write transaction locks, and the placeholder.
 
     read(bucket, key)                -> [Version]
-    coordinate(bucket, key, decide, pending) -> (held, new version)  locked read-decide-write
+    coordinate(bucket, key, decide)  -> (held, new version)  locked read-decide-write
     apply(bucket, key, version)      -> True if stored          a replica takes a version
     scan(bucket, prefix, after, limit) -> [(key, Version)]      byte order, no values
     hints: store_hint(), read_hints(), hints_for(), delete_hint(), hint_counts()
@@ -124,23 +124,29 @@ class XorAggregate:
 class Pool:
     """Idle connections kept for reuse; a connection that failed is dropped."""
 
+    # An idle connection is checked for having been closed by the server (a
+    # restart, a kill) only after this long: a connection given back a moment
+    # ago spares the check's system call.
+    CHECK_AFTER = 1.0
+
     def __init__(self, connect, broken, stale=lambda conn: False, size=16):
         self._connect = connect
         self._broken = broken  # errors after which a connection is not reused
         self._stale = stale    # is an idle connection closed at the other end?
         self._size = size
-        # A deque's append and pop are atomic: no lock, no Condition to notify
-        # (a queue.Queue's cost, paid twice per query).
+        # (connection, when given back).  A deque's append and pop are atomic:
+        # no lock, no Condition to notify (a queue.Queue's cost, paid twice per
+        # query).
         self._idle = collections.deque()
 
     def take(self):
         """A connection, to give back with release() or, if it failed, discard()."""
         while True:
             try:
-                conn = self._idle.pop()
+                conn, released = self._idle.pop()
             except IndexError:
                 return self._connect()
-            if not self._stale(conn):
+            if time.monotonic() - released < self.CHECK_AFTER or not self._stale(conn):
                 return conn
             with contextlib.suppress(Exception):
                 conn.close()
@@ -160,7 +166,7 @@ class Pool:
 
     def release(self, conn):
         if len(self._idle) < self._size:
-            self._idle.append(conn)
+            self._idle.append((conn, time.monotonic()))
         else:
             conn.close()
 
@@ -172,7 +178,7 @@ class Pool:
     def close(self):
         while True:
             try:
-                self._idle.pop().close()
+                self._idle.pop()[0].close()
             except IndexError:
                 return
 
@@ -394,19 +400,20 @@ class SQLEngine:
     def finish_read(self, sent):
         return [self._held_version(row) for row in self.finish_query(sent)]
 
-    def coordinate(self, bucket, key, decide, pending=False):
-        """Lock the key, let decide(held) make the new version, store it; with
-        pending, also mark it as not yet on every replica, in the same transaction."""
+    def coordinate(self, bucket, key, decide):
+        """Lock the key, let decide(held) make the new version, store it."""
         def work(cursor):
             held = self._held(cursor, bucket, key, values=False)
             version = decide(held)
             self._store(cursor, bucket, key, [v.version_id for v in held if version.supersedes(v)], version)
-            if pending:
-                self._execute(cursor, 'INSERT INTO pending (bucket, key_name, version_id, created)'
-                              ' VALUES (?, ?, ?, ?)', (bucket.encode(), key.encode(),
-                                                       version.version_id.encode(), time.time_ns() // 1000))
             return held, version
         return self._transaction(work)
+
+    def mark_pending(self, bucket, key, version_id):
+        """Mark a version this partition holds as not yet on every replica."""
+        with self._cursor() as cursor:
+            self._execute(cursor, 'INSERT INTO pending (bucket, key_name, version_id, created) VALUES (?, ?, ?, ?)',
+                          (bucket.encode(), key.encode(), version_id.encode(), time.time_ns() // 1000))
 
     def clear_pending(self, markers):
         """Drop the pending markers [(bucket, key, version_id)]: one autocommit

@@ -161,6 +161,28 @@ class TestPausedPartition(FailureCase):
         self.assertTrue(state[victim]['last_error'])
 
 
+class TestLazyWrites(FailureCase):
+    def test_a_write_answered_before_a_hung_owner_took_it_stays_marked_pending_until_a_hint_holds_it(self):
+        key = next(k for k in keys_on(self.store, self.bucket, 'p4', 20)
+                   if self.store.ring.preference_list(self.bucket, k, 3)[0] != 'p4')
+        owners = self.store.ring.preference_list(self.bucket, key, 3)
+        fallback = next(p for p in self.store.engines if p not in owners)
+
+        def marked():
+            return [m for m in self.store.engines[owners[0]].pending_markers(10, (self.bucket, key, ''))
+                    if m[:2] == (self.bucket, key)]
+        self.put(self.app, key, b'everywhere', params='?w=all')
+        self.assertEqual(marked(), [])
+        server_of(self.cluster, 'p4').pause()
+        etag = self.put(self.app, key, b'lazy', params='?w=2').headers['ETag']
+        # Answered with p4 still out: the marker was written before the answer.
+        self.assertEqual(len(marked()), 1)
+        # p4's answer times out; a hint on the fallback takes its place, and the marker goes.
+        self.assertTrue(support.wait_until(lambda: not marked(), 10), marked())
+        self.assertEqual(['"%s"' % v.digest for v in self.store.engines[fallback].read_hints(self.bucket, key)],
+                         [etag])
+
+
 class TestSplit(FailureCase):
     def test_writes_on_both_sides_of_a_split_become_siblings_and_a_merge_resolves_them(self):
         key = 'split-key'

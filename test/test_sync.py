@@ -105,14 +105,16 @@ def bulk_load(store, bucket, keys, value=b'v'):
 
 
 def crash_after_commit(store, bucket, key, value):
-    """What a lazy write (w < N) leaves when its coordinator dies right after
-    committing: the version and a pending marker on the coordinator only."""
+    """What a lazy write (w < N) leaves when its front end dies after the
+    coordinator committed and marked it pending, before any other replica took
+    it: the version and a pending marker on the coordinator only."""
     coordinator = store.ring.preference_list(bucket, key, store.n)[0]
 
     def decide(held):
         seen = context_of(held)
         return Version.new(seen, next_dot(coordinator, held, seen), value, 'text/plain')
-    held, version = store.engines[coordinator].coordinate(bucket, key, decide, True)
+    held, version = store.engines[coordinator].coordinate(bucket, key, decide)
+    store.engines[coordinator].mark_pending(bucket, key, version.version_id)
     return version
 
 
