@@ -168,8 +168,16 @@ def query(name):
     params = web.ctx.get('query_params')
     if params is None:
         raw = web.ctx.env.get('QUERY_STRING')
-        params = web.ctx.query_params = dict(urllib.parse.parse_qsl(raw, keep_blank_values=True)) if raw else {}
+        params = web.ctx.query_params = parse_query(raw) if raw else {}
     return params.get(name)
+
+
+def parse_query(raw):
+    """dict(urllib.parse.parse_qsl(raw, keep_blank_values=True)), splitting
+    by hand when there is nothing to unquote (?r=one)."""
+    if '%' in raw or '+' in raw:
+        return dict(urllib.parse.parse_qsl(raw, keep_blank_values=True))
+    return dict(pair.partition('=')[::2] for pair in raw.split('&') if pair)
 
 
 def store():

@@ -124,29 +124,23 @@ class XorAggregate:
 class Pool:
     """Idle connections kept for reuse; a connection that failed is dropped."""
 
-    # An idle connection is checked for having been closed by the server (a
-    # restart, a kill) only after this long: a connection given back a moment
-    # ago spares the check's system call.
-    CHECK_AFTER = 1.0
-
     def __init__(self, connect, broken, stale=lambda conn: False, size=16):
         self._connect = connect
         self._broken = broken  # errors after which a connection is not reused
         self._stale = stale    # is an idle connection closed at the other end?
         self._size = size
-        # (connection, when given back).  A deque's append and pop are atomic:
-        # no lock, no Condition to notify (a queue.Queue's cost, paid twice per
-        # query).
+        # A deque's append and pop are atomic: no lock, no Condition to notify
+        # (a queue.Queue's cost, paid twice per query).
         self._idle = collections.deque()
 
     def take(self):
         """A connection, to give back with release() or, if it failed, discard()."""
         while True:
             try:
-                conn, released = self._idle.pop()
+                conn = self._idle.pop()
             except IndexError:
                 return self._connect()
-            if time.monotonic() - released < self.CHECK_AFTER or not self._stale(conn):
+            if not self._stale(conn):
                 return conn
             with contextlib.suppress(Exception):
                 conn.close()
@@ -166,7 +160,7 @@ class Pool:
 
     def release(self, conn):
         if len(self._idle) < self._size:
-            self._idle.append((conn, time.monotonic()))
+            self._idle.append(conn)
         else:
             conn.close()
 
@@ -178,7 +172,7 @@ class Pool:
     def close(self):
         while True:
             try:
-                self._idle.pop()[0].close()
+                self._idle.pop().close()
             except IndexError:
                 return
 

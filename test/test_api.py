@@ -4,12 +4,14 @@ Each test uses a bucket of its own, so the tests share one store per class.
 """
 import base64
 import json
+import random
 import threading
 import time
 import unittest
 import urllib.parse
 import xml.etree.ElementTree as ET
 
+import controller
 from test import support
 
 KEYS = '/buckets/%s/keys'
@@ -513,3 +515,12 @@ class TestApiOnMariaDB(support.OnMariaDB, ApiSpecification, unittest.TestCase):
                 self.assertNotIn(secret, response.text)
         finally:
             store.close()
+
+
+class TestQueryStrings(unittest.TestCase):
+    def test_a_query_string_is_read_as_parse_qsl_reads_it(self):
+        rng = random.Random(20261121)
+        for _ in range(20000):
+            raw = ''.join(rng.choice('ab=&;%+é1 .') for _ in range(rng.randrange(12)))
+            self.assertEqual(controller.parse_query(raw),
+                             dict(urllib.parse.parse_qsl(raw, keep_blank_values=True)), raw)

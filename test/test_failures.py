@@ -143,6 +143,21 @@ class TestTwoPartitionsDown(FailureCase):
         self.assertEqual(response.json['code'], 'unavailable')
 
 
+class TestRestartedPartition(FailureCase):
+    def test_connections_a_restart_closed_are_dropped_before_a_request_uses_them(self):
+        victim = 'p2'
+        keys = keys_on(self.store, self.bucket, victim, 5)
+        for key in keys:   # the store now keeps idle connections to the victim
+            self.put(self.app, key, b'before', params='?w=all')
+        server_of(self.cluster, victim).kill()
+        server_of(self.cluster, victim).restart()   # a tenth of a second
+        for key in keys:
+            receipt = self.put(self.app, key, b'after', params='?w=all').json
+            self.assertIn(victim, receipt['acknowledged'])
+            self.assertEqual(receipt['down'], {})
+        self.assertFalse(self.store.health.is_down(victim))
+
+
 class TestPausedPartition(FailureCase):
     def test_requests_finish_within_the_timeout_and_it_is_reported_down(self):
         victim = 'p4'
