@@ -10,6 +10,7 @@ Serve it with `make run` (gunicorn, see gunicorn.conf.py), or
 `python controller.py [host:port]` for web.py's own development server.
 """
 import base64
+import functools
 import json
 import logging
 import os
@@ -299,7 +300,12 @@ _MONTHS = ('Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct',
 
 def http_date(microseconds):
     """RFC 9110's IMF-fixdate (email.utils.formatdate's output, at a fifth of its cost)."""
-    t = time.gmtime(microseconds // 1000000)
+    return _imf_fixdate(microseconds // 1000000)
+
+
+@functools.lru_cache(maxsize=4096)   # the Last-Modified of hot keys
+def _imf_fixdate(seconds):
+    t = time.gmtime(seconds)
     return '%s, %02d %s %04d %02d:%02d:%02d GMT' % (_DAYS[t.tm_wday], t.tm_mday, _MONTHS[t.tm_mon - 1],
                                                     t.tm_year, t.tm_hour, t.tm_min, t.tm_sec)
 
@@ -645,7 +651,9 @@ def write_key(bucket, key, create_only):
 def create_application(datastore=None):
     """The WSGI application over a datastore (default: from configuration.cfg)."""
     datastore = datastore or Datastore.from_configuration()
-    app = Application(urls, globals(), autoreload=False)
+    # Classes rather than their names: web.py then matches a path without re.sub.
+    routes = tuple(globals()[item] if i % 2 else item for i, item in enumerate(urls))
+    app = Application(routes, globals(), autoreload=False)
 
     def attach_store(handler):
         web.ctx.store = datastore

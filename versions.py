@@ -7,6 +7,7 @@ it holds descends from (siblings), so concurrent writes are never silently lost.
 import base64
 import binascii
 import dataclasses
+import functools
 import hashlib
 import json
 import time
@@ -55,7 +56,12 @@ def decode_token(text):
 
 def encode_context(clock):
     """The opaque causal context a client hands back on its next write."""
-    return encode_token(encode_clock(clock))
+    return _context_token(tuple(sorted(clock.items())))
+
+
+@functools.lru_cache(maxsize=4096)   # hot keys are read again and again
+def _context_token(items):
+    return encode_token(encode_clock(dict(items)))
 
 
 def decode_context(text):
