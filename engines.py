@@ -970,7 +970,7 @@ class MySQLEngine(SQLEngine):
     # these are its two halves, Connection._execute_command and
     # _read_query_result.
     def send_query(self, statement, args):
-        return self._send(lambda conn: [self._sql(statement) % tuple(conn.literal(value) for value in args)])
+        return self._send(lambda conn: [self._sql(statement) % tuple(conn.escape(value) for value in args)])
 
     def _send(self, statements, request=None, keep=-1):
         """Send statements(conn), a list of SQL, as one query; finish_query
