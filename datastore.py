@@ -287,6 +287,7 @@ class Datastore:
         finish_<what> on each as its answer arrives: from this thread, with
         every query sent before any answer is read, so that the databases work
         at once without a thread hand-off (or GIL contention) per partition.
+        An answer not there within read_timeout counts as timed out.
 
         With needed, return once that many have answered and the others have
         had as long again as it took since `since` (a monotonic time; without
@@ -301,18 +302,27 @@ class Datastore:
                     sent[p] = self.call(p, 'send_' + what, *args)
                 except PartitionError as e:
                     failures[p] = e.reason
-            deadline = time.monotonic() + self.timeout   # for the answers needed
-            grace = None                                  # for the others, once those are in
+            deadline = time.monotonic() + self.config.read_timeout   # for the answers needed
+            grace = None                                             # for the others, once those are in
             while sent:
                 if len(results) < needed:
-                    answered = self._answered(sent, deadline, read_anyway=True)
+                    # One answer left to wait for: reading it waits as long.
+                    answered = list(sent) if len(sent) == 1 else self._answered(sent, deadline)
+                    if not answered:
+                        for p in sent:
+                            self.health.failed(p, 'timed out')
+                            failures[p] = 'timed out'
+                        break
                 else:
                     if grace is None:
                         now = time.monotonic()
                         grace = min(deadline, now + (now - since)) if since is not None else now
                     answered = self._answered(sent, grace)
-                if not answered:
-                    break
+                    if not answered:
+                        if laggards is not None:
+                            laggards.update(sent)
+                            sent = {}
+                        break
                 for p in answered:
                     unread = sent.pop(p)
                     try:
@@ -320,31 +330,24 @@ class Datastore:
                     except PartitionError as e:
                         self.engines[p].abandon_query(unread)   # when found down before reading it
                         failures[p] = e.reason
-            if laggards is not None:
-                laggards.update(sent)
-                sent = {}
         finally:
-            for p, unread in sent.items():   # only if something unexpected was raised
+            for p, unread in sent.items():   # timed out, or something unexpected was raised
                 self.engines[p].abandon_query(unread)
         return results, failures
 
-    def _answered(self, sent, deadline, read_anyway=False):
-        """The partitions whose answers to sent queries have arrived, waiting
-        for the first until deadline (a monotonic time).  read_anyway: when
-        none arrives in time, all of them (reading them then times out), and
-        a single one is read without a select first."""
-        if read_anyway and len(sent) == 1:
-            return list(sent)
-        sockets = {}
+    def _answered(self, sent, deadline):
+        """The partitions whose answers to sent queries have arrived (or whose
+        connections failed), waiting for the first until deadline (a
+        monotonic time)."""
+        poller, partitions = select.poll(), {}
         for p, unread in sent.items():
             sock = self.engines[p].answer_socket(unread)
             if sock is None:
                 return [p]
-            sockets[sock] = p
-        readable = select.select(list(sockets), [], [], max(0.0, deadline - time.monotonic()))[0]
-        if not readable and read_anyway:
-            return list(sent)
-        return [sockets[sock] for sock in readable]
+            partitions[sock.fileno()] = p
+            poller.register(sock, select.POLLIN)
+        events = poller.poll(max(0.0, deadline - time.monotonic()) * 1000)
+        return [partitions[fd] for fd, _ in events]
 
     def _repair(self, bucket, key, replies, versions):
         """Send owners that answered with less than the current set what they lack."""
@@ -536,19 +539,25 @@ class Datastore:
                                             needed=w - 1, laggards=laggards, since=started)
             landed = {p: (p, None) for p in applied}
             refused.update(failed)
-        # Large values, and owners that refused (hints then), in threads.
+        # Large values, and owners that refused (hints then), in threads.  An
+        # owner known to have failed gets its hint before the answer, so that
+        # the receipt says where it went; a large value's copies past W go on
+        # in the background.
         rest = [p for p in others if p not in landed and p not in laggards]
-        more, not_landed = self._fan_out(rest, replicate, launch=len(rest),
-                                         needed=max(0, w - 1 - len(landed)), unfinished=unfinished,
+        needed = max(0, w - 1 - len(landed)) if version.chunk_count else len(rest)
+        more, not_landed = self._fan_out(rest, replicate, launch=len(rest), needed=needed, unfinished=unfinished,
                                          timeout=self.timeout * (1 + version.chunk_count))
         landed.update(more)
         if laggards or unfinished or not_landed:
             # Answered before every replica holds the version (w < N): a
             # pending marker on the coordinator, written before the answer,
-            # has the reconciler push it on should this process die.
-            self._mark_pending(coordinator, bucket, key, version)
-            self.executor.submit(self._settle, coordinator, bucket, key, version, laggards, unfinished,
-                                 not not_landed, replicate)
+            # has the reconciler push it on should this process die.  Without
+            # one, the replicas are settled before the answer.
+            settle = (coordinator, bucket, key, version, laggards, unfinished, not not_landed, replicate)
+            if self._mark_pending(coordinator, bucket, key, version):
+                self.executor.submit(self._settle, *settle)
+            else:
+                self._settle(*settle)
         acknowledged = [coordinator] + sorted(p for p, (where, _) in landed.items() if where == p)
         hints = {p: where for p, (where, _) in landed.items() if where != p}
         down = dict(not_landed, **{p: reason for p, (_, reason) in landed.items() if reason})
@@ -570,9 +579,10 @@ class Datastore:
     def _mark_pending(self, coordinator, bucket, key, version):
         try:
             self.call(coordinator, 'mark_pending', bucket, key, version.version_id)
+            return True
         except PartitionError as e:
-            # The version is on W replicas; anti-entropy brings the rest.
             log.warning('no pending marker for %s/%s on %s: %s', bucket, key, coordinator, e.reason)
+            return False
 
     def _settle(self, coordinator, bucket, key, version, laggards, unfinished, landed_so_far, replicate):
         """After a lazy write returned: once every other replica holds the version
@@ -580,16 +590,21 @@ class Datastore:
         sent}, replicas' answers still to read (one that failed gets a hint:
         replicate(partition, reason)); unfinished: {future: partition}.
         A marker left behind (a crash, a failure) is the reconciler's to push on."""
-        settled = landed_so_far
-        for p, unread in laggards.items():
-            try:
-                self.call(p, 'finish_apply', unread)
-            except PartitionError as e:
-                self.engines[p].abandon_query(unread)
+        settled, laggards = landed_so_far, dict(laggards)
+        try:
+            while laggards:
+                p, unread = laggards.popitem()
                 try:
-                    replicate(p, e.reason)
-                except PartitionError:
-                    settled = False
+                    self.call(p, 'finish_apply', unread)
+                except PartitionError as e:
+                    self.engines[p].abandon_query(unread)
+                    try:
+                        replicate(p, e.reason)
+                    except PartitionError:
+                        settled = False
+        finally:
+            for p, unread in laggards.items():   # only if something unexpected was raised
+                self.engines[p].abandon_query(unread)
         done, _ = concurrent.futures.wait(unfinished, timeout=self.timeout * (1 + version.chunk_count))
         if not settled or len(done) < len(unfinished) or any(f.exception() for f in done):
             log.info('lazy write of %s/%s left pending', bucket, key)

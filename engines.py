@@ -405,9 +405,12 @@ class SQLEngine:
 
     def mark_pending(self, bucket, key, version_id):
         """Mark a version this partition holds as not yet on every replica."""
-        with self._cursor() as cursor:
-            self._execute(cursor, 'INSERT INTO pending (bucket, key_name, version_id, created) VALUES (?, ?, ?, ?)',
-                          (bucket.encode(), key.encode(), version_id.encode(), time.time_ns() // 1000))
+        def mark():
+            with self._cursor() as cursor:
+                self._execute(cursor, 'INSERT INTO pending (bucket, key_name, version_id, created)'
+                              ' VALUES (?, ?, ?, ?)',
+                              (bucket.encode(), key.encode(), version_id.encode(), time.time_ns() // 1000))
+        self._retrying(mark)
 
     def clear_pending(self, markers):
         """Drop the pending markers [(bucket, key, version_id)]: one autocommit
@@ -972,9 +975,10 @@ class MySQLEngine(SQLEngine):
     def send_query(self, statement, args):
         return self._send(lambda conn: [self._sql(statement) % tuple(conn.escape(value) for value in args)])
 
-    def _send(self, statements, request=None, keep=-1):
+    def _send(self, statements, request=None, keep=-1, results=None):
         """Send statements(conn), a list of SQL, as one query; finish_query
-        reads every answer and returns the rows of the keep-th."""
+        reads every answer (results of them: one a statement unless said) and
+        returns the rows of the keep-th."""
         try:
             conn = self.pool.take()
         except self.db_errors as e:
@@ -982,10 +986,13 @@ class MySQLEngine(SQLEngine):
         with self._dropped_on_failure(conn):
             sql = statements(conn)
             conn._execute_command(pymysql.constants.COMMAND.COM_QUERY, ';\n'.join(sql))
-        return Sent(conn, len(sql), request, keep % len(sql))
+        results = results or len(sql)
+        return Sent(conn, results, request, keep % results)
 
     def finish_query(self, sent):
-        conn = sent.conn
+        # Read once: the connection goes back to the pool (or is dropped), and
+        # abandon_query then has nothing to close.
+        conn, sent.conn = sent.conn, None
         with self._dropped_on_failure(conn):
             conn._read_query_result()
             rows = conn._result.rows
@@ -1001,20 +1008,25 @@ class MySQLEngine(SQLEngine):
             return self.apply(bucket, key, version, superseded)
 
         def statements(conn):
-            # _replace in one batch: START TRANSACTION, the locking read (its
-            # rows are the answer kept), the writes, COMMIT.
+            # _replace as one compound statement (MariaDB's BEGIN NOT ATOMIC),
+            # answered only once it has committed: a multi-statement answers
+            # statement by statement, so its socket would turn readable at
+            # once.  The answer is the ids the locking read found.
             batch = BatchingCursor(conn.cursor())
-            batch.hold(self._sql(self._locked_ids_query), (bucket.encode(), key.encode()))
+            batch.hold(self._sql('SELECT GROUP_CONCAT(version_id) INTO held FROM objects'
+                                 ' WHERE bucket = ? AND key_name = ?' + self.lock_clause),
+                       (bucket.encode(), key.encode()))
             self._store(batch, bucket, key, superseded, version, if_absent=True)
-            return batch.statements()
-        return self._send(statements, (bucket, key, version, superseded), keep=1)
+            return ['BEGIN NOT ATOMIC DECLARE held LONGBLOB; %s; SELECT held; END' % ';\n'.join(batch.statements())]
+        return self._send(statements, (bucket, key, version, superseded), keep=0, results=2)
 
     def finish_apply(self, sent):
         if not isinstance(sent, Sent):
             return sent
         bucket, key, version, superseded = sent.request
         try:
-            held_ids = [_text(row[0]) for row in self.finish_query(sent)]
+            held = self.finish_query(sent)[0][0]
+            held_ids = _text(held).split(',') if held else []
         except PartitionError as e:
             if e.reason != LOCK_CONFLICT:
                 raise
@@ -1022,7 +1034,7 @@ class MySQLEngine(SQLEngine):
         return self._keep_applied(bucket, key, version, superseded, held_ids)
 
     def answer_socket(self, sent):
-        return sent.conn._sock if isinstance(sent, Sent) else None
+        return sent.conn._sock if isinstance(sent, Sent) and sent.conn else None
 
     @contextlib.contextmanager
     def _dropped_on_failure(self, conn):
@@ -1039,8 +1051,9 @@ class MySQLEngine(SQLEngine):
 
     def abandon_query(self, sent):
         """A sent query that will not be read: its connection cannot be reused."""
-        if isinstance(sent, Sent):
+        if isinstance(sent, Sent) and sent.conn:
             self.pool.discard(sent.conn)
+            sent.conn = None
 
     @staticmethod
     def _stale(conn):

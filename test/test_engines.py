@@ -5,7 +5,8 @@ A replica is sent a version with the ids of the versions the coordinator
 replaced by it.  Whatever the replica held, it ends up holding exactly the
 versions no other one supersedes: whether it takes the version in one call
 (apply) or in the two halves a write uses to reach every replica at once
-(send_apply, then finish_apply; on MariaDB one round trip).
+(send_apply, then finish_apply: on MariaDB one compound statement; on SQLite
+send_apply is apply).
 """
 import unittest
 
@@ -81,10 +82,6 @@ class TestApplyOnSQLite(support.OnSQLite, ApplySpecification, unittest.TestCase)
 
 class TestApplyOnMariaDB(support.OnMariaDB, ApplySpecification, unittest.TestCase):
     pass
-
-
-class TestApplyInHalvesOnSQLite(support.OnSQLite, ApplySpecification, unittest.TestCase):
-    halves = True
 
 
 class TestApplyInHalvesOnMariaDB(support.OnMariaDB, ApplySpecification, unittest.TestCase):

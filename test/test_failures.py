@@ -177,24 +177,51 @@ class TestPausedPartition(FailureCase):
 
 
 class TestLazyWrites(FailureCase):
-    def test_a_write_answered_before_a_hung_owner_took_it_stays_marked_pending_until_a_hint_holds_it(self):
-        key = next(k for k in keys_on(self.store, self.bucket, 'p4', 20)
-                   if self.store.ring.preference_list(self.bucket, k, 3)[0] != 'p4')
-        owners = self.store.ring.preference_list(self.bucket, key, 3)
-        fallback = next(p for p in self.store.engines if p not in owners)
+    """A write with w below N answers once W replicas hold it; an owner still
+    working then is waited for no longer, and the write is marked pending on
+    its coordinator until that owner (or a hint for it) holds it."""
 
-        def marked():
-            return [m for m in self.store.engines[owners[0]].pending_markers(10, (self.bucket, key, ''))
-                    if m[:2] == (self.bucket, key)]
-        self.put(self.app, key, b'everywhere', params='?w=all')
-        self.assertEqual(marked(), [])
+    def setUp(self):
+        super().setUp()
+        self.key = next(k for k in keys_on(self.store, self.bucket, 'p4', 20)
+                        if self.store.ring.preference_list(self.bucket, k, 3)[0] != 'p4')
+        self.owners = self.store.ring.preference_list(self.bucket, self.key, 3)
+        self.put(self.app, self.key, b'everywhere', params='?w=all')
+        self.assertEqual(self.marked(), [])
+
+    def marked(self):
+        markers = self.store.engines[self.owners[0]].pending_markers(10, (self.bucket, self.key, ''))
+        return [m for m in markers if m[:2] == (self.bucket, self.key)]
+
+    def test_an_owner_held_up_by_a_lock_is_not_waited_for_and_takes_the_write_itself_later(self):
+        blocker = server_of(self.cluster, 'p4').connect(database=self.store.engines['p4'].database)
+        try:
+            with blocker.cursor() as cursor:
+                cursor.execute('START TRANSACTION')
+                cursor.execute('SELECT version_id FROM objects WHERE bucket = %s AND key_name = %s FOR UPDATE',
+                               (self.bucket.encode(), self.key.encode()))
+            response = self.put(self.app, self.key, b'lazy', params='?w=2')
+            receipt = response.json; print("RECEIPT", receipt["acknowledged"], receipt["hints"], receipt["down"], self.owners, self.marked())
+            self.assertEqual(sorted(receipt['acknowledged']), sorted(p for p in self.owners if p != 'p4'))
+            self.assertEqual((receipt['hints'], receipt['down']), ({}, {}))
+            self.assertEqual(len(self.marked()), 1)
+        finally:
+            blocker.rollback()
+            blocker.close()
+        # The lock gone, p4 commits the version itself (no hint), and the marker goes.
+        self.assertTrue(support.wait_until(lambda: not self.marked(), 10), self.marked())
+        self.assertEqual(['"%s"' % v.digest for v in self.store.engines['p4'].read(self.bucket, self.key)],
+                         [response.headers['ETag']])
+
+    def test_a_hung_owner_leaves_the_write_marked_pending_until_a_hint_holds_it(self):
+        fallback = next(p for p in self.store.engines if p not in self.owners)
         server_of(self.cluster, 'p4').pause()
-        etag = self.put(self.app, key, b'lazy', params='?w=2').headers['ETag']
+        etag = self.put(self.app, self.key, b'lazy', params='?w=2').headers['ETag']
         # Answered with p4 still out: the marker was written before the answer.
-        self.assertEqual(len(marked()), 1)
+        self.assertEqual(len(self.marked()), 1)
         # p4's answer times out; a hint on the fallback takes its place, and the marker goes.
-        self.assertTrue(support.wait_until(lambda: not marked(), 10), marked())
-        self.assertEqual(['"%s"' % v.digest for v in self.store.engines[fallback].read_hints(self.bucket, key)],
+        self.assertTrue(support.wait_until(lambda: not self.marked(), 10), self.marked())
+        self.assertEqual(['"%s"' % v.digest for v in self.store.engines[fallback].read_hints(self.bucket, self.key)],
                          [etag])
 
 
