@@ -193,7 +193,7 @@ class BatchingCursor:
     that does, or with the COMMIT, as one multi-statement: START TRANSACTION
     travels with the first (locking) read, and the writes with the COMMIT:
     two round trips instead of five.  A replica's write, built here and sent
-    whole (statements()), takes one.
+    whole (statements(), inside one compound statement), takes one.
     """
 
     def __init__(self, cursor):
