@@ -310,18 +310,9 @@ def _imf_fixdate(seconds):
                                                     t.tm_year, t.tm_hour, t.tm_min, t.tm_sec)
 
 
-_date_now = (0, '')
-
-
 def current_http_date():
-    """The Date header's value, formatted once a second."""
-    global _date_now
-    second, text = _date_now
-    now = int(time.time())
-    if now != second:
-        text = http_date(now * 1000000)
-        _date_now = (now, text)
-    return text
+    """The Date header's value (formatted once a second: _imf_fixdate's cache)."""
+    return _imf_fixdate(int(time.time()))
 
 
 def value_document(version):

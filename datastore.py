@@ -528,8 +528,12 @@ class Datastore:
                 return fallback, reason
 
         laggards, unfinished = {}, {}
-        if version.chunk_count:
-            landed = {}   # threads below: copying the chunks takes a while
+        # Threads (below) for a large value, whose chunks take a while to
+        # copy, and for engines whose send_apply does all the work at once
+        # (SQLite): the request would wait for every replica in turn.
+        threaded = version.chunk_count or not all(self.engines[p].sends_apart for p in others)
+        if threaded:
+            landed = {}
         else:
             # An inline version goes to every replica at once from this thread.
             # Past the w - 1 answers needed, the others get as long again as
@@ -539,12 +543,12 @@ class Datastore:
                                             needed=w - 1, laggards=laggards, since=started)
             landed = {p: (p, None) for p in applied}
             refused.update(failed)
-        # Large values, and owners that refused (hints then), in threads.  An
-        # owner known to have failed gets its hint before the answer, so that
-        # the receipt says where it went; a large value's copies past W go on
-        # in the background.
+        # The rest in threads: owners that refused (hints then), or every
+        # owner when threaded.  An owner known to have failed gets its hint
+        # before the answer, so that the receipt says where it went; threaded
+        # copies past W go on in the background.
         rest = [p for p in others if p not in landed and p not in laggards]
-        needed = max(0, w - 1 - len(landed)) if version.chunk_count else len(rest)
+        needed = max(0, w - 1 - len(landed)) if threaded else len(rest)
         more, not_landed = self._fan_out(rest, replicate, launch=len(rest), needed=needed, unfinished=unfinished,
                                          timeout=self.timeout * (1 + version.chunk_count))
         landed.update(more)

@@ -474,7 +474,10 @@ class SQLEngine:
         return version.version_id in {v.version_id for v in held} - set(drop_ids)
 
     # A replica's write in two halves too, so that one thread can send the
-    # version to every replica before waiting for any (here: at once).
+    # version to every replica before waiting for any.  Here send_apply does
+    # it all at once: the datastore writes such replicas from threads instead.
+    sends_apart = False
+
     def send_apply(self, bucket, key, version, superseded):
         return self.apply(bucket, key, version, superseded)
 
@@ -1002,6 +1005,8 @@ class MySQLEngine(SQLEngine):
                     rows = conn._result.rows
         self.pool.release(conn)
         return rows or ()
+
+    sends_apart = True
 
     def send_apply(self, bucket, key, version, superseded):
         if version.chunk_size:   # its chunks are copied first, in this call
