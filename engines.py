@@ -28,6 +28,7 @@ import time
 
 import pymysql
 
+import mysqlwire
 from ring import RING_SIZE, key_point
 from versions import Version, decode_version_clock, encode_version_clock, reconcile
 
@@ -179,11 +180,11 @@ class Pool:
 
 class Sent:
     """A MySQL query sent and not yet answered: the connection its answers
-    come on, how many statements it held, and what it was sent for."""
-    __slots__ = ('conn', 'results', 'request', 'keep')
+    come on, and what it was sent for."""
+    __slots__ = ('conn', 'request')
 
-    def __init__(self, conn, results, request=None, keep=-1):
-        self.conn, self.results, self.request, self.keep = conn, results, request, keep
+    def __init__(self, conn, request=None):
+        self.conn, self.request = conn, request
 
 
 class BatchingCursor:
@@ -973,38 +974,30 @@ class MySQLEngine(SQLEngine):
                 pass
 
     # PyMySQL sends a query and reads its answer in one call (Connection.query);
-    # these are its two halves, Connection._execute_command and
-    # _read_query_result.
+    # these are its two halves: Connection._execute_command, and reading the
+    # answer (mysqlwire, for queries whose columns are binary strings).
     def send_query(self, statement, args):
-        return self._send(lambda conn: [self._sql(statement) % tuple(conn.escape(value) for value in args)])
+        return self._send(lambda conn: self._sql(statement) % tuple(conn.escape(value) for value in args))
 
-    def _send(self, statements, request=None, keep=-1, results=None):
-        """Send statements(conn), a list of SQL, as one query; finish_query
-        reads every answer (results of them: one a statement unless said) and
-        returns the rows of the keep-th."""
+    def _send(self, statement, request=None):
+        """Send statement(conn), SQL, as one query; finish_query reads every
+        answer and returns the rows of the first."""
         try:
             conn = self.pool.take()
         except self.db_errors as e:
             raise self._failure(e) from None
         with self._dropped_on_failure(conn):
-            sql = statements(conn)
-            conn._execute_command(pymysql.constants.COMMAND.COM_QUERY, ';\n'.join(sql))
-        results = results or len(sql)
-        return Sent(conn, results, request, keep % results)
+            conn._execute_command(pymysql.constants.COMMAND.COM_QUERY, statement(conn))
+        return Sent(conn, request)
 
     def finish_query(self, sent):
         # Read once: the connection goes back to the pool (or is dropped), and
         # abandon_query then has nothing to close.
         conn, sent.conn = sent.conn, None
         with self._dropped_on_failure(conn):
-            conn._read_query_result()
-            rows = conn._result.rows
-            for index in range(1, sent.results):
-                conn.next_result()
-                if index == sent.keep:
-                    rows = conn._result.rows
+            rows = mysqlwire.first_result_rows(conn)
         self.pool.release(conn)
-        return rows or ()
+        return rows
 
     sends_apart = True
 
@@ -1012,7 +1005,7 @@ class MySQLEngine(SQLEngine):
         if version.chunk_size:   # its chunks are copied first, in this call
             return self.apply(bucket, key, version, superseded)
 
-        def statements(conn):
+        def statement(conn):
             # _replace as one compound statement (MariaDB's BEGIN NOT ATOMIC),
             # answered only once it has committed: a multi-statement answers
             # statement by statement, so its socket would turn readable at
@@ -1022,8 +1015,8 @@ class MySQLEngine(SQLEngine):
                                  ' WHERE bucket = ? AND key_name = ?' + self.lock_clause),
                        (bucket.encode(), key.encode()))
             self._store(batch, bucket, key, superseded, version, if_absent=True)
-            return ['BEGIN NOT ATOMIC DECLARE held LONGBLOB; %s; SELECT held; END' % ';\n'.join(batch.statements())]
-        return self._send(statements, (bucket, key, version, superseded), keep=0, results=2)
+            return 'BEGIN NOT ATOMIC DECLARE held LONGBLOB; %s; SELECT held; END' % ';\n'.join(batch.statements())
+        return self._send(statement, (bucket, key, version, superseded))
 
     def finish_apply(self, sent):
         if not isinstance(sent, Sent):

@@ -406,7 +406,7 @@ def wait_quiet(groups_fn, max_wait):
 @dataclasses.dataclass
 class Row:
     name: str
-    system: str               # store, hello, etcd or pymysql
+    system: str               # store, hello, floor, etcd or pymysql
     what: str
     script: str = None        # bench/lua/<script>
     env: dict = dataclasses.field(default_factory=dict)
@@ -420,6 +420,8 @@ def main_rows():
             'fixed.lua', {'BENCH_EXPECT': 'Hello'}),
         Row('pymysql', 'pymysql', 'PyMySQL primary-key SELECT loop on one server, one connection: '
             "the database's own cost"),
+        Row('floor', 'floor', 'hello world + the engine reading the key on its first owner '
+            '(bench/floor.py): the floor under GET r=one', 'kv.lua', {'BENCH_READ': '1'}, etcd='etcd-C'),
     ]
     for mix, read, etcd in (('C', '1', 'etcd-C'), ('B', '0.95', 'etcd-B'), ('A', '0.5', 'etcd-A'),
                             ('W', '0', 'etcd-W')):
@@ -553,7 +555,7 @@ def measure_wrk(run, args, row, target, env_extra=None, connections=None):
             measured['cpu_ms_per_req'] or 0, measured['server_ms_per_req'] or 0,
             measured['db_ms_per_req'] or 0, measured['wrk_cpu_pct'] or 0, other)
         measured['disturbed'] = other > DISTURBED_CORES
-        measured['one_worker'] = bool(row.system in ('store', 'hello') and args.workers > 1 and connections > 1
+        measured['one_worker'] = bool(row.system in ('store', 'hello', 'floor') and args.workers > 1 and connections > 1
                                       and measured['split'] and measured['split'][0] >= ONE_WORKER)
         if not measured['disturbed'] and not measured['one_worker']:
             break
@@ -874,7 +876,7 @@ def server_setting(args):
     return 'python serve.py (uWSGI HTTP router), WORKERS=%d THREADS=%d' % (args.workers, args.threads)
 
 
-def start_server(run, name, config_path, args, app=None):
+def start_server(run, name, config_path, args, app=None, probe='/'):
     """The store as `make run` serves it (serve.py: uWSGI), or under gunicorn
     gthread (--server gunicorn) for comparison, with the settings in the env.
 
@@ -892,7 +894,7 @@ def start_server(run, name, config_path, args, app=None):
     else:
         cmd = [sys.executable, 'serve.py'] + ([app] if app else [])
     process = Process(run, name, cmd, env=env)
-    wait_http(process, port, '/')
+    wait_http(process, port, probe)
     deadline = time.monotonic() + 30
     while len(process_tree(process.pid)) < 1 + args.workers and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -1280,7 +1282,8 @@ def plot(results, path, title, label=lambda r: r['name']):
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    colors = {'store': '#1f77b4', 'hello': '#2ca02c', 'etcd': '#ff7f0e', 'pymysql': '#9467bd'}
+    colors = {'store': '#1f77b4', 'hello': '#2ca02c', 'floor': '#8c564b', 'etcd': '#ff7f0e',
+              'pymysql': '#9467bd'}
     names = [label(r) for r in results]
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 0.42 * len(results) + 1.8), sharey=True)
     y = range(len(results))
@@ -1304,7 +1307,8 @@ def plot(results, path, title, label=lambda r: r['name']):
     for i, r in enumerate(results):
         if r['cpu_ms_per_req']:
             right.text(r['cpu_ms_per_req'], i, ' %s' % fmt(r['cpu_ms_per_req'], 3), va='center', fontsize=8)
-    names = {'store': 'kvstore', 'hello': 'web.py hello world', 'etcd': 'etcd', 'pymysql': 'PyMySQL SELECT loop'}
+    names = {'store': 'kvstore', 'hello': 'web.py hello world', 'floor': 'hello world + one SELECT',
+             'etcd': 'etcd', 'pymysql': 'PyMySQL SELECT loop'}
     present = [k for k in colors if any(r['system'] == k for r in results)]
     height = fig.get_figheight()
     fig.legend([plt.Rectangle((0, 0), 1, 1, color=colors[k]) for k in present], [names[k] for k in present],
@@ -1329,7 +1333,7 @@ def main_run(run, args):
     store_info = {}
     profile = None
 
-    if systems & {'store', 'pymysql'}:
+    if systems & {'store', 'floor', 'pymysql'}:
         cluster = start_cluster(run, 4, args)
         facts['mariadb'] = mariadb_facts(cluster)
         config_path, store_info = write_store_config(run, cluster, database, 4)
@@ -1358,6 +1362,15 @@ def main_run(run, args):
             if row.system == 'hello':
                 results[row.name] = measure_wrk(run, args, row, target, env_for(row))
         hello.stop()
+
+    if 'floor' in systems:
+        floor = start_server(run, 'floor', config_path, args, app='floor:application',
+                             probe='/buckets/%s/keys/%s' % (BUCKET, KEY_FORMAT % 0))
+        target = Target(floor.url + '/', lambda: process_tree(floor.pid), db_pids)
+        for row in rows:
+            if row.system == 'floor':
+                results[row.name] = measure_wrk(run, args, row, target, env_for(row))
+        floor.stop()
 
     for row in rows:
         if row.system == 'pymysql':

@@ -1,0 +1,106 @@
+"""Reading a query's answers off a PyMySQL connection, lean.
+
+PyMySQL builds an object for every packet and parses every column's
+description in full: for the store's point read that was a third of the
+client's CPU per query (bench/README.md).  The store's hot queries return
+only binary strings (VARBINARY, BLOB, CONCAT_WS of them), so this reads
+the text protocol's answers directly: column descriptions are skipped,
+and values come back as bytes (None for NULL), as PyMySQL returns them for
+binary columns.  PyMySQL still connects, authenticates and sends
+(Connection._execute_command); errors are PyMySQL's own exceptions.
+"""
+from pymysql import err
+
+MAX_PACKET = 0xffffff
+MORE_RESULTS_EXIST = 0x08   # SERVER_MORE_RESULTS_EXISTS in a status word's low byte
+LOST = 2013                 # CR_SERVER_LOST, as PyMySQL reports it
+
+
+def first_result_rows(conn):
+    """Read every answer to the query last sent on conn (a multi-statement or
+    compound statement gives several) and return the first one's rows, a
+    list of tuples of bytes."""
+    if getattr(conn, '_current_timeout', None) != conn._read_timeout:
+        conn._sock.settimeout(conn._read_timeout)
+        conn._current_timeout = conn._read_timeout
+    conn._result = None   # nothing of PyMySQL's own is left to read before the next query
+    rows, more = _result(conn)
+    while more:
+        _, more = _result(conn)
+    return rows
+
+
+def _result(conn):
+    """One answer: (its rows, whether more answers follow)."""
+    first = _payload(conn)
+    if first[0] == 0x00:     # OK: affected rows, insert id, then the status word
+        _, i = _length(first, 1)
+        _, i = _length(first, i)
+        return [], first[i] & MORE_RESULTS_EXIST
+    if first[0] == 0xff:
+        err.raise_mysql_exception(first)
+    columns, _ = _length(first, 0)
+    for _ in range(columns + 1):   # the columns' descriptions, then an EOF packet
+        _payload(conn)
+    rows = []
+    while True:
+        data = _payload(conn)
+        if data[0] == 0xfe and len(data) < 9:   # EOF: warnings, then the status word
+            return rows, data[3] & MORE_RESULTS_EXIST
+        if data[0] == 0xff:
+            err.raise_mysql_exception(data)
+        row, i = [], 0
+        for _ in range(columns):
+            size = data[i]
+            if size < 251:
+                i += 1
+            elif size == 251:   # NULL
+                row.append(None)
+                i += 1
+                continue
+            else:
+                size, i = _length(data, i)
+            row.append(data[i:i + size])
+            i += size
+        rows.append(tuple(row))
+
+
+def _payload(conn):
+    """One packet's payload (joined over 16 MiB continuations), checking its
+    sequence number as PyMySQL does."""
+    read = conn._rfile.read
+    parts = []
+    while True:
+        header = _read(conn, read, 4)
+        size = header[0] | header[1] << 8 | header[2] << 16
+        if header[3] != conn._next_seq_id:
+            conn._force_close()
+            if header[3] == 0:   # MariaDB's error packet when it shuts down
+                raise err.OperationalError(LOST, 'Lost connection to MySQL server during query')
+            raise err.InternalError('Packet sequence number wrong - got %d expected %d'
+                                    % (header[3], conn._next_seq_id))
+        conn._next_seq_id = (conn._next_seq_id + 1) % 256
+        parts.append(_read(conn, read, size))
+        if size < MAX_PACKET:
+            return parts[0] if len(parts) == 1 else b''.join(parts)
+
+
+def _read(conn, read, size):
+    try:
+        data = read(size)
+    except OSError as e:   # a timeout or a reset
+        conn._force_close()
+        raise err.OperationalError(LOST, 'Lost connection to MySQL server during query (%s)' % e) from None
+    if len(data) < size:
+        conn._force_close()
+        raise err.OperationalError(LOST, 'Lost connection to MySQL server during query')
+    return data
+
+
+def _length(data, i):
+    """A length-encoded integer at data[i]: (its value, the index after it)."""
+    first = data[i]
+    if first < 251:
+        return first, i + 1
+    width = {252: 2, 253: 3, 254: 8}[first]
+    return int.from_bytes(data[i + 1:i + 1 + width], 'little'), i + 1 + width

@@ -1,0 +1,115 @@
+"""Reading MariaDB's answers off a PyMySQL connection (mysqlwire), against a
+real server: the rows are the bytes PyMySQL itself reads, in every length
+encoding and across 16 MiB packets; every answer of a multi-statement is
+read; errors, timeouts and killed connections are PyMySQL's exceptions.
+"""
+import time
+import unittest
+
+import pymysql
+
+import mysqlwire
+from test.mariadb import shared_cluster
+
+MIB = 1024 * 1024
+
+
+def first_rows(conn, sql):
+    conn._execute_command(pymysql.constants.COMMAND.COM_QUERY, sql)
+    return mysqlwire.first_result_rows(conn)
+
+
+def pymysql_rows(conn, sql):
+    with conn.cursor() as cursor:
+        cursor.execute(sql)
+        return [tuple(row) for row in cursor.fetchall()]
+
+
+class TestReadingAnswers(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.server = shared_cluster()[0]
+
+    def connect(self, **kwargs):
+        conn = self.server.connect(autocommit=True, client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS,
+                                   **kwargs)
+        self.addCleanup(conn.close)
+        return conn
+
+    def test_rows_are_the_bytes_pymysql_reads_at_each_length_encoding(self):
+        conn = self.connect()
+        # 250 and below take one length byte; 251 means NULL; 252/253 prefix
+        # two and three bytes.
+        for size in (0, 1, 250, 251, 252, 65535, 65536, MIB):
+            sql = "SELECT REPEAT(x'61', %d), NULL, x'1f00ff', REPEAT(x'62', %d)" % (size, size // 2)
+            rows = first_rows(conn, sql)
+            self.assertEqual(rows, pymysql_rows(conn, sql), size)
+            self.assertEqual(rows, [(b'a' * size, None, b'\x1f\x00\xff', b'b' * (size // 2))])
+
+    def test_several_rows_and_no_rows(self):
+        conn = self.connect()
+        sql = "SELECT x'61' UNION ALL SELECT x'' UNION ALL SELECT NULL"
+        self.assertEqual(first_rows(conn, sql), [(b'a',), (b'',), (None,)])
+        self.assertEqual(first_rows(conn, "SELECT x'61' FROM DUAL WHERE 1 = 0"), [])
+        self.assertEqual(first_rows(conn, 'DO 1'), [])
+
+    def test_a_row_over_16_mib_spans_several_packets(self):
+        admin = self.connect()
+        admin.query('SELECT @@GLOBAL.max_allowed_packet')
+        before = admin._result.rows[0][0]
+        admin.query('SET GLOBAL max_allowed_packet = %d' % (64 * MIB))
+        self.addCleanup(admin.query, 'SET GLOBAL max_allowed_packet = %d' % before)
+        conn = self.connect()   # takes the new limit
+        size = 16 * MIB + 100
+        rows = first_rows(conn, "SELECT REPEAT(x'63', %d), x'64'" % size)
+        self.assertEqual(len(rows), 1)
+        self.assertEqual(len(rows[0][0]), size)
+        self.assertEqual(rows[0][0][:3] + rows[0][0][-3:], b'cccccc')
+        self.assertEqual(rows[0][1], b'd')
+        self.assertEqual(first_rows(conn, "SELECT x'65'"), [(b'e',)])
+
+    def test_every_answer_of_a_multi_statement_is_read_and_the_first_returned(self):
+        conn = self.connect()
+        rows = first_rows(conn, "SELECT x'61'; SELECT x'62' UNION ALL SELECT x'63'; DO 1; SELECT x'64'")
+        self.assertEqual(rows, [(b'a',)])
+        # Nothing of the last query is left on the connection.
+        self.assertEqual(first_rows(conn, "SELECT x'65'"), [(b'e',)])
+        self.assertEqual(pymysql_rows(conn, "SELECT x'66'"), [(b'f',)])
+
+    def test_a_compound_statement_answers_its_select(self):
+        conn = self.connect()
+        rows = first_rows(conn, "BEGIN NOT ATOMIC DECLARE held LONGBLOB; SET held = x'6869'; SELECT held; END")
+        self.assertEqual(rows, [(b'hi',)])
+        self.assertEqual(first_rows(conn, "SELECT x'65'"), [(b'e',)])
+
+    def test_an_error_is_pymysqls_exception_and_ends_the_answer(self):
+        conn = self.connect()
+        with self.assertRaises(pymysql.err.ProgrammingError) as raised:
+            first_rows(conn, 'SELECT x FROM no_such_database.no_such_table')
+        self.assertEqual(raised.exception.args[0], 1146)
+        # An error within a multi-statement ends it: the connection is ready.
+        with self.assertRaises(pymysql.err.ProgrammingError):
+            first_rows(conn, "DO 1; SELECT x FROM no_such_database.no_such_table; SELECT x'61'")
+        self.assertEqual(first_rows(conn, "SELECT x'62'"), [(b'b',)])
+
+    def test_a_silent_server_times_out_and_the_connection_is_closed(self):
+        conn = self.connect(read_timeout=0.5)
+        started = time.monotonic()
+        with self.assertRaises(pymysql.err.OperationalError) as raised:
+            first_rows(conn, 'SELECT SLEEP(5)')
+        self.assertLess(time.monotonic() - started, 4)
+        self.assertEqual(raised.exception.args[0], mysqlwire.LOST)
+        self.assertIsNone(conn._sock)
+
+    def test_a_killed_connection_is_an_operational_error(self):
+        conn = self.connect()
+        killer = self.connect()
+        conn._execute_command(pymysql.constants.COMMAND.COM_QUERY, 'SELECT SLEEP(5)')
+        time.sleep(0.2)
+        killer.query('KILL CONNECTION %d' % conn.thread_id())
+        with self.assertRaises(pymysql.err.OperationalError):
+            mysqlwire.first_result_rows(conn)
+
+
+if __name__ == '__main__':
+    unittest.main()
