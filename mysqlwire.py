@@ -24,15 +24,19 @@ def first_result_rows(conn):
         conn._sock.settimeout(conn._read_timeout)
         conn._current_timeout = conn._read_timeout
     conn._result = None   # nothing of PyMySQL's own is left to read before the next query
-    rows, more = _result(conn)
+    packets = Packets(conn)
+    rows, more = _result(packets)
     while more:
-        _, more = _result(conn)
+        _, more = _result(packets)
+    if packets.pos != len(packets.data):   # the server says nothing unasked
+        conn._force_close()
+        raise err.InternalError('Unexpected bytes after the last answer')
     return rows
 
 
-def _result(conn):
+def _result(packets):
     """One answer: (its rows, whether more answers follow)."""
-    first = _payload(conn)
+    first = packets.next()
     if first[0] == 0x00:     # OK: affected rows, insert id, then the status word
         _, i = _length(first, 1)
         _, i = _length(first, i)
@@ -41,10 +45,10 @@ def _result(conn):
         err.raise_mysql_exception(first)
     columns, _ = _length(first, 0)
     for _ in range(columns + 1):   # the columns' descriptions, then an EOF packet
-        _payload(conn)
+        packets.next()
     rows = []
     while True:
-        data = _payload(conn)
+        data = packets.next()
         if data[0] == 0xfe and len(data) < 9:   # EOF: warnings, then the status word
             return rows, data[3] & MORE_RESULTS_EXIST
         if data[0] == 0xff:
@@ -65,36 +69,61 @@ def _result(conn):
         rows.append(tuple(row))
 
 
-def _payload(conn):
-    """One packet's payload (joined over 16 MiB continuations), checking its
-    sequence number as PyMySQL does."""
-    read = conn._rfile.read
-    parts = []
-    while True:
-        header = _read(conn, read, 4)
-        size = header[0] | header[1] << 8 | header[2] << 16
-        if header[3] != conn._next_seq_id:
-            conn._force_close()
-            if header[3] == 0:   # MariaDB's error packet when it shuts down
+class Packets:
+    """The packets of a connection's answers, read in as few reads as the
+    socket allows (a listing's thousands of rows come in a few)."""
+    __slots__ = ('conn', 'read1', 'data', 'pos')
+
+    def __init__(self, conn):
+        self.conn, self.read1 = conn, conn._rfile.read1
+        self.data, self.pos = b'', 0
+
+    def next(self):
+        """The next packet's payload (joined over 16 MiB continuations),
+        checking its sequence number as PyMySQL does."""
+        data, pos, conn = self.data, self.pos, self.conn
+        if len(data) - pos >= 4:   # the common case: the whole packet is here
+            size = data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16
+            end = pos + 4 + size
+            if end <= len(data) and size < MAX_PACKET and data[pos + 3] == conn._next_seq_id:
+                self.pos = end
+                conn._next_seq_id = (conn._next_seq_id + 1) % 256
+                return data[pos + 4:end]
+        parts = []
+        while True:
+            header = self._take(4)
+            size = header[0] | header[1] << 8 | header[2] << 16
+            if header[3] != conn._next_seq_id:
+                conn._force_close()
+                if header[3] == 0:   # MariaDB's error packet when it shuts down
+                    raise err.OperationalError(LOST, 'Lost connection to MySQL server during query')
+                raise err.InternalError('Packet sequence number wrong - got %d expected %d'
+                                        % (header[3], conn._next_seq_id))
+            conn._next_seq_id = (conn._next_seq_id + 1) % 256
+            parts.append(self._take(size))
+            if size < MAX_PACKET:
+                return parts[0] if len(parts) == 1 else b''.join(parts)
+
+    def _take(self, size):
+        """The next size bytes of the stream."""
+        available = len(self.data) - self.pos
+        if available >= size:
+            self.pos += size
+            return self.data[self.pos - size:self.pos]
+        parts, missing = [self.data[self.pos:]], size - available
+        while missing > 0:
+            try:
+                chunk = self.read1(max(missing, 65536))
+            except OSError as e:   # a timeout or a reset
+                self.conn._force_close()
+                raise err.OperationalError(LOST, 'Lost connection to MySQL server during query (%s)' % e) from None
+            if not chunk:
+                self.conn._force_close()
                 raise err.OperationalError(LOST, 'Lost connection to MySQL server during query')
-            raise err.InternalError('Packet sequence number wrong - got %d expected %d'
-                                    % (header[3], conn._next_seq_id))
-        conn._next_seq_id = (conn._next_seq_id + 1) % 256
-        parts.append(_read(conn, read, size))
-        if size < MAX_PACKET:
-            return parts[0] if len(parts) == 1 else b''.join(parts)
-
-
-def _read(conn, read, size):
-    try:
-        data = read(size)
-    except OSError as e:   # a timeout or a reset
-        conn._force_close()
-        raise err.OperationalError(LOST, 'Lost connection to MySQL server during query (%s)' % e) from None
-    if len(data) < size:
-        conn._force_close()
-        raise err.OperationalError(LOST, 'Lost connection to MySQL server during query')
-    return data
+            parts.append(chunk)
+            missing -= len(chunk)
+        self.data, self.pos = b''.join(parts), size
+        return self.data[:size]
 
 
 def _length(data, i):
