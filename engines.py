@@ -200,6 +200,7 @@ class BatchingCursor:
     def __init__(self, cursor):
         self._cursor = cursor
         self._held = ['START TRANSACTION']
+        self._rows = []
         self.connection = self
 
     def execute(self, statement, args=()):
@@ -218,14 +219,20 @@ class BatchingCursor:
         return self._cursor.executemany(statement, rows)
 
     def _send(self, last=None):
-        """Send the held statements (and last); leave last's result to read."""
+        """Send the held statements (and last); keep last's rows to fetch."""
         statements = self._held + ([last] if last else [])
         self._held = []
         if not statements:
             return
-        self._cursor.execute(';\n'.join(statements))
-        for _ in range(len(statements) - 1):
-            self._cursor.nextset()
+        conn = self._cursor.connection
+        conn._execute_command(pymysql.constants.COMMAND.COM_QUERY, ';\n'.join(statements))
+        self._rows = mysqlwire.read_rows(conn)
+
+    def fetchall(self):
+        return self._rows
+
+    def fetchone(self):
+        return self._rows[0] if self._rows else None
 
     def statements(self):
         """What is held and COMMIT: the SQL to send as one query."""
@@ -239,7 +246,7 @@ class BatchingCursor:
         self._held = []
         self._cursor.connection.rollback()
 
-    def __getattr__(self, name):   # fetchone, fetchall, rowcount, ...
+    def __getattr__(self, name):   # mogrify, ...
         return getattr(self._cursor, name)
 
 
@@ -981,7 +988,7 @@ class MySQLEngine(SQLEngine):
 
     def _send(self, statement, request=None):
         """Send statement(conn), SQL, as one query; finish_query reads every
-        answer and returns the rows of the first."""
+        answer and returns the rows of the last result set."""
         try:
             conn = self.pool.take()
         except self.db_errors as e:
@@ -995,7 +1002,7 @@ class MySQLEngine(SQLEngine):
         # abandon_query then has nothing to close.
         conn, sent.conn = sent.conn, None
         with self._dropped_on_failure(conn):
-            rows = mysqlwire.first_result_rows(conn)
+            rows = mysqlwire.read_rows(conn)
         self.pool.release(conn)
         return rows
 

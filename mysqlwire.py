@@ -2,32 +2,37 @@
 
 PyMySQL builds an object for every packet and parses every column's
 description in full: for the store's point read that was a third of the
-client's CPU per query (bench/README.md).  The store's hot queries return
-only binary strings (VARBINARY, BLOB, CONCAT_WS of them), so this reads
-the text protocol's answers directly: column descriptions are skipped,
-and values come back as bytes (None for NULL), as PyMySQL returns them for
-binary columns.  PyMySQL still connects, authenticates and sends
+client's CPU per query (bench/README.md).  This reads the text protocol's
+answers directly: of a column's description it takes the type and the
+character set (at fixed places from its end), and converts values as
+PyMySQL does (its decoders; binary strings stay bytes, as the store's hot
+queries return them).  PyMySQL still connects, authenticates and sends
 (Connection._execute_command); errors are PyMySQL's own exceptions.
 """
-from pymysql import err
+from pymysql import converters, err
+from pymysql.connections import TEXT_TYPES
+from pymysql.constants import FIELD_TYPE
 
+BINARY = 63                 # the character set of binary strings
 MAX_PACKET = 0xffffff
 MORE_RESULTS_EXIST = 0x08   # SERVER_MORE_RESULTS_EXISTS in a status word's low byte
 LOST = 2013                 # CR_SERVER_LOST, as PyMySQL reports it
 
 
-def first_result_rows(conn):
+def read_rows(conn):
     """Read every answer to the query last sent on conn (a multi-statement or
-    compound statement gives several) and return the first one's rows, a
-    list of tuples of bytes."""
+    compound statement gives several) and return the rows (tuples) of the
+    last one that is a result set, [] if none is."""
     if getattr(conn, '_current_timeout', None) != conn._read_timeout:
         conn._sock.settimeout(conn._read_timeout)
         conn._current_timeout = conn._read_timeout
     conn._result = None   # nothing of PyMySQL's own is left to read before the next query
     packets = Packets(conn)
-    rows, more = _result(packets)
+    rows, more = [], True
     while more:
-        _, more = _result(packets)
+        answer, more = _result(packets)
+        if answer is not None:
+            rows = answer
     if packets.pos != len(packets.data):   # the server says nothing unasked
         conn._force_close()
         raise err.InternalError('Unexpected bytes after the last answer')
@@ -40,12 +45,14 @@ def _result(packets):
     if first[0] == 0x00:     # OK: affected rows, insert id, then the status word
         _, i = _length(first, 1)
         _, i = _length(first, i)
-        return [], first[i] & MORE_RESULTS_EXIST
+        return None, first[i] & MORE_RESULTS_EXIST
     if first[0] == 0xff:
         err.raise_mysql_exception(first)
     columns, _ = _length(first, 0)
-    for _ in range(columns + 1):   # the columns' descriptions, then an EOF packet
-        packets.next()
+    decoders = [_decoder(packets.conn, packets.next()) for _ in range(columns)]
+    packets.next()   # the EOF after the descriptions
+    if not any(decoders):
+        decoders = None
     rows = []
     while True:
         data = packets.next()
@@ -66,7 +73,33 @@ def _result(packets):
                 size, i = _length(data, i)
             row.append(data[i:i + size])
             i += size
+        if decoders:
+            row = [value if value is None or decode is None else decode(value)
+                   for value, decode in zip(row, decoders)]
         rows.append(tuple(row))
+
+
+def _decoder(conn, description):
+    """How PyMySQL turns a column's raw bytes into its value (None: they stay
+    bytes).  A description ends with 13 fixed bytes: 0x0c, the character set
+    (2), the length (4), the type (1), flags (2), decimals (1), filler (2)."""
+    kind, charset = description[-6], description[-12] | description[-11] << 8
+    if not conn.use_unicode:
+        encoding = None
+    elif kind == FIELD_TYPE.JSON:
+        encoding = conn.encoding
+    elif kind in TEXT_TYPES:
+        encoding = None if charset == BINARY else conn.encoding
+    else:
+        encoding = 'ascii'
+    convert = conn.decoders.get(kind)
+    if convert is converters.through:
+        convert = None
+    if encoding is None:
+        return convert
+    if convert is None:
+        return lambda value: value.decode(encoding)
+    return lambda value: convert(value.decode(encoding))
 
 
 class Packets:

@@ -1,7 +1,8 @@
 """Reading MariaDB's answers off a PyMySQL connection (mysqlwire), against a
-real server: the rows are the bytes PyMySQL itself reads, in every length
-encoding and across 16 MiB packets; every answer of a multi-statement is
-read; errors, timeouts and killed connections are PyMySQL's exceptions.
+real server: the rows are the values PyMySQL itself reads, of every type, in
+every length encoding and across 16 MiB packets; every answer of a
+multi-statement is read; errors, timeouts and killed connections are
+PyMySQL's exceptions.
 """
 import time
 import unittest
@@ -14,9 +15,9 @@ from test.mariadb import shared_cluster
 MIB = 1024 * 1024
 
 
-def first_rows(conn, sql):
+def rows_of(conn, sql):
     conn._execute_command(pymysql.constants.COMMAND.COM_QUERY, sql)
-    return mysqlwire.first_result_rows(conn)
+    return mysqlwire.read_rows(conn)
 
 
 def pymysql_rows(conn, sql):
@@ -42,16 +43,32 @@ class TestReadingAnswers(unittest.TestCase):
         # two and three bytes.
         for size in (0, 1, 250, 251, 252, 65535, 65536, MIB):
             sql = "SELECT REPEAT(x'61', %d), NULL, x'1f00ff', REPEAT(x'62', %d)" % (size, size // 2)
-            rows = first_rows(conn, sql)
+            rows = rows_of(conn, sql)
             self.assertEqual(rows, pymysql_rows(conn, sql), size)
             self.assertEqual(rows, [(b'a' * size, None, b'\x1f\x00\xff', b'b' * (size // 2))])
+
+    def test_values_of_every_type_are_what_pymysql_makes_of_them(self):
+        conn = self.connect()
+        sql = ("SELECT 1, -5, 12345678901234, CAST(7 AS UNSIGNED), 1.5, CAST(2.5 AS DOUBLE), 'text', "
+               "_utf8mb4 x'c3bc', NOW(), CURDATE(), CURTIME(), TIMESTAMP'2026-01-02 03:04:05.5', "
+               "NULL, x'00ff', CAST(x'61' AS BINARY(3)), JSON_OBJECT('a', 1), b'101', YEAR('2026-05-05'), "
+               "CAST(NULL AS SIGNED), CONCAT_WS(0x1f, x'61', 5)")
+        rows = rows_of(conn, sql)
+        self.assertEqual(rows, pymysql_rows(conn, sql))
+        self.assertEqual(rows[0][:7], (1, -5, 12345678901234, 7, pymysql_rows(conn, 'SELECT 1.5')[0][0], 2.5, 'text'))
+        self.assertEqual(rows[0][7], '\u00fc')
+        self.assertEqual(rows[0][-1], b'a\x1f5')
+        # Many rows of mixed types, and a table's own columns.
+        sql = ("WITH RECURSIVE s(seq) AS (SELECT 1 UNION ALL SELECT seq + 1 FROM s WHERE seq < 300) "
+               "SELECT seq, seq * 1.25, CONCAT('k', seq), IF(seq % 3, NULL, x'ff') FROM s")
+        self.assertEqual(rows_of(conn, sql), pymysql_rows(conn, sql))
 
     def test_several_rows_and_no_rows(self):
         conn = self.connect()
         sql = "SELECT x'61' UNION ALL SELECT x'' UNION ALL SELECT NULL"
-        self.assertEqual(first_rows(conn, sql), [(b'a',), (b'',), (None,)])
-        self.assertEqual(first_rows(conn, "SELECT x'61' FROM DUAL WHERE 1 = 0"), [])
-        self.assertEqual(first_rows(conn, 'DO 1'), [])
+        self.assertEqual(rows_of(conn, sql), [(b'a',), (b'',), (None,)])
+        self.assertEqual(rows_of(conn, "SELECT x'61' FROM DUAL WHERE 1 = 0"), [])
+        self.assertEqual(rows_of(conn, 'DO 1'), [])
 
     def test_a_row_over_16_mib_spans_several_packets(self):
         admin = self.connect()
@@ -61,42 +78,44 @@ class TestReadingAnswers(unittest.TestCase):
         self.addCleanup(admin.query, 'SET GLOBAL max_allowed_packet = %d' % before)
         conn = self.connect()   # takes the new limit
         size = 16 * MIB + 100
-        rows = first_rows(conn, "SELECT REPEAT(x'63', %d), x'64'" % size)
+        rows = rows_of(conn, "SELECT REPEAT(x'63', %d), x'64'" % size)
         self.assertEqual(len(rows), 1)
         self.assertEqual(len(rows[0][0]), size)
         self.assertEqual(rows[0][0][:3] + rows[0][0][-3:], b'cccccc')
         self.assertEqual(rows[0][1], b'd')
-        self.assertEqual(first_rows(conn, "SELECT x'65'"), [(b'e',)])
+        self.assertEqual(rows_of(conn, "SELECT x'65'"), [(b'e',)])
 
-    def test_every_answer_of_a_multi_statement_is_read_and_the_first_returned(self):
+    def test_every_answer_of_a_multi_statement_is_read_and_the_last_result_set_returned(self):
         conn = self.connect()
-        rows = first_rows(conn, "SELECT x'61'; SELECT x'62' UNION ALL SELECT x'63'; DO 1; SELECT x'64'")
-        self.assertEqual(rows, [(b'a',)])
+        rows = rows_of(conn, "SELECT x'61'; SELECT x'62' UNION ALL SELECT x'63'; DO 1")
+        self.assertEqual(rows, [(b'b',), (b'c',)])
+        self.assertEqual(rows_of(conn, "START TRANSACTION; SELECT x'64'; COMMIT"), [(b'd',)])
+        self.assertEqual(rows_of(conn, 'START TRANSACTION; DO 1; COMMIT'), [])
         # Nothing of the last query is left on the connection.
-        self.assertEqual(first_rows(conn, "SELECT x'65'"), [(b'e',)])
+        self.assertEqual(rows_of(conn, "SELECT x'65'"), [(b'e',)])
         self.assertEqual(pymysql_rows(conn, "SELECT x'66'"), [(b'f',)])
 
     def test_a_compound_statement_answers_its_select(self):
         conn = self.connect()
-        rows = first_rows(conn, "BEGIN NOT ATOMIC DECLARE held LONGBLOB; SET held = x'6869'; SELECT held; END")
+        rows = rows_of(conn, "BEGIN NOT ATOMIC DECLARE held LONGBLOB; SET held = x'6869'; SELECT held; END")
         self.assertEqual(rows, [(b'hi',)])
-        self.assertEqual(first_rows(conn, "SELECT x'65'"), [(b'e',)])
+        self.assertEqual(rows_of(conn, "SELECT x'65'"), [(b'e',)])
 
     def test_an_error_is_pymysqls_exception_and_ends_the_answer(self):
         conn = self.connect()
         with self.assertRaises(pymysql.err.ProgrammingError) as raised:
-            first_rows(conn, 'SELECT x FROM no_such_database.no_such_table')
+            rows_of(conn, 'SELECT x FROM no_such_database.no_such_table')
         self.assertEqual(raised.exception.args[0], 1146)
         # An error within a multi-statement ends it: the connection is ready.
         with self.assertRaises(pymysql.err.ProgrammingError):
-            first_rows(conn, "DO 1; SELECT x FROM no_such_database.no_such_table; SELECT x'61'")
-        self.assertEqual(first_rows(conn, "SELECT x'62'"), [(b'b',)])
+            rows_of(conn, "DO 1; SELECT x FROM no_such_database.no_such_table; SELECT x'61'")
+        self.assertEqual(rows_of(conn, "SELECT x'62'"), [(b'b',)])
 
     def test_a_silent_server_times_out_and_the_connection_is_closed(self):
         conn = self.connect(read_timeout=0.5)
         started = time.monotonic()
         with self.assertRaises(pymysql.err.OperationalError) as raised:
-            first_rows(conn, 'SELECT SLEEP(5)')
+            rows_of(conn, 'SELECT SLEEP(5)')
         self.assertLess(time.monotonic() - started, 4)
         self.assertEqual(raised.exception.args[0], mysqlwire.LOST)
         self.assertIsNone(conn._sock)
@@ -108,7 +127,7 @@ class TestReadingAnswers(unittest.TestCase):
         time.sleep(0.2)
         killer.query('KILL CONNECTION %d' % conn.thread_id())
         with self.assertRaises(pymysql.err.OperationalError):
-            mysqlwire.first_result_rows(conn)
+            mysqlwire.read_rows(conn)
 
 
 if __name__ == '__main__':
