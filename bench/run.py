@@ -1090,6 +1090,7 @@ LAYERS = (  # (leaf file prefix, layer), first match wins
     ('mimeparse', 'content negotiation'), ('pymysql/', 'PyMySQL'), ('concurrent/', 'thread hand-offs'),
     ('threading.py', 'thread hand-offs'), ('queue.py', 'thread hand-offs'), ('json/', 'JSON'),
     ('controller.py', 'controller.py'), ('datastore.py', 'datastore.py'), ('engines.py', 'engines.py'),
+    ('mysqlwire.py', 'mysqlwire.py'),
     ('versions.py', 'versions.py'), ('ring.py', 'ring.py'), ('documents.py', 'documents.py'),
     ('preconditions.py', 'preconditions.py'), ('socket.py', 'sockets'), ('selectors.py', 'sockets'),
     ('ssl.py', 'sockets'),
