@@ -1243,6 +1243,9 @@ How to read it:
 - **req/s ÷ hello** compares with the web.py hello world under the same
   server settings; **÷ etcd** with etcd's matching operation (range for
   GET, put for PUT, the same mixes, a 1000-key range for listing).
+- **floor** is the hello world plus one primary-key SELECT on the key's
+  first owner through the store's engine, and nothing else of the store:
+  no GET r=one can cost less on this stack.
 - † marks a row during which other processes on the machine (or the
   hypervisor, as steal time) took more than %.2f cores (measured from
   /proc/stat): its numbers are suspect.
