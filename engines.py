@@ -210,8 +210,8 @@ class BatchingCursor:
         self._send(self._cursor.mogrify(statement, args))
 
     def hold(self, statement, args=()):
-        """Send statement with the next batch (a SELECT's rows are passed over,
-        unless the batch is sent whole: statements())."""
+        """Send statement with the next batch, or with the others as one
+        (statements()).  Only the batch's last result set can be fetched."""
         self._held.append(self._cursor.mogrify(statement, args))
 
     def executemany(self, statement, rows):
@@ -982,7 +982,7 @@ class MySQLEngine(SQLEngine):
 
     # PyMySQL sends a query and reads its answer in one call (Connection.query);
     # these are its two halves: Connection._execute_command, and reading the
-    # answer (mysqlwire, for queries whose columns are binary strings).
+    # answers (mysqlwire).
     def send_query(self, statement, args):
         return self._send(lambda conn: self._sql(statement) % tuple(conn.escape(value) for value in args))
 
