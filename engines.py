@@ -1067,13 +1067,13 @@ class MySQLEngine(SQLEngine):
         sock = getattr(conn, '_sock', None)
         return sock is None or bool(select.select([sock], [], [], 0)[0])
 
-    # PyMySQL spends more on each column's description than on its data: the
-    # columns other than the value travel as one, separated by 0x1f (which no
+    # Reading an answer costs per column (a description, a value), more than
+    # per byte: the columns other than the value travel as one, separated by 0x1f (which no
     # column can hold: hex, numbers, JSON with control characters escaped, and
     # media types).
     held_columns = 'CONCAT_WS(0x1f, %s), value' % COLUMNS.replace(', value', '')
     held_columns_without_value = held_columns.replace(', value', ", x''")
-    # PyMySQL's cost is per column: a listing reads one.  The key goes last, as
+    # A listing reads one column a row, for the same reason.  The key goes last, as
     # it alone may hold a 0x1f byte (a clock is JSON, which escapes it).
     scan_columns = 'CONCAT_WS(0x1f, version_id, deleted, clock, modified, key_name)'
 
