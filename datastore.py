@@ -116,7 +116,7 @@ class Datastore:
         self.config = config
         self.n = config.replicas
         self.engines = {p.name: open_engine(p, config) for p in config.partitions}
-        self.ring = Ring({p.name: p.weight for p in config.partitions if p.weight > 0}, config.vnodes)
+        self.ring = Ring.of(config)
         self._view_cache, self._view_lock = (0.0, []), threading.Lock()   # see _previous_rings
         self.health = Health(self.engines, config.backoff, config.max_backoff)
         self.gossip = Gossip(self.health, config.peers, config.gossip_interval,

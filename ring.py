@@ -37,6 +37,11 @@ class Ring:
         self._owners = [n for _, n in points]
         self.partitions = sorted(weights)
 
+    @classmethod
+    def of(cls, config):
+        """The ring of a configuration's partitions (one of weight 0 is on none)."""
+        return cls({p.name: p.weight for p in config.partitions if p.weight > 0}, config.vnodes)
+
     @functools.lru_cache(maxsize=65536)   # hot keys skip the hashing (the ring never changes)
     def walk(self, bucket, key):
         """Every partition once, in ring order starting at the key (a tuple)."""

@@ -16,7 +16,7 @@ from engines import open_engine
 from ring import Ring
 
 config = configuration.load()
-ring = Ring({p.name: p.weight for p in config.partitions if p.weight > 0}, config.vnodes)
+ring = Ring.of(config)
 engines = {p.name: open_engine(p, config) for p in config.partitions}
 
 urls = ('/buckets/([^/]+)/keys/([^/?]+)', 'Key')

@@ -964,7 +964,7 @@ def measure_pymysql(run, args, row, cluster, config_path, database, groups_db):
     from ring import Ring
 
     config = configuration.load(config_path)
-    ring = Ring({p.name: p.weight for p in config.partitions}, config.vnodes)
+    ring = Ring.of(config)
     server = cluster[0]
     held = bytearray(args.keys)
     for index in range(args.keys):
