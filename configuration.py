@@ -48,6 +48,9 @@ class StoreConfig:
     partitions: list
     source: str
     peers: list = dataclasses.field(default_factory=list)
+    # Primary quorums: owners (never fallbacks) that must answer a read / hold a write.
+    pr: int = 0
+    pw: int = 0
     gossip_interval: float = 1.0
     # [sync]: the reconciler (sync.py)
     sync_batch_size: int = 500          # rows per query or transaction
@@ -162,11 +165,13 @@ def parse(parser, source='configuration'):
     quorum = replicas // 2 + 1
     r = number('store', 'r', int, quorum)
     w = number('store', 'w', int, quorum)
-    for field, value in (('r', r), ('w', w)):
-        if not 1 <= value <= replicas:
-            fail('store', field, 'must be between 1 and replicas (%d)' % replicas)
+    pr = number('store', 'pr', int, 0)
+    pw = number('store', 'pw', int, 0)
+    for field, value, least in (('r', r, 1), ('w', w, 1), ('pr', pr, 0), ('pw', pw, 0)):
+        if not least <= value <= replicas:
+            fail('store', field, 'must be between %d and replicas (%d)' % (least, replicas))
     return StoreConfig(
-        replicas=replicas, r=r, w=w,
+        replicas=replicas, r=r, w=w, pr=pr, pw=pw,
         key_length=number('store', 'key_length', int, 1024, 1, 1024),  # the schema's limit
         max_value_bytes=number('store', 'max_value_bytes', int, 1024 ** 3, 0),
         # Under MariaDB's max_allowed_packet (16 MiB by default) with room to spare.

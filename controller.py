@@ -69,6 +69,9 @@ TEXTUAL = ('text/', 'application/json', 'application/xml', 'application/javascri
 # Bucket properties a client may set, and what each accepts.
 BUCKET_PROPERTIES = {
     'conflicts': ('siblings or lww', lambda v: v in ('siblings', 'lww')),
+    **{name: ('the default %s of the bucket\'s keys, %d to N' % (name, least),
+              lambda v, least=least: type(v) is int and least <= v <= store().n)
+       for name, least in (('r', 1), ('w', 1), ('pr', 0), ('pw', 0))},
     'cache_control': ('a Cache-Control value for the values of the bucket',
                       lambda v: isinstance(v, str) and len(v) <= 256 and v.isprintable()),
 }
@@ -183,6 +186,11 @@ def parse_query(raw):
 
 def store():
     return web.ctx.store
+
+
+def request_quorums(*names):
+    """The quorums asked for with ?r=, ?w=, ?pr=, ?pw= (None: the bucket's or the default)."""
+    return [store().quorum(query(name), None, name) for name in names]
 
 
 def request_context():
@@ -346,7 +354,8 @@ def receipt_document(bucket, key, receipt):
     doc.update(context=encode_context(receipt.context) if receipt.context is not None else None,
                clock=receipt.context, siblings=receipt.siblings,
                preference_list=receipt.preference_list, acknowledged=receipt.acknowledged,
-               coordinator=receipt.coordinator, hints=receipt.hints, down=receipt.down)
+               coordinator=receipt.coordinator, hints=receipt.hints, down=receipt.down,
+               owners_acknowledged=len(receipt.acknowledged), fallbacks_acknowledged=len(receipt.hints))
     return doc
 
 
@@ -457,7 +466,7 @@ class Keys:
 
     def POST(self, bucket):
         key = uuid.uuid4().hex
-        return write_key(bucket, key, create_only=True)
+        return write_key(bucket, key, create_only=True, server_chosen=True)
 
     @staticmethod
     def limit():
@@ -481,7 +490,7 @@ class Keys:
 
 class Key:
     def GET(self, bucket, key):
-        read = store().get(bucket, key, store().quorum(query('r'), None, 'r'))
+        read = store().get(bucket, key, *request_quorums('r', 'pr'))
         current = read.current
         if not current:
             raise NotFound('no key %r in bucket %r' % (key, bucket))
@@ -517,9 +526,10 @@ class Key:
         return write_key(bucket, key, create_only=True)
 
     def DELETE(self, bucket, key):
-        check = Preconditions.from_environ(web.ctx.env).check_write
-        receipt = store().delete(bucket, key, context=request_context(), check=check,
-                                 w=store().quorum(query('w'), None, 'w'))
+        preconditions = Preconditions.from_environ(web.ctx.env)
+        w, pw = request_quorums('w', 'pw')
+        receipt = store().delete(bucket, key, context=request_context(), check=preconditions.check_write,
+                                 w=w, pw=pw, conditional=preconditions.present)
         doc = receipt_document(bucket, key, receipt)
         doc['deleted'] = True
         return respond('receipt', doc, headers=context_header(receipt))
@@ -606,10 +616,10 @@ def siblings_response(bucket, key, read):
         'siblings': siblings}, '300 Multiple Choices')
 
 
-def write_key(bucket, key, create_only):
+def write_key(bucket, key, create_only, server_chosen=False):
     """PUT, POST and server-chosen-key POST: store a value, answer with a receipt."""
     store().check_key(bucket, key)
-    w = store().quorum(query('w'), None, 'w')
+    w, pw = request_quorums('w', 'pw')
     context = request_context()
     preconditions = Preconditions.from_environ(web.ctx.env)
     metadata = request_metadata()
@@ -628,8 +638,11 @@ def write_key(bucket, key, create_only):
         except Unavailable:
             pass
     value, content_type = request_value()
-    receipt = store().put(bucket, key, value, content_type, context=context, check=check, w=w,
-                          metadata=metadata, expected=expected)
+    # A server-chosen key is new by construction: only a client's condition
+    # needs the key's first owner to decide it.
+    conditional = preconditions.present or (create_only and not server_chosen)
+    receipt = store().put(bucket, key, value, content_type, context=context, check=check, w=w, pw=pw,
+                          metadata=metadata, expected=expected, conditional=conditional)
     headers = dict(context_header(receipt), ETag=receipt.version.etag)
     if receipt.created:
         headers['Location'] = key_path(bucket, key)

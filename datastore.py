@@ -46,6 +46,7 @@ log = logging.getLogger('kvstore.datastore')
 BUCKET_NAME = re.compile(r'[a-z0-9][a-z0-9._-]{0,62}\Z')
 DEFAULT_BUCKET_PROPERTIES = {'conflicts': 'siblings'}
 MAX_LIST_LIMIT = 10000
+PRIMARY_QUORUMS = ('pr', 'pw')
 BUCKET_CACHE_SECONDS = 5.0   # how long a front end trusts bucket properties it read
 KEY_COUNT_SECONDS = 60.0     # how long GET /cluster reuses its count of keys per partition
 PENDING_DROP_DELAY = 0.5    # seconds a settled write's pending marker waits to go out with others
@@ -146,20 +147,26 @@ class Datastore:
     # -- validation ---------------------------------------------------------
 
     def quorum(self, raw, default, name):
-        """A quorum size from a request parameter: 1..N, one, quorum or all."""
+        """A quorum size from a request parameter: 1..N (0..N for the primary
+        quorums pr and pw), one, quorum or all."""
         if raw is None or raw == '':
             return default
         words = {'one': 1, 'quorum': self.n // 2 + 1, 'all': self.n}
+        least = 0 if name in PRIMARY_QUORUMS else 1
         if raw in words:
             return words[raw]
-        try:
-            value = int(raw)
-        except ValueError:
-            value = 0
-        if not 1 <= value <= self.n:
-            raise BadRequest('bad_parameter', '%s must be 1 to %d, one, quorum or all' % (name, self.n),
+        value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 4 else -1
+        if not least <= value <= self.n:
+            raise BadRequest('bad_parameter', '%s must be %d to %d, one, quorum or all' % (name, least, self.n),
                              parameter=name)
         return value
+
+    def quorums(self, bucket, **requested):
+        """The quorums of a request: each one asked for (r=, w=, pr=, pw=), else
+        the bucket's property, else the configured default."""
+        props = self.bucket_properties_cached(bucket)
+        return [requested[name] if requested[name] is not None else props.get(name, getattr(self.config, name))
+                for name in requested]
 
     def check_bucket(self, bucket):
         if not BUCKET_NAME.match(bucket):
@@ -256,24 +263,27 @@ class Datastore:
         walk = self.ring.walk(bucket, key)
         return list(walk[:self.n]), list(walk[self.n:])
 
-    def get(self, bucket, key, r=None):
+    def get(self, bucket, key, r=None, pr=None):
+        """The key's current versions from r replicas, pr of them owners."""
         self.check_key(bucket, key)
-        r = r or self.config.r
+        r, pr = self.quorums(bucket, r=r, pr=pr)
+        wanted = max(r, pr)
         preference, fallbacks = self.placement(bucket, key)
 
         def read(p):
             # An owner answers from its objects; a fallback from the hints it holds.
             return self.call(p, 'read' if p in preference else 'read_hints', bucket, key)
-        replies, failures = self._at_once(preference[:r], 'read', bucket, key)
-        if len(replies) < r:
+        replies, failures = self._at_once(preference[:wanted], 'read', bucket, key)
+        if len(replies) < wanted:
             # Those that failed are replaced by the next owners, then by fallbacks.
             more, failed = self._fan_out([p for p in preference + fallbacks if p not in replies and p not in failures],
-                                         read, launch=r - len(replies), needed=r - len(replies))
+                                         read, launch=wanted - len(replies), needed=wanted - len(replies))
             replies.update(more)
             failures.update(failed)
-        if len(replies) < r:
-            raise Unavailable('%d of the %d replicas needed for a read answered' % (len(replies), r),
-                              failed=failures)
+        owners = sum(1 for p in replies if p in preference)
+        if len(replies) < r or owners < pr:
+            raise Unavailable('%d replicas answered the read, %d of them owners; it needs %d, %d of them owners'
+                              % (len(replies), owners, r, pr), failed=failures)
         versions = resolve(replies.values())
         if not versions:   # during a view change the key may be on its previous owners only
             versions = self._read_previous_owners(bucket, key, preference, replies)
@@ -363,9 +373,11 @@ class Datastore:
             log.info('read repair of %s/%s on %s failed: %s', bucket, key, name, e.reason)
 
     def put(self, bucket, key, value, content_type, context=None, check=None, w=None,
-            metadata=None, expected=None):
+            metadata=None, expected=None, conditional=False, pw=None):
         """Store a value: bytes, or a stream to read (read(n)).  check(current live
         versions) may raise to refuse; expected: digests the body must match.
+        conditional: check is a precondition of the client's (compare-and-swap),
+        decided on the key's first owner alone (see _write).
 
         A value that fits in one chunk is stored inline in its version.  A larger
         one is read and written chunk by chunk to the coordinator first, so it
@@ -383,13 +395,14 @@ class Datastore:
             self._check_size(hasher.size)
             hasher.verify()
             return self._write(bucket, key, context, check, w, lambda seen, dot: Version.new(
-                seen, dot, first, content_type, metadata=metadata))
+                seen, dot, first, content_type, metadata=metadata), conditional=conditional, pw=pw)
 
         preference, _ = self.placement(bucket, key)
-        coordinator = next((p for p in preference if self.health.available(p)), None)
+        candidates = preference[:1] if conditional else preference
+        coordinator = next((p for p in candidates if self.health.available(p)), None)
         if coordinator is None:
             raise Unavailable('no replica of the key could take the write',
-                              failed={p: 'down' for p in preference})
+                              failed={p: 'down' for p in candidates})
         version_id = uuid.uuid4().hex
         try:
             seq, data = 0, first
@@ -406,7 +419,7 @@ class Datastore:
         return self._write(bucket, key, context, check, w, lambda seen, dot: Version.new(
             seen, dot, b'', content_type, metadata=metadata, version_id=version_id,
             digest=hasher.hexdigest, size=hasher.size, chunk_size=size, chunk_source=engine),
-            coordinators=[coordinator])
+            coordinators=[coordinator], conditional=conditional, pw=pw)
 
     def open_value(self, version, first=0, last=None):
         """The bytes first..last (inclusive) of a version, as an iterator of
@@ -452,7 +465,7 @@ class Datastore:
         except PartitionError:
             pass
 
-    def delete(self, bucket, key, context=None, check=None, w=None):
+    def delete(self, bucket, key, context=None, check=None, w=None, conditional=False, pw=None):
         """Write a tombstone; NotFound when there is no live version."""
         def must_exist(current):
             if not current:
@@ -460,16 +473,27 @@ class Datastore:
             if check:
                 check(current)
         return self._write(bucket, key, context, must_exist, w,
-                           lambda seen, dot: Version.new(seen, dot, b'', '', deleted=True))
+                           lambda seen, dot: Version.new(seen, dot, b'', '', deleted=True),
+                           conditional=conditional, pw=pw)
 
-    def _write(self, bucket, key, context, check, w, make, coordinators=None):
+    def _write(self, bucket, key, context, check, w, make, coordinators=None, conditional=False, pw=None):
+        """Coordinate a write, replicate it, and answer with its receipt.
+
+        An unconditional write is coordinated by the first owner that answers.
+        A conditional one (compare-and-swap) only ever by the key's first owner,
+        under its lock on the key, after that owner took in what a majority of
+        the owners hold: every front end then decides it in the same place, with
+        the same versions, whatever it believes of the partitions' health.  When
+        the first owner cannot be reached, the write is refused (503)."""
         started = time.monotonic()
         self.check_key(bucket, key)
-        w = w or self.config.w
+        w, pw = self.quorums(bucket, w=w, pw=pw)
         if self.bucket_properties_cached(bucket)['conflicts'] == 'lww':
             context = None   # every write supersedes all the coordinator holds
         preference, fallbacks = self.placement(bucket, key)
         self._adopt_previous_owners(bucket, key, preference)   # during a view change
+        if conditional:
+            coordinators = self._decider(bucket, key, preference, coordinators)
         failures = {}
         for coordinator in coordinators or preference:
             def decide(held, coordinator=coordinator):
@@ -492,6 +516,10 @@ class Datastore:
         else:
             if FULL in failures.values():
                 raise InsufficientStorage('no replica of the key has room for the write', failed=failures)
+            if conditional:
+                raise Unavailable('a conditional write is decided by the key\'s first owner, %s, which '
+                                  'did not answer; it may have been applied there' % preference[0],
+                                  failed=failures)
             raise Unavailable('no replica of the key could take the write', failed=failures)
 
         spare = iter(fallbacks)
@@ -566,10 +594,10 @@ class Datastore:
         hints = {p: where for p, (where, _) in landed.items() if where != p}
         down = dict(not_landed, **{p: reason for p, (_, reason) in landed.items() if reason})
         down.update((p, reason) for p, reason in failures.items() if p != coordinator)
-        if len(acknowledged) + len(hints) < w:
-            raise Unavailable('%d of the %d replicas needed for a write acknowledged it; '
-                              'it may have been applied on %s'
-                              % (len(acknowledged) + len(hints), w,
+        if len(acknowledged) + len(hints) < w or len(acknowledged) < pw:
+            raise Unavailable('%d replicas acknowledged the write, %d of them owners; it needs %d, %d of '
+                              'them owners.  It may have been applied on %s'
+                              % (len(acknowledged) + len(hints), len(acknowledged), w, pw,
                                  ', '.join(acknowledged + sorted(hints.values()))),
                               failed=down, acknowledged=acknowledged, hints=hints)
         # The writer has seen its own version, but not siblings it left beside
@@ -579,6 +607,43 @@ class Datastore:
                        context=None if siblings else version.full_clock, siblings=len(siblings) + 1,
                        preference_list=preference, acknowledged=acknowledged,
                        coordinator=coordinator, hints=hints, down=down)
+
+    def _decider(self, bucket, key, preference, coordinators):
+        """The partition that decides a conditional write: the key's first owner,
+        once it holds every version a majority of the owners (itself included)
+        holds.  Unavailable when it, or too many owners, cannot answer."""
+        first = preference[0]
+        if coordinators and coordinators != [first]:
+            raise Unavailable('a conditional write is decided by the key\'s first owner, %s, which '
+                              'is not taking writes' % first, failed={first: 'down'})
+        laggards = {}
+        majority = len(preference) // 2 + 1
+        replies, failures = self._at_once(preference, 'read', bucket, key, needed=majority,
+                                          laggards=laggards, since=time.monotonic())
+        if first in laggards:   # the others were quicker: its answer is the one that counts
+            unread = laggards.pop(first)
+            try:
+                replies[first] = self.call(first, 'finish_read', unread)
+            except PartitionError as e:
+                self.engines[first].abandon_query(unread)
+                failures[first] = e.reason
+        for p, unread in laggards.items():
+            self.engines[p].abandon_query(unread)
+        if first not in replies or len(replies) < majority:
+            raise Unavailable('a conditional write needs the key\'s first owner, %s, and %d of its %d '
+                              'owners; %s answered' % (first, majority, len(preference),
+                                                       ', '.join(sorted(replies)) or 'none'),
+                              failed=failures)
+        versions = resolve(replies.values())
+        for version in versions:
+            if reconcile(replies[first], version)[1]:
+                try:
+                    self.call(first, 'apply', bucket, key, version)
+                except PartitionError as e:
+                    raise Unavailable('the key\'s first owner, %s, could not take the versions the '
+                                      'other owners hold' % first, failed={first: e.reason})
+        self._repair(bucket, key, {p: held for p, held in replies.items() if p != first}, versions)
+        return [first]
 
     def _mark_pending(self, coordinator, bucket, key, version):
         try:
