@@ -14,14 +14,21 @@ path: serve uWSGI's stats, a JSON document of the workers, there).
 """
 import logging
 import os
+import shutil
 import sys
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def uwsgi_options(environ=os.environ, app='controller:create_application()'):
+def uwsgi_options(run_directory, environ=os.environ, app='controller:create_application()'):
     options = [
         '--http', environ.get('BIND', '127.0.0.1:8080'),
+        # The router reaches the workers over a unix socket that only this
+        # user can open.  Without it uWSGI binds its own protocol, which can
+        # load and run any file, on a TCP port of 127.0.0.1 that any local
+        # process can reach.
+        '--socket', os.path.join(run_directory, 'uwsgi.sock'), '--chmod-socket=600',
         '--http-keepalive',
         # The router answers `Expect: 100-continue`; chunked bodies reach the
         # application raw, for uwsgi.chunked_read (controller.RequestBody).
@@ -36,11 +43,10 @@ def uwsgi_options(environ=os.environ, app='controller:create_application()'):
         '--chdir', HERE,
         '--module', app,
         '--buffer-size', '65535',
-        # Without these a response of more than a few KiB on a kept-alive
-        # connection waited 40 ms for the client's delayed ACK (Nagle): the
-        # router forwarded it in page-sized writes.  (Router buffers of 64 KiB
-        # broke large and chunked uploads.)
-        '--tcp-nodelay', '--http-buffer-size', '32768',
+        # Router buffers of 64 KiB broke large and chunked uploads.  (Over TCP
+        # to the workers, --tcp-nodelay was needed too: Nagle held responses
+        # of a few KiB 40 ms for the client's delayed ACK.)
+        '--http-buffer-size', '32768',
     ]
     if not environ.get('ACCESS_LOG'):
         options.append('--disable-logging')
@@ -68,7 +74,19 @@ def main(argv):
     # The workers, forked from this process, log through this configuration.
     logging.basicConfig(level=logging.INFO, format='%(asctime)s [%(process)d] %(name)s %(levelname)s %(message)s')
     import pyuwsgi
-    pyuwsgi.run(uwsgi_options(app=app))
+    pyuwsgi.run(uwsgi_options(run_directory(), app=app))
+
+
+def run_directory():
+    """A directory only this user can enter, for the workers' socket; those
+    of masters no longer running are removed (uWSGI exits without returning)."""
+    prefix = 'kvstore-run-'
+    top = tempfile.gettempdir()
+    for name in os.listdir(top):
+        pid = name[len(prefix):].split('-')[0]
+        if name.startswith(prefix) and pid.isdigit() and not os.path.exists('/proc/%s' % pid):
+            shutil.rmtree(os.path.join(top, name), ignore_errors=True)
+    return tempfile.mkdtemp(prefix='%s%d-' % (prefix, os.getpid()))
 
 
 if __name__ == '__main__':
