@@ -44,6 +44,8 @@ urls = (
     '/buckets', 'Buckets',
     '/cluster', 'Cluster',
     '/cluster/gossip', 'ClusterGossip',
+    '/health', 'Health',
+    '/ready', 'Ready',
     '/', 'Index',
 )
 
@@ -369,6 +371,8 @@ class Index:
             'endpoints': [
                 {'method': m, 'path': p, 'does': d} for m, p, d in (
                     ('GET', '/cluster', 'partition health, hints waiting, gossip'),
+                    ('GET', '/health', 'this front end answers: 200'),
+                    ('GET', '/ready', 'enough partitions answer for the default quorums: 200, else 503'),
                     ('GET', '/buckets', 'list buckets'),
                     ('PUT', '/buckets/{bucket}', 'create a bucket or set its properties'),
                     ('GET', '/buckets/{bucket}', 'a bucket\'s properties and key count'),
@@ -387,6 +391,22 @@ class Index:
 class Cluster:
     def GET(self):
         return respond('cluster', store().cluster_status())
+
+
+class Health:
+    """For supervisors and load balancers: this process answers requests."""
+
+    def GET(self):
+        return respond('health', {'status': 'ok'})
+
+
+class Ready:
+    """For load balancers: enough partitions answer for the default quorums."""
+
+    def GET(self):
+        ready, partitions = store().readiness()
+        return respond('ready', {'ready': ready, 'partitions': partitions},
+                       '200 OK' if ready else '503 Service Unavailable', {'Retry-After': '1'} if not ready else None)
 
 
 class ClusterGossip:

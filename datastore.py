@@ -1089,6 +1089,15 @@ class Datastore:
             status['progress'] = max(progress, key=lambda p: p.get('updated', ''))
         return status
 
+    def readiness(self):
+        """(ready, {partition: 'up' or why not}): ready while enough partitions
+        answer that every key can meet the configured quorums: R and W
+        partitions in all, and no more down than leaves PR and PW owners."""
+        found, failures = self._everywhere(lambda p: self.call(p, 'get_metadata', ('view',)))
+        c = self.config
+        ready = len(found) >= max(c.r, c.w) and len(failures) <= self.n - max(c.pr, c.pw)
+        return ready, dict({p: 'up' for p in found}, **failures)
+
     def keys_per_partition_cached(self):
         """keys_per_partition(), counted at most once a minute by this front end."""
         if time.time() - self._key_counts[0] > KEY_COUNT_SECONDS:

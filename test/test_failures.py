@@ -396,3 +396,17 @@ class TestConcurrentNewKeys(FailureCase):
         self.assertTrue(support.wait_until(lambda: not missing(), 20), missing()[:5])
         for key in keys[:50]:
             self.assertEqual(self.store.get(self.bucket, key, r=1).current[0].value, key.encode())
+
+
+class TestReadiness(FailureCase):
+    def test_health_answers_while_ready_follows_the_partitions(self):
+        self.assertEqual(self.app.get('/health').json, {'status': 'ok'})
+        self.assertTrue(self.app.get('/ready').json['ready'])
+        server_of(self.cluster, 'p1').kill()
+        self.assertTrue(self.app.get('/ready').json['ready'])   # 3 of 4 answer: R = W = 2
+        server_of(self.cluster, 'p2').kill()
+        server_of(self.cluster, 'p3').kill()
+        response = self.app.get('/ready', status=503)
+        self.assertEqual(response.json['partitions']['p4'], 'up')
+        self.assertNotEqual(response.json['partitions']['p1'], 'up')
+        self.assertEqual(self.app.get('/health').json, {'status': 'ok'})
