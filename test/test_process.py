@@ -1,11 +1,17 @@
 """The server process, as an attacker on the same machine and an operator see it."""
+import http.client
 import os
+import shutil
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import tempfile
 import unittest
 
-from test.server import StoreServer, children
+from test.server import REPO, StoreServer, children
+from test.support import free_port, wait_until
 from test.test_server import CONFIGURATION
 
 
@@ -80,3 +86,48 @@ class TestNoInternalProtocolOnTheNetwork(unittest.TestCase):
             self.assertNotIn(b'200 OK', answer, 'port %d speaks uWSGI' % port)
             self.assertNotIn(b'pwned', answer)
         self.assertFalse(os.path.exists(marker), 'a uWSGI packet made a worker run a file')
+
+
+class TestSupervised(unittest.TestCase):
+    """deploy/supervisord.conf, as shipped, under a real supervisord."""
+
+    def setUp(self):
+        self.run_dir = tempfile.mkdtemp(prefix='kvstore-supervised-')
+        config = os.path.join(self.run_dir, 'configuration.cfg')
+        with open(config, 'w') as f:
+            f.write(CONFIGURATION)
+        self.port = free_port()
+        env = dict(os.environ, KVSTORE_HOME=REPO, KVSTORE_PYTHON=sys.executable, KVSTORE_RUN=self.run_dir,
+                   STORE_CONFIG=config, BIND='127.0.0.1:%d' % self.port, WORKERS='2', THREADS='2')
+        self.supervisord = subprocess.Popen(
+            [sys.executable, '-m', 'supervisor.supervisord', '-c', os.path.join(REPO, 'deploy', 'supervisord.conf')],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            start_new_session=True)
+
+    def tearDown(self):
+        self.supervisord.terminate()   # supervisord stops its program's whole group
+        try:
+            self.supervisord.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.supervisord.pid, signal.SIGKILL)
+            self.supervisord.wait()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def served(self):
+        conn = http.client.HTTPConnection('127.0.0.1', self.port, timeout=5)
+        try:
+            conn.request('GET', '/health')
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            conn.close()
+
+    def test_a_killed_master_is_started_again_and_serves_the_port(self):
+        self.assertTrue(wait_until(self.served, 60), 'the supervised server never answered')
+        master = children(self.supervisord.pid)
+        self.assertEqual(len(master), 1)
+        os.kill(master[0], signal.SIGKILL)
+        self.assertTrue(wait_until(lambda: not self.served(), 10), 'the port stayed open')
+        self.assertTrue(wait_until(self.served, 60), 'the port was not served again')
+        self.assertNotEqual(children(self.supervisord.pid), master)
