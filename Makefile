@@ -32,8 +32,12 @@ mariadb:
 test: mariadb $(VENV_STAMP)
 	WEBPY_ENV=test $(VENV)/bin/nosetests -v --with-xunit --xunit-file=.test-results.xml test/
 
+# As root, serve.py needs RUN_AS (the user to drop to); `make run` keeps root
+# unless told otherwise, for a development server on loopback.
 run: $(VENV_STAMP)
-	$(VENV)/bin/python serve.py
+	@if [ "$$(id -u)" = 0 ] && [ -z "$$RUN_AS" ]; then \
+		echo "make run: running as root (RUN_AS=user make run drops to that user)"; fi
+	RUN_AS=$${RUN_AS:-$$(id -un)} $(VENV)/bin/python serve.py
 
 clean:
 	rm -rf $(VENV) data/ .test-results.xml

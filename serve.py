@@ -9,19 +9,38 @@ itself (lazy-apps), so that its connection pools and gossip thread are its
 own.  bench/results/stack.md has the numbers behind the choice of uWSGI.
 
 Environment: BIND (127.0.0.1:8080), WORKERS (4), THREADS (4), STORE_CONFIG,
+RUN_AS (started as root: the user to run as, or root to stay root; required),
 ACCESS_LOG (any value: log each request), STATS (an address or a socket
 path: serve uWSGI's stats, a JSON document of the workers, there).
 """
+import ctypes
 import logging
 import os
+import pwd
 import shutil
+import signal
+import stat
 import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+STORE_APPLICATION = 'serve:store_application()'
+PR_SET_PDEATHSIG = 1
 
 
-def uwsgi_options(run_directory, environ=os.environ, app='controller:create_application()'):
+def store_application():
+    """What each worker serves (it imports this module): the store, in a
+    worker the kernel kills when its master dies.  Without that, a SIGKILLed
+    master left workers behind, holding the workers' socket, partition
+    connections and gossip, beside the master a supervisor started next."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:   # the master died before the line above
+        os._exit(1)
+    import controller
+    return controller.create_application()
+
+
+def uwsgi_options(run_directory, environ=os.environ, app=STORE_APPLICATION):
     options = [
         '--http', environ.get('BIND', '127.0.0.1:8080'),
         # The router reaches the workers over a unix socket that only this
@@ -39,8 +58,14 @@ def uwsgi_options(run_directory, environ=os.environ, app='controller:create_appl
         '--threads', environ.get('THREADS', '4'),
         '--lazy-apps',
         '--need-app',
-        '--die-on-term',
+        # SIGTERM: stop taking requests, let those under way finish (for up
+        # to 10 s), then exit.  SIGHUP: the same, then new workers that read
+        # the configuration again (lazy-apps).
+        '--hook-master-start', 'unix_signal:15 gracefully_kill_them_all',
+        '--worker-reload-mercy', '10', '--reload-mercy', '10',
         '--chdir', HERE,
+        # SIGHUP's reload runs this again with the virtualenv's Python.
+        '--binary-path', sys.executable,
         '--module', app,
         '--buffer-size', '65535',
         # Router buffers of 64 KiB broke large and chunked uploads.  (Over TCP
@@ -53,7 +78,31 @@ def uwsgi_options(run_directory, environ=os.environ, app='controller:create_appl
     if environ.get('STATS'):
         # uWSGI's stats server: a JSON document of the workers (pids, requests).
         options += ['--stats', environ['STATS']]
+    user = environ.get('RUN_AS')
+    if os.geteuid() == 0 and user and user != 'root':
+        # The master binds BIND as root, then every process drops to the user,
+        # which the router connects to the workers' socket as.
+        entry = pwd.getpwnam(user)
+        os.chown(run_directory, entry.pw_uid, entry.pw_gid)
+        options += ['--uid', str(entry.pw_uid), '--gid', str(entry.pw_gid), '--chown-socket', user]
     return options
+
+
+def check_user(environ=os.environ):
+    """Started as root, the server runs as RUN_AS; without it, it refuses."""
+    user = environ.get('RUN_AS')
+    if os.geteuid() != 0:
+        return
+    if not user:
+        print('serve.py was started as root: set RUN_AS to the user the server runs as '
+              '(RUN_AS=kvstore; it needs to read this directory and its Python, and to write '
+              'the SQLite partitions), or RUN_AS=root to keep root', file=sys.stderr)
+        sys.exit(2)
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        print('RUN_AS=%s: no such user' % user, file=sys.stderr)
+        sys.exit(2)
 
 
 def check_configuration():
@@ -68,9 +117,10 @@ def check_configuration():
 
 
 def main(argv):
-    app = argv[1] if len(argv) > 1 else 'controller:create_application()'
-    if app == 'controller:create_application()':
+    app = argv[1] if len(argv) > 1 else STORE_APPLICATION
+    if app == STORE_APPLICATION:
         check_configuration()
+    check_user()
     # The workers, forked from this process, log through this configuration.
     logging.basicConfig(level=logging.INFO, format='%(asctime)s [%(process)d] %(name)s %(levelname)s %(message)s')
     import pyuwsgi
@@ -78,16 +128,22 @@ def main(argv):
 
 
 def run_directory():
-    """A directory only this user can enter, for the workers' socket; those
-    of masters no longer running are removed (uWSGI exits without returning)."""
-    prefix = 'kvstore-run-'
-    top = tempfile.gettempdir()
+    """A directory only this user can enter, for the workers' socket: the same
+    one across SIGHUP's reload (the same pid).  Those of masters no longer
+    running are removed (uWSGI exits without returning here)."""
+    prefix, top = 'kvstore-run-', tempfile.gettempdir()
     for name in os.listdir(top):
         pid = name[len(prefix):].split('-')[0]
         if name.startswith(prefix) and pid.isdigit() and not os.path.exists('/proc/%s' % pid):
             shutil.rmtree(os.path.join(top, name), ignore_errors=True)
-    return tempfile.mkdtemp(prefix='%s%d-' % (prefix, os.getpid()))
-
+    path = os.path.join(top, '%s%d' % (prefix, os.getpid()))
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            return tempfile.mkdtemp(prefix='%s%d-' % (prefix, os.getpid()))   # not ours
+    return path
 
 if __name__ == '__main__':
     main(sys.argv)

@@ -47,6 +47,7 @@ import json
 import math
 import os
 import platform
+import pwd
 import random
 import shutil
 import signal
@@ -887,6 +888,7 @@ def start_server(run, name, config_path, args, app=None, probe='/'):
     port = free_port()
     env = dict(os.environ, BIND='127.0.0.1:%d' % port, WORKERS=str(args.workers),
                THREADS=str(args.threads), STORE_CONFIG=config_path, XDG_RUNTIME_DIR=run.tmp,
+               RUN_AS=os.environ.get('RUN_AS') or pwd.getpwuid(os.getuid()).pw_name,
                PYTHONPATH=HERE)
     env.pop('ACCESS_LOG', None)
     if args.server == 'gunicorn':

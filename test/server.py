@@ -67,7 +67,9 @@ class StoreServer:
         self.pids = set()
 
     def start(self):
-        env = dict(os.environ, STORE_CONFIG=self.config_path, BIND='127.0.0.1:%d' % self.port,
+        # Tests run as root on CI; serve.py then wants to be told which user to be.
+        env = dict(os.environ, RUN_AS=os.environ.get('RUN_AS', 'root'),
+                   STORE_CONFIG=self.config_path, BIND='127.0.0.1:%d' % self.port,
                    WORKERS=str(self.workers), THREADS=str(self.threads), STATS=self.stats_path)
         with open(self.log_path, 'wb') as log:
             self.process = subprocess.Popen(

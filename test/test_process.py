@@ -1,6 +1,8 @@
 """The server process, as an attacker on the same machine and an operator see it."""
 import http.client
+import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -8,9 +10,10 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 
-from test.server import REPO, StoreServer, children
+from test.server import REPO, StoreServer, children, pid_alive
 from test.support import free_port, wait_until
 from test.test_server import CONFIGURATION
 
@@ -34,6 +37,13 @@ def listening_tcp_ports(pids):
                 if fields[3] == '0A' and fields[9] in inodes:   # LISTEN
                     ports.add(int(fields[1].rsplit(':', 1)[1], 16))
     return sorted(ports)
+
+
+def kill_group(pgid):
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def uwsgi_packet(variables):
@@ -98,6 +108,7 @@ class TestSupervised(unittest.TestCase):
             f.write(CONFIGURATION)
         self.port = free_port()
         env = dict(os.environ, KVSTORE_HOME=REPO, KVSTORE_PYTHON=sys.executable, KVSTORE_RUN=self.run_dir,
+                   RUN_AS=os.environ.get('RUN_AS', 'root'),
                    STORE_CONFIG=config, BIND='127.0.0.1:%d' % self.port, WORKERS='2', THREADS='2')
         self.supervisord = subprocess.Popen(
             [sys.executable, '-m', 'supervisor.supervisord', '-c', os.path.join(REPO, 'deploy', 'supervisord.conf')],
@@ -105,6 +116,8 @@ class TestSupervised(unittest.TestCase):
             start_new_session=True)
 
     def tearDown(self):
+        for pid in children(self.supervisord.pid):   # a master, leading its group
+            self.addCleanup(kill_group, pid)
         self.supervisord.terminate()   # supervisord stops its program's whole group
         try:
             self.supervisord.wait(30)
@@ -127,7 +140,102 @@ class TestSupervised(unittest.TestCase):
         self.assertTrue(wait_until(self.served, 60), 'the supervised server never answered')
         master = children(self.supervisord.pid)
         self.assertEqual(len(master), 1)
+        workers = children(master[0])
+        self.assertGreaterEqual(len(workers), 3)   # two workers and the HTTP router
         os.kill(master[0], signal.SIGKILL)
+        # Nothing of it lives on beside the master started next.
+        self.assertTrue(wait_until(lambda: not any(pid_alive(pid) for pid in workers), 5),
+                        'processes of the killed master live on')
         self.assertTrue(wait_until(lambda: not self.served(), 10), 'the port stayed open')
         self.assertTrue(wait_until(self.served, 60), 'the port was not served again')
         self.assertNotEqual(children(self.supervisord.pid), master)
+
+
+class TestSignals(unittest.TestCase):
+    def setUp(self):
+        self.server = StoreServer(CONFIGURATION)
+        self.server.start()
+        self.addCleanup(self.server.cleanup)
+        self.addCleanup(self.server.stop)
+
+    def test_sigterm_lets_a_request_under_way_finish_then_exits(self):
+        conn = self.server.connect(timeout=30)
+        conn.putrequest('PUT', '/buckets/b/keys/slow')
+        conn.putheader('Content-Type', 'text/plain')
+        conn.putheader('Content-Length', '10')
+        conn.endheaders()
+        conn.send(b'01234')
+        time.sleep(0.5)   # the request is with a worker now
+        os.kill(self.server.process.pid, signal.SIGTERM)
+        time.sleep(0.5)
+        conn.send(b'56789')
+        self.assertEqual(conn.getresponse().status, 201)
+        self.server.process.wait(20)
+
+    def test_sighup_reloads_the_configuration(self):
+        def index():
+            conn = self.server.connect()
+            try:
+                conn.request('GET', '/')
+                return json.loads(conn.getresponse().read())
+            except (OSError, ValueError):
+                return None
+            finally:
+                conn.close()
+        self.assertEqual(index()['r'], 2)
+        with open(self.server.config_path, 'w') as f:
+            f.write(CONFIGURATION.replace('r = 2', 'r = 1'))
+        os.kill(self.server.process.pid, signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: (index() or {}).get('r') == 1, 30))
+
+
+@unittest.skipUnless(os.geteuid() == 0, 'only root can start the server as root')
+class TestStartedAsRoot(unittest.TestCase):
+    def run_serve(self, env, app=None):
+        command = [sys.executable, os.path.join(REPO, 'serve.py')] + ([app] if app else [])
+        return subprocess.Popen(command, env=env, cwd=self.directory, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def setUp(self):
+        self.directory = tempfile.mkdtemp(prefix='kvstore-root-')
+        os.chmod(self.directory, 0o755)
+        self.addCleanup(shutil.rmtree, self.directory, True)
+        self.port = free_port()
+        with open(os.path.join(self.directory, 'configuration.cfg'), 'w') as f:
+            f.write(CONFIGURATION)
+        self.env = dict(os.environ, BIND='127.0.0.1:%d' % self.port,
+                        STORE_CONFIG=os.path.join(self.directory, 'configuration.cfg'))
+        self.env.pop('RUN_AS', None)
+
+    def test_without_run_as_it_refuses_and_says_how_to_fix_it(self):
+        process = self.run_serve(self.env)
+        output = process.communicate(timeout=30)[0].decode()
+        self.assertEqual(process.returncode, 2, output)
+        self.assertIn('RUN_AS', output)
+
+    def test_with_run_as_every_process_runs_as_that_user(self):
+        # An application that imports nothing: this machine's Python may live
+        # where the user cannot read (a pyenv under /root).
+        with open(os.path.join(self.directory, 'whoami.py'), 'w') as f:
+            f.write('import os\n'
+                    'def application(environ, start_response):\n'
+                    '    start_response("200 OK", [("Content-Type", "text/plain")])\n'
+                    '    return [str(os.geteuid()).encode()]\n')
+        process = self.run_serve(dict(self.env, RUN_AS='nobody', PYTHONPATH=self.directory), 'whoami:application')
+        try:
+            def answer():
+                conn = http.client.HTTPConnection('127.0.0.1', self.port, timeout=5)
+                try:
+                    conn.request('GET', '/')
+                    return conn.getresponse().read()
+                except OSError:
+                    return None
+                finally:
+                    conn.close()
+            self.assertTrue(wait_until(answer, 30), 'the server did not answer')
+            self.assertEqual(answer(), str(pwd.getpwnam('nobody').pw_uid).encode())
+            for pid in [process.pid] + children(process.pid):
+                self.assertEqual(os.stat('/proc/%d' % pid).st_uid, pwd.getpwnam('nobody').pw_uid)
+        finally:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
