@@ -1,5 +1,6 @@
 """Helpers the test modules share: configurations over real partitions."""
 import configparser
+import io
 import os
 import shutil
 import socket
@@ -15,13 +16,25 @@ STORE_DEFAULTS = dict(replicas=3, r=2, w=2, key_length=1024, max_value_bytes=102
                       vnodes=64, connect_timeout=1.0, read_timeout=2.0)
 
 
-def build_config(partitions, **store):
-    """A StoreConfig from {partition name: {field: value}} and [store] overrides."""
+def config_parser(partitions, **store):
+    """The configuration file for {partition name: {field: value}} and [store] overrides."""
     parser = configparser.ConfigParser(interpolation=None)
     parser['store'] = {k: str(v) for k, v in dict(STORE_DEFAULTS, **store).items()}
     for name, fields in partitions.items():
         parser['partition-' + name] = {k: str(v) for k, v in fields.items()}
-    return configuration.parse(parser, os.path.join(tempfile.gettempdir(), 'test.cfg'))
+    return parser
+
+
+def build_config(partitions, **store):
+    """A StoreConfig from {partition name: {field: value}} and [store] overrides."""
+    return configuration.parse(config_parser(partitions, **store), os.path.join(tempfile.gettempdir(), 'test.cfg'))
+
+
+def config_text(partitions, **store):
+    """The same configuration as the text of a file, for a StoreServer."""
+    text = io.StringIO()
+    config_parser(partitions, **store).write(text)
+    return text.getvalue()
 
 
 def sqlite_partitions(directory, count=4, first=1):
