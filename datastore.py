@@ -33,7 +33,7 @@ import uuid
 import threading
 
 import configuration
-from engines import FULL, PartitionError, open_engine
+from engines import BAD_DATA, FULL, PartitionError, open_engine
 from errors import (BadRequest, BucketNotEmpty, CorruptData, InsufficientStorage, NotFound, TooLarge,
                     TooManySiblings, Unavailable)
 from gossip import Gossip
@@ -152,10 +152,7 @@ class Datastore:
         words = {'one': 1, 'quorum': self.n // 2 + 1, 'all': self.n}
         if raw in words:
             return words[raw]
-        try:
-            value = int(raw)
-        except ValueError:
-            value = 0
+        value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 3 else 0
         if not 1 <= value <= self.n:
             raise BadRequest('bad_parameter', '%s must be 1 to %d, one, quorum or all' % (name, self.n),
                              parameter=name)
@@ -490,6 +487,9 @@ class Datastore:
             except PartitionError as e:
                 failures[coordinator] = e.reason
         else:
+            if BAD_DATA in failures.values():
+                raise BadRequest('bad_data', 'the write holds data too large or malformed for the store '
+                                 '(a header, a metadata or context field)')
             if FULL in failures.values():
                 raise InsufficientStorage('no replica of the key has room for the write', failed=failures)
             raise Unavailable('no replica of the key could take the write', failed=failures)
