@@ -66,6 +66,18 @@ class StoreServer:
         self.process = None
         self.pids = set()
 
+    @classmethod
+    def running(cls, configuration, **settings):
+        """A started server; one that fails to start is stopped and removed."""
+        server = cls(configuration, **settings)
+        try:
+            server.start()
+        except BaseException:
+            server.stop()
+            server.cleanup()
+            raise
+        return server
+
     def start(self):
         env = dict(os.environ, STORE_CONFIG=self.config_path, BIND='127.0.0.1:%d' % self.port,
                    WORKERS=str(self.workers), THREADS=str(self.threads), STATS=self.stats_path)

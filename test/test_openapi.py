@@ -156,13 +156,7 @@ class TestFuzzing(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.server = StoreServer(CONFIGURATION, workers=2)
-        try:
-            cls.server.start()
-        except BaseException:
-            cls.server.stop()
-            cls.server.cleanup()
-            raise
+        cls.server = StoreServer.running(CONFIGURATION, workers=2)
         cls.base_url = 'http://127.0.0.1:%d' % cls.server.port
         cls.schema = schemathesis.openapi.from_path(SPEC_PATH)
 
