@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import os
+import re
 import sys
 import time
 import urllib.parse
@@ -75,10 +76,15 @@ BUCKET_PROPERTIES = {
               lambda v, least=least: type(v) is int and least <= v <= store().n)
        for name, least in (('r', 1), ('w', 1), ('pr', 0), ('pw', 0))},
     'cache_control': ('a Cache-Control value for the values of the bucket',
-                      lambda v: isinstance(v, str) and len(v) <= 256 and v.isprintable()),
+                      lambda v: isinstance(v, str) and 0 < len(v) <= 256 and v.isascii() and v.isprintable()),
 }
 META_PREFIX = 'HTTP_X_META_'
-MAX_METADATA_BYTES = 4096
+META_NAME = re.compile(r'[a-z0-9-]+\Z')
+# Bounds of database_definition.sql's columns, checked before a write: a
+# value the database refuses would otherwise cost a round trip to each owner.
+MAX_METADATA_BYTES = 4096            # metadata VARBINARY(8192)
+MAX_CONTENT_TYPE_BYTES = 255         # content_type VARBINARY(255)
+LIMIT_DIGITS = len(str(MAX_LIST_LIMIT))
 
 
 # -- documents ----------------------------------------------------------------
@@ -153,12 +159,14 @@ class Application(web.application):
 
     def handle_errors(self):
         try:
+            web.ctx.path = request_path()
             return super().handle()
         except StoreError as e:
             return respond_error(e.code, e.message, dict(e.headers), **e.details)
         except web.HTTPError:
             if web.ctx.status.startswith('404'):
-                return respond_error('not_found', 'no resource at %s' % web.ctx.path)
+                return respond_error('not_found', 'no resource at %s' % urllib.parse.quote(
+                    web.ctx.path, safe='/', errors='surrogateescape'))
             if web.ctx.status.startswith('405'):
                 return respond_error('method_not_allowed', '%s is not allowed here' % web.ctx.method)
             raise
@@ -168,6 +176,14 @@ class Application(web.application):
 
 
 # -- request pieces -------------------------------------------------------------
+
+def request_path():
+    """The percent-decoded path as text.  Bytes that are not UTF-8 stay as
+    lone surrogates (web.py would read them as Latin-1: %FF the same as
+    %C3%BF), which no bucket name or key accepts: 400 bad_bucket or bad_key."""
+    path = web.ctx.env.get('PATH_INFO', '')
+    return path if path.isascii() else path.encode('latin-1').decode('utf-8', 'surrogateescape')
+
 
 def query(name):
     """A query parameter (the last, if repeated), or None; parsed once a request."""
@@ -179,11 +195,31 @@ def query(name):
 
 
 def parse_query(raw):
-    """dict(urllib.parse.parse_qsl(raw, keep_blank_values=True)), splitting
-    by hand when there is nothing to unquote (?r=one)."""
-    if '%' in raw or '+' in raw:
-        return dict(urllib.parse.parse_qsl(raw, keep_blank_values=True))
-    return dict(pair.partition('=')[::2] for pair in raw.split('&') if pair)
+    """The parameters of a query string (WSGI's Latin-1 text of its bytes), read
+    as parse_qsl reads UTF-8, keeping blank values; bytes that are not UTF-8,
+    escaped or not, are 400 bad_parameter.  Split by hand when there is
+    nothing to unquote (?r=one)."""
+    if raw.isascii() and '%' not in raw and '+' not in raw:
+        return dict(pair.partition('=')[::2] for pair in raw.split('&') if pair)
+    params = {}
+    for pair in raw.split('&'):
+        if pair:
+            name, _, value = (urllib.parse.unquote_to_bytes(part.replace('+', ' ').encode('latin-1'))
+                              for part in pair.partition('='))
+            try:
+                params[name.decode('utf-8')] = value.decode('utf-8')
+            except UnicodeDecodeError:
+                raise BadRequest('bad_parameter', 'query parameters are percent-encoded UTF-8',
+                                 parameter=name.decode('utf-8', 'replace'))
+    return params
+
+
+def parse_json(text):
+    """json.loads, where JSON nested too deeply to parse is a ValueError like any bad JSON."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError('JSON nested too deeply')
 
 
 def store():
@@ -201,7 +237,7 @@ def request_context():
     if not header:
         return None
     try:
-        return decode_context(header)
+        return decode_context(header, store().engines)
     except BadContext as e:
         raise BadRequest('bad_context', str(e))
 
@@ -270,21 +306,35 @@ def request_value():
         mimeparse.parse_mime_type(content_type)
     except mimeparse.MimeTypeParseException:
         raise BadRequest('bad_header', 'Content-Type is not a media type')
-    if any(c < ' ' or c == '\x7f' for c in content_type):
-        # RFC 9110 5.5: no control characters in a field value (it is sent back as one).
-        raise BadRequest('bad_header', 'Content-Type holds a control character')
+    check_field_value('Content-Type', content_type)
+    if len(content_type.encode('utf-8')) > MAX_CONTENT_TYPE_BYTES:
+        raise BadRequest('bad_header', 'Content-Type takes at most %d bytes' % MAX_CONTENT_TYPE_BYTES)
     return RequestBody(web.ctx.env), content_type
+
+
+def check_field_value(name, value):
+    """RFC 9110 5.5: no control characters (tab included here) in a field value
+    the store keeps: it is sent back as one."""
+    if any(c < ' ' or c == '\x7f' for c in value):
+        raise BadRequest('bad_header', '%s holds a control character' % name)
 
 
 def request_metadata():
     """What a value keeps besides its bytes: X-Meta-* headers and Cache-Control."""
     env = web.ctx.env
-    meta = {name[len(META_PREFIX):].lower().replace('_', '-'): value
-            for name, value in env.items() if name.startswith(META_PREFIX)}
+    meta = {}
+    for variable, value in env.items():
+        if variable.startswith(META_PREFIX):
+            name = variable[len(META_PREFIX):].lower().replace('_', '-')
+            if not META_NAME.match(name):
+                raise BadRequest('bad_header', 'X-Meta-* names are letters, digits and "-" after X-Meta-')
+            check_field_value('X-Meta-' + name, value)
+            meta[name] = value
     metadata = {}
     if meta:
         metadata['meta'] = meta
     if env.get('HTTP_CACHE_CONTROL'):
+        check_field_value('Cache-Control', env['HTTP_CACHE_CONTROL'])
         metadata['cache_control'] = env['HTTP_CACHE_CONTROL']
     if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
         raise BadRequest('bad_header', 'X-Meta-* and Cache-Control headers take at most %d bytes'
@@ -414,7 +464,7 @@ class ClusterGossip:
 
     def POST(self):
         try:
-            view = json.loads(web.data())['partitions']
+            view = parse_json(web.data())['partitions']
             if not isinstance(view, dict):
                 raise ValueError
         except (ValueError, KeyError, TypeError):
@@ -455,7 +505,7 @@ class Bucket:
         if not body.strip():
             return {}
         try:
-            props = json.loads(body)
+            props = parse_json(body)
         except ValueError:
             raise BadRequest('bad_body', 'bucket properties are a JSON object')
         if not isinstance(props, dict):
@@ -493,7 +543,7 @@ class Keys:
         raw = query('limit')
         if raw in (None, ''):
             return 1000
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST_LIMIT:
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= LIMIT_DIGITS) or not 1 <= int(raw) <= MAX_LIST_LIMIT:
             raise BadRequest('bad_parameter', 'limit must be 1 to %d' % MAX_LIST_LIMIT, parameter='limit')
         return int(raw)
 

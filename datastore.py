@@ -33,7 +33,7 @@ import uuid
 import threading
 
 import configuration
-from engines import FULL, PartitionError, open_engine
+from engines import BAD_DATA, FULL, PartitionError, open_engine
 from errors import (BadRequest, BucketNotEmpty, CorruptData, InsufficientStorage, NotFound, TooLarge,
                     TooManySiblings, Unavailable)
 from gossip import Gossip
@@ -514,6 +514,9 @@ class Datastore:
             except PartitionError as e:
                 failures[coordinator] = e.reason
         else:
+            if BAD_DATA in failures.values():
+                raise BadRequest('bad_data', 'the write holds data too large or malformed for the store '
+                                 '(a header, a metadata or context field)')
             if FULL in failures.values():
                 raise InsufficientStorage('no replica of the key has room for the write', failed=failures)
             if conditional:

@@ -40,14 +40,17 @@ RETRYABLE_MYSQL = (1213, 1205)
 TRANSACTION_ATTEMPTS = 10
 # MySQL errors of a full partition: table full, disk full, out of space.
 MYSQL_FULL = (1114, 1021, 1030)
+# MySQL errors the request's own data causes (a value too long for its column,
+# out of range, not valid for it): the partition is as healthy as before.
+MYSQL_BAD_DATA = (1048, 1264, 1265, 1292, 1366, 1406)
 
 
 class PartitionError(Exception):
     """A partition could not do what was asked (down, unreachable, failing).
 
     `unavailable` is False for failures that say nothing of the partition's
-    health (a lock conflict, a full disk, a corrupt chunk): those do not mark
-    it down.
+    health (a lock conflict, a full disk, a corrupt chunk, data the schema
+    cannot hold): those do not mark it down.
     """
 
     def __init__(self, partition, reason, unavailable=True):
@@ -60,7 +63,8 @@ class PartitionError(Exception):
 FULL = 'full'                    # the partition's disk or table is full
 LOCK_CONFLICT = 'lock conflict'
 CORRUPT = 'corrupt data'
-HEALTHY_FAILURES = (FULL, LOCK_CONFLICT, CORRUPT)
+BAD_DATA = 'bad data'            # the data written does not fit the schema
+HEALTHY_FAILURES = (FULL, LOCK_CONFLICT, CORRUPT, BAD_DATA)
 
 
 def schema_statements():
@@ -913,6 +917,8 @@ class SQLiteEngine(SQLEngine):
             return LOCK_CONFLICT
         if isinstance(error, sqlite3.OperationalError) and 'full' in str(error):
             return FULL
+        if isinstance(error, sqlite3.DataError):   # a string or blob too big
+            return BAD_DATA
         return 'SQLite error (%s)' % type(error).__name__
 
     # -- reconciliation (sync.py) -----------------------------------------------
@@ -1093,6 +1099,8 @@ class MySQLEngine(SQLEngine):
             return LOCK_CONFLICT
         if code in MYSQL_FULL:
             return FULL
+        if code in MYSQL_BAD_DATA:
+            return BAD_DATA
         if not code:
             return 'connection lost'
         if isinstance(error, pymysql.OperationalError):

@@ -14,7 +14,11 @@ import time
 import uuid
 
 
-MAX_CONTEXT_ACTORS = 256
+# A context a client sends back: at most this long (the clock column holds
+# 4096 bytes: the clock the context becomes, and a dot), with counters a
+# BIGINT holds.
+MAX_CONTEXT_BYTES = 4096
+MAX_COUNTER = 2 ** 63 - 1
 
 
 class BadContext(ValueError):
@@ -64,16 +68,31 @@ def _context_token(items):
     return encode_token(encode_clock(dict(items)))
 
 
-def decode_context(text):
+def decode_context(text, partitions):
+    """The clock of a context a client sent back.  Its actors must belong to
+    the configured `partitions` (names), and be no more than twice as many as
+    the store keeps in a clock (datastore: max(8, 2 x partitions)): anything
+    else is BadContext, before it could be stored with a key for good."""
+    if len(text) > MAX_CONTEXT_BYTES:
+        raise BadContext('a context has at most %d characters' % MAX_CONTEXT_BYTES)
     try:
         clock = json.loads(decode_token(text))
-    except (ValueError, UnicodeError):
+    except (ValueError, UnicodeError, RecursionError):
         raise BadContext('the context is not one this store issued')
-    if not isinstance(clock, dict) or len(clock) > MAX_CONTEXT_ACTORS or not all(
-            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v > 0
+    if not isinstance(clock, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_COUNTER
             for k, v in clock.items()):
         raise BadContext('the context is not one this store issued')
+    if not all(actor_partition(actor) in partitions for actor in clock):
+        raise BadContext('the context names partitions this store does not have')
+    if len(clock) > 2 * max(8, 2 * len(partitions)):
+        raise BadContext('the context has more entries than this store keeps')
     return clock
+
+
+def actor_partition(actor):
+    """The partition an actor (a clock's entry) belongs to: 'p1' for 'p1.3f9a' or 'p1'."""
+    return actor.split('.', 1)[0]
 
 
 # --- versions --------------------------------------------------------------

@@ -66,6 +66,18 @@ class StoreServer:
         self.process = None
         self.pids = set()
 
+    @classmethod
+    def running(cls, configuration, **settings):
+        """A started server; one that fails to start is stopped and removed."""
+        server = cls(configuration, **settings)
+        try:
+            server.start()
+        except BaseException:
+            server.stop()
+            server.cleanup()
+            raise
+        return server
+
     def start(self):
         # Tests run as root on CI; serve.py then wants to be told which user to be.
         env = dict(os.environ, RUN_AS=os.environ.get('RUN_AS', 'root'),

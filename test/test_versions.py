@@ -208,6 +208,7 @@ class TestNextDot(unittest.TestCase):
 
 
 class TestContexts(unittest.TestCase):
+    partitions = {'p1', 'p2', 'p3', 'node-x_9'}
 
     def test_context_of_merges_every_version_with_its_dot(self):
         a = Version.new({'p1': 2, 'p2': 1}, ('p1', 3), b'a', 'text/plain')
@@ -219,34 +220,52 @@ class TestContexts(unittest.TestCase):
         for clock in ({}, {'p1': 1}, {'p1': 3, 'p2': 6, 'node-x_9': 2 ** 40}):
             text = encode_context(clock)
             self.assertIsInstance(text, str)
-            self.assertEqual(decode_context(text), clock)
+            self.assertEqual(decode_context(text, self.partitions), clock)
 
     def test_an_encoded_context_is_safe_in_a_header_and_a_url(self):
         text = encode_context({'p1': 3, 'p2': 6, 'p3': 4})
         self.assertRegex(text, r'\A[A-Za-z0-9_-]+\Z')
 
     def test_decode_context_tolerates_surrounding_whitespace(self):
-        self.assertEqual(decode_context('  %s\t' % encode_context({'p1': 2})), {'p1': 2})
+        self.assertEqual(decode_context('  %s\t' % encode_context({'p1': 2}), self.partitions), {'p1': 2})
 
     def test_decode_context_rejects_garbage(self):
         for text in ('', 'not a context!', '%%%%', 'é', 'a', base64.urlsafe_b64encode(b'\xff\xfe{').decode()):
             with self.assertRaises(BadContext, msg=repr(text)):
-                decode_context(text)
+                decode_context(text, self.partitions)
 
     def test_decode_context_rejects_json_that_is_not_an_object(self):
         for document in ([1, 2], 'p1', 3, None, [['p1', 1]]):
             with self.assertRaises(BadContext, msg=repr(document)):
-                decode_context(self.encoded(document))
+                decode_context(self.encoded(document), self.partitions)
 
     def test_decode_context_rejects_counters_that_are_not_positive_whole_numbers(self):
         for counter in (-1, 0, True, False, 1.5, '3', None, [1]):
             with self.assertRaises(BadContext, msg=repr(counter)):
-                decode_context(self.encoded({'p1': counter}))
+                decode_context(self.encoded({'p1': counter}), self.partitions)
 
     def test_a_bad_context_is_a_value_error_with_a_message_for_people(self):
         with self.assertRaises(ValueError) as caught:
-            decode_context('garbage')
+            decode_context('garbage', self.partitions)
         self.assertIn('context', str(caught.exception))
+
+    def test_decode_context_takes_configured_partitions_and_their_incarnations_only(self):
+        self.assertEqual(decode_context(self.encoded({'p1': 1, 'p2.3f9a': 2, 'p2.x.y': 3}), self.partitions),
+                         {'p1': 1, 'p2.3f9a': 2, 'p2.x.y': 3})
+        for clock in ({'p4': 1}, {'': 1}, {'.p1': 1}, {'p1x': 1}, {'P1': 1}):
+            with self.assertRaises(BadContext, msg=repr(clock)):
+                decode_context(self.encoded(clock), self.partitions)
+
+    def test_decode_context_bounds_entries_characters_counters_and_nesting(self):
+        # Twice the store's own bound of max(8, 2 x partitions) entries.
+        bound = {'p1.%d' % i: 1 for i in range(16)}
+        self.assertEqual(decode_context(self.encoded(bound), self.partitions), bound)
+        nested = base64.urlsafe_b64encode(b'[' * 3000).decode()
+        for text in (self.encoded(dict(bound, p2=1)), self.encoded({'p1.' + 'x' * 4000: 1}),
+                     self.encoded({'p1': 2 ** 63}), nested):
+            with self.assertRaises(BadContext, msg=text[:40]):
+                decode_context(text, self.partitions)
+        self.assertEqual(decode_context(self.encoded({'p1': 2 ** 63 - 1}), self.partitions), {'p1': 2 ** 63 - 1})
 
     @staticmethod
     def encoded(document):
