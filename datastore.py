@@ -477,7 +477,7 @@ class Datastore:
                     check(live(held))
                 seen = context if context is not None else context_of(held)
                 seen = prune(seen, self.engines, max(8, 2 * len(self.engines)))
-                version = make(seen, next_dot(coordinator, held, seen))
+                version = make(seen, next_dot(self.engines[coordinator].actor, held, seen))
                 kept = [v for v in held if not version.supersedes(v)]
                 if len(kept) >= self.config.max_siblings:
                     raise TooManySiblings(

@@ -25,6 +25,7 @@ import random
 import select
 import sqlite3
 import time
+import uuid
 
 import pymysql
 
@@ -61,6 +62,13 @@ FULL = 'full'                    # the partition's disk or table is full
 LOCK_CONFLICT = 'lock conflict'
 CORRUPT = 'corrupt data'
 HEALTHY_FAILURES = (FULL, LOCK_CONFLICT, CORRUPT)
+
+
+INCARNATION = 'incarnation'   # the metadata row naming the partition's incarnation
+
+
+def new_incarnation_id():
+    return uuid.uuid4().hex[:12]
 
 
 def schema_statements():
@@ -255,12 +263,26 @@ class SQLEngine:
     placeholder = '?'
     lock_clause = ''
     if_absent_clause = ' ON CONFLICT DO NOTHING'
+    insert_if_absent = 'INSERT OR IGNORE'
     db_errors = ()
 
     def __init__(self, name):
         self.name = name
         self._schema_ready = False
+        self._actor = None
         self.pool = Pool(self._open, self.db_errors, self._stale)
+
+    @property
+    def actor(self):
+        """The actor of the writes this partition coordinates: its name and
+        incarnation, "p1.3f9a0c2d41b7".  The incarnation is minted when the
+        partition's tables are created, so a partition that comes back empty
+        (a new disk, its file or database recreated) never reuses a dot it
+        issued before; new_incarnation() mints another after a restore."""
+        if self._actor is None:
+            with self._cursor():
+                pass   # opening the first connection reads it (_open)
+        return self._actor
 
     # -- what subclasses provide
     def _connect(self):
@@ -330,15 +352,31 @@ class SQLEngine:
                 time.sleep(random.uniform(0.002, 0.01) * 2 ** min(tried, 5))
 
     def _open(self):
-        """A new connection; the first one also creates any missing tables."""
+        """A new connection; the first one also creates any missing tables and
+        reads the partition's incarnation (minting it for new tables)."""
         conn = self._connect()
         if not self._schema_ready:
             cursor = conn.cursor()
             for statement in schema_statements():
                 cursor.execute(statement)
+            cursor.execute(self._sql(self.insert_if_absent + ' INTO metadata (name, value) VALUES (?, ?)'),
+                           (INCARNATION.encode(), new_incarnation_id().encode()))
+            cursor.execute(self._sql('SELECT value FROM metadata WHERE name = ?'), (INCARNATION.encode(),))
+            self._actor = '%s.%s' % (self.name, _text(cursor.fetchone()[0]))
             cursor.close()
             self._schema_ready = True
         return conn
+
+    def new_incarnation(self):
+        """Mint a new incarnation, for a partition restored from a backup or
+        rolled back: the dots it issued since may be missing from it, and it
+        must not issue them again.  Front ends read the incarnation when they
+        open the partition: restart them (or do this before they start).
+        Returns the new actor."""
+        self.set_metadata({INCARNATION: new_incarnation_id()})
+        self._schema_ready = False   # the next connection reads it back
+        self.pool.close()
+        return self.actor
 
     # -- objects
     # How the hot paths (a key's versions) select and read back a version;
@@ -947,6 +985,7 @@ class MySQLEngine(SQLEngine):
     placeholder = '%s'
     lock_clause = ' FOR UPDATE'
     if_absent_clause = ' ON DUPLICATE KEY UPDATE version_id = version_id'
+    insert_if_absent = 'INSERT IGNORE'
     db_errors = (pymysql.Error,)
 
     def __init__(self, name, host, port, user, password, database, connect_timeout, read_timeout):
@@ -961,8 +1000,9 @@ class MySQLEngine(SQLEngine):
         try:
             return pymysql.connect(database=self.database, **self.params)
         except pymysql.OperationalError as e:
-            if e.args[0] != 1049:  # unknown database: a fresh server
+            if e.args[0] != 1049:  # unknown database: a fresh server, or it was dropped
                 raise
+        self._schema_ready = False   # new tables, and a new incarnation (_open)
         conn = pymysql.connect(**self.params)
         with conn.cursor() as cursor:
             cursor.execute('CREATE DATABASE IF NOT EXISTS `%s`' % self.database.replace('`', '``'))
