@@ -11,13 +11,18 @@ import json
 import os
 import subprocess
 import sys
+import time
 import unittest
 import urllib.parse
 
 import configuration
+from errors import Unavailable
 from ring import Ring
+from test import support
+from test.mariadb import shared_cluster
 from test.server import StoreServer
 from test.test_server import CONFIGURATION, request
+from versions import Version
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,3 +90,48 @@ class TestEmptiedPartitionOverHTTP(unittest.TestCase):
                               cwd=self.server.directory, capture_output=True, text=True, timeout=120)
         self.assertEqual(sync.returncode, 0, sync.stdout + sync.stderr)
         self.assertIn(b'NEW', self.get())
+
+
+class RefusedIsNotAcknowledged:
+    """A replica that drops a new version because it holds one claiming to
+    have seen its dot is not an acknowledgement.  Staged as it happens: a
+    front end whose clock ran an hour ahead wrote twice through p1, then p1 lost
+    the second write (rolled back, or restored from a backup) while the other owners kept it."""
+
+    def setUp(self):
+        self.store = support.open_store(self.make_partitions())
+        self.addCleanup(self.store.close)
+        self.bucket = support.unique()
+        self.key = next(k for k in ('k%d' % i for i in range(1000))
+                        if self.store.placement(self.bucket, k)[0][0] == 'p1')
+        self.owners = self.store.placement(self.bucket, self.key)[0]
+        p1 = self.store.engines['p1']
+        ahead = time.time_ns() // 1000 + 3600 * 10 ** 6
+        actor = getattr(p1, 'actor', 'p1')
+        _, self.lost = p1.coordinate(self.bucket, self.key, lambda held: Version.new(
+            {actor: ahead}, (actor, ahead + 1), b'ahead', 'text/plain'))   # it had seen an earlier one
+        for owner in self.owners[1:]:
+            self.store.engines[owner].apply(self.bucket, self.key, self.lost)
+        p1.delete_versions(self.bucket, self.key, [self.lost.version_id])   # the rollback
+
+    def test_replicas_that_refuse_the_write_are_reported_logged_and_not_counted(self):
+        for w in (2, 3):
+            with self.assertRaises(Unavailable) as raised, self.assertLogs('kvstore.datastore', 'WARNING') as logs:
+                self.store.put(self.bucket, self.key, b'new', 'text/plain', w=w)
+            details = raised.exception.details
+            self.assertEqual(details['acknowledged'], ['p1'])
+            self.assertEqual(sorted(details['failed']), sorted(self.owners[1:]))
+            self.assertTrue(all(r.startswith('refused') for r in details['failed'].values()), details)
+            self.assertTrue(all('refused' in line for line in logs.output), logs.output)
+
+
+class TestRefusedIsNotAcknowledgedOnSQLite(RefusedIsNotAcknowledged, unittest.TestCase):
+    def make_partitions(self):
+        directory = support.TemporaryDirectory()
+        self.addCleanup(directory.remove)
+        return support.sqlite_partitions(directory.path)
+
+
+class TestRefusedIsNotAcknowledgedOnMariaDB(RefusedIsNotAcknowledged, unittest.TestCase):
+    def make_partitions(self):
+        return support.mariadb_partitions(shared_cluster())
