@@ -25,7 +25,7 @@ from test import support
 from test.mariadb import shared_cluster
 from test.server import StoreServer
 from test.test_server import CONFIGURATION, request
-from test.test_sync import FAST, sync_once
+from test.test_sync import FAST, config_of, sync_once
 from versions import Version
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -271,3 +271,28 @@ class MariaDBPartitionLoss(unittest.TestCase):
             else:
                 self.assertIn(expected[key], found, 'acknowledged write of %s lost' % key)
         self.assertLess(len(uncertain), len(keys) / 2, uncertain)
+
+
+class TestReapedKeys(unittest.TestCase):
+    """Once gc reaped a key's tombstone nothing of it remains; a client's
+    context from before the delete must not then replace later writes."""
+
+    def setUp(self):
+        directory = support.TemporaryDirectory()
+        self.addCleanup(directory.remove)
+        self.partitions = support.sqlite_partitions(directory.path)
+        self.store = support.open_store(self.partitions, **FAST)
+        self.addCleanup(self.store.close)
+        self.bucket = support.unique()
+
+    def test_a_context_from_before_a_reaped_delete_does_not_replace_later_writes(self):
+        for value in (b'v1', b'v2', b'v3'):
+            old = self.store.put(self.bucket, 'k', value, 'text/plain', w=3).context
+        self.store.delete(self.bucket, 'k', w=3)
+        results, _, _ = sync_once(config_of(self.partitions, {'tombstone_grace': 0}, **FAST), 'gc')
+        self.assertEqual(results['gc'].counts['tombstones_reaped'], 1, results['gc'].summary)
+        time.sleep(0.002)   # the time moves on, as it does between a delete and its reaping
+        self.store.put(self.bucket, 'k', b'after', 'text/plain', w=3)
+        self.store.put(self.bucket, 'k', b'stale', 'text/plain', context=old, w=3)
+        found = sorted(v.value for v in self.store.get(self.bucket, 'k', r=3).current)
+        self.assertEqual(found, [b'after', b'stale'])
