@@ -445,6 +445,12 @@ class SQLEngine:
         def work(cursor):
             held = self._held(cursor, bucket, key, values=False)
             version = decide(held)
+            if version.chunk_count:
+                self._execute(cursor, 'SELECT COUNT(*) FROM chunks WHERE version_id = ?',
+                              (version.version_id.encode(),))
+                if int(cursor.fetchone()[0]) != version.chunk_count:
+                    raise PartitionError(self.name, 'chunks of the value are missing (removed before the '
+                                         'upload ended?)', unavailable=False)
             self._store(cursor, bucket, key, [v.version_id for v in held if version.supersedes(v)], version)
             return held, version
         return self._transaction(work)
@@ -610,15 +616,18 @@ class SQLEngine:
             self.write_chunk(bucket, key, version.version_id, seq, source.read_chunk(version.version_id, seq))
 
     def collect_chunks(self, before, limit, after=''):
-        """Delete chunks written before `before` (microseconds) that no version
-        or hint here points to: uploads that failed or were cut off, versions
-        superseded or moved away.  Walks at most `limit` chunked versions in
-        version-id order from `after`; returns (versions whose chunks went, the
-        last version id seen, or None at the end)."""
+        """Delete the chunks of versions whose last chunk was written before
+        `before` (microseconds) that no version or hint here points to: uploads
+        that failed or were cut off, versions superseded or moved away.  An
+        upload still going on (a chunk of it written since) is left alone,
+        however long ago its first chunks were written.  Walks at most `limit`
+        chunked versions in version-id order from `after`; returns (versions
+        whose chunks went, the last version id seen, or None at the end)."""
         with self._cursor() as cursor:
-            self._execute(cursor, 'SELECT DISTINCT version_id, bucket, key_name FROM chunks'
-                          ' WHERE version_id > ? AND created < ? ORDER BY version_id LIMIT ?',
-                          (after.encode(), before, limit))
+            self._execute(cursor, 'SELECT DISTINCT version_id, bucket, key_name FROM chunks old'
+                          ' WHERE version_id > ? AND created < ? AND NOT EXISTS (SELECT 1 FROM chunks'
+                          ' WHERE chunks.version_id = old.version_id AND chunks.created >= ?)'
+                          ' ORDER BY version_id LIMIT ?', (after.encode(), before, before, limit))
             candidates = cursor.fetchall()
             removed = 0
             for version_id, bucket, key in candidates:

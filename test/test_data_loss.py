@@ -296,3 +296,45 @@ class TestReapedKeys(unittest.TestCase):
         self.store.put(self.bucket, 'k', b'stale', 'text/plain', context=old, w=3)
         found = sorted(v.value for v in self.store.get(self.bucket, 'k', r=3).current)
         self.assertEqual(found, [b'after', b'stale'])
+
+
+class TestChunkGarbageAndUploads(unittest.TestCase):
+    """gc must not take the chunks of an upload still going on, and a version
+    row whose chunks are gone must not be committed (chunk_grace of 1 s)."""
+
+    def setUp(self):
+        directory = support.TemporaryDirectory()
+        self.addCleanup(directory.remove)
+        self.partitions = support.sqlite_partitions(directory.path)
+        self.store = support.open_store(self.partitions, chunk_size=1024, **FAST)
+        self.addCleanup(self.store.close)
+        self.bucket = support.unique()
+        self.gc_config = config_of(self.partitions, {'chunk_grace': 1}, chunk_size=1024)
+
+    def test_gc_keeps_an_upload_whose_latest_chunk_is_recent(self):
+        engine = self.store.engines['p1']
+        engine.write_chunk(self.bucket, 'slow', 'a' * 32, 0, b'first chunk, long ago')
+        time.sleep(1.2)
+        engine.write_chunk(self.bucket, 'slow', 'a' * 32, 1, b'second chunk, now')
+        sync_once(self.gc_config, 'gc')
+        self.assertEqual(engine.chunks_held('a' * 32), 2)
+
+    def test_a_version_whose_chunks_went_is_not_acknowledged(self):
+        config = self.gc_config
+
+        class Slow:
+            """A client's body that stalls after its first chunk while gc runs."""
+            def __init__(self):
+                self.parts = [b'a' * 1024, b'b' * 1024, b'c' * 100]
+
+            def read(self, size):
+                if len(self.parts) == 1:   # two chunks stored, the third not yet read
+                    time.sleep(1.2)
+                    sync_once(config, 'gc')
+                return self.parts.pop(0) if self.parts else b''
+        try:
+            self.store.put(self.bucket, 'big', Slow(), 'application/octet-stream', w=1)
+        except Unavailable:
+            return   # refused: nothing acknowledged
+        version = self.store.get(self.bucket, 'big').current[0]
+        self.assertEqual(len(b''.join(self.store.open_value(version))), 2148)
