@@ -188,4 +188,4 @@ def parse(parser, source='configuration'):
         sync_batch_size=number('sync', 'batch_size', int, 500, 1, 100000),
         sync_rate_limit=number('sync', 'rate_limit', float, 0.0, 0.0),
         tombstone_grace=number('sync', 'tombstone_grace', float, 7 * 86400.0, 0.0),
-        chunk_grace=number('sync', 'chunk_grace', float, 86400.0, 0.0))
+        chunk_grace=number('sync', 'chunk_grace', float, 86400.0, 1.0))

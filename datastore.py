@@ -50,6 +50,7 @@ PRIMARY_QUORUMS = ('pr', 'pw')
 BUCKET_CACHE_SECONDS = 5.0   # how long a front end trusts bucket properties it read
 KEY_COUNT_SECONDS = 60.0     # how long GET /cluster reuses its count of keys per partition
 PENDING_DROP_DELAY = 0.5    # seconds a settled write's pending marker waits to go out with others
+REJECTED = 'refused: it holds a version that claims to have seen this one'   # see _rejected
 
 
 @dataclasses.dataclass
@@ -501,7 +502,7 @@ class Datastore:
                     check(live(held))
                 seen = context if context is not None else context_of(held)
                 seen = prune(seen, self.engines, max(8, 2 * len(self.engines)))
-                version = make(seen, next_dot(coordinator, held, seen))
+                version = make(seen, next_dot(self.engines[coordinator].actor, held, seen))
                 kept = [v for v in held if not version.supersedes(v)]
                 if len(kept) >= self.config.max_siblings:
                     raise TooManySiblings(
@@ -539,10 +540,13 @@ class Datastore:
             reason = reason or refused.get(owner)
             if reason is None:
                 try:
-                    self.call(owner, 'apply', bucket, key, version, superseded)
-                    return owner, None
+                    kept = self.call(owner, 'apply', bucket, key, version, superseded)
                 except PartitionError as e:
                     reason = e.reason
+                else:
+                    if kept or not self._rejected(coordinator, bucket, key, version, owner):
+                        return owner, None
+                    raise PartitionError(owner, REJECTED, unavailable=False)   # a hint would be too
             while True:
                 with spare_lock:
                     fallback = next(spare, None)
@@ -564,7 +568,7 @@ class Datastore:
         # (SQLite): the request would wait for every replica in turn.
         threaded = version.chunk_count or not all(self.engines[p].sends_apart for p in others)
         if threaded:
-            landed = {}
+            landed, rejected = {}, {}
         else:
             # An inline version goes to every replica at once from this thread.
             # Past the w - 1 answers needed, the others get as long again as
@@ -572,13 +576,15 @@ class Datastore:
             applied, failed = self._at_once([p for p in others if p not in refused], 'apply',
                                             bucket, key, version, superseded,
                                             needed=w - 1, laggards=laggards, since=started)
-            landed = {p: (p, None) for p in applied}
+            rejected = {p: REJECTED for p, kept in applied.items()
+                        if not kept and self._rejected(coordinator, bucket, key, version, p)}
+            landed = {p: (p, None) for p in applied if p not in rejected}
             refused.update(failed)
         # The rest in threads: owners that refused (hints then), or every
         # owner when threaded.  An owner known to have failed gets its hint
         # before the answer, so that the receipt says where it went; threaded
         # copies past W go on in the background.
-        rest = [p for p in others if p not in landed and p not in laggards]
+        rest = [p for p in others if p not in landed and p not in laggards and p not in rejected]
         needed = max(0, w - 1 - len(landed)) if threaded else len(rest)
         more, not_landed = self._fan_out(rest, replicate, launch=len(rest), needed=needed, unfinished=unfinished,
                                          timeout=self.timeout * (1 + version.chunk_count))
@@ -595,7 +601,7 @@ class Datastore:
                 self._settle(*settle)
         acknowledged = [coordinator] + sorted(p for p, (where, _) in landed.items() if where == p)
         hints = {p: where for p, (where, _) in landed.items() if where != p}
-        down = dict(not_landed, **{p: reason for p, (_, reason) in landed.items() if reason})
+        down = dict(not_landed, **rejected, **{p: reason for p, (_, reason) in landed.items() if reason})
         down.update((p, reason) for p, reason in failures.items() if p != coordinator)
         if len(acknowledged) + len(hints) < w or len(acknowledged) < pw:
             raise Unavailable('%d replicas acknowledged the write, %d of them owners; it needs %d, %d of '
@@ -647,6 +653,24 @@ class Datastore:
                                       'other owners hold' % first, failed={first: e.reason})
         self._repair(bucket, key, {p: held for p, held in replies.items() if p != first}, versions)
         return [first]
+
+    def _rejected(self, coordinator, bucket, key, version, replica):
+        """A replica did not keep a version just written.  True when it refused
+        it: it holds a version claiming to have seen this one's dot that the
+        coordinator never knew of (the coordinator reused a counter: restored
+        or rolled back within the front ends' clock difference).  False when a
+        later write that had seen it overtook it: the coordinator no longer
+        holds it either."""
+        try:
+            still_held = any(v.version_id == version.version_id
+                             for v in self.call(coordinator, 'read', bucket, key))
+        except PartitionError:
+            still_held = True   # unknown: not counted as an acknowledgement
+        if still_held:
+            log.warning('%s refused version %s of %s/%s (dot %s): it holds a version that claims '
+                        'to have seen it; %s may have reused a counter', replica, version.version_id,
+                        bucket, key, version.dot, coordinator)
+        return still_held
 
     def _mark_pending(self, coordinator, bucket, key, version):
         try:

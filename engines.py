@@ -25,6 +25,7 @@ import random
 import select
 import sqlite3
 import time
+import uuid
 
 import pymysql
 
@@ -65,6 +66,13 @@ LOCK_CONFLICT = 'lock conflict'
 CORRUPT = 'corrupt data'
 BAD_DATA = 'bad data'            # the data written does not fit the schema
 HEALTHY_FAILURES = (FULL, LOCK_CONFLICT, CORRUPT, BAD_DATA)
+
+
+INCARNATION = 'incarnation'   # the metadata row naming the partition's incarnation
+
+
+def new_incarnation_id():
+    return uuid.uuid4().hex[:12]
 
 
 def schema_statements():
@@ -259,12 +267,26 @@ class SQLEngine:
     placeholder = '?'
     lock_clause = ''
     if_absent_clause = ' ON CONFLICT DO NOTHING'
+    insert_if_absent = 'INSERT OR IGNORE'
     db_errors = ()
 
     def __init__(self, name):
         self.name = name
         self._schema_ready = False
+        self._actor = None
         self.pool = Pool(self._open, self.db_errors, self._stale)
+
+    @property
+    def actor(self):
+        """The actor of the writes this partition coordinates: its name and
+        incarnation, "p1.3f9a0c2d41b7".  The incarnation is minted when the
+        partition's tables are created, so a partition that comes back empty
+        (a new disk, its file or database recreated) never reuses a dot it
+        issued before; new_incarnation() mints another after a restore."""
+        if self._actor is None:
+            with self._cursor():
+                pass   # opening the first connection reads it (_open)
+        return self._actor
 
     # -- what subclasses provide
     def _connect(self):
@@ -334,15 +356,31 @@ class SQLEngine:
                 time.sleep(random.uniform(0.002, 0.01) * 2 ** min(tried, 5))
 
     def _open(self):
-        """A new connection; the first one also creates any missing tables."""
+        """A new connection; the first one also creates any missing tables and
+        reads the partition's incarnation (minting it for new tables)."""
         conn = self._connect()
         if not self._schema_ready:
             cursor = conn.cursor()
             for statement in schema_statements():
                 cursor.execute(statement)
+            cursor.execute(self._sql(self.insert_if_absent + ' INTO metadata (name, value) VALUES (?, ?)'),
+                           (INCARNATION.encode(), new_incarnation_id().encode()))
+            cursor.execute(self._sql('SELECT value FROM metadata WHERE name = ?'), (INCARNATION.encode(),))
+            self._actor = '%s.%s' % (self.name, _text(cursor.fetchone()[0]))
             cursor.close()
             self._schema_ready = True
         return conn
+
+    def new_incarnation(self):
+        """Mint a new incarnation, for a partition restored from a backup or
+        rolled back: the dots it issued since may be missing from it, and it
+        must not issue them again.  Front ends read the incarnation when they
+        open the partition: restart them (or do this before they start).
+        Returns the new actor."""
+        self.set_metadata({INCARNATION: new_incarnation_id()})
+        self._schema_ready = False   # the next connection reads it back
+        self.pool.close()
+        return self.actor
 
     # -- objects
     # How the hot paths (a key's versions) select and read back a version;
@@ -411,6 +449,12 @@ class SQLEngine:
         def work(cursor):
             held = self._held(cursor, bucket, key, values=False)
             version = decide(held)
+            if version.chunk_count:
+                self._execute(cursor, 'SELECT COUNT(*) FROM chunks WHERE version_id = ?',
+                              (version.version_id.encode(),))
+                if int(cursor.fetchone()[0]) != version.chunk_count:
+                    raise PartitionError(self.name, 'chunks of the value are missing (removed before the '
+                                         'upload ended?)', unavailable=False)
             self._store(cursor, bucket, key, [v.version_id for v in held if version.supersedes(v)], version)
             return held, version
         return self._transaction(work)
@@ -576,15 +620,18 @@ class SQLEngine:
             self.write_chunk(bucket, key, version.version_id, seq, source.read_chunk(version.version_id, seq))
 
     def collect_chunks(self, before, limit, after=''):
-        """Delete chunks written before `before` (microseconds) that no version
-        or hint here points to: uploads that failed or were cut off, versions
-        superseded or moved away.  Walks at most `limit` chunked versions in
-        version-id order from `after`; returns (versions whose chunks went, the
-        last version id seen, or None at the end)."""
+        """Delete the chunks of versions whose last chunk was written before
+        `before` (microseconds) that no version or hint here points to: uploads
+        that failed or were cut off, versions superseded or moved away.  An
+        upload still going on (a chunk of it written since) is left alone,
+        however long ago its first chunks were written.  Walks at most `limit`
+        chunked versions in version-id order from `after`; returns (versions
+        whose chunks went, the last version id seen, or None at the end)."""
         with self._cursor() as cursor:
-            self._execute(cursor, 'SELECT DISTINCT version_id, bucket, key_name FROM chunks'
-                          ' WHERE version_id > ? AND created < ? ORDER BY version_id LIMIT ?',
-                          (after.encode(), before, limit))
+            self._execute(cursor, 'SELECT DISTINCT version_id, bucket, key_name FROM chunks old'
+                          ' WHERE version_id > ? AND created < ? AND NOT EXISTS (SELECT 1 FROM chunks'
+                          ' WHERE chunks.version_id = old.version_id AND chunks.created >= ?)'
+                          ' ORDER BY version_id LIMIT ?', (after.encode(), before, before, limit))
             candidates = cursor.fetchall()
             removed = 0
             for version_id, bucket, key in candidates:
@@ -894,6 +941,10 @@ class SQLEngine:
 class SQLiteEngine(SQLEngine):
     """A partition in one SQLite file: the embedded default."""
     db_errors = (sqlite3.Error,)
+    # FULL: a commit is on disk (the WAL fsynced) before it returns, so an
+    # acknowledged write survives a power loss.  NORMAL would fsync only at
+    # checkpoints: a power loss could roll back acknowledged commits.
+    synchronous = 'FULL'
 
     def __init__(self, name, path, timeout):
         self.path = path
@@ -904,7 +955,7 @@ class SQLiteEngine(SQLEngine):
         conn = sqlite3.connect(self.path, timeout=max(self.timeout, 5.0),
                                isolation_level=None, check_same_thread=False)
         conn.execute('PRAGMA journal_mode = WAL')
-        conn.execute('PRAGMA synchronous = NORMAL')
+        conn.execute('PRAGMA synchronous = ' + self.synchronous)
         self._register_functions(conn)
         return conn
 
@@ -953,6 +1004,7 @@ class MySQLEngine(SQLEngine):
     placeholder = '%s'
     lock_clause = ' FOR UPDATE'
     if_absent_clause = ' ON DUPLICATE KEY UPDATE version_id = version_id'
+    insert_if_absent = 'INSERT IGNORE'
     db_errors = (pymysql.Error,)
 
     def __init__(self, name, host, port, user, password, database, connect_timeout, read_timeout):
@@ -967,8 +1019,9 @@ class MySQLEngine(SQLEngine):
         try:
             return pymysql.connect(database=self.database, **self.params)
         except pymysql.OperationalError as e:
-            if e.args[0] != 1049:  # unknown database: a fresh server
+            if e.args[0] != 1049:  # unknown database: a fresh server, or it was dropped
                 raise
+        self._schema_ready = False   # new tables, and a new incarnation (_open)
         conn = pymysql.connect(**self.params)
         with conn.cursor() as cursor:
             cursor.execute('CREATE DATABASE IF NOT EXISTS `%s`' % self.database.replace('`', '``'))

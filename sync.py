@@ -2,6 +2,7 @@
 """sync.py: the lazy reconciler.  Run it from cron (crontab.example).
 
     ./sync.py [hints|rebalance|repair|gc|all] [--dry-run] [--json] [--config PATH]
+    ./sync.py new-incarnation PARTITION
 
 It makes every replica of every key hold the same versions, and every key sit
 on exactly the partitions the configured ring gives it.  `all` (the default)
@@ -23,6 +24,11 @@ runs the jobs in this order:
                versions superseded or moved away) once older than chunk_grace;
                reap tombstones held alike by every owner for longer than
                tombstone_grace, when no hint for the key is waiting
+
+`new-incarnation PARTITION` is a step of restoring a partition from a backup
+(docs/sync.md): the partition mints a new incarnation, so the writes it
+coordinates from then on cannot reuse a version counter it issued after the
+backup was taken.
 
 Every step copies before it deletes and can be repeated, so a run killed at any
 moment loses nothing: the next one finishes the work.  A run holds an advisory
@@ -52,6 +58,7 @@ except ImportError as e:   # exit 2, not Python's 1 (which means "work left" her
     sys.exit(2)
 
 JOBS = ('hints', 'rebalance', 'repair', 'gc')   # the order `all` runs them in
+NEW_INCARNATION = 'new-incarnation'
 CONVERGED, WORK_LEFT, ERROR = 0, 1, 2
 LOCK_NAME = 'sync'
 KEYS_PER_COPY = 32          # keys whose values are read and applied at once
@@ -703,6 +710,20 @@ def exit_status(results):
     return WORK_LEFT if any(r.work_left for r in results) else CONVERGED
 
 
+def new_incarnation(store, partition):
+    if partition not in store.engines:
+        print('sync: no partition %r is configured' % partition, file=sys.stderr)
+        return ERROR
+    try:
+        actor = store.engines[partition].new_incarnation()
+    except PartitionError as e:
+        print('sync: %s: %s' % (partition, e.reason), file=sys.stderr)
+        return ERROR
+    print('sync: %s now writes as %s; restart the front ends so that they use it, then run sync.py'
+          % (partition, actor))
+    return CONVERGED
+
+
 STATUS_WORDS = {CONVERGED: 'converged', WORK_LEFT: 'work left', ERROR: 'error'}
 
 
@@ -710,8 +731,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog='sync.py', description='The lazy reconciler: hand off hints, rebalance, repair '
         'replicas by anti-entropy, collect garbage.  Exit status: 0 converged, 1 work left, 2 error.')
-    parser.add_argument('job', nargs='?', default='all', choices=JOBS + ('all',),
-                        help='the job to run (default: all of them, in the order %s)' % ', '.join(JOBS))
+    parser.add_argument('job', nargs='?', default='all', choices=JOBS + ('all', NEW_INCARNATION),
+                        help='the job to run (default: all of them, in the order %s); %s PARTITION '
+                        'after restoring that partition from a backup' % (', '.join(JOBS), NEW_INCARNATION))
+    parser.add_argument('partition', nargs='?', help='the partition, for %s' % NEW_INCARNATION)
     parser.add_argument('--dry-run', action='store_true', help='report what would be done; change nothing')
     parser.add_argument('--json', action='store_true', help='print one JSON object instead of summary lines')
     parser.add_argument('--config', help='configuration file (default: $STORE_CONFIG or configuration.cfg)')
@@ -719,6 +742,8 @@ def main(argv=None):
     parser.add_argument('--force-view', action='store_true',
                         help='record the configured ring as a new epoch even when it looks stale')
     args = parser.parse_args(argv)
+    if (args.job == NEW_INCARNATION) != (args.partition is not None):
+        parser.error('a partition is named with %s, and only then' % NEW_INCARNATION)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format='sync: %(message)s')
 
     started = time.monotonic()
@@ -756,6 +781,8 @@ def main(argv=None):
         return finish(ERROR, message=str(e))
     store = Datastore(config)
     try:
+        if args.job == NEW_INCARNATION:
+            return new_incarnation(store, args.partition)
         lock = ClusterLock(store)
         taken = lock.acquire()
         if taken == 'busy':

@@ -1,6 +1,8 @@
 """Versioning: vector clocks, versions of a key, and how replicas reconcile them.
 
-A clock maps an actor (a partition name) to a counter.  A version carries the
+A clock maps an actor to a counter.  An actor is a partition's incarnation,
+"<partition>.<incarnation>" (see engines: an id minted when the partition's
+tables are created, and again after a restore), or a bare legacy "<partition>".  A version carries the
 clock it was written with; a replica keeps every version that no other version
 it holds descends from (siblings), so concurrent writes are never silently lost.
 """
@@ -26,6 +28,11 @@ class BadContext(ValueError):
 
 
 # --- clocks ----------------------------------------------------------------
+
+def actor_partition(actor):
+    """The partition an actor (a clock's entry) belongs to: 'p1' for 'p1.3f9a' or 'p1'."""
+    return actor.split('.', 1)[0]
+
 
 def merge(*clocks):
     merged = {}
@@ -169,21 +176,36 @@ def decode_version_clock(data):
     return stored['seen'], tuple(stored['dot'])
 
 
-def prune(clock, actors, limit):
-    """Bound a clock's size: past `limit` entries, drop those of actors no longer
-    configured, smallest counters first.  Forgetting an entry can only make an
-    old version look concurrent (a sibling), never make a write disappear."""
+def prune(clock, partitions, limit):
+    """Bound a clock's size: past `limit` entries, drop first those of partitions
+    no longer configured, then a configured partition's older incarnations (all
+    its entries but the one with the highest counter), smallest counters first.
+    Forgetting an entry can only make an old version look concurrent (a
+    sibling), never make a write disappear or a newer version older: a new
+    dot is numbered from the held versions' full clocks, not from this one."""
     if len(clock) <= limit:
         return clock
-    removable = sorted((count, actor) for actor, count in clock.items() if actor not in actors)
-    drop = {actor for _, actor in removable[:len(clock) - limit]}
+    newest = {}
+    for actor, count in clock.items():
+        partition = actor_partition(actor)
+        if (count, actor) > newest.get(partition, (0, '')):
+            newest[partition] = (count, actor)
+    removable = sorted((actor_partition(actor) in partitions, count, actor) for actor, count in clock.items()
+                       if actor_partition(actor) not in partitions or newest[actor_partition(actor)][1] != actor)
+    drop = {actor for _, _, actor in removable[:len(clock) - limit]}
     return {actor: count for actor, count in clock.items() if actor not in drop}
 
 
-def next_dot(actor, held, context):
-    """A dot for a new write coordinated by actor, above every counter it issued."""
+def next_dot(actor, held, context, now=None):
+    """A dot for a new write coordinated by actor: above every counter of it the
+    context or the held versions show, and no lower than the time (microseconds,
+    `now`).  The time is the guard for a partition rolled back or restored with
+    its incarnation (a power loss, a backup): it may no longer hold the counters
+    it issued, but it never issues one below the time, so it cannot reuse
+    one issued earlier unless the front ends' clocks differ by more than the
+    time since."""
     counter = max([context.get(actor, 0)] + [v.full_clock.get(actor, 0) for v in held])
-    return actor, counter + 1
+    return actor, max(counter + 1, time.time_ns() // 1000 if now is None else now)
 
 
 def reconcile(held, incoming):

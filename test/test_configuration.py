@@ -217,6 +217,12 @@ class TestBadConfigurations(ConfigurationTestCase):
         self.assertConfigError(STORE + mysql_partitions(3) + '\n[partition-p9]\nengine = mysql\nuser = u\n',
                                'partition-p9', 'database')
 
+    def test_a_chunk_grace_of_zero_is_refused(self):
+        # gc would remove the chunks of every upload under way.
+        message = self.assertConfigError(STORE + mysql_partitions(3) + '\n[sync]\nchunk_grace = 0\n',
+                                         'sync', 'chunk_grace')
+        self.assertIn('at least 1', message)
+
     def test_a_partition_name_with_other_characters_is_refused(self):
         self.assertConfigError(STORE + mysql_partitions(3) + '\n[partition-p 9]\nengine = mysql\n',
                                'partition-p 9', 'name')

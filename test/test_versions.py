@@ -10,15 +10,18 @@ import dataclasses
 import json
 import unittest
 
-from versions import (BadContext, Version, context_of, decode_context, encode_context, next_dot,
-                      reconcile, resolve)
+import time
+
+from versions import (BadContext, Version, actor_partition, context_of, decode_context, encode_context,
+                      next_dot, prune, reconcile, resolve)
 
 
 def write(actor, held=(), context=None, value=b'v', content_type='text/plain'):
     """A write coordinated by `actor` the way the datastore makes one: with the
-    client's context, or (without one) with the context of what the coordinator holds."""
+    client's context, or (without one) with the context of what the coordinator holds.
+    Counters here come from what is held alone (now=0: no time floor, see TestNextDot)."""
     seen = context if context is not None else context_of(held)
-    return Version.new(seen, next_dot(actor, held, seen), value, content_type)
+    return Version.new(seen, next_dot(actor, held, seen, now=0), value, content_type)
 
 
 def as_read_from_another_replica(version):
@@ -178,7 +181,7 @@ class TestResolve(unittest.TestCase):
     def test_resolve_keeps_a_tombstone_that_supersedes_the_value(self):
         value = write('p1')
         seen = context_of([value])
-        tombstone = Version.new(seen, next_dot('p2', [value], seen), b'', '', deleted=True)
+        tombstone = Version.new(seen, next_dot('p2', [value], seen, now=0), b'', '', deleted=True)
         current = resolve([[value], [tombstone]])
         self.assertEqual([v.version_id for v in current], [tombstone.version_id])
 
@@ -190,21 +193,62 @@ class TestResolve(unittest.TestCase):
 class TestNextDot(unittest.TestCase):
 
     def test_the_first_write_of_a_coordinator_is_counter_one(self):
-        self.assertEqual(next_dot('p1', [], {}), ('p1', 1))
+        self.assertEqual(next_dot('p1', [], {}, now=0), ('p1', 1))
 
     def test_next_dot_is_above_the_counters_of_held_versions(self):
         held = [Version.new({'p1': 3}, ('p1', 5), b'a', 'text/plain'),
                 Version.new({'p1': 8}, ('p2', 1), b'b', 'text/plain')]
-        self.assertEqual(next_dot('p1', held, {}), ('p1', 9))
-        self.assertEqual(next_dot('p1', held, {'p1': 2}), ('p1', 9))
+        self.assertEqual(next_dot('p1', held, {}, now=0), ('p1', 9))
+        self.assertEqual(next_dot('p1', held, {'p1': 2}, now=0), ('p1', 9))
 
     def test_next_dot_is_above_the_counter_in_the_context(self):
         held = [Version.new({}, ('p1', 2), b'a', 'text/plain')]
-        self.assertEqual(next_dot('p1', held, {'p1': 7, 'p2': 40}), ('p1', 8))
+        self.assertEqual(next_dot('p1', held, {'p1': 7, 'p2': 40}, now=0), ('p1', 8))
 
     def test_next_dot_ignores_other_coordinators_counters(self):
         held = [Version.new({'p2': 10}, ('p3', 20), b'a', 'text/plain')]
-        self.assertEqual(next_dot('p1', held, {'p2': 30}), ('p1', 1))
+        self.assertEqual(next_dot('p1', held, {'p2': 30}, now=0), ('p1', 1))
+
+    def test_next_dot_is_no_lower_than_the_time(self):
+        before = time.time_ns() // 1000
+        actor, counter = next_dot('p1.a1', [Version.new({}, ('p1.a1', 2), b'a', 'text/plain')], {'p1.a1': 7})
+        self.assertEqual(actor, 'p1.a1')
+        self.assertGreaterEqual(counter, before)
+        self.assertLessEqual(counter, time.time_ns() // 1000)
+
+    def test_a_coordinator_that_lost_what_it_held_does_not_reuse_a_counter(self):
+        # A partition restored from a backup (same incarnation) holds less than
+        # it issued: its next write must still number above the earlier ones.
+        issued = Version.new({}, next_dot('p1.a1', [], {}), b'v3', 'text/plain')
+        time.sleep(0.002)
+        again = Version.new({}, next_dot('p1.a1', [], {}), b'new', 'text/plain')
+        self.assertGreater(again.dot[1], issued.dot[1])
+        self.assertFalse(issued.supersedes(again))
+
+
+class TestPrune(unittest.TestCase):
+
+    def test_a_clock_within_the_limit_is_kept_whole(self):
+        clock = {'p1.a': 5, 'p1.b': 3, 'gone.c': 1}
+        self.assertEqual(prune(clock, {'p1'}, 3), clock)
+
+    def test_actors_are_judged_by_their_partition(self):
+        self.assertEqual(actor_partition('p1.3f9a'), 'p1')
+        self.assertEqual(actor_partition('p1'), 'p1')
+        # p1's current incarnation is not dropped as "not configured".
+        self.assertEqual(prune({'p1.new': 9, 'p2.x': 4, 'old.y': 7}, {'p1', 'p2'}, 2),
+                         {'p1.new': 9, 'p2.x': 4})
+
+    def test_old_incarnations_age_out_before_any_current_one(self):
+        clock = {'p1': 3, 'p1.a': 10, 'p1.b': 2_000_000, 'p2.c': 1, 'p3.d': 1}
+        self.assertEqual(prune(clock, {'p1', 'p2', 'p3'}, 3), {'p1.b': 2_000_000, 'p2.c': 1, 'p3.d': 1})
+
+    def test_pruning_never_makes_a_newer_version_older(self):
+        old = Version.new({}, ('p1.a', 4), b'old', 'text/plain')
+        seen = prune({'p1.a': 4, 'p1.b': 20, 'p2.c': 1}, {'p1', 'p2'}, 2)
+        new = Version.new(seen, next_dot('p1.b', [old], seen, now=0), b'new', 'text/plain')
+        self.assertFalse(old.supersedes(new))
+        self.assertEqual(resolve([[old, new]])[-1].value, b'new')
 
 
 class TestContexts(unittest.TestCase):

@@ -1,0 +1,340 @@
+"""A partition that lost data (issue 17): emptied, recreated, restored from a
+backup or rolled back, it must not hand out version counters (dots) the other
+replicas have seen already, or they drop its new writes as old ones.
+
+The first test speaks to the real server (serve.py) over HTTP with the
+embedded default, SQLite files under data/, and runs sync.py as a command; the
+others use the shared MariaDB cluster, where a partition's database is dropped
+or restored from a dump taken earlier.
+"""
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+import unittest
+import urllib.parse
+
+import configuration
+import sync
+from errors import NotFound, Unavailable
+from ring import Ring
+from test import support
+from test.mariadb import shared_cluster
+from test.server import StoreServer
+from test.test_server import CONFIGURATION, request
+from test.test_sync import FAST, config_of, sync_once
+from versions import Version
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def values_of(response, body):
+    """The live values a GET answered with: one (200), several (300), none (404)."""
+    if response.status == 200:
+        return [body]
+    if response.status == 300:
+        return sorted(s['value'].encode() for s in json.loads(body)['siblings'])
+    assert response.status == 404, (response.status, body)
+    return []
+
+
+class TestEmptiedPartitionOverHTTP(unittest.TestCase):
+    """Three writes with w=all to a key whose primary is p1; the server stops,
+    data/p1.sqlite3 goes, the server starts again: the next write, acknowledged
+    by every owner, must be read back, before and after sync.py."""
+
+    def setUp(self):
+        self.server = StoreServer(CONFIGURATION, workers=1, threads=4)
+        self.addCleanup(self.server.cleanup)
+        self.server.start()
+        self.addCleanup(self.server.stop)
+        ring = Ring.of(configuration.load(self.server.config_path))
+        self.key = next(k for k in ('key-%d' % i for i in range(1000))
+                        if ring.preference_list('lost', k, 3)[0] == 'p1')
+        self.url = '/buckets/lost/keys/%s?w=all' % urllib.parse.quote(self.key)
+
+    def put(self, value):
+        conn = self.server.connect()
+        try:
+            response, body = request(conn, 'PUT', self.url, value, {'Content-Type': 'text/plain'})
+        finally:
+            conn.close()
+        self.assertIn(response.status, (200, 201), body)
+        return json.loads(body)
+
+    def get(self):
+        conn = self.server.connect()
+        try:
+            return values_of(*request(conn, 'GET', '/buckets/lost/keys/%s?r=all' % urllib.parse.quote(self.key)))
+        finally:
+            conn.close()
+
+    def test_a_write_after_the_primary_lost_its_file_is_not_dropped(self):
+        for value in (b'v1', b'v2', b'v3'):
+            self.put(value)
+        self.assertEqual(self.get(), [b'v3'])
+        self.server.stop()
+        for suffix in ('', '-wal', '-shm'):
+            path = os.path.join(self.server.directory, 'data', 'p1.sqlite3' + suffix)
+            if os.path.exists(path):
+                os.remove(path)
+        self.server.start()
+
+        receipt = self.put(b'NEW')
+        self.assertEqual(receipt['coordinator'], 'p1')
+        self.assertEqual(sorted(receipt['acknowledged']), sorted(receipt['preference_list']), receipt)
+        # p1 knew nothing of v3 when it took the write, so v3 may stay beside
+        # it as a sibling; NEW must not be lost.
+        self.assertIn(b'NEW', self.get())
+        sync = subprocess.run([sys.executable, os.path.join(HERE, 'sync.py'), '--config',
+                               self.server.config_path, '--no-progress'],
+                              cwd=self.server.directory, capture_output=True, text=True, timeout=120)
+        self.assertEqual(sync.returncode, 0, sync.stdout + sync.stderr)
+        self.assertIn(b'NEW', self.get())
+
+
+class RefusedIsNotAcknowledged:
+    """A replica that drops a new version because it holds one claiming to
+    have seen its dot is not an acknowledgement.  Staged as it happens: a
+    front end whose clock ran an hour ahead wrote twice through p1, then p1 lost
+    the second write (rolled back, or restored from a backup) while the other owners kept it."""
+
+    def setUp(self):
+        self.store = support.open_store(self.make_partitions())
+        self.addCleanup(self.store.close)
+        self.bucket = support.unique()
+        self.key = next(k for k in ('k%d' % i for i in range(1000))
+                        if self.store.placement(self.bucket, k)[0][0] == 'p1')
+        self.owners = self.store.placement(self.bucket, self.key)[0]
+        p1 = self.store.engines['p1']
+        ahead = time.time_ns() // 1000 + 3600 * 10 ** 6
+        actor = getattr(p1, 'actor', 'p1')
+        _, self.lost = p1.coordinate(self.bucket, self.key, lambda held: Version.new(
+            {actor: ahead}, (actor, ahead + 1), b'ahead', 'text/plain'))   # it had seen an earlier one
+        for owner in self.owners[1:]:
+            self.store.engines[owner].apply(self.bucket, self.key, self.lost)
+        p1.delete_versions(self.bucket, self.key, [self.lost.version_id])   # the rollback
+
+    def test_replicas_that_refuse_the_write_are_reported_logged_and_not_counted(self):
+        for w in (2, 3):
+            with self.assertRaises(Unavailable) as raised, self.assertLogs('kvstore.datastore', 'WARNING') as logs:
+                self.store.put(self.bucket, self.key, b'new', 'text/plain', w=w)
+            details = raised.exception.details
+            self.assertEqual(details['acknowledged'], ['p1'])
+            self.assertEqual(sorted(details['failed']), sorted(self.owners[1:]))
+            self.assertTrue(all(r.startswith('refused') for r in details['failed'].values()), details)
+            self.assertTrue(all('refused' in line for line in logs.output), logs.output)
+
+
+class TestRefusedIsNotAcknowledgedOnSQLite(RefusedIsNotAcknowledged, unittest.TestCase):
+    def make_partitions(self):
+        directory = support.TemporaryDirectory()
+        self.addCleanup(directory.remove)
+        return support.sqlite_partitions(directory.path)
+
+
+class TestRefusedIsNotAcknowledgedOnMariaDB(RefusedIsNotAcknowledged, unittest.TestCase):
+    def make_partitions(self):
+        return support.mariadb_partitions(shared_cluster())
+
+
+class MariaDBPartitionLoss(unittest.TestCase):
+    """p1's database on the shared cluster: dropped (the store recreates it),
+    or restored from a dump taken earlier."""
+
+    def setUp(self):
+        self.cluster = shared_cluster()
+        self.partitions = support.mariadb_partitions(self.cluster)
+        self.store = self.open()
+        self.bucket = support.unique()
+        self.key = next(k for k in ('k%d' % i for i in range(1000))
+                        if self.store.placement(self.bucket, k)[0][0] == 'p1')
+
+    def open(self):
+        store = support.open_store(self.partitions, **FAST)
+        self.addCleanup(store.close)
+        return store
+
+    @property
+    def database(self):
+        return self.store.engines['p1'].database
+
+    def p1_sql(self, statement):
+        conn = self.cluster.servers[0].connect(autocommit=True)
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(statement)
+        finally:
+            conn.close()
+
+    def client(self, program, *args, **options):
+        server = self.cluster.servers[0]
+        return subprocess.run([program, '-h', server.host, '-P', str(server.port), '-u', server.user]
+                              + list(args), check=True, timeout=60, **options)
+
+    def dump_p1(self):
+        return self.client('mariadb-dump', '--single-transaction', self.database,
+                           capture_output=True).stdout
+
+    def restore_p1(self, dump):
+        self.client('mariadb', self.database, input=dump, capture_output=True)
+
+    def values(self, store, key=None):
+        try:
+            return sorted(v.value for v in store.get(self.bucket, key or self.key, r=3).current)
+        except NotFound:
+            return []
+
+    def assert_new_write_survives(self, store):
+        receipt = store.put(self.bucket, self.key, b'NEW', 'text/plain', w=3)
+        self.assertEqual(receipt.coordinator, 'p1')
+        self.assertEqual(sorted(receipt.acknowledged), sorted(receipt.preference_list), receipt)
+        self.assertIn(b'NEW', self.values(store))
+        results, _, status = sync_once(store.config)
+        self.assertEqual(status, sync.CONVERGED, [r.summary for r in results.values()])
+        self.assertIn(b'NEW', self.values(store))
+
+    def test_a_write_after_p1s_database_was_dropped_is_not_dropped(self):
+        for value in (b'v1', b'v2', b'v3'):
+            self.store.put(self.bucket, self.key, value, 'text/plain', w=3)
+        self.store.close()
+        self.p1_sql('DROP DATABASE `%s`' % self.database)
+        self.assert_new_write_survives(self.open())
+
+    def test_a_write_after_p1_was_restored_from_an_older_dump_is_not_dropped(self):
+        self.store.put(self.bucket, self.key, b'v1', 'text/plain', w=3)
+        backup = self.dump_p1()
+        for value in (b'v2', b'v3'):
+            self.store.put(self.bucket, self.key, value, 'text/plain', w=3)
+        self.store.close()
+        self.restore_p1(backup)   # its incarnation too: the time floor keeps the counters apart
+        self.assert_new_write_survives(self.open())
+
+    def test_a_restore_while_writes_go_on_loses_no_acknowledged_write_and_resurrects_no_delete(self):
+        # Keys p1 coordinates: a blind write through it, right after the
+        # restore, numbers from what the backup held.
+        keys = [k for k in ('r%d' % i for i in range(400))
+                if self.store.placement(self.bucket, k)[0][0] == 'p1'][:24]
+        for key in keys:
+            self.store.put(self.bucket, key, b'first', 'text/plain', w=3)
+        backup = self.dump_p1()
+        expected = dict.fromkeys(keys, b'first')   # the last acknowledged write's value; None: deleted
+        uncertain = set()                           # keys whose last write failed: it may have been applied
+        stop, rng = threading.Event(), random.Random(17)
+
+        def write():
+            round_ = 0
+            while not stop.is_set() or round_ < 3:
+                round_ += 1
+                for key in keys:
+                    op = rng.choice(('blind', 'put', 'delete'))
+                    value = ('%s-%d' % (op, round_)).encode()
+                    try:
+                        if op == 'blind':
+                            self.store.put(self.bucket, key, value, 'text/plain', w=3)
+                        else:
+                            context = self.store.get(self.bucket, key, r=3).context
+                            if op == 'put':
+                                self.store.put(self.bucket, key, value, 'text/plain', context=context, w=3)
+                            else:
+                                self.store.delete(self.bucket, key, context=context, w=3)
+                    except NotFound:
+                        continue
+                    except Unavailable:
+                        uncertain.add(key)
+                        continue
+                    uncertain.discard(key)
+                    expected[key] = None if op == 'delete' else value
+        writer = threading.Thread(target=write)
+        writer.start()
+        try:
+            time.sleep(0.5)
+            self.restore_p1(backup)
+            operator = self.open()
+            operator.engines['p1'].new_incarnation()   # the documented step after a restore
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            writer.join()
+        for _ in range(3):
+            results, _, status = sync_once(self.store.config)
+            if status == sync.CONVERGED:
+                break
+        self.assertEqual(status, sync.CONVERGED, [r.summary for r in results.values()])
+        for key in set(keys) - uncertain:
+            found = self.values(self.store, key)
+            if expected[key] is None:
+                self.assertEqual(found, [], 'deleted key %s came back' % key)
+            else:
+                self.assertIn(expected[key], found, 'acknowledged write of %s lost' % key)
+        self.assertLess(len(uncertain), len(keys) / 2, uncertain)
+
+
+class TestReapedKeys(unittest.TestCase):
+    """Once gc reaped a key's tombstone nothing of it remains; a client's
+    context from before the delete must not then replace later writes."""
+
+    def setUp(self):
+        directory = support.TemporaryDirectory()
+        self.addCleanup(directory.remove)
+        self.partitions = support.sqlite_partitions(directory.path)
+        self.store = support.open_store(self.partitions, **FAST)
+        self.addCleanup(self.store.close)
+        self.bucket = support.unique()
+
+    def test_a_context_from_before_a_reaped_delete_does_not_replace_later_writes(self):
+        for value in (b'v1', b'v2', b'v3'):
+            old = self.store.put(self.bucket, 'k', value, 'text/plain', w=3).context
+        self.store.delete(self.bucket, 'k', w=3)
+        results, _, _ = sync_once(config_of(self.partitions, {'tombstone_grace': 0}, **FAST), 'gc')
+        self.assertEqual(results['gc'].counts['tombstones_reaped'], 1, results['gc'].summary)
+        time.sleep(0.002)   # the time moves on, as it does between a delete and its reaping
+        self.store.put(self.bucket, 'k', b'after', 'text/plain', w=3)
+        self.store.put(self.bucket, 'k', b'stale', 'text/plain', context=old, w=3)
+        found = sorted(v.value for v in self.store.get(self.bucket, 'k', r=3).current)
+        self.assertEqual(found, [b'after', b'stale'])
+
+
+class TestChunkGarbageAndUploads(unittest.TestCase):
+    """gc must not take the chunks of an upload still going on, and a version
+    row whose chunks are gone must not be committed (chunk_grace of 1 s)."""
+
+    def setUp(self):
+        directory = support.TemporaryDirectory()
+        self.addCleanup(directory.remove)
+        self.partitions = support.sqlite_partitions(directory.path)
+        self.store = support.open_store(self.partitions, chunk_size=1024, **FAST)
+        self.addCleanup(self.store.close)
+        self.bucket = support.unique()
+        self.gc_config = config_of(self.partitions, {'chunk_grace': 1}, chunk_size=1024)
+
+    def test_gc_keeps_an_upload_whose_latest_chunk_is_recent(self):
+        engine = self.store.engines['p1']
+        engine.write_chunk(self.bucket, 'slow', 'a' * 32, 0, b'first chunk, long ago')
+        time.sleep(1.2)
+        engine.write_chunk(self.bucket, 'slow', 'a' * 32, 1, b'second chunk, now')
+        sync_once(self.gc_config, 'gc')
+        self.assertEqual(engine.chunks_held('a' * 32), 2)
+
+    def test_a_version_whose_chunks_went_is_not_acknowledged(self):
+        config = self.gc_config
+
+        class Slow:
+            """A client's body that stalls after its first chunk while gc runs."""
+            def __init__(self):
+                self.parts = [b'a' * 1024, b'b' * 1024, b'c' * 100]
+
+            def read(self, size):
+                if len(self.parts) == 1:   # two chunks stored, the third not yet read
+                    time.sleep(1.2)
+                    sync_once(config, 'gc')
+                return self.parts.pop(0) if self.parts else b''
+        try:
+            self.store.put(self.bucket, 'big', Slow(), 'application/octet-stream', w=1)
+        except Unavailable:
+            return   # refused: nothing acknowledged
+        version = self.store.get(self.bucket, 'big').current[0]
+        self.assertEqual(len(b''.join(self.store.open_value(version))), 2148)
