@@ -188,8 +188,8 @@ class TestFuzzing(unittest.TestCase):
                 content = response.read()
                 elapsed = time.monotonic() - begun
             except OSError as e:
-                raise AssertionError('%s %s %r: %s' % (method, target[:300], {k: v[:100] for k, v in headers.items()},
-                                                       e))
+                raise AssertionError('%s %s %r: %s\nserver log:\n%s' % (
+                    method, target[:300], {k: v[:100] for k, v in headers.items()}, e, self.server.log()[-2000:]))
             finally:
                 conn.close()
             what = '%s %s %r -> %d %s: %r' % (method, target[:300], {k: v[:200] for k, v in headers.items()},
