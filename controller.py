@@ -146,11 +146,40 @@ def respond_error(code, message, headers=None, **details):
                    headers, None if acceptable else 'json')
 
 
+DRAIN_LIMIT = 1024 * 1024   # body bytes read off and dropped after an early answer
+
+
+def drain_request_body(env):
+    """Read off what is left of a body the request did not need (an early
+    error, say), up to DRAIN_LIMIT.  A connection closed with the client's
+    bytes unread is reset (RFC 9112 9.6), and the reset can destroy the
+    answer before the client reads it.  Beyond the limit the connection is
+    closed instead."""
+    declared = env.get('CONTENT_LENGTH') or ''
+    if not (declared.isascii() and declared.isdigit()) or declared == '0':
+        return
+    if env.get('HTTP_EXPECT', '').lower() == '100-continue':
+        # The client may be waiting to send it: do not wait for it.
+        web.header('Connection', 'close')
+        return
+    stream, drained = env['wsgi.input'], 0
+    try:
+        while drained <= DRAIN_LIMIT:
+            data = stream.read(65536)
+            if not data:
+                return
+            drained += len(data)
+    except (OSError, ValueError):
+        pass
+    web.header('Connection', 'close')
+
+
 class Application(web.application):
     """web.py's application, where every failure becomes a negotiated error document."""
 
     def handle(self):
         body = self.handle_errors()
+        drain_request_body(web.ctx.env)
         # RFC 9110 6.6.1: an origin server with a clock sends Date (uWSGI does
         # not).  Set last: an error document starts its headers afresh.
         web.header('Date', current_http_date())
