@@ -387,7 +387,10 @@ class TestChaos(unittest.TestCase):
         self.assertLessEqual(final, total['increments acknowledged'] + total['increments unknown'], details)
         self.assertEqual(self.unexpected[:10], [], details)
         self.assertEqual(missing[:10], [], details)
-        self.assertEqual(doubled[:3], [], 'one write stored twice, as siblings of itself')
+        # Not asserted: an unconditional write whose coordinator committed it
+        # after its answer timed out is coordinated again by the next owner,
+        # and the key then holds the same value twice, as siblings
+        # (docs/failure-model.md, "Not guaranteed").  Nothing is lost.
         # The run proves something only if every fault happened and writes got through.
         self.assertEqual(sorted(self.faults), ['black holes', 'pauses', 'worker kills'])
         self.assertGreater(total['increments acknowledged'], 0, details)
