@@ -15,10 +15,13 @@ STORE_DEFAULTS = dict(replicas=3, r=2, w=2, key_length=1024, max_value_bytes=102
                       vnodes=64, connect_timeout=1.0, read_timeout=2.0)
 
 
-def build_config(partitions, **store):
-    """A StoreConfig from {partition name: {field: value}} and [store] overrides."""
+def build_config(partitions, sections=None, **store):
+    """A StoreConfig from {partition name: {field: value}}, [store] overrides
+    and other sections ({section: {field: value}})."""
     parser = configparser.ConfigParser(interpolation=None)
     parser['store'] = {k: str(v) for k, v in dict(STORE_DEFAULTS, **store).items()}
+    for section, fields in (sections or {}).items():
+        parser[section] = {k: str(v) for k, v in fields.items()}
     for name, fields in partitions.items():
         parser['partition-' + name] = {k: str(v) for k, v in fields.items()}
     return configuration.parse(parser, os.path.join(tempfile.gettempdir(), 'test.cfg'))
@@ -47,8 +50,8 @@ class TemporaryDirectory:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def open_store(partitions, **store):
-    return Datastore(build_config(partitions, **store))
+def open_store(partitions, sections=None, **store):
+    return Datastore(build_config(partitions, sections, **store))
 
 
 def web_app(datastore):
@@ -87,11 +90,12 @@ class StoreSpecification:
     """A TestCase mixin: one store per class over make_partitions(), opened with
     store_settings, and a bucket of its own for each test."""
     store_settings = {}
+    store_sections = {}
 
     @classmethod
     def setUpClass(cls):
         cls.partitions = cls.make_partitions()
-        cls.store = open_store(cls.partitions, **cls.store_settings)
+        cls.store = open_store(cls.partitions, cls.store_sections, **cls.store_settings)
         cls.app = web_app(cls.store)
 
     @classmethod
