@@ -6,11 +6,15 @@ partitions; TestRealServer repeats the attacks a page can make against the
 real server (serve.py under uWSGI) with http.client.
 """
 import hashlib
+import http.server
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import unittest
 import urllib.parse
@@ -437,3 +441,53 @@ class TestRealServer(unittest.TestCase):
         self.assertEqual(body, page)
         self.assertEqual(response.getheader('Content-Security-Policy'), 'sandbox')
         self.assertEqual(response.getheader('X-Content-Type-Options'), 'nosniff')
+
+    def test_a_page_on_another_origin_in_a_real_browser_changes_nothing(self):
+        # Headless Chromium opens a page of another site that POSTs a form, a
+        # no-cors text/plain fetch and forged gossip to the store.
+        browser = shutil.which('chromium') or shutil.which('chromium-browser')
+        if browser is None:
+            raise unittest.SkipTest('chromium is not installed (make browser, or apt-get install chromium)')
+        store = 'http://127.0.0.1:%d' % self.server.port
+        now = time.time()
+        forged = json.dumps({'partitions': {'p1': {'state': 'down', 'since': now, 'observed': now,
+                                                   'last_error': 'forged'}}})
+        page = ('''<form id="f" method="POST" action="%(store)s/buckets/victim/keys/from-form">
+<input name="value" value="planted"></form><script>
+const post = (path, body) => fetch("%(store)s" + path, {method: "POST", mode: "no-cors",
+    headers: {"Content-Type": "text/plain"}, body: body}).catch(() => null);
+Promise.all([post("/buckets/victim/keys/from-fetch", "planted"), post("/cluster/gossip", %(forged)s)])
+  .then(() => fetch("/ran")).finally(() => document.getElementById("f").submit());
+</script>''' % {'store': store, 'forged': json.dumps(forged)}).encode()
+        seen = []
+
+        class AttackerSite(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                seen.append(self.path)
+                self.send_response(200)
+                self.send_header('Content-Type', 'text/html')
+                self.send_header('Content-Length', str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+
+            def log_message(self, *args):
+                pass
+
+        site = http.server.ThreadingHTTPServer(('127.0.0.1', 0), AttackerSite)
+        threading.Thread(target=site.serve_forever, daemon=True).start()
+        profile = tempfile.mkdtemp(prefix='kvstore-chromium-')
+        try:
+            # localhost, not 127.0.0.1: another site, not only another origin.
+            subprocess.run([browser, '--headless', '--no-sandbox', '--disable-gpu', '--user-data-dir=' + profile,
+                            '--virtual-time-budget=5000', '--dump-dom',
+                            'http://localhost:%d/attack.html' % site.server_address[1]],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        finally:
+            site.shutdown()
+            site.server_close()
+            shutil.rmtree(profile, ignore_errors=True)
+        self.assertIn('/ran', seen, 'the page ran its script')
+        for key in ('from-form', 'from-fetch'):
+            self.assertEqual(self.request('GET', '/buckets/victim/keys/' + key)[0].status, 404, key)
+        response, text = self.request('GET', '/cluster')
+        self.assertEqual({p['state'] for p in strict_json(text)['partitions']}, {'up'})
