@@ -94,14 +94,15 @@ class Policy:
         if method == 'OPTIONS' and 'HTTP_ORIGIN' in env and 'HTTP_ACCESS_CONTROL_REQUEST_METHOD' in env:
             return self.preflight(env, bucket)
         web.ctx.grants = self.grants(env, role, bucket) if self.tokens else None
-        origin = foreign_origin(env)
-        if origin is not None:
-            if self.cors_rule(bucket, origin, method):
+        foreign = foreign_origin(env)
+        if foreign is not None:
+            origin = env.get('HTTP_ORIGIN')
+            if origin is not None and self.cors_rule(bucket, origin, method):
                 web.ctx.cors_origin = origin
             elif method not in SAFE_METHODS:
                 raise Forbidden('cross_site_refused', 'a request from another site (%s) may not change the '
                                 'store unless the bucket\'s cors property allows that origin and method'
-                                % origin[:200])
+                                % foreign[:200])
         return None
 
     def route(self, path):
@@ -162,8 +163,9 @@ class Policy:
         return b''
 
     def cors_rule(self, bucket, origin, method, headers=()):
-        """The bucket's first cors rule that allows origin, method and headers, or None."""
-        if bucket is None:
+        """The bucket's first cors rule that allows origin, method and headers, or None.
+        A sandboxed page (a stored value among them) has the origin "null": never allowed."""
+        if bucket is None or origin == 'null':
             return None
         try:
             self.datastore.check_bucket(bucket)

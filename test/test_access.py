@@ -329,6 +329,12 @@ class TestBrowsers(SQLiteApp):
         self.assertEqual(self.app.get(key, headers={'Origin': APP}).headers['Access-Control-Allow-Origin'], APP)
         self.assertError(self.app.delete(key, status='*', headers={'Origin': APP}), 403, 'cross_site_refused')
         self.assertError(self.put('k2', {'Origin': EVIL}), 403, 'cross_site_refused')
+        # Even a rule for every origin: a sandboxed page ("null"), or a browser
+        # that names no origin, may not write.
+        self.app.put('/buckets/' + self.bucket, json.dumps({'cors': [{'origins': ['*'], 'methods': ['PUT']}]}))
+        self.assertEqual(self.put('k3', {'Origin': APP}).status_int, 201)
+        for headers in ({'Origin': 'null'}, {'Sec-Fetch-Site': 'cross-site'}):
+            self.assertError(self.put('k4', headers), 403, 'cross_site_refused')
 
     def test_a_cors_property_is_rules_or_refused(self):
         rules = [{'origins': ['https://*.app.example', APP], 'methods': ['GET'], 'headers': ['*']}]
