@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: all test mariadb run clean venv
+.PHONY: all test mariadb browser run clean venv
 
 all: test
 
@@ -29,7 +29,20 @@ mariadb:
 		exit 1; \
 	fi
 
-test: mariadb $(VENV_STAMP)
+# test_access opens an attacker's page in headless Chromium (skipped without it).
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+		exit 0; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "Installing chromium with apt-get"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq chromium >/dev/null \
+			|| echo "chromium could not be installed: the headless browser test will be skipped" >&2; \
+	else \
+		echo "chromium not found: the headless browser test will be skipped (Debian: apt-get install chromium)" >&2; \
+	fi
+
+test: mariadb browser $(VENV_STAMP)
 	WEBPY_ENV=test $(VENV)/bin/nosetests -v --with-xunit --xunit-file=.test-results.xml test/
 
 # As root, serve.py needs RUN_AS (the user to drop to); `make run` keeps root

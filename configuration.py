@@ -7,10 +7,14 @@ test run can never touch real data.
 import configparser
 import dataclasses
 import os
+import re
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_PATH = os.path.join(HERE, 'configuration.cfg')
 ENGINES = ('sqlite', 'mysql')
+ROLES = ('read', 'write', 'admin')       # each implies the ones before it
+SHA256_HEX = re.compile(r'[0-9a-f]{64}\Z')
+MIN_SECRET_CHARS = 32
 
 
 class ConfigError(Exception):
@@ -28,6 +32,15 @@ class PartitionConfig:
     user: str = None
     password: str = ''
     database: str = None
+
+
+@dataclasses.dataclass
+class TokenConfig:
+    """A client's credential ([token-NAME]): the SHA-256 of the token, and its
+    grants, (role, bucket pattern) pairs."""
+    name: str
+    sha256: str
+    grants: tuple
 
 
 @dataclasses.dataclass
@@ -57,6 +70,11 @@ class StoreConfig:
     sync_rate_limit: float = 0.0        # rows per second read and written; 0: no limit
     tombstone_grace: float = 7 * 86400  # seconds a tombstone is kept after it is everywhere
     chunk_grace: float = 86400          # seconds before chunks no version points to are removed
+    # Access (access.py): [token-NAME] sections (none: no credentials asked),
+    # [access] allowed_hosts, and [cluster] secret, the key gossip is signed with.
+    tokens: list = dataclasses.field(default_factory=list)
+    allowed_hosts: list = dataclasses.field(default_factory=list)
+    cluster_secret: str = None
 
 
 def config_path():
@@ -114,6 +132,34 @@ def parse(parser, source='configuration'):
                 fail('cluster', 'peers', '%r is not host:port' % item)
             found.append((host, int(port)))
         return found
+
+    def tokens():
+        found = []
+        for section in parser.sections():
+            if not section.startswith('token-'):
+                continue
+            digest = parser.get(section, 'sha256', fallback='').strip().lower()
+            if not SHA256_HEX.match(digest):
+                fail(section, 'sha256', 'is the 64 hex digits `python3 access.py token` printed')
+            grants = []
+            for item in parser.get(section, 'roles', fallback='').split(','):
+                role, _, pattern = item.strip().partition(':')
+                if role not in ROLES or not pattern.strip():
+                    fail(section, 'roles', '%r is not ROLE:BUCKET-PATTERN with a role of %s'
+                         % (item.strip(), ', '.join(ROLES)))
+                grants.append((role, pattern.strip()))
+            found.append(TokenConfig(section[len('token-'):], digest, tuple(grants)))
+        return found
+
+    def cluster_secret(peers):
+        secret = parser.get('cluster', 'secret', fallback='').strip() or None
+        if secret is not None and len(secret) < MIN_SECRET_CHARS:
+            fail('cluster', 'secret', 'must be at least %d characters (python3 access.py secret makes one)'
+                 % MIN_SECRET_CHARS)
+        if peers and secret is None:
+            fail('cluster', 'secret', 'is required when peers are configured: gossip is signed with it '
+                 '(python3 access.py secret makes one; every front end needs the same)')
+        return secret
 
     if not parser.has_section('store'):
         fail('store', 'section', 'is missing')
@@ -184,7 +230,10 @@ def parse(parser, source='configuration'):
         hint_window=number('store', 'hint_window', float, 86400.0, 1),
         max_siblings=number('store', 'max_siblings', int, 16, 1),
         partitions=partitions, source=source,
-        peers=peers(), gossip_interval=number('cluster', 'gossip_interval', float, 1.0, 0.05),
+        peers=peers(), cluster_secret=cluster_secret(peers()), tokens=tokens(),
+        allowed_hosts=[h.strip().lower() for h in parser.get('access', 'allowed_hosts', fallback='').split(',')
+                       if h.strip()],
+        gossip_interval=number('cluster', 'gossip_interval', float, 1.0, 0.05),
         sync_batch_size=number('sync', 'batch_size', int, 500, 1, 100000),
         sync_rate_limit=number('sync', 'rate_limit', float, 0.0, 0.0),
         tombstone_grace=number('sync', 'tombstone_grace', float, 7 * 86400.0, 0.0),

@@ -24,10 +24,12 @@ import mimeparse
 import mimerender
 import web
 
+import access
 import configuration
 import documents
+import gossip
 import ranges
-from datastore import MAX_LIST_LIMIT, Datastore
+from datastore import MAX_LIST_LIMIT, Datastore, read_up_to
 from errors import (AlreadyExists, BadRequest, NotAcceptable, NotFound, RangeNotSatisfiable, StoreError,
                     TooLarge, Unavailable)
 from integrity import expected_digests
@@ -51,6 +53,10 @@ urls = (
 )
 
 STATUS = {
+    'unauthenticated': '401 Unauthorized',
+    'forbidden': '403 Forbidden',
+    'cross_site_refused': '403 Forbidden',
+    'gossip_refused': '403 Forbidden',
     'not_found': '404 Not Found',
     'method_not_allowed': '405 Method Not Allowed',
     'not_acceptable': '406 Not Acceptable',
@@ -60,6 +66,7 @@ STATUS = {
     'precondition_failed': '412 Precondition Failed',
     'value_too_large': '413 Content Too Large',
     'range_not_satisfiable': '416 Range Not Satisfiable',
+    'misdirected_request': '421 Misdirected Request',
     'insufficient_storage': '507 Insufficient Storage',
     'corrupt_data': '500 Internal Server Error',
     'unavailable': '503 Service Unavailable',
@@ -77,6 +84,7 @@ BUCKET_PROPERTIES = {
        for name, least in (('r', 1), ('w', 1), ('pr', 0), ('pw', 0))},
     'cache_control': ('a Cache-Control value for the values of the bucket',
                       lambda v: isinstance(v, str) and 0 < len(v) <= 256 and v.isascii() and v.isprintable()),
+    'cors': access.CORS_PROPERTY,
 }
 META_PREFIX = 'HTTP_X_META_'
 META_NAME = re.compile(r'[a-z0-9-]+\Z')
@@ -174,24 +182,32 @@ def drain_request_body(env):
     web.header('Connection', 'close')
 
 
+def error_response(e):
+    return respond_error(e.code, e.message, dict(e.headers), **e.details)
+
+
+def finish_response(body):
+    drain_request_body(web.ctx.env)
+    # RFC 9110 6.6.1: an origin server with a clock sends Date (uWSGI does
+    # not).  Set last: an error document starts its headers afresh.
+    web.header('Date', current_http_date())
+    access.secure_response()
+    # web.py answers HEAD with GET: same headers, no body.
+    return b'' if web.ctx.method == 'HEAD' else body
+
+
 class Application(web.application):
     """web.py's application, where every failure becomes a negotiated error document."""
 
     def handle(self):
-        body = self.handle_errors()
-        drain_request_body(web.ctx.env)
-        # RFC 9110 6.6.1: an origin server with a clock sends Date (uWSGI does
-        # not).  Set last: an error document starts its headers afresh.
-        web.header('Date', current_http_date())
-        # web.py answers HEAD with GET: same headers, no body.
-        return b'' if web.ctx.method == 'HEAD' else body
+        return finish_response(self.handle_errors())
 
     def handle_errors(self):
         try:
             web.ctx.path = request_path()
             return super().handle()
         except StoreError as e:
-            return respond_error(e.code, e.message, dict(e.headers), **e.details)
+            return error_response(e)
         except web.HTTPError:
             if web.ctx.status.startswith('404'):
                 return respond_error('not_found', 'no resource at %s' % urllib.parse.quote(
@@ -489,21 +505,40 @@ class Ready:
 
 
 class ClusterGossip:
-    """Front ends exchange partition health here (gossip.py)."""
+    """Front ends exchange partition health here (gossip.py), signed both ways."""
 
     def POST(self):
+        peers = store().gossip
+        body = bounded_body(peers.max_bytes)
+        env = web.ctx.env
+        gossip.verify(peers.secret, gossip.REQUEST, env.get('HTTP_X_GOSSIP_TIMESTAMP'),
+                      env.get('HTTP_X_GOSSIP_SIGNATURE'), body)
         try:
-            view = parse_json(web.data())['partitions']
+            view = parse_json(body)['partitions']
             if not isinstance(view, dict):
                 raise ValueError
         except (ValueError, KeyError, TypeError):
             raise BadRequest('bad_body', 'gossip is a JSON object {"partitions": {name: observation}}')
-        return respond('gossip', {'partitions': store().gossip.receive(view)})
+        answer = respond('gossip', {'partitions': peers.receive(view)}, format_override='json')
+        for name, value in gossip.signed_headers(peers.secret, gossip.ANSWER, answer).items():
+            web.header(name, value)
+        return answer
+
+
+def bounded_body(limit):
+    """The whole request body, refused (413) beyond limit bytes before more is read."""
+    declared = web.ctx.env.get('CONTENT_LENGTH')
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise TooLarge('this body is at most %d bytes' % limit, limit=limit)
+    body = read_up_to(RequestBody(web.ctx.env), limit + 1)
+    if len(body) > limit:
+        raise TooLarge('this body is at most %d bytes' % limit, limit=limit)
+    return body
 
 
 class Buckets:
     def GET(self):
-        return respond('buckets', {'buckets': store().bucket_names()})
+        return respond('buckets', {'buckets': [b for b in store().bucket_names() if access.may_read(b)]})
 
 
 class Bucket:
@@ -757,12 +792,22 @@ def create_application(datastore=None):
     # Classes rather than their names: web.py then matches a path without re.sub.
     routes = tuple(globals()[item] if i % 2 else item for i, item in enumerate(urls))
     app = Application(routes, globals(), autoreload=False)
+    policy = access.Policy(datastore, urls)
 
     def attach_store(handler):
         web.ctx.store = datastore
         return handler()
 
+    def admit(handler):
+        """access.py decides before the resource sees the request."""
+        try:
+            answer = policy.admit()
+        except StoreError as e:
+            answer = error_response(e)
+        return handler() if answer is None else finish_response(answer)
+
     app.add_processor(attach_store)
+    app.add_processor(admit)
     datastore.gossip.start()
     wsgi = app.wsgifunc()
     wsgi.datastore = datastore

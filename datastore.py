@@ -121,7 +121,7 @@ class Datastore:
         self.ring = Ring.of(config)
         self._view_cache, self._view_lock = (0.0, []), threading.Lock()   # see _previous_rings
         self.health = Health(self.engines, config.backoff, config.max_backoff)
-        self.gossip = Gossip(self.health, config.peers, config.gossip_interval,
+        self.gossip = Gossip(self.health, config.peers, config.gossip_interval, config.cluster_secret,
                              on_recovered=lambda name: self.executor.submit(self.hand_off, name))
         self._bucket_cache = {}
         self._key_counts = (0.0, {})

@@ -72,3 +72,26 @@ class RangeNotSatisfiable(StoreError):
 class CorruptData(StoreError):
     """Stored bytes no longer match their digest: refused rather than served."""
     code = 'corrupt_data'
+
+
+class Unauthenticated(StoreError):
+    """No valid token came with the request (access.py)."""
+    code = 'unauthenticated'
+
+    def __init__(self, message, invalid=False):
+        super().__init__(message)
+        # RFC 6750 3: the scheme and realm, and error="invalid_token" for a token we do not know.
+        self.headers = {'WWW-Authenticate': 'Bearer realm="kvstore"' + (', error="invalid_token"' if invalid else '')}
+
+
+class Forbidden(StoreError):
+    """Refused whatever the resource holds: a role missing, a cross-site request, unsigned gossip."""
+
+    def __init__(self, code, message, **details):
+        super().__init__(message, **details)
+        self.code = code
+
+
+class MisdirectedRequest(StoreError):
+    """The Host is not one this server answers to (DNS rebinding)."""
+    code = 'misdirected_request'

@@ -5,21 +5,97 @@ one peer chosen at random from `[cluster] peers` and merges the view the peer
 answers with (push-pull); for each partition the newest observation wins.  So
 one front end's discovery that a partition is down reaches every other within
 a few rounds.  With no peers configured nothing is sent.
+
+Front ends trust only each other: every message, and every answer, carries
+an HMAC-SHA256 under `[cluster] secret` of what it is, when it was sent and its
+body (X-Gossip-Timestamp, X-Gossip-Signature).  One that is unsigned, wrongly
+signed or older or newer than WINDOW seconds is refused and changes nothing;
+so is a view that is not well formed (check_view), before anything of it is
+merged.  A message replayed within the window changes nothing either: an
+observation is merged only when newer than the one held.
 """
+import hashlib
+import hmac
 import http.client
 import json
 import logging
+import math
 import random
 import threading
+import time
+
+from errors import BadRequest, Forbidden
+from health import MAX_ERROR_CHARS, STATES
 
 log = logging.getLogger('kvstore.gossip')
 PATH = '/cluster/gossip'
+TIMESTAMP, SIGNATURE = 'X-Gossip-Timestamp', 'X-Gossip-Signature'
+WINDOW = 30.0          # seconds a signed message is accepted before or after its timestamp
+SKEW = 5.0             # seconds an observation may lie in the future (clocks differ)
+# A view's size: an observation with the longest last_error, every character escaped.
+BYTES_PER_PARTITION = 6 * MAX_ERROR_CHARS + 512
+REQUEST, ANSWER = b'POST ' + PATH.encode(), b'200 ' + PATH.encode()
+
+
+def signature(secret, purpose, timestamp, body):
+    """The HMAC-SHA256, in hex, of what a message is (a request or an answer), its timestamp and body."""
+    message = b'%s\n%s\n%s' % (purpose, timestamp.encode('ascii', 'replace'), body)
+    return hmac.new(secret.encode('utf-8'), message, hashlib.sha256).hexdigest()
+
+
+def signed_headers(secret, purpose, body):
+    timestamp = '%.3f' % time.time()
+    return {TIMESTAMP: timestamp, SIGNATURE: signature(secret, purpose, timestamp, body)}
+
+
+def verify(secret, purpose, timestamp, given, body):
+    """Raise Forbidden unless the message is signed with the secret within WINDOW."""
+    if secret is None:
+        raise Forbidden('gossip_refused', 'gossip is off: this front end has no [cluster] secret')
+    if not timestamp or not given:
+        raise Forbidden('gossip_refused', 'gossip must be signed (%s and %s)' % (TIMESTAMP, SIGNATURE))
+    if not hmac.compare_digest(signature(secret, purpose, timestamp, body).encode(),
+                               given.encode('latin-1', 'replace')):
+        raise Forbidden('gossip_refused', 'the gossip signature is wrong')
+    try:
+        sent = float(timestamp)
+    except ValueError:
+        sent = math.nan
+    if not abs(time.time() - sent) <= WINDOW:   # NaN too
+        raise Forbidden('gossip_refused', 'the gossip timestamp is more than %d s away from this '
+                        'front end\'s clock' % WINDOW)
+
+
+def check_view(view, partitions, now):
+    """Raise BadRequest unless view is {configured partition: a sound observation}."""
+    def refuse(problem):
+        raise BadRequest('bad_gossip', problem)
+
+    if not isinstance(view, dict):
+        refuse('gossip is a JSON object {"partitions": {name: observation}}')
+    for name, seen in view.items():
+        if name not in partitions:
+            refuse('%r is not a configured partition' % name[:64])
+        if not isinstance(seen, dict):
+            refuse('an observation is an object: state, since, observed, last_error')
+        if seen.get('state') not in STATES:
+            refuse('state is one of %s' % ', '.join(STATES))
+        for field in ('since', 'observed'):
+            value = seen.get(field)
+            if type(value) not in (int, float) or not 0 <= value <= now + SKEW:  # NaN fails too
+                refuse('%s is a time in seconds, not later than now' % field)
+        error = seen.get('last_error')
+        if error is not None and not (isinstance(error, str) and len(error) <= MAX_ERROR_CHARS):
+            refuse('last_error is null or text of at most %d characters' % MAX_ERROR_CHARS)
 
 
 class Gossip:
-    def __init__(self, health, peers, interval, on_recovered=None):
+    def __init__(self, health, peers, interval, secret=None, on_recovered=None):
         self.health = health
         self.peers = list(peers)
+        self.secret = secret
+        self.partitions = frozenset(health.view())
+        self.max_bytes = BYTES_PER_PARTITION * (len(self.partitions) + 1)
         self.interval = interval
         self.on_recovered = on_recovered or (lambda name: None)
         self.rounds = 0
@@ -35,7 +111,8 @@ class Gossip:
         self._stop.set()
 
     def receive(self, view):
-        """Merge a peer's view; answer with ours."""
+        """Merge a peer's view, once checked whole; answer with ours."""
+        check_view(view, self.partitions, time.time())
         for name in self.health.merge(view):
             self.on_recovered(name)
         return self.health.view()
@@ -46,18 +123,22 @@ class Gossip:
             try:
                 self.receive(self.exchange(host, port))
                 self.rounds += 1
-            except (OSError, ValueError, http.client.HTTPException) as e:
+            except (OSError, ValueError, http.client.HTTPException, BadRequest, Forbidden) as e:
                 log.debug('gossip with %s:%d failed: %s', host, port, e)
 
     def exchange(self, host, port):
         conn = http.client.HTTPConnection(host, port, timeout=max(1.0, self.interval))
         try:
-            conn.request('POST', PATH, json.dumps({'partitions': self.health.view()}),
-                         {'Content-Type': 'application/json', 'Accept': 'application/json'})
+            body = json.dumps({'partitions': self.health.view()}).encode()
+            conn.request('POST', PATH, body, dict(signed_headers(self.secret, REQUEST, body),
+                                                  **{'Content-Type': 'application/json', 'Accept': 'application/json'}))
             response = conn.getresponse()
-            body = response.read()
+            body = response.read(self.max_bytes + 1)
             if response.status != 200:
                 raise ValueError('peer answered %d' % response.status)
+            if len(body) > self.max_bytes:
+                raise ValueError('the peer\'s view is larger than %d bytes' % self.max_bytes)
+            verify(self.secret, ANSWER, response.getheader(TIMESTAMP), response.getheader(SIGNATURE), body)
             return json.loads(body)['partitions']
         finally:
             conn.close()

@@ -13,6 +13,8 @@ import time
 log = logging.getLogger('kvstore.health')
 
 UP, DOWN, SUSPECT = 'up', 'down', 'suspect'
+STATES = (UP, DOWN, SUSPECT)
+MAX_ERROR_CHARS = 512    # of a last_error kept and gossiped
 
 
 class PartitionHealth:
@@ -74,7 +76,7 @@ class Health:
             if p.state == UP:
                 p.since = now
                 log.warning('partition %s is down: %s', name, reason)
-            p.state, p.observed, p.last_error, p.probing = DOWN, now, reason, False
+            p.state, p.observed, p.last_error, p.probing = DOWN, now, str(reason)[:MAX_ERROR_CHARS], False
 
     def is_down(self, name):
         with self._lock:
@@ -98,7 +100,7 @@ class Health:
                     state = seen['state']
                 except (KeyError, TypeError, ValueError):
                     continue
-                if observed <= p.observed or state not in (UP, DOWN, SUSPECT):
+                if observed <= p.observed or state not in STATES:
                     continue
                 if state == UP and p.state != UP:
                     recovered.append(name)

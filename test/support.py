@@ -16,24 +16,28 @@ STORE_DEFAULTS = dict(replicas=3, r=2, w=2, key_length=1024, max_value_bytes=102
                       vnodes=64, connect_timeout=1.0, read_timeout=2.0)
 
 
-def config_parser(partitions, **store):
-    """The configuration file for {partition name: {field: value}} and [store] overrides."""
+def config_parser(partitions, sections=None, **store):
+    """The configuration file for {partition name: {field: value}}, [store]
+    overrides and other sections ({section: {field: value}})."""
     parser = configparser.ConfigParser(interpolation=None)
     parser['store'] = {k: str(v) for k, v in dict(STORE_DEFAULTS, **store).items()}
+    for section, fields in (sections or {}).items():
+        parser[section] = {k: str(v) for k, v in fields.items()}
     for name, fields in partitions.items():
         parser['partition-' + name] = {k: str(v) for k, v in fields.items()}
     return parser
 
 
-def build_config(partitions, **store):
-    """A StoreConfig from {partition name: {field: value}} and [store] overrides."""
-    return configuration.parse(config_parser(partitions, **store), os.path.join(tempfile.gettempdir(), 'test.cfg'))
+def build_config(partitions, sections=None, **store):
+    """A StoreConfig from config_parser's file."""
+    return configuration.parse(config_parser(partitions, sections, **store),
+                               os.path.join(tempfile.gettempdir(), 'test.cfg'))
 
 
-def config_text(partitions, **store):
+def config_text(partitions, sections=None, **store):
     """The same configuration as the text of a file, for a StoreServer."""
     text = io.StringIO()
-    config_parser(partitions, **store).write(text)
+    config_parser(partitions, sections, **store).write(text)
     return text.getvalue()
 
 
@@ -60,8 +64,8 @@ class TemporaryDirectory:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def open_store(partitions, **store):
-    return Datastore(build_config(partitions, **store))
+def open_store(partitions, sections=None, **store):
+    return Datastore(build_config(partitions, sections, **store))
 
 
 def web_app(datastore):
@@ -100,11 +104,12 @@ class StoreSpecification:
     """A TestCase mixin: one store per class over make_partitions(), opened with
     store_settings, and a bucket of its own for each test."""
     store_settings = {}
+    store_sections = {}
 
     @classmethod
     def setUpClass(cls):
         cls.partitions = cls.make_partitions()
-        cls.store = open_store(cls.partitions, **cls.store_settings)
+        cls.store = open_store(cls.partitions, cls.store_sections, **cls.store_settings)
         cls.app = web_app(cls.store)
 
     @classmethod

@@ -308,8 +308,8 @@ class TestServingBlobs(unittest.TestCase):
         conn, response = self.request('PUT', path, body=b'old', headers={'Content-Type': 'text/plain'})
         self.assertEqual(response.status, 201)
         sock = socket.create_connection(('127.0.0.1', self.port))
-        sock.sendall(b'PUT %s HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n'
-                     b'Content-Length: %d\r\n\r\n' % (path.encode(), 8 * 1024 * 1024))
+        sock.sendall(b'PUT %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: text/plain\r\n'
+                     b'Content-Length: %d\r\n\r\n' % (path.encode(), self.port, 8 * 1024 * 1024))
         sock.sendall(b'n' * (3 * 1024 * 1024))
         return sock
 
@@ -338,8 +338,8 @@ class TestServingBlobs(unittest.TestCase):
 
     def test_a_body_announced_too_large_is_refused_before_it_is_sent(self):
         sock = socket.create_connection(('127.0.0.1', self.port), timeout=10)
-        sock.sendall(b'PUT /buckets/huge/keys/v HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n'
-                     b'Expect: 100-continue\r\nContent-Length: %d\r\n\r\n' % (2 ** 40))
+        sock.sendall(b'PUT /buckets/huge/keys/v HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: text/plain\r\n'
+                     b'Expect: 100-continue\r\nContent-Length: %d\r\n\r\n' % (self.port, 2 ** 40))
         answer = b''
         while b'413' not in answer:
             data = sock.recv(4096)

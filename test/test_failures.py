@@ -13,11 +13,13 @@ import time
 import unittest
 import urllib.request
 
+import gossip
 from test import support
 from test.mariadb import shared_cluster
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = dict(connect_timeout=0.5, read_timeout=1.0, backoff=0.3, max_backoff=1.0)
+CLUSTER_SECRET = 'a-cluster-secret-for-the-tests-only-0123456789'
 
 
 def keys_on(store, bucket, partition, count, owner=True, prefix='k'):
@@ -316,10 +318,10 @@ class TestGossip(unittest.TestCase):
         shared_cluster()
 
     def view_of(self, port):
-        """A front end's view, asked through gossip so that it probes nothing."""
-        request = urllib.request.Request('http://127.0.0.1:%d/cluster/gossip' % port,
-                                         data=json.dumps({'partitions': {}}).encode(),
-                                         headers={'Content-Type': 'application/json'})
+        """A front end's view, asked through (signed) gossip so that it probes nothing."""
+        body = json.dumps({'partitions': {}}).encode()
+        request = urllib.request.Request('http://127.0.0.1:%d/cluster/gossip' % port, data=body, headers=dict(
+            gossip.signed_headers(CLUSTER_SECRET, gossip.REQUEST, body), **{'Content-Type': 'application/json'}))
         with urllib.request.urlopen(request, timeout=5) as response:
             return json.loads(response.read())['partitions']
 
@@ -344,7 +346,8 @@ class TestGossip(unittest.TestCase):
 def write_config(path, partitions, peers='', gossip_interval=1.0):
     lines = ['[store]', 'replicas = 3', 'r = 2', 'w = 2']
     lines += ['%s = %s' % item for item in FAST.items()]
-    lines += ['', '[cluster]', 'peers = ' + peers, 'gossip_interval = %s' % gossip_interval]
+    lines += ['', '[cluster]', 'peers = ' + peers, 'gossip_interval = %s' % gossip_interval,
+              'secret = ' + CLUSTER_SECRET]
     for name, fields in partitions.items():
         lines += ['', '[partition-%s]' % name] + ['%s = %s' % item for item in fields.items()]
     with open(path, 'w') as f:

@@ -218,8 +218,8 @@ class TestServer(unittest.TestCase):
         url = key_url('server', 'chunked-cut')
         self.put(url, b'old', 'text/plain')
         with socket.create_connection(('127.0.0.1', self.server.port)) as sock:
-            sock.sendall(b'PUT %s HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n'
-                         b'Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n' % url.encode())
+            sock.sendall(b'PUT %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: text/plain\r\n'
+                         b'Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n' % (url.encode(), self.server.port))
             time.sleep(0.3)
         time.sleep(0.5)
         response, body = request(self.server.connect(), 'GET', url)
@@ -228,8 +228,8 @@ class TestServer(unittest.TestCase):
     def test_expect_100_continue_is_answered_before_the_body_is_sent(self):
         url = key_url('server', 'expecting')
         with socket.create_connection(('127.0.0.1', self.server.port), timeout=5) as sock:
-            sock.sendall(b'PUT %s HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n'
-                         b'Expect: 100-continue\r\nContent-Length: 5\r\n\r\n' % url.encode())
+            sock.sendall(b'PUT %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: text/plain\r\n'
+                         b'Expect: 100-continue\r\nContent-Length: 5\r\n\r\n' % (url.encode(), self.server.port))
             interim = sock.recv(4096)
             self.assertTrue(interim.startswith(b'HTTP/1.1 100 '), interim)
             sock.sendall(b'hello')

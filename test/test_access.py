@@ -1,0 +1,499 @@
+"""Safe on a network (access.py, gossip.py): credentials, signed gossip, and
+what a browser may do, tried as an attacker would.
+
+Most tests speak to the application in process (WebTest) over SQLite
+partitions; TestRealServer repeats the attacks a page can make against the
+real server (serve.py under uWSGI) with http.client.
+"""
+import hashlib
+import http.server
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+import urllib.parse
+
+import configuration
+import controller
+import gossip
+from test import support
+from test.server import StoreServer
+
+SECRET = 'a-cluster-secret-for-the-tests-only-0123456789'
+EVIL = 'http://evil.example'
+APP = 'https://app.example'
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def strict_json(text):
+    """json.loads that refuses what is not JSON (NaN, Infinity)."""
+    def refuse(constant):
+        raise ValueError('not JSON: %s' % constant)
+    return json.loads(text, parse_constant=refuse)
+
+
+def resource(path):
+    """The name of the controller.urls resource that serves path."""
+    return next(name for pattern, name in zip(controller.urls[::2], controller.urls[1::2])
+                if re.match('^%s\\Z' % pattern, path.split('?')[0]))
+
+
+def token_section(token, roles):
+    return {'sha256': hashlib.sha256(token.encode()).hexdigest(), 'roles': roles}
+
+
+class SQLiteApp(support.OnSQLite, support.StoreSpecification, unittest.TestCase):
+    """A store over SQLite partitions, spoken to in process; Host is localhost:80."""
+
+    def assertError(self, response, status, code):
+        self.assertEqual(response.status_int, status, response.text)
+        doc = response.json
+        self.assertEqual((doc['code'], doc['status']), (code, status))
+        self.assertTrue(doc['message'])
+
+
+# -- gossip ------------------------------------------------------------------------
+
+class TestForgedGossip(SQLiteApp):
+    store_sections = {'cluster': {'secret': SECRET}}
+
+    def gossip(self, view, secret=SECRET, timestamp=None, status='*', body=None):
+        body = body if body is not None else json.dumps({'partitions': view}).encode()
+        headers = {'Content-Type': 'application/json'}
+        if secret is not None:
+            timestamp = '%.3f' % (timestamp if timestamp is not None else time.time())
+            headers.update({gossip.TIMESTAMP: timestamp,
+                            gossip.SIGNATURE: gossip.signature(secret, gossip.REQUEST, timestamp, body)})
+        return self.app.post('/cluster/gossip', body, headers=headers, status=status)
+
+    def down_view(self, **changes):
+        now = time.time()
+        return {'p1': dict({'state': 'down', 'since': now, 'observed': now, 'last_error': 'forged'}, **changes)}
+
+    def cluster(self):
+        response = self.app.get('/cluster', status='*')
+        self.assertEqual(response.status_int, 200, response.text)
+        return {p['name']: p for p in strict_json(response.text)['partitions']}
+
+    def assertUnchanged(self):
+        self.assertEqual(self.cluster()['p1']['state'], 'up')
+        self.assertEqual(self.app.put('/buckets/%s/keys/k' % self.bucket, b'v',
+                                      headers={'Content-Type': 'text/plain'}).status_int, 201)
+
+    def test_unsigned_gossip_is_refused_and_changes_nothing(self):
+        self.assertError(self.gossip(self.down_view(), secret=None), 403, 'gossip_refused')
+        self.assertUnchanged()
+
+    def test_gossip_signed_with_another_secret_is_refused(self):
+        self.assertError(self.gossip(self.down_view(), secret='x' * 40), 403, 'gossip_refused')
+        self.assertUnchanged()
+
+    def test_a_replayed_message_older_than_the_window_is_refused(self):
+        old = time.time() - gossip.WINDOW - 5
+        view = self.down_view(since=old, observed=old)
+        self.assertError(self.gossip(view, timestamp=old), 403, 'gossip_refused')
+        self.assertError(self.gossip(view, timestamp=time.time() + gossip.WINDOW + 5), 403, 'gossip_refused')
+        self.assertUnchanged()
+
+    def test_signed_gossip_with_impossible_times_is_refused_before_anything_changes(self):
+        now = time.time()
+        for bad in ({'since': 1e308}, {'observed': 'nan'}, {'observed': now + 3600}, {'since': -1},
+                    {'state': 'gone'}, {'last_error': 'x' * 10000}, {'last_error': 5}):
+            # An observation that is sound, for p2, comes with it: nothing is merged.
+            view = dict(self.down_view(**bad), p2=self.down_view()['p1'])
+            self.assertError(self.gossip(view), 400, 'bad_gossip')
+        self.assertError(self.gossip({'p9': self.down_view()['p1']}), 400, 'bad_gossip')
+        self.assertEqual(self.cluster()['p2']['state'], 'up')
+        self.assertUnchanged()
+
+    def test_nan_and_infinity_in_the_json_itself_are_refused(self):
+        for constant in ('NaN', 'Infinity'):
+            body = ('{"partitions": {"p1": {"state": "down", "since": %s, "observed": %s, "last_error": null}}}'
+                    % (constant, constant)).encode()
+            self.assertError(self.gossip(None, body=body), 400, 'bad_gossip')
+        self.assertUnchanged()
+
+    def test_a_body_over_the_limit_is_refused_unread(self):
+        limit = self.store.gossip.max_bytes
+        body = json.dumps({'partitions': {}, 'padding': 'x' * limit}).encode()
+        self.assertError(self.gossip(None, body=body), 413, 'value_too_large')
+
+    def test_signed_sound_gossip_is_merged_and_the_answer_is_signed(self):
+        response = self.gossip(self.down_view())
+        self.assertEqual(response.status_int, 200, response.text)
+        gossip.verify(SECRET, gossip.ANSWER, response.headers[gossip.TIMESTAMP],
+                      response.headers[gossip.SIGNATURE], response.body)
+        self.assertEqual(self.cluster()['p1']['state'], 'down')
+        self.store.health.succeeded('p1')
+
+    def test_without_a_secret_gossip_is_refused(self):
+        store = support.open_store(self.partitions)
+        try:
+            app = support.web_app(store)
+            body = json.dumps({'partitions': self.down_view()}).encode()
+            response = app.post('/cluster/gossip', body, headers={'Content-Type': 'text/plain'}, status='*')
+            self.assertError(response, 403, 'gossip_refused')
+            self.assertEqual(store.health.view()['p1']['state'], 'up')
+        finally:
+            store.close()
+
+    def test_peers_without_a_secret_is_a_configuration_error(self):
+        with self.assertRaises(configuration.ConfigError) as raised:
+            support.build_config(self.partitions, {'cluster': {'peers': '127.0.0.1:9'}})
+        self.assertIn('[cluster] secret', str(raised.exception))
+        with self.assertRaises(configuration.ConfigError):
+            support.build_config(self.partitions, {'cluster': {'secret': 'short'}})
+
+
+# -- tokens ------------------------------------------------------------------------
+
+TOKENS = {'admin': 'admin:*', 'writer': 'write:*', 'reader': 'read:*', 'elsewhere': 'admin:other-*',
+          'scoped': 'read:shared-*, write:mine-*'}
+
+
+class TestTokens(SQLiteApp):
+    store_sections = {'token-%s' % name: token_section('tok-' + name, roles) for name, roles in TOKENS.items()}
+
+    def call(self, method, path, token=None, body=b'', status='*', headers=None):
+        headers = dict(headers or {})
+        if token:
+            headers['Authorization'] = 'Bearer tok-' + token
+        if body:
+            headers.setdefault('Content-Type', 'text/plain')
+        return self.app.request(path, method=method, body=body, headers=headers, status=status,
+                                expect_errors=True)
+
+    def routes(self):
+        """(method, path, body, role needed, token without it) for every route and method of controller.urls;
+        each call succeeds with the role (a bucket of its own, holding key k)."""
+        b = support.unique('m')
+        self.call('PUT', '/buckets/%s' % b, 'admin')
+        self.call('PUT', '/buckets/%s/keys/k' % b, 'admin', b'v')
+        props = json.dumps({'conflicts': 'siblings'}).encode()
+        return b, [
+            ('GET', '/', b'', 'any', None),
+            ('GET', '/buckets', b'', 'any', None),
+            ('GET', '/cluster', b'', 'admin', 'elsewhere'),
+            ('GET', '/buckets/%s' % b, b'', 'read', 'elsewhere'),
+            ('PUT', '/buckets/%s' % b, props, 'admin', 'writer'),
+            ('GET', '/buckets/%s/keys' % b, b'', 'read', 'elsewhere'),
+            ('POST', '/buckets/%s/keys' % b, b'new', 'write', 'reader'),
+            ('GET', '/buckets/%s/keys/k' % b, b'', 'read', 'elsewhere'),
+            ('HEAD', '/buckets/%s/keys/k' % b, b'', 'read', 'elsewhere'),
+            ('PUT', '/buckets/%s/keys/k' % b, b'v2', 'write', 'reader'),
+            ('POST', '/buckets/%s/keys/fresh' % b, b'v', 'write', 'reader'),
+            ('DELETE', '/buckets/%s/keys/k' % b, b'', 'write', 'reader'),
+            ('DELETE', '/buckets/%s?force=true' % b, b'', 'admin', 'writer'),
+        ]
+
+    def test_the_matrix_no_token_401_wrong_role_403_right_role_2xx(self):
+        _, rows = self.routes()
+        tried = {(method, resource(path)) for method, path, _, _, _ in rows}
+        served = {(m, name) for name in controller.urls[1::2] if name != 'ClusterGossip'
+                  for m in ('GET', 'PUT', 'POST', 'DELETE') if hasattr(getattr(controller, name), m)}
+        self.assertEqual(served - tried, set(), 'every route and method of controller.urls is tried')
+        for method, path, body, role, wrong in rows:
+            with self.subTest(method=method, path=path):
+                anonymous = self.call(method, path, body=body)
+                self.assertEqual(anonymous.status_int, 401)
+                self.assertEqual(anonymous.headers['WWW-Authenticate'], 'Bearer realm="kvstore"')
+                unknown = self.call(method, path, 'nobody', body)
+                self.assertEqual(unknown.status_int, 401)
+                self.assertIn('error="invalid_token"', unknown.headers['WWW-Authenticate'])
+                if method != 'HEAD':
+                    self.assertError(anonymous, 401, 'unauthenticated')
+                if wrong:
+                    self.assertEqual(self.call(method, path, wrong, body).status_int, 403)
+                least = {'any': 'scoped', 'read': 'reader', 'write': 'writer', 'admin': 'admin'}[role]
+                allowed = self.call(method, path, least, body)
+                self.assertIn(allowed.status_int, (200, 201), allowed.text)
+
+    def test_refusals_say_nothing_of_what_exists_and_change_nothing(self):
+        b, _ = self.routes()
+        missing = support.unique('m')
+        answers = []
+        for bucket in (b, missing):
+            for method, path, body in (('GET', '/buckets/%s/keys/k', b''), ('PUT', '/buckets/%s/keys/k', b'x'),
+                                       ('DELETE', '/buckets/%s?force=true', b''), ('GET', '/buckets/%s', b'')):
+                for token in (None, 'elsewhere'):
+                    response = self.call(method, path % bucket, token, body)
+                    answers.append((method, path, token, response.status_int,
+                                    response.json['message'].replace(bucket, 'B')))
+        self.assertEqual(answers[:len(answers) // 2], answers[len(answers) // 2:])
+        self.assertEqual(self.call('GET', '/buckets/%s/keys/k' % b, 'admin').body, b'v')
+        self.assertEqual(self.call('GET', '/buckets/%s' % missing, 'admin').status_int, 404)
+
+    def test_patterns_and_the_bucket_list(self):
+        for bucket in ('shared-a', 'mine-a', 'other-a'):
+            self.call('PUT', '/buckets/%s' % bucket, 'admin')
+        self.assertEqual(self.call('PUT', '/buckets/mine-a/keys/k', 'scoped', b'v').status_int, 201)
+        self.assertEqual(self.call('GET', '/buckets/mine-a/keys/k', 'scoped').status_int, 200)
+        self.assertEqual(self.call('PUT', '/buckets/shared-a/keys/k', 'scoped', b'v').status_int, 403)
+        self.assertEqual(self.call('GET', '/buckets/other-a/keys', 'scoped').status_int, 403)
+        listed = self.call('GET', '/buckets', 'scoped').json['buckets']
+        self.assertIn('shared-a', listed)
+        self.assertIn('mine-a', listed)
+        self.assertNotIn('other-a', listed)
+
+    def test_the_command_prints_a_token_once_and_its_configuration(self):
+        out = subprocess.run([sys.executable, os.path.join(REPO, 'access.py'), 'token', 'ci', 'write:ci-*'],
+                             capture_output=True, text=True, check=True).stdout
+        token = out.split('SHA-256): ')[1].split()[0]
+        section = out[out.index('[token-ci]'):]
+        self.assertNotIn(token, section)
+        fields = dict(line.split(' = ') for line in section.strip().splitlines()[1:])
+        self.assertEqual(fields, {'sha256': hashlib.sha256(token.encode()).hexdigest(), 'roles': 'write:ci-*'})
+        store = support.open_store(self.partitions, {'token-ci': fields})
+        try:
+            app = support.web_app(store)
+            ok = app.put('/buckets/ci-x/keys/k', b'v', headers={'Authorization': 'Bearer ' + token,
+                                                                 'Content-Type': 'text/plain'})
+            self.assertEqual(ok.status_int, 201)
+            app.put('/buckets/other/keys/k', b'v', status=403, headers={
+                'Authorization': 'Bearer ' + token, 'Content-Type': 'text/plain'})
+        finally:
+            store.close()
+        refused = subprocess.run([sys.executable, os.path.join(REPO, 'access.py'), 'token', 'ci', 'owner:*'],
+                                 capture_output=True, text=True)
+        self.assertEqual(refused.returncode, 2)
+
+    def test_bad_token_sections_are_configuration_errors(self):
+        for fields in ({'sha256': 'abc', 'roles': 'read:*'}, {'sha256': '0' * 64, 'roles': 'owner:*'},
+                       {'sha256': '0' * 64, 'roles': 'read:'}):
+            with self.assertRaises(configuration.ConfigError):
+                support.build_config(self.partitions, {'token-x': fields})
+
+
+# -- browsers ------------------------------------------------------------------------
+
+class TestBrowsers(SQLiteApp):
+    store_sections = {'access': {'allowed_hosts': 'kv.example.com, 10.1.2.3:8080'}}
+
+    def put(self, key, headers=None, status='*', body=b'v', content_type='text/plain'):
+        return self.app.put('/buckets/%s/keys/%s' % (self.bucket, key), body, status=status,
+                            headers=dict({'Content-Type': content_type}, **(headers or {})))
+
+    def absent(self, key):
+        return self.app.get('/buckets/%s/keys/%s' % (self.bucket, key), status='*').status_int == 404
+
+    def test_a_state_change_from_another_site_is_refused(self):
+        for i, headers in enumerate(({'Origin': EVIL}, {'Origin': 'null'}, {'Sec-Fetch-Site': 'cross-site'},
+                                     {'Sec-Fetch-Site': 'same-site', 'Origin': 'http://localhost:3000'},
+                                     {'Referer': EVIL + '/page.html'})):
+            self.assertError(self.put('k%d' % i, headers), 403, 'cross_site_refused')
+            self.assertTrue(self.absent('k%d' % i))
+        # The store's own origin, and clients that send no browser headers, may write.
+        self.assertEqual(self.put('a', {'Origin': 'http://localhost:80', 'Sec-Fetch-Site': 'same-origin'})
+                         .status_int, 201)
+        self.assertEqual(self.put('b').status_int, 201)
+        # Reads from another site are answered (the browser keeps them from the page).
+        got = self.app.get('/buckets/%s/keys/a' % self.bucket, headers={'Origin': EVIL})
+        self.assertNotIn('Access-Control-Allow-Origin', got.headers)
+
+    def test_a_cross_site_form_post_and_forced_delete_are_refused(self):
+        form = self.app.post('/buckets/%s/keys/k' % self.bucket, {'value': 'planted'}, status='*',
+                             headers={'Origin': EVIL, 'Sec-Fetch-Site': 'cross-site'})
+        self.assertError(form, 403, 'cross_site_refused')
+        self.assertTrue(self.absent('k'))
+        self.put('kept')
+        deleted = self.app.delete('/buckets/%s?force=true' % self.bucket, status='*', headers={'Origin': EVIL})
+        self.assertError(deleted, 403, 'cross_site_refused')
+        self.assertFalse(self.absent('kept'))
+
+    def test_cors_rules_of_a_bucket_allow_chosen_origins_and_methods(self):
+        rules = [{'origins': [APP], 'methods': ['GET', 'PUT'], 'headers': ['content-type', 'authorization'],
+                  'max_age': 600}]
+        self.app.put('/buckets/' + self.bucket, json.dumps({'cors': rules}))
+        key = '/buckets/%s/keys/k' % self.bucket
+        preflight = self.app.options(key, headers={'Origin': APP, 'Access-Control-Request-Method': 'PUT',
+                                                   'Access-Control-Request-Headers': 'Content-Type'})
+        self.assertEqual(preflight.status_int, 204)
+        self.assertEqual(preflight.headers['Access-Control-Allow-Origin'], APP)
+        self.assertEqual(preflight.headers['Access-Control-Allow-Methods'], 'GET, PUT')
+        self.assertEqual(preflight.headers['Access-Control-Allow-Headers'], 'content-type')
+        self.assertEqual(preflight.headers['Access-Control-Max-Age'], '600')
+        for origin, method, extra in ((EVIL, 'PUT', ''), (APP, 'DELETE', ''), (APP, 'PUT', 'x-meta-a')):
+            refused = self.app.options(key, status='*', headers={
+                'Origin': origin, 'Access-Control-Request-Method': method, 'Access-Control-Request-Headers': extra})
+            self.assertError(refused, 403, 'cross_site_refused')
+        written = self.put('k', {'Origin': APP})
+        self.assertEqual(written.status_int, 201)
+        self.assertEqual(written.headers['Access-Control-Allow-Origin'], APP)
+        self.assertIn('ETag', written.headers['Access-Control-Expose-Headers'])
+        self.assertEqual(self.app.get(key, headers={'Origin': APP}).headers['Access-Control-Allow-Origin'], APP)
+        self.assertError(self.app.delete(key, status='*', headers={'Origin': APP}), 403, 'cross_site_refused')
+        self.assertError(self.put('k2', {'Origin': EVIL}), 403, 'cross_site_refused')
+        # Even a rule for every origin: a sandboxed page ("null"), or a browser
+        # that names no origin, may not write.
+        self.app.put('/buckets/' + self.bucket, json.dumps({'cors': [{'origins': ['*'], 'methods': ['PUT']}]}))
+        self.assertEqual(self.put('k3', {'Origin': APP}).status_int, 201)
+        for headers in ({'Origin': 'null'}, {'Sec-Fetch-Site': 'cross-site'}):
+            self.assertError(self.put('k4', headers), 403, 'cross_site_refused')
+
+    def test_a_cors_property_is_rules_or_refused(self):
+        rules = [{'origins': ['https://*.app.example', APP], 'methods': ['GET'], 'headers': ['*']}]
+        self.app.put('/buckets/' + self.bucket, json.dumps({'cors': rules}))
+        self.assertEqual(self.app.get('/buckets/' + self.bucket).json['properties']['cors'], rules)
+        for bad in ('*', [{'origins': ['*'], 'methods': ['PATCH']}], [{'origins': [], 'methods': ['GET']}],
+                    [{'origins': ['javascript:x'], 'methods': ['GET']}], [{'origins': ['*'], 'methods': ['GET'],
+                                                                            'max_age': -1}]):
+            response = self.app.put('/buckets/' + self.bucket, json.dumps({'cors': bad}), status='*')
+            self.assertError(response, 400, 'bad_property')
+
+    def test_stored_html_is_served_sandboxed(self):
+        script = b'<script>fetch("/buckets/victim?force=true", {method: "DELETE"})</script>'
+        for key, content_type in (('page', 'text/html'), ('image', 'image/svg+xml'), ('doc', 'application/xml'),
+                                  ('odd', 'application/x-unknown'), ('js', 'text/javascript')):
+            self.put(key, body=script, content_type=content_type)
+            served = self.app.get('/buckets/%s/keys/%s' % (self.bucket, key))
+            self.assertEqual(served.body, script)
+            self.assertEqual(served.headers['Content-Security-Policy'], 'sandbox', content_type)
+            self.assertEqual(served.headers['X-Content-Type-Options'], 'nosniff')
+        for key, content_type in (('text', 'text/plain'), ('png', 'image/png')):
+            self.put(key, body=b'plain', content_type=content_type)
+            served = self.app.get('/buckets/%s/keys/%s' % (self.bucket, key))
+            self.assertNotIn('Content-Security-Policy', served.headers)
+            self.assertEqual(served.headers['X-Content-Type-Options'], 'nosniff')
+        # Documents too: the HTML rendering of a record holds stored text.
+        listing = self.app.get('/buckets/%s/keys' % self.bucket, headers={'Accept': 'text/html'})
+        self.assertEqual(listing.headers['Content-Security-Policy'], 'sandbox')
+        missing = self.app.get('/nowhere', status=404)
+        self.assertEqual(missing.headers['X-Content-Type-Options'], 'nosniff')
+
+    def test_a_foreign_host_is_misdirected(self):
+        for host in ('evil.example', 'evil.example:80', 'localhost:81', '127.0.0.2:80', '10.1.2.3:80'):
+            response = self.app.get('/buckets', headers={'Host': host}, status='*')
+            self.assertError(response, 421, 'misdirected_request')
+            refused = self.put('k', {'Host': host})
+            self.assertEqual(refused.status_int, 421)
+        self.assertTrue(self.absent('k'))
+        for host in ('localhost:80', '127.0.0.1:80', '[::1]:80', 'localhost', 'kv.example.com',
+                     'KV.example.com:443', '10.1.2.3:8080'):
+            self.assertEqual(self.app.get('/buckets', headers={'Host': host}).status_int, 200, host)
+
+
+# -- the real server ---------------------------------------------------------------------
+
+CONFIGURATION = """
+[store]
+replicas = 3
+r = 2
+w = 2
+""" + ''.join('\n[partition-p%d]\nengine = sqlite\npath = data/p%d.sqlite3\n' % (i, i) for i in (1, 2, 3, 4))
+
+
+class TestRealServer(unittest.TestCase):
+    """What any page the user opens could send to `make run` on loopback."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.server = StoreServer(CONFIGURATION, workers=1, threads=4)
+        try:
+            cls.server.start()
+        except BaseException:
+            cls.server.stop()
+            cls.server.cleanup()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+        cls.server.cleanup()
+
+    def request(self, method, path, body=None, headers=None):
+        conn = self.server.connect()
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return response, response.read()
+        finally:
+            conn.close()
+
+    def test_a_form_posted_from_another_origin_stores_nothing(self):
+        body = urllib.parse.urlencode({'value': 'planted'})
+        response, text = self.request('POST', '/buckets/victim/keys/planted', body, {
+            'Content-Type': 'application/x-www-form-urlencoded', 'Origin': EVIL, 'Sec-Fetch-Site': 'cross-site'})
+        self.assertEqual(response.status, 403)
+        self.assertEqual(json.loads(text)['code'], 'cross_site_refused')
+        self.assertEqual(self.request('GET', '/buckets/victim/keys/planted')[0].status, 404)
+
+    def test_no_cors_text_plain_gossip_changes_nothing(self):
+        now = time.time()
+        view = {'partitions': {'p1': {'state': 'down', 'since': now, 'observed': now, 'last_error': 'x'}}}
+        response, _ = self.request('POST', '/cluster/gossip', json.dumps(view), {
+            'Content-Type': 'text/plain', 'Origin': EVIL})
+        self.assertEqual(response.status, 403)
+        response, text = self.request('GET', '/cluster')
+        self.assertEqual(response.status, 200)
+        self.assertEqual({p['state'] for p in strict_json(text)['partitions']}, {'up'})
+
+    def test_a_rebound_host_name_is_refused(self):
+        response, text = self.request('GET', '/buckets', headers={'Host': 'attacker.example:%d' % self.server.port})
+        self.assertEqual(response.status, 421)
+        self.assertEqual(json.loads(text)['code'], 'misdirected_request')
+        self.assertEqual(self.request('GET', '/buckets')[0].status, 200)
+
+    def test_stored_html_comes_sandboxed(self):
+        page = b'<script>fetch("/buckets/victim?force=true", {method: "DELETE"})</script>'
+        self.assertEqual(self.request('PUT', '/buckets/pages/keys/p', page, {'Content-Type': 'text/html'})[0].status,
+                         201)
+        response, body = self.request('GET', '/buckets/pages/keys/p')
+        self.assertEqual(body, page)
+        self.assertEqual(response.getheader('Content-Security-Policy'), 'sandbox')
+        self.assertEqual(response.getheader('X-Content-Type-Options'), 'nosniff')
+
+    def test_a_page_on_another_origin_in_a_real_browser_changes_nothing(self):
+        # Headless Chromium opens a page of another site that POSTs a form, a
+        # no-cors text/plain fetch and forged gossip to the store.
+        browser = shutil.which('chromium') or shutil.which('chromium-browser')
+        if browser is None:
+            raise unittest.SkipTest('chromium is not installed (make browser, or apt-get install chromium)')
+        store = 'http://127.0.0.1:%d' % self.server.port
+        now = time.time()
+        forged = json.dumps({'partitions': {'p1': {'state': 'down', 'since': now, 'observed': now,
+                                                   'last_error': 'forged'}}})
+        page = ('''<form id="f" method="POST" action="%(store)s/buckets/victim/keys/from-form">
+<input name="value" value="planted"></form><script>
+const post = (path, body) => fetch("%(store)s" + path, {method: "POST", mode: "no-cors",
+    headers: {"Content-Type": "text/plain"}, body: body}).catch(() => null);
+Promise.all([post("/buckets/victim/keys/from-fetch", "planted"), post("/cluster/gossip", %(forged)s)])
+  .then(() => fetch("/ran")).finally(() => document.getElementById("f").submit());
+</script>''' % {'store': store, 'forged': json.dumps(forged)}).encode()
+        seen = []
+
+        class AttackerSite(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                seen.append(self.path)
+                self.send_response(200)
+                self.send_header('Content-Type', 'text/html')
+                self.send_header('Content-Length', str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+
+            def log_message(self, *args):
+                pass
+
+        site = http.server.ThreadingHTTPServer(('127.0.0.1', 0), AttackerSite)
+        threading.Thread(target=site.serve_forever, daemon=True).start()
+        profile = tempfile.mkdtemp(prefix='kvstore-chromium-')
+        try:
+            # localhost, not 127.0.0.1: another site, not only another origin.
+            subprocess.run([browser, '--headless', '--no-sandbox', '--disable-gpu', '--user-data-dir=' + profile,
+                            '--virtual-time-budget=5000', '--dump-dom',
+                            'http://localhost:%d/attack.html' % site.server_address[1]],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        finally:
+            site.shutdown()
+            site.server_close()
+            shutil.rmtree(profile, ignore_errors=True)
+        self.assertIn('/ran', seen, 'the page ran its script')
+        for key in ('from-form', 'from-fetch'):
+            self.assertEqual(self.request('GET', '/buckets/victim/keys/' + key)[0].status, 404, key)
+        response, text = self.request('GET', '/cluster')
+        self.assertEqual({p['state'] for p in strict_json(text)['partitions']}, {'up'})
