@@ -46,10 +46,13 @@ from errors import BadRequest, Forbidden, MisdirectedRequest, Unauthenticated
 READ, WRITE, ADMIN = ROLES
 ANY = 'any'          # any valid token
 SIGNED = 'signed'    # no token: gossip is signed by the cluster secret
+PUBLIC = 'public'    # no token: health checks of supervisors and load balancers
 # The role each route and method needs (controller.urls' resources).  Roles
 # on a route without a bucket (/cluster) need a grant on every bucket: '*'.
 ROUTE_ROLES = {
     'Index': {'GET': ANY},
+    'Health': {'GET': PUBLIC},
+    'Ready': {'GET': PUBLIC},
     'Cluster': {'GET': ADMIN},
     'ClusterGossip': {'POST': SIGNED},
     'Buckets': {'GET': ANY},
@@ -91,6 +94,8 @@ class Policy:
         if role == SIGNED:
             return None
         self.check_host(env)
+        if role == PUBLIC:
+            return None
         if method == 'OPTIONS' and 'HTTP_ORIGIN' in env and 'HTTP_ACCESS_CONTROL_REQUEST_METHOD' in env:
             return self.preflight(env, bucket)
         web.ctx.grants = self.grants(env, role, bucket) if self.tokens else None

@@ -1117,13 +1117,14 @@ class Datastore:
         return status
 
     def readiness(self):
-        """(ready, {partition: 'up' or why not}): ready while enough partitions
+        """(ready, {partition: 'up' or 'down'}): ready while enough partitions
         answer that every key can meet the configured quorums: R and W
         partitions in all, and no more down than leaves PR and PW owners."""
         found, failures = self._everywhere(lambda p: self.call(p, 'get_metadata', ('view',)))
         c = self.config
         ready = len(found) >= max(c.r, c.w) and len(failures) <= self.n - max(c.pr, c.pw)
-        return ready, dict({p: 'up' for p in found}, **failures)
+        # Only the states: /ready answers anyone; /cluster (admin) says why.
+        return ready, {p: 'up' if p in found else 'down' for p in self.engines}
 
     def keys_per_partition_cached(self):
         """keys_per_partition(), counted at most once a minute by this front end."""

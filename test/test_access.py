@@ -72,6 +72,11 @@ class TestForgedGossip(SQLiteApp):
                             gossip.SIGNATURE: gossip.signature(secret, gossip.REQUEST, timestamp, body)})
         return self.app.post('/cluster/gossip', body, headers=headers, status=status)
 
+    def test_signed_gossip_nested_too_deeply_is_400_and_changes_nothing(self):
+        body = ('{"partitions": %s}' % ('[' * 8000 + ']' * 8000)).encode()   # under the bound
+        self.assertError(self.gossip(None, body=body), 400, 'bad_body')
+        self.assertEqual(self.store.health.view()['p1']['state'], 'up')
+
     def down_view(self, **changes):
         now = time.time()
         return {'p1': dict({'state': 'down', 'since': now, 'observed': now, 'last_error': 'forged'}, **changes)}
@@ -195,7 +200,7 @@ class TestTokens(SQLiteApp):
     def test_the_matrix_no_token_401_wrong_role_403_right_role_2xx(self):
         _, rows = self.routes()
         tried = {(method, resource(path)) for method, path, _, _, _ in rows}
-        served = {(m, name) for name in controller.urls[1::2] if name != 'ClusterGossip'
+        served = {(m, name) for name in controller.urls[1::2] if name not in ('ClusterGossip', 'Health', 'Ready')
                   for m in ('GET', 'PUT', 'POST', 'DELETE') if hasattr(getattr(controller, name), m)}
         self.assertEqual(served - tried, set(), 'every route and method of controller.urls is tried')
         for method, path, body, role, wrong in rows:
@@ -213,6 +218,12 @@ class TestTokens(SQLiteApp):
                 least = {'any': 'scoped', 'read': 'reader', 'write': 'writer', 'admin': 'admin'}[role]
                 allowed = self.call(method, path, least, body)
                 self.assertIn(allowed.status_int, (200, 201), allowed.text)
+
+    def test_health_checks_need_no_token(self):
+        self.assertEqual(self.call('GET', '/health').json, {'status': 'ok'})
+        ready = self.call('GET', '/ready')
+        self.assertEqual(ready.status_int, 200)
+        self.assertEqual(set(ready.json['partitions'].values()), {'up'})
 
     def test_refusals_say_nothing_of_what_exists_and_change_nothing(self):
         b, _ = self.routes()

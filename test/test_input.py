@@ -92,9 +92,6 @@ class JsonSpecification(InputSpecification):
         self.assertError(response, 400, 'bad_body')
         self.app.get('/buckets/' + self.bucket, status=404)
 
-    def test_deeply_nested_json_in_gossip_is_400_bad_body(self):
-        body = '{"partitions": %s}' % DEEP
-        self.assertError(self.app.post('/cluster/gossip', body, status=400), 400, 'bad_body')
 
 
 class ContextSpecification(InputSpecification):
