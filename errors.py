@@ -72,3 +72,45 @@ class RangeNotSatisfiable(StoreError):
 class CorruptData(StoreError):
     """Stored bytes no longer match their digest: refused rather than served."""
     code = 'corrupt_data'
+
+
+class BadFraming(BadRequest):
+    """Framing the store cannot trust (RFC 9112 6): the connection ends with the answer."""
+    headers = {'Connection': 'close'}
+
+    def __init__(self, message):
+        super().__init__('bad_framing', message)
+
+
+class IncompleteBody(BadRequest):
+    headers = {'Connection': 'close'}
+
+    def __init__(self, message):
+        super().__init__('incomplete_body', message)
+
+
+class BodyTooLarge(StoreError):
+    """A request body the store would hold in memory (a document, a form) is too long."""
+    code = 'body_too_large'
+    headers = {'Connection': 'close'}
+
+
+class UnsupportedTransferCoding(StoreError):
+    code = 'unsupported_transfer_coding'
+    headers = {'Connection': 'close'}
+
+
+class RequestTimeout(StoreError):
+    """The client sent its body too slowly."""
+    code = 'request_timeout'
+    headers = {'Connection': 'close'}
+
+
+class UriTooLong(StoreError):
+    code = 'uri_too_long'
+    headers = {'Connection': 'close'}
+
+
+class HeaderFieldsTooLarge(StoreError):
+    code = 'header_fields_too_large'
+    headers = {'Connection': 'close'}

@@ -24,7 +24,7 @@ def uwsgi_options(environ=os.environ, app='controller:create_application()'):
         '--http', environ.get('BIND', '127.0.0.1:8080'),
         '--http-keepalive',
         # The router answers `Expect: 100-continue`; chunked bodies reach the
-        # application raw, for uwsgi.chunked_read (controller.RequestBody).
+        # application raw, decoded by framing.ChunkedDecoder.
         '--http-manage-expect',
         '--http-chunked-input',
         '--master',
@@ -36,6 +36,10 @@ def uwsgi_options(environ=os.environ, app='controller:create_application()'):
         '--chdir', HERE,
         '--module', app,
         '--buffer-size', '65535',
+        # Room for every field a 64 KiB request head can carry (10 bytes the
+        # least each), so that the application answers 431 rather than the
+        # worker dropping the request (uWSGI's default: 64 vars).
+        '--max-vars', '3400',
         # Without these a response of more than a few KiB on a kept-alive
         # connection waited 40 ms for the client's delayed ACK (Nagle): the
         # router forwarded it in page-sized writes.  (Router buffers of 64 KiB
