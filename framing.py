@@ -67,8 +67,8 @@ def body_framing(env):
         codings = [c.strip().lower() for c in coding.split(',')]
         if codings == ['chunked']:
             return 'chunked'
-        if 'chunked' in codings:
-            raise BadFraming('chunked must be the one and last transfer coding')
+        if codings.count('chunked') > 1 or 'chunked' in codings[:-1]:
+            raise BadFraming('chunked is applied once, as the last transfer coding')
         raise UnsupportedTransferCoding('the only transfer coding the store decodes is chunked')
     if declared is None:
         return 0
