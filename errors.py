@@ -74,43 +74,42 @@ class CorruptData(StoreError):
     code = 'corrupt_data'
 
 
-class BadFraming(BadRequest):
-    """Framing the store cannot trust (RFC 9112 6): the connection ends with the answer."""
+
+class EndsConnection:
+    """Mixed into an error about the request's framing or pace: the store
+    does not read the rest of the request, so the connection ends with the answer."""
     headers = {'Connection': 'close'}
+
+
+class BadFraming(EndsConnection, BadRequest):
+    """Framing the store cannot trust (RFC 9112 6)."""
 
     def __init__(self, message):
         super().__init__('bad_framing', message)
 
 
-class IncompleteBody(BadRequest):
-    headers = {'Connection': 'close'}
-
+class IncompleteBody(EndsConnection, BadRequest):
     def __init__(self, message):
         super().__init__('incomplete_body', message)
 
 
-class BodyTooLarge(StoreError):
+class BodyTooLarge(EndsConnection, StoreError):
     """A request body the store would hold in memory (a document, a form) is too long."""
     code = 'body_too_large'
-    headers = {'Connection': 'close'}
 
 
-class UnsupportedTransferCoding(StoreError):
+class UnsupportedTransferCoding(EndsConnection, StoreError):
     code = 'unsupported_transfer_coding'
-    headers = {'Connection': 'close'}
 
 
-class RequestTimeout(StoreError):
+class RequestTimeout(EndsConnection, StoreError):
     """The client sent its body too slowly."""
     code = 'request_timeout'
-    headers = {'Connection': 'close'}
 
 
-class UriTooLong(StoreError):
+class UriTooLong(EndsConnection, StoreError):
     code = 'uri_too_long'
-    headers = {'Connection': 'close'}
 
 
-class HeaderFieldsTooLarge(StoreError):
+class HeaderFieldsTooLarge(EndsConnection, StoreError):
     code = 'header_fields_too_large'
-    headers = {'Connection': 'close'}
