@@ -65,6 +65,8 @@ class StoreConfig:
     pr: int = 0
     pw: int = 0
     gossip_interval: float = 1.0
+    body_timeout: float = 5.0           # seconds a request body may pause (framing.BodyPace)
+    min_body_rate: int = 1024           # bytes a second a body averages after body_timeout; 0: no floor
     # [sync]: the reconciler (sync.py)
     sync_batch_size: int = 500          # rows per query or transaction
     sync_rate_limit: float = 0.0        # rows per second read and written; 0: no limit
@@ -230,6 +232,8 @@ def parse(parser, source='configuration'):
         hint_window=number('store', 'hint_window', float, 86400.0, 1),
         max_siblings=number('store', 'max_siblings', int, 16, 1),
         partitions=partitions, source=source,
+        body_timeout=number('store', 'body_timeout', float, 5.0, 0.1, 3600),
+        min_body_rate=number('store', 'min_body_rate', int, 1024, 0),
         peers=peers(), cluster_secret=cluster_secret(peers()), tokens=tokens(),
         allowed_hosts=[h.strip().lower() for h in parser.get('access', 'allowed_hosts', fallback='').split(',')
                        if h.strip()],

@@ -11,6 +11,7 @@ Serve it with `make run` (gunicorn, see gunicorn.conf.py), or
 """
 import base64
 import functools
+import io
 import json
 import logging
 import os
@@ -27,11 +28,12 @@ import web
 import access
 import configuration
 import documents
+import framing
 import gossip
 import ranges
-from datastore import MAX_LIST_LIMIT, Datastore, read_up_to
-from errors import (AlreadyExists, BadRequest, NotAcceptable, NotFound, RangeNotSatisfiable, StoreError,
-                    TooLarge, Unavailable)
+from datastore import MAX_LIST_LIMIT, Datastore
+from errors import (AlreadyExists, BadRequest, BodyTooLarge, NotAcceptable, NotFound, RangeNotSatisfiable,
+                    StoreError, TooLarge, Unavailable)
 from integrity import expected_digests
 from preconditions import NOT_MODIFIED, Preconditions
 from versions import BadContext, decode_context, decode_token, encode_context, encode_token
@@ -60,17 +62,22 @@ STATUS = {
     'not_found': '404 Not Found',
     'method_not_allowed': '405 Method Not Allowed',
     'not_acceptable': '406 Not Acceptable',
+    'request_timeout': '408 Request Timeout',
     'already_exists': '409 Conflict',
     'bucket_not_empty': '409 Conflict',
     'too_many_siblings': '409 Conflict',
     'precondition_failed': '412 Precondition Failed',
     'value_too_large': '413 Content Too Large',
+    'body_too_large': '413 Content Too Large',
+    'uri_too_long': '414 URI Too Long',
     'range_not_satisfiable': '416 Range Not Satisfiable',
     'misdirected_request': '421 Misdirected Request',
+    'header_fields_too_large': '431 Request Header Fields Too Large',
     'insufficient_storage': '507 Insufficient Storage',
     'corrupt_data': '500 Internal Server Error',
     'unavailable': '503 Service Unavailable',
     'internal_error': '500 Internal Server Error',
+    'unsupported_transfer_coding': '501 Not Implemented',
 }
 DOCUMENT_TYPES = [m for short in documents.RENDERERS for m in mimerender._get_mime_types(short)]
 MULTIPART = 'multipart/mixed'
@@ -93,6 +100,7 @@ META_NAME = re.compile(r'[a-z0-9-]+\Z')
 MAX_METADATA_BYTES = 4096            # metadata VARBINARY(8192)
 MAX_CONTENT_TYPE_BYTES = 255         # content_type VARBINARY(255)
 LIMIT_DIGITS = len(str(MAX_LIST_LIMIT))
+MAX_DOCUMENT_BYTES = 1024 * 1024   # a JSON request body (bucket properties), read whole
 
 
 # -- documents ----------------------------------------------------------------
@@ -157,27 +165,30 @@ def respond_error(code, message, headers=None, **details):
 DRAIN_LIMIT = 1024 * 1024   # body bytes read off and dropped after an early answer
 
 
-def drain_request_body(env):
+def drain_request_body():
     """Read off what is left of a body the request did not need (an early
     error, say), up to DRAIN_LIMIT.  A connection closed with the client's
     bytes unread is reset (RFC 9112 9.6), and the reset can destroy the
-    answer before the client reads it.  Beyond the limit the connection is
-    closed instead."""
-    declared = env.get('CONTENT_LENGTH') or ''
-    if not (declared.isascii() and declared.isdigit()) or declared == '0':
-        return
-    if env.get('HTTP_EXPECT', '').lower() == '100-continue':
-        # The client may be waiting to send it: do not wait for it.
-        web.header('Connection', 'close')
-        return
-    stream, drained = env['wsgi.input'], 0
+    answer before the client reads it.  Beyond the limit, or when the body
+    cannot be read, the connection is closed instead."""
+    env = web.ctx.env
+    if any(k.lower() == 'connection' for k, _ in web.ctx.headers):
+        return   # the answer already ends the connection (a framing or pace error)
     try:
+        body = web.ctx.get('request_body')
+        if body is None:
+            if not framing.body_framing(env):
+                return
+            if env.get('HTTP_EXPECT', '').lower() == '100-continue':
+                raise BodyTooLarge('not waited for')   # the client may be waiting to send it
+            body = request_body(DRAIN_LIMIT, lambda: BodyTooLarge('not drained'))
+        drained = 0
         while drained <= DRAIN_LIMIT:
-            data = stream.read(65536)
+            data = body.read(65536)
             if not data:
                 return
             drained += len(data)
-    except (OSError, ValueError):
+    except (StoreError, OSError, ValueError):
         pass
     web.header('Connection', 'close')
 
@@ -187,10 +198,14 @@ def error_response(e):
 
 
 def finish_response(body):
-    drain_request_body(web.ctx.env)
+    drain_request_body()
     # RFC 9110 6.6.1: an origin server with a clock sends Date (uWSGI does
     # not).  Set last: an error document starts its headers afresh.
     web.header('Date', current_http_date())
+    if ('HTTP_TRANSFER_ENCODING' in web.ctx.env and 'uwsgi.version' in web.ctx.env
+            and not any(k.lower() == 'connection' for k, _ in web.ctx.headers)):
+        # uWSGI's router closes the connection after a chunked request: say so.
+        web.header('Connection', 'close')
     access.secure_response()
     # web.py answers HEAD with GET: same headers, no body.
     return b'' if web.ctx.method == 'HEAD' else body
@@ -204,6 +219,7 @@ class Application(web.application):
 
     def handle_errors(self):
         try:
+            framing.check_request_head(web.ctx.env)
             web.ctx.path = request_path()
             return super().handle()
         except StoreError as e:
@@ -287,62 +303,34 @@ def request_context():
         raise BadRequest('bad_context', str(e))
 
 
-class RequestBody:
-    """The request body as a stream, read no further than its Content-Length;
-    a body that ends before it (the client went away) is an error, never a
-    shorter value."""
+def request_body(limit, too_large):
+    """The request body as a stream of at most limit bytes (framing.RequestBody)."""
+    config = store().config
+    body = web.ctx.request_body = framing.RequestBody(web.ctx.env, limit, too_large, config.body_timeout,
+                                                      config.min_body_rate)
+    return body
 
-    CHUNK_TIMEOUT = 30   # seconds to wait for the next chunk of a chunked body
 
-    def __init__(self, env):
-        self.input = env['wsgi.input']
-        declared = env.get('CONTENT_LENGTH')
-        self.left = int(declared) if declared and declared.isdigit() else None
-        # uWSGI's router hands a chunked body on undecoded (serve.py): it is read
-        # with uwsgi.chunked_read.  Other servers decode it into wsgi.input.
-        self.uwsgi = None
-        if (self.left is None and 'uwsgi.version' in env
-                and 'chunked' in env.get('HTTP_TRANSFER_ENCODING', '').lower()):
-            import uwsgi
-            self.uwsgi, self.pending = uwsgi, b''
-            # The router closes the connection after such a request: say so.
-            web.header('Connection', 'close')
-
-    def read(self, size):
-        if self.uwsgi is not None:
-            return self.read_chunked(size)
-        if self.left is not None:
-            size = min(size, self.left)
-            if size <= 0:
-                return b''
-        data = self.input.read(size)
-        if self.left is not None:
-            if not data:
-                raise BadRequest('incomplete_body', 'the body ended before its Content-Length')
-            self.left -= len(data)
-        return data
-
-    def read_chunked(self, size):
-        while not self.pending:
-            try:
-                chunk = self.uwsgi.chunked_read(self.CHUNK_TIMEOUT)
-            except OSError:
-                raise BadRequest('incomplete_body', 'the chunked body ended before its last chunk')
-            if not chunk:
-                return b''
-            self.pending = chunk
-        data, self.pending = self.pending[:size], self.pending[size:]
-        return data
+def request_document(limit=MAX_DOCUMENT_BYTES):
+    """A JSON request body's bytes, read whole: at most limit."""
+    return request_body(limit, lambda: BodyTooLarge(
+        'a document body takes at most %d bytes' % limit, limit=limit)).read_all()
 
 
 def request_value():
     """(bytes or a stream, content type): a raw body, or a form's `value` field."""
     limit = store().config.max_value_bytes
-    declared = web.ctx.env.get('CONTENT_LENGTH')
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise TooLarge('values are at most %d bytes' % limit, limit=limit)
+    body = request_body(limit, lambda: TooLarge('values are at most %d bytes' % limit, limit=limit))
     content_type = web.ctx.env.get('CONTENT_TYPE') or 'application/octet-stream'
     if content_type.split(';')[0].strip().lower() in FORM_TYPES:
+        # A form is parsed in memory: it takes at most one chunk.
+        form_limit = min(limit, store().config.chunk_size)
+        data = request_body(form_limit, lambda: TooLarge(
+            'a form takes at most %d bytes: send a larger value as the raw body' % form_limit,
+            limit=form_limit)).read_all()
+        env = web.ctx.env
+        env['wsgi.input'], env['CONTENT_LENGTH'] = io.BytesIO(data), str(len(data))
+        env.pop('HTTP_TRANSFER_ENCODING', None)
         value = web.input(_method='post').get('value')
         if value is None:
             raise BadRequest('bad_body', 'a form must carry the value in a field named "value"')
@@ -354,7 +342,7 @@ def request_value():
     check_field_value('Content-Type', content_type)
     if len(content_type.encode('utf-8')) > MAX_CONTENT_TYPE_BYTES:
         raise BadRequest('bad_header', 'Content-Type takes at most %d bytes' % MAX_CONTENT_TYPE_BYTES)
-    return RequestBody(web.ctx.env), content_type
+    return body, content_type
 
 
 def check_field_value(name, value):
@@ -509,7 +497,7 @@ class ClusterGossip:
 
     def POST(self):
         peers = store().gossip
-        body = bounded_body(peers.max_bytes)
+        body = request_document(peers.max_bytes)
         env = web.ctx.env
         gossip.verify(peers.secret, gossip.REQUEST, env.get('HTTP_X_GOSSIP_TIMESTAMP'),
                       env.get('HTTP_X_GOSSIP_SIGNATURE'), body)
@@ -523,17 +511,6 @@ class ClusterGossip:
         for name, value in gossip.signed_headers(peers.secret, gossip.ANSWER, answer).items():
             web.header(name, value)
         return answer
-
-
-def bounded_body(limit):
-    """The whole request body, refused (413) beyond limit bytes before more is read."""
-    declared = web.ctx.env.get('CONTENT_LENGTH')
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise TooLarge('this body is at most %d bytes' % limit, limit=limit)
-    body = read_up_to(RequestBody(web.ctx.env), limit + 1)
-    if len(body) > limit:
-        raise TooLarge('this body is at most %d bytes' % limit, limit=limit)
-    return body
 
 
 class Buckets:
@@ -565,7 +542,7 @@ class Bucket:
 
     @staticmethod
     def requested_properties():
-        body = web.data()
+        body = request_document()
         if not body.strip():
             return {}
         try:
@@ -786,6 +763,23 @@ def write_key(bucket, key, create_only, server_chosen=False):
 
 # -- the application ---------------------------------------------------------------
 
+class ClosingResponse:
+    """A WSGI response that calls on_close once the server is done with it."""
+
+    def __init__(self, response, on_close):
+        self.response, self.on_close = response, on_close
+
+    def __iter__(self):
+        return iter(self.response)
+
+    def close(self):
+        try:
+            if hasattr(self.response, 'close'):
+                self.response.close()
+        finally:
+            self.on_close()
+
+
 def create_application(datastore=None):
     """The WSGI application over a datastore (default: from configuration.cfg)."""
     datastore = datastore or Datastore.from_configuration()
@@ -809,7 +803,17 @@ def create_application(datastore=None):
     app.add_processor(attach_store)
     app.add_processor(admit)
     datastore.gossip.start()
-    wsgi = app.wsgifunc()
+    handler = app.wsgifunc()
+
+    def wsgi(environ, start_response):
+        restore = framing.reset_if_worker_dies(environ)
+        try:
+            response = handler(environ, start_response)
+        except BaseException:
+            restore()
+            raise
+        return ClosingResponse(response, restore)
+
     wsgi.datastore = datastore
     wsgi.webapp = app
     return wsgi

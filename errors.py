@@ -95,3 +95,42 @@ class Forbidden(StoreError):
 class MisdirectedRequest(StoreError):
     """The Host is not one this server answers to (DNS rebinding)."""
     code = 'misdirected_request'
+
+class EndsConnection:
+    """Mixed into an error about the request's framing or pace: the store
+    does not read the rest of the request, so the connection ends with the answer."""
+    headers = {'Connection': 'close'}
+
+
+class BadFraming(EndsConnection, BadRequest):
+    """Framing the store cannot trust (RFC 9112 6)."""
+
+    def __init__(self, message):
+        super().__init__('bad_framing', message)
+
+
+class IncompleteBody(EndsConnection, BadRequest):
+    def __init__(self, message):
+        super().__init__('incomplete_body', message)
+
+
+class BodyTooLarge(EndsConnection, StoreError):
+    """A request body the store would hold in memory (a document, a form) is too long."""
+    code = 'body_too_large'
+
+
+class UnsupportedTransferCoding(EndsConnection, StoreError):
+    code = 'unsupported_transfer_coding'
+
+
+class RequestTimeout(EndsConnection, StoreError):
+    """The client sent its body too slowly."""
+    code = 'request_timeout'
+
+
+class UriTooLong(EndsConnection, StoreError):
+    code = 'uri_too_long'
+
+
+class HeaderFieldsTooLarge(EndsConnection, StoreError):
+    code = 'header_fields_too_large'

@@ -50,7 +50,7 @@ def uwsgi_options(run_directory, environ=os.environ, app=STORE_APPLICATION):
         '--socket', os.path.join(run_directory, 'uwsgi.sock'), '--chmod-socket=600',
         '--http-keepalive',
         # The router answers `Expect: 100-continue`; chunked bodies reach the
-        # application raw, for uwsgi.chunked_read (controller.RequestBody).
+        # application raw, decoded by framing.ChunkedDecoder.
         '--http-manage-expect',
         '--http-chunked-input',
         '--master',
@@ -68,6 +68,10 @@ def uwsgi_options(run_directory, environ=os.environ, app=STORE_APPLICATION):
         '--binary-path', sys.executable,
         '--module', app,
         '--buffer-size', '65535',
+        # Room for every field a 64 KiB request head can carry (10 bytes the
+        # least each), so that the application answers 431 rather than the
+        # worker dropping the request (uWSGI's default: 64 vars).
+        '--max-vars', '3400',
         # Router buffers of 64 KiB broke large and chunked uploads.  (Over TCP
         # to the workers, --tcp-nodelay was needed too: Nagle held responses
         # of a few KiB 40 ms for the client's delayed ACK.)

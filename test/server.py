@@ -54,7 +54,7 @@ class StoreServer:
     relative paths, such as data/p1.sqlite3, land there).
     """
 
-    def __init__(self, configuration, workers=2, threads=8):
+    def __init__(self, configuration, workers=2, threads=8, environment=None):
         self.directory = tempfile.mkdtemp(prefix='kvstore-server-')
         self.config_path = os.path.join(self.directory, 'configuration.cfg')
         with open(self.config_path, 'w') as f:
@@ -63,6 +63,7 @@ class StoreServer:
         self.log_path = os.path.join(self.directory, 'server.log')
         self.stats_path = os.path.join(self.directory, 'stats.sock')
         self.workers, self.threads = workers, threads
+        self.environment = environment or {}   # more of serve.py's environment (ACCESS_LOG)
         self.process = None
         self.pids = set()
 
@@ -80,8 +81,8 @@ class StoreServer:
 
     def start(self):
         # Tests run as root on CI; serve.py then wants to be told which user to be.
-        env = dict(os.environ, RUN_AS=os.environ.get('RUN_AS', 'root'),
-                   STORE_CONFIG=self.config_path, BIND='127.0.0.1:%d' % self.port,
+        env = dict(os.environ, RUN_AS=os.environ.get('RUN_AS', 'root'), **self.environment)
+        env.update(STORE_CONFIG=self.config_path, BIND='127.0.0.1:%d' % self.port,
                    WORKERS=str(self.workers), THREADS=str(self.threads), STATS=self.stats_path)
         with open(self.log_path, 'wb') as log:
             self.process = subprocess.Popen(
