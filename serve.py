@@ -48,7 +48,11 @@ def uwsgi_options(run_directory, environ=os.environ, app=STORE_APPLICATION):
         # load and run any file, on a TCP port of 127.0.0.1 that any local
         # process can reach.
         '--socket', os.path.join(run_directory, 'uwsgi.sock'), '--chmod-socket=600',
-        '--http-keepalive',
+        # Connections are kept alive, and closed after 2 s idle.  The close
+        # also frees a client whose worker was killed mid-request: over the
+        # unix socket the router reads the worker's death as the end of a
+        # response and waits for the client's next request.
+        '--http-keepalive=2',
         # The router answers `Expect: 100-continue`; chunked bodies reach the
         # application raw, decoded by framing.ChunkedDecoder.
         '--http-manage-expect',
@@ -58,11 +62,12 @@ def uwsgi_options(run_directory, environ=os.environ, app=STORE_APPLICATION):
         '--threads', environ.get('THREADS', '4'),
         '--lazy-apps',
         '--need-app',
-        # SIGTERM: stop taking requests, let those under way finish (for up
-        # to 10 s), then exit.  SIGHUP: the same, then new workers that read
+        # SIGTERM (to the master): stop taking requests, let those under way
+        # finish (for up to 5 s), then exit.  SIGHUP: the same, then new workers that read
         # the configuration again (lazy-apps).
         '--hook-master-start', 'unix_signal:15 gracefully_kill_them_all',
-        '--worker-reload-mercy', '10', '--reload-mercy', '10',
+        '--die-on-term',   # until that hook runs, SIGTERM still ends the server
+        '--worker-reload-mercy', '5', '--reload-mercy', '5',
         '--chdir', HERE,
         # SIGHUP's reload runs this again with the virtualenv's Python.
         '--binary-path', sys.executable,

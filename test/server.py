@@ -94,12 +94,21 @@ class StoreServer:
             if self.process.poll() is not None:
                 raise AssertionError('serve.py exited with %s before accepting connections:\n%s'
                                      % (self.process.returncode, self.log()))
-            if self.answers() and len(self.worker_pids()) == self.workers:
+            if self.answers() and len(self.worker_pids()) == self.workers and self.apps_loaded() >= self.workers:
                 return
             if time.monotonic() > deadline:
                 self.stop()
                 raise AssertionError('serve.py did not answer within %d s:\n%s' % (START_TIMEOUT, self.log()))
             time.sleep(0.05)
+
+    def apps_loaded(self):
+        """How many workers have loaded the application (lazy-apps: each its own).
+        A SIGTERM while one is still loading hangs uWSGI's graceful shutdown."""
+        try:
+            with open(self.log_path, 'rb') as f:
+                return f.read().count(b"WSGI app 0 (mountpoint='') ready")
+        except OSError:
+            return 0
 
     def answers(self):
         conn = self.connect()
@@ -135,7 +144,8 @@ class StoreServer:
             return graceful, []
         if self.process.poll() is None:
             self.worker_pids()
-            os.killpg(self.process.pid, signal.SIGTERM)
+            # As a supervisor should: the master stops its workers itself.
+            os.kill(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(STOP_TIMEOUT)
             except subprocess.TimeoutExpired:

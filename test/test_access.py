@@ -127,7 +127,7 @@ class TestForgedGossip(SQLiteApp):
     def test_a_body_over_the_limit_is_refused_unread(self):
         limit = self.store.gossip.max_bytes
         body = json.dumps({'partitions': {}, 'padding': 'x' * limit}).encode()
-        self.assertError(self.gossip(None, body=body), 413, 'value_too_large')
+        self.assertError(self.gossip(None, body=body), 413, 'body_too_large')
 
     def test_signed_sound_gossip_is_merged_and_the_answer_is_signed(self):
         response = self.gossip(self.down_view())

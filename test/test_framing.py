@@ -32,6 +32,10 @@ w = 2
 max_value_bytes = 8388608
 body_timeout = %s
 min_body_rate = %s
+
+# The raw requests below name the host without the server's port.
+[access]
+allowed_hosts = localhost
 """ % (BODY_TIMEOUT, MIN_BODY_RATE) + ''.join(
     '\n[partition-p%d]\nengine = sqlite\npath = data/p%d.sqlite3\n' % (i, i) for i in (1, 2, 3, 4))
 BUCKET = 'framing'
@@ -94,7 +98,7 @@ class TestFraming(unittest.TestCase):
             return read_response(sock)
 
     def put_raw(self, key, fields, body=b'abc'):
-        return self.exchange(b'PUT %s HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n%s\r\n%s'
+        return self.exchange(b'PUT %s HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\n%s\r\n%s'
                              % (key_path(key).encode(), b''.join(f + b'\r\n' for f in fields), body))
 
     def assert_refused(self, response, status, code):
@@ -160,22 +164,22 @@ class TestFraming(unittest.TestCase):
         self.assertEqual(requests.get(self.url + key_path('chunk-extensions'), timeout=10).content, b'abcde')
 
     def test_a_raw_space_in_the_request_target_is_400_and_stores_nothing(self):
-        response = self.exchange(b'PUT /buckets/%s/keys/a b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc'
+        response = self.exchange(b'PUT /buckets/%s/keys/a b HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\n\r\nabc'
                                  % BUCKET.encode())
         self.assert_refused(response, 400, 'bad_framing')
         self.assert_absent('a')
 
     def test_a_request_line_of_two_tokens_is_400(self):
-        response = self.exchange(b'GET /\r\nHost: x\r\n\r\n')
+        response = self.exchange(b'GET /\r\nHost: localhost\r\n\r\n')
         self.assert_refused(response, 400, 'bad_framing')
 
     def test_too_many_header_fields_are_431(self):
         fields = b''.join(b'X-Field-%d: v\r\n' % i for i in range(150))
-        response = self.exchange(b'GET / HTTP/1.1\r\nHost: x\r\n%s\r\n' % fields)
+        response = self.exchange(b'GET / HTTP/1.1\r\nHost: localhost\r\n%s\r\n' % fields)
         self.assert_refused(response, 431, 'header_fields_too_large')
 
     def test_a_request_target_over_16_kib_is_414(self):
-        response = self.exchange(b'GET /buckets/%s/keys/%s HTTP/1.1\r\nHost: x\r\n\r\n' % (BUCKET.encode(), b'k' * 20000))
+        response = self.exchange(b'GET /buckets/%s/keys/%s HTTP/1.1\r\nHost: localhost\r\n\r\n' % (BUCKET.encode(), b'k' * 20000))
         self.assert_refused(response, 414, 'uri_too_long')
 
     # -- streaming ---------------------------------------------------------------
@@ -207,11 +211,11 @@ class TestFraming(unittest.TestCase):
         for method, path in (('PUT', '/buckets/%s-props' % BUCKET), ('POST', '/cluster/gossip')):
             started = time.monotonic()
             # Only the head: the answer may not wait for 2 MiB of body.
-            response = self.exchange(b'%s %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n'
+            response = self.exchange(b'%s %s HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n'
                                      b'Content-Length: 2097152\r\n\r\n{' % (method.encode(), path.encode()))
             self.assert_refused(response, 413, 'body_too_large')
             self.assertLess(time.monotonic() - started, BODY_TIMEOUT + 2)
-            chunked = self.exchange(b'%s %s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n'
+            chunked = self.exchange(b'%s %s HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n'
                                     % (method.encode(), path.encode())
                                     + b'100000\r\n' + b' ' * 0x100000 + b'\r\n' + b'10\r\n' + b' ' * 16 + b'\r\n0\r\n\r\n')
             self.assert_refused(chunked, 413, 'body_too_large')
@@ -249,7 +253,7 @@ class TestFraming(unittest.TestCase):
     def trickle(self, key, seconds, results):
         """A PUT whose body comes one byte every 0.25 s for `seconds`; its status (or None) goes in results."""
         with socket.create_connection(('127.0.0.1', self.server.port), timeout=seconds + 10) as sock:
-            sock.sendall(b'PUT %s HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n' % key_path(key).encode())
+            sock.sendall(b'PUT %s HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n' % key_path(key).encode())
             deadline = time.monotonic() + seconds
             try:
                 while time.monotonic() < deadline:
@@ -285,7 +289,7 @@ class TestFraming(unittest.TestCase):
 
     def test_a_body_that_stops_early_is_408_and_one_cut_off_is_400_at_once(self):
         with socket.create_connection(('127.0.0.1', self.server.port), timeout=10) as sock:
-            sock.sendall(b'PUT %s HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc' % key_path('stopped').encode())
+            sock.sendall(b'PUT %s HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\nabc' % key_path('stopped').encode())
             started = time.monotonic()
             answer = read_response(sock)
         self.assert_refused(answer, 408, 'request_timeout')
@@ -293,7 +297,7 @@ class TestFraming(unittest.TestCase):
         self.assert_absent('stopped')
         # A client that goes away mid-body: the store answers 400 at once (its log says).
         with socket.create_connection(('127.0.0.1', self.server.port), timeout=10) as sock:
-            sock.sendall(b'PUT %s HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc' % key_path('cut').encode())
+            sock.sendall(b'PUT %s HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\nabc' % key_path('cut').encode())
             time.sleep(0.2)
             sock.shutdown(socket.SHUT_WR)
             read_response(sock)
@@ -314,7 +318,7 @@ class TestWorkerKilled(unittest.TestCase):
         try:
             server.start()
             with socket.create_connection(('127.0.0.1', server.port), timeout=10) as sock:
-                sock.sendall(b'GET / HTTP/1.1\r\nHost: x\r\n\r\n')
+                sock.sendall(b'GET / HTTP/1.1\r\nHost: localhost\r\n\r\n')
                 self.assertEqual(read_response(sock)[0], 200)
                 # Every partition locked: the next write waits inside a worker.
                 locks = []
@@ -323,7 +327,7 @@ class TestWorkerKilled(unittest.TestCase):
                                            isolation_level=None)
                     lock.execute('BEGIN IMMEDIATE')
                     locks.append(lock)
-                sock.sendall(b'PUT %s HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc' % key_path('killed').encode())
+                sock.sendall(b'PUT %s HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\n\r\nabc' % key_path('killed').encode())
                 time.sleep(0.5)
                 for pid in server.worker_pids():
                     os.kill(pid, signal.SIGKILL)
