@@ -167,13 +167,14 @@ DRAIN_LIMIT = 1024 * 1024   # body bytes read off and dropped after an early ans
 
 def drain_request_body():
     """Read off what is left of a body the request did not need (an early
-    error, say), up to DRAIN_LIMIT.  A connection closed with the client's
-    bytes unread is reset (RFC 9112 9.6), and the reset can destroy the
-    answer before the client reads it.  Beyond the limit, or when the body
-    cannot be read, the connection is closed instead."""
+    error, a body over its limit), up to DRAIN_LIMIT.  A connection closed
+    with the client's bytes unread is reset (RFC 9112 9.6), and the reset can
+    destroy the answer before the client reads it.  Beyond the limit, or when
+    the body cannot be read, the connection is closed instead."""
     env = web.ctx.env
-    if any(k.lower() == 'connection' for k, _ in web.ctx.headers):
-        return   # the answer already ends the connection (a framing or pace error)
+    closing = any(k.lower() == 'connection' for k, _ in web.ctx.headers)
+    if closing and not web.ctx.status.startswith('413'):
+        return   # a framing or pace error: the body cannot be trusted or waited for
     try:
         body = web.ctx.get('request_body')
         if body is None:
@@ -182,15 +183,12 @@ def drain_request_body():
             if env.get('HTTP_EXPECT', '').lower() == '100-continue':
                 raise BodyTooLarge('not waited for')   # the client may be waiting to send it
             body = request_body(DRAIN_LIMIT, lambda: BodyTooLarge('not drained'))
-        drained = 0
-        while drained <= DRAIN_LIMIT:
-            data = body.read(65536)
-            if not data:
-                return
-            drained += len(data)
+        if body.discard(DRAIN_LIMIT):
+            return
     except (StoreError, OSError, ValueError):
         pass
-    web.header('Connection', 'close')
+    if not closing:
+        web.header('Connection', 'close')
 
 
 def error_response(e):

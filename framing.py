@@ -268,6 +268,22 @@ class RequestBody:
             self.left -= len(data)
         return data
 
+    def discard(self, most):
+        """Read off and drop up to `most` more bytes of the body, past any
+        limit: True when the body ended within them."""
+        dropped = 0
+        while dropped <= most:
+            size = READ_BYTES if self.left is None else min(READ_BYTES, self.left)
+            if size <= 0:
+                return True
+            data = self.source.read(size)
+            if not data:
+                return self.left is None
+            dropped += len(data)
+            if self.left is not None:
+                self.left -= len(data)
+        return False
+
     def read_all(self):
         parts = []
         while True:
