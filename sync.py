@@ -8,8 +8,9 @@ It makes every replica of every key hold the same versions, and every key sit
 on exactly the partitions the configured ring gives it.  `all` (the default)
 runs the jobs in this order:
 
-    hints      deliver hinted writes to their owners once they are back; a hint
-               is deleted only after its owner committed the version
+    hints      deliver hinted writes to their target once it is back (to the
+               key's owners when the target no longer owns it); a hint is
+               deleted only after they committed the version
     rebalance  record the configured ring as a new epoch when it changed, copy
                bucket records to their owners, move every key a partition holds
                but does not own (a partition added, removed with weight 0, or
@@ -19,11 +20,13 @@ runs the jobs in this order:
     repair     push lazy writes (pending markers left by writes with w < N) to
                the replicas that lack them; then anti-entropy (antientropy.py):
                compare the owners of each arc of the ring by digests, descend
-               only where they differ, and copy what each owner lacks
+               only where they differ, copy what each owner lacks, and remove
+               from each owner the versions another it holds supersedes
     gc         remove chunks no version or hint points to (uploads cut off,
                versions superseded or moved away) once older than chunk_grace;
-               reap tombstones held alike by every owner for longer than
-               tombstone_grace, when no hint for the key is waiting
+               reap a key's tombstones (one, or concurrent ones) held alike by
+               every owner for longer than tombstone_grace, when no other
+               partition holds a row or a hint of the key
 
 `new-incarnation PARTITION` is a step of restoring a partition from a backup
 (docs/sync.md): the partition mints a new incarnation, so the writes it
