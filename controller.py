@@ -290,13 +290,13 @@ def request_quorums(*names):
     return [store().quorum(query(name), None, name) for name in names]
 
 
-def request_context():
-    """The causal context the client sent back (X-Context), or None."""
+def request_context(bucket, key):
+    """The causal context the client sent back (X-Context) with a write of this key, or None."""
     header = web.ctx.env.get('HTTP_X_CONTEXT')
     if not header:
         return None
     try:
-        return decode_context(header, store().engines)
+        return decode_context(header, store().engines, bucket, key)
     except BadContext as e:
         raise BadRequest('bad_context', str(e))
 
@@ -426,15 +426,15 @@ def value_document(version):
     return doc
 
 
-def context_header(receipt):
-    return {'X-Context': encode_context(receipt.context)} if receipt.context is not None else {}
+def context_header(bucket, key, receipt):
+    return {'X-Context': encode_context(receipt.context, bucket, key)} if receipt.context is not None else {}
 
 
 def receipt_document(bucket, key, receipt):
     doc = {'bucket': bucket, 'key': key}
     if not receipt.version.deleted:
         doc['etag'] = receipt.version.etag
-    doc.update(context=encode_context(receipt.context) if receipt.context is not None else None,
+    doc.update(context=encode_context(receipt.context, bucket, key) if receipt.context is not None else None,
                clock=receipt.context, siblings=receipt.siblings,
                preference_list=receipt.preference_list, acknowledged=receipt.acknowledged,
                coordinator=receipt.coordinator, hints=receipt.hints, down=receipt.down,
@@ -604,14 +604,14 @@ class Key:
         if not current:
             raise NotFound('no key %r in bucket %r' % (key, bucket))
         if len(current) > 1:
-            web.header('X-Context', encode_context(read.context))
+            web.header('X-Context', encode_context(read.context, bucket, key))
             return siblings_response(bucket, key, read)
         version = current[0]
         raw = accepts_stored_type(version.content_type)
         if not raw and document_format() is None:
             raise NotAcceptable('the value is %s, and no document type is acceptable either'
                                 % version.content_type)
-        web.header('X-Context', encode_context(read.context))
+        web.header('X-Context', encode_context(read.context, bucket, key))
         web.header('ETag', version.etag)
         web.header('Last-Modified', http_date(version.modified))
         if Preconditions.from_environ(web.ctx.env).evaluate(current, safe=True) == NOT_MODIFIED:
@@ -625,7 +625,8 @@ class Key:
         if raw:
             web.header('Vary', 'Accept')  # a document gets it from the negotiation
             return value_response(bucket, version)
-        doc = dict(bucket=bucket, key=key, context=encode_context(read.context), **value_document(version))
+        doc = dict(bucket=bucket, key=key, context=encode_context(read.context, bucket, key),
+                   **value_document(version))
         return respond('record', doc)
 
     def PUT(self, bucket, key):
@@ -637,11 +638,11 @@ class Key:
     def DELETE(self, bucket, key):
         preconditions = Preconditions.from_environ(web.ctx.env)
         w, pw = request_quorums('w', 'pw')
-        receipt = store().delete(bucket, key, context=request_context(), check=preconditions.check_write,
+        receipt = store().delete(bucket, key, context=request_context(bucket, key), check=preconditions.check_write,
                                  w=w, pw=pw, conditional=preconditions.present)
         doc = receipt_document(bucket, key, receipt)
         doc['deleted'] = True
-        return respond('receipt', doc, headers=context_header(receipt))
+        return respond('receipt', doc, headers=context_header(bucket, key, receipt))
 
 
 def prefers(media_type):
@@ -719,7 +720,7 @@ def siblings_response(bucket, key, read):
         return parts()
     siblings = [value_document(v) for v in read.current]
     return respond('siblings', {
-        'bucket': bucket, 'key': key, 'context': encode_context(read.context),
+        'bucket': bucket, 'key': key, 'context': encode_context(read.context, bucket, key),
         'message': 'concurrent writes left %d siblings; PUT one value with this context to resolve them'
                    % len(siblings),
         'siblings': siblings}, '300 Multiple Choices')
@@ -729,7 +730,7 @@ def write_key(bucket, key, create_only, server_chosen=False):
     """PUT, POST and server-chosen-key POST: store a value, answer with a receipt."""
     store().check_key(bucket, key)
     w, pw = request_quorums('w', 'pw')
-    context = request_context()
+    context = request_context(bucket, key)
     preconditions = Preconditions.from_environ(web.ctx.env)
     metadata = request_metadata()
     expected = expected_digests(web.ctx.env)
@@ -752,7 +753,7 @@ def write_key(bucket, key, create_only, server_chosen=False):
     conditional = preconditions.present or (create_only and not server_chosen)
     receipt = store().put(bucket, key, value, content_type, context=context, check=check, w=w, pw=pw,
                           metadata=metadata, expected=expected, conditional=conditional)
-    headers = dict(context_header(receipt), ETag=receipt.version.etag)
+    headers = dict(context_header(bucket, key, receipt), ETag=receipt.version.etag)
     if receipt.created:
         headers['Location'] = key_path(bucket, key)
     return respond('receipt', receipt_document(bucket, key, receipt),

@@ -732,9 +732,17 @@ class Datastore:
 
     # -- hinted handoff --------------------------------------------------------
 
+    def hint_destinations(self, bucket, key, target):
+        """Where a hint for target goes: to target while it owns the key, else
+        (the ring changed since the hint was written) to the key's owners, so
+        that no copy lands on a partition that gc and the owners do not see."""
+        owners = self.placement(bucket, key)[0]
+        return [target] if target in owners else owners
+
     def hand_off(self, target, batch=500):
-        """Deliver every hint held for target; a hint is deleted only after the
-        target committed its version.  Returns (delivered, left)."""
+        """Deliver every hint held for target (to hint_destinations); a hint is
+        deleted only after its destinations committed its version.  Returns
+        (delivered, left)."""
         with self._handoff_lock:
             if target in self._handoffs:
                 return 0, 0
@@ -748,7 +756,8 @@ class Datastore:
                     while True:
                         hints = self.call(holder, 'hints_for', target, batch)
                         for bucket, key, version, _ in hints:
-                            self.call(target, 'apply', bucket, key, version)
+                            for destination in self.hint_destinations(bucket, key, target):
+                                self.call(destination, 'apply', bucket, key, version)
                             self.call(holder, 'delete_hint', target, bucket, key, version.version_id)
                             delivered += 1
                         if len(hints) < batch:

@@ -8,8 +8,9 @@ It makes every replica of every key hold the same versions, and every key sit
 on exactly the partitions the configured ring gives it.  `all` (the default)
 runs the jobs in this order:
 
-    hints      deliver hinted writes to their owners once they are back; a hint
-               is deleted only after its owner committed the version
+    hints      deliver hinted writes to their target once it is back (to the
+               key's owners when the target no longer owns it); a hint is
+               deleted only after they committed the version
     rebalance  record the configured ring as a new epoch when it changed, copy
                bucket records to their owners, move every key a partition holds
                but does not own (a partition added, removed with weight 0, or
@@ -19,11 +20,13 @@ runs the jobs in this order:
     repair     push lazy writes (pending markers left by writes with w < N) to
                the replicas that lack them; then anti-entropy (antientropy.py):
                compare the owners of each arc of the ring by digests, descend
-               only where they differ, and copy what each owner lacks
+               only where they differ, copy what each owner lacks, and remove
+               from each owner the versions another it holds supersedes
     gc         remove chunks no version or hint points to (uploads cut off,
                versions superseded or moved away) once older than chunk_grace;
-               reap tombstones held alike by every owner for longer than
-               tombstone_grace, when no hint for the key is waiting
+               reap a key's tombstones (one, or concurrent ones) held alike by
+               every owner for longer than tombstone_grace, when no other
+               partition holds a row or a hint of the key
 
 `new-incarnation PARTITION` is a step of restoring a partition from a backup
 (docs/sync.md): the partition mints a new incarnation, so the writes it
@@ -329,9 +332,8 @@ class Reconciler:
             self.meter.read(len(hints))
             for bucket, key, version, created in hints:
                 owners = self.owners(bucket, key)
-                destinations = [target] if target in owners else owners
                 try:
-                    self._put(destinations, bucket, key, version)
+                    self._put(self.store.hint_destinations(bucket, key, target), bucket, key, version)
                     counts['delivered'] += 1
                 except PartitionError as e:
                     if created >= expired_before or target not in owners:
@@ -572,8 +574,10 @@ class Reconciler:
 
     def _repair_page(self, held, counts, waiting):
         """held: {owner: {(bucket, key): [Version]}} for one range: give each owner
-        the current versions it lacks."""
-        plan = []
+        the current versions it lacks, and remove from it the versions that
+        another one it holds supersedes (left by a front end that died between
+        a replica's two write steps)."""
+        plan, superseded = [], []
         for key in sorted(set().union(*held.values())):
             versions = resolve(h.get(key, []) for h in held.values())
             missing = self.lacking(held, key, versions)
@@ -581,10 +585,21 @@ class Reconciler:
                 source = next(name for name in sorted(held)
                               if any(v.version_id == version.version_id for v in held[name].get(key, [])))
                 plan.append((source, owner, key[0], key[1], version.version_id))
-            if missing:
+            stale = [(owner, key, [v.version_id for v in mine if any(u.supersedes(v) for u in mine)])
+                     for owner, mine in ((o, h.get(key, [])) for o, h in sorted(held.items()))]
+            superseded += [item for item in stale if item[2]]
+            if missing or any(ids for _, _, ids in stale):
                 counts['keys_repaired'] += 1
         copied, _ = self.transfer(plan, waiting)
         counts['versions_copied'] += copied
+        for owner, (bucket, key), ids in superseded:
+            try:
+                if not self.dry_run:
+                    self.call(owner, 'delete_versions', bucket, key, ids)
+                self.meter.wrote(len(ids))
+                counts['versions_removed'] += len(ids)
+            except PartitionError:
+                waiting[owner] += 1
 
     # -- garbage collection ------------------------------------------------------
 
@@ -617,13 +632,13 @@ class Reconciler:
                 if not rows:
                     break
                 after = rows[-1]
-                self._reap(name, [r for r in rows if (r[1], r[2]) not in seen], hinted, counts, waiting)
+                self._reap(name, [r for r in rows if (r[1], r[2]) not in seen], hinted, before, counts, waiting)
                 seen.update((r[1], r[2]) for r in rows)
                 if len(rows) < self.batch:
                     break
         parts = ['%d tombstones reaped' % counts['tombstones_reaped']]
         if counts['tombstones_kept']:
-            parts.append('%d kept (not alike on every owner, or hinted)' % counts['tombstones_kept'])
+            parts.append('%d kept (not alike on every owner, or held elsewhere)' % counts['tombstones_kept'])
         if chunks:
             parts.append(chunks[2:])
         if waiting:
@@ -647,34 +662,34 @@ class Reconciler:
                 counts['chunked_versions_removed'] += removed
                 self.meter.wrote(removed)
 
-    def _reap(self, name, rows, hinted, counts, waiting):
-        """Delete each tombstone from every owner once each holds it and nothing else."""
-        owners = {(b, k): self.owners(b, k) for _, b, k, _ in rows}
-        wanted = collections.defaultdict(set)
-        for key, names in owners.items():
-            if name in names and key not in hinted:   # a non-owner's copy is rebalance's to move
-                for owner in names:
-                    wanted[owner].add(key)
-        held = self.read_held(wanted, waiting)
-        for _, bucket, key, version_id in rows:
-            names = owners[(bucket, key)]
-            if name not in names:
-                continue
-            alike = (bucket, key) not in hinted and all(
-                o in held and [(v.version_id, v.deleted) for v in held[o][(bucket, key)]] == [(version_id, True)]
-                for o in names)
+    def _reap(self, name, rows, hinted, before, counts, waiting):
+        """Delete a key's tombstones from every owner once each owner holds the
+        same tombstones (one, or concurrent ones) and nothing else, all written
+        before `before`, and no other partition holds a copy of the key that a
+        drain or a hand-off could bring back: no row (rebalance moves a
+        non-owner's rows to the owners) and no hint."""
+        rows_of = collections.Counter((b, k) for _, b, k, _ in rows)
+        owners = {key: self.owners(*key) for key in rows_of}
+        keys = {key for key in rows_of if name in owners[key]}   # a non-owner's copy is rebalance's to move
+        candidates = keys - hinted
+        held = self.read_held({p: candidates for p in self.store.engines}, waiting) if candidates else {}
+        for key in sorted(keys):
+            tombstones = {v.version_id for v in held.get(name, {}).get(key, [])
+                          if v.deleted and v.modified < before}
+            alike = key in candidates and len(held) == len(self.store.engines) and bool(tombstones) and all(
+                {v.version_id for v in held[p].get(key, [])} == (tombstones if p in owners[key] else set())
+                for p in self.store.engines)
             if not alike:
-                counts['tombstones_kept'] += 1
+                counts['tombstones_kept'] += rows_of[key]
                 continue
             try:
-                for owner in names:
+                for owner in owners[key]:
                     if not self.dry_run:
-                        self.call(owner, 'delete_versions', bucket, key, [version_id])
-                    self.meter.wrote(1)
-                counts['tombstones_reaped'] += 1
+                        self.call(owner, 'delete_versions', key[0], key[1], sorted(tombstones))
+                    self.meter.wrote(len(tombstones))
+                counts['tombstones_reaped'] += len(tombstones)
             except PartitionError as e:
                 waiting[e.partition] += 1
-
 
 def run(store, jobs, dry_run=False, progress=None, force_view=False, report=None):
     """Run the jobs (names, in JOBS order) over store: ([JobResult], the Meter).

@@ -65,27 +65,44 @@ def decode_token(text):
         raise ValueError(str(e))
 
 
-def encode_context(clock):
-    """The opaque causal context a client hands back on its next write."""
-    return _context_token(tuple(sorted(clock.items())))
+def context_binding(bucket, key):
+    """What binds a context to its key: the first 8 bytes of SHA-256 of
+    bucket NUL key, in hex."""
+    return hashlib.sha256(('%s\0%s' % (bucket, key)).encode('utf-8', 'surrogatepass')).hexdigest()[:16]
+
+
+def encode_context(clock, bucket, key):
+    """The opaque causal context a client hands back on its next write of this
+    key: {"c": clock, "k": context_binding(bucket, key)}, as a token."""
+    return _context_token(tuple(sorted(clock.items())), bucket, key)
 
 
 @functools.lru_cache(maxsize=4096)   # hot keys are read again and again
-def _context_token(items):
-    return encode_token(encode_clock(dict(items)))
+def _context_token(items, bucket, key):
+    return encode_token(encode_clock({'c': dict(items), 'k': context_binding(bucket, key)}))
 
 
-def decode_context(text, partitions):
-    """The clock of a context a client sent back.  Its actors must belong to
-    the configured `partitions` (names), and be no more than twice as many as
-    the store keeps in a clock (datastore: max(8, 2 x partitions)): anything
-    else is BadContext, before it could be stored with a key for good."""
+def decode_context(text, partitions, bucket, key):
+    """The clock of a context a client sent back with a write of this key.  It
+    must have been issued for this key (a context of another key would make
+    the write replace versions it never saw), its actors must belong to the
+    configured `partitions` (names), and be no more than twice as many as the
+    store keeps in a clock (datastore: max(8, 2 x partitions)): anything else
+    is BadContext, before it could be stored with a key for good.  A plain
+    clock, the form contexts had before they were bound to their key, is
+    taken as it is, unbound."""
     if len(text) > MAX_CONTEXT_BYTES:
         raise BadContext('a context has at most %d characters' % MAX_CONTEXT_BYTES)
     try:
         clock = json.loads(decode_token(text))
     except (ValueError, UnicodeError, RecursionError):
         raise BadContext('the context is not one this store issued')
+    if isinstance(clock, dict) and isinstance(clock.get('k'), str):
+        if set(clock) != {'c', 'k'}:
+            raise BadContext('the context is not one this store issued')
+        if clock['k'] != context_binding(bucket, key):
+            raise BadContext('this context belongs to another key')
+        clock = clock['c']
     if not isinstance(clock, dict) or not all(
             isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_COUNTER
             for k, v in clock.items()):
@@ -95,11 +112,6 @@ def decode_context(text, partitions):
     if len(clock) > 2 * max(8, 2 * len(partitions)):
         raise BadContext('the context has more entries than this store keeps')
     return clock
-
-
-def actor_partition(actor):
-    """The partition an actor (a clock's entry) belongs to: 'p1' for 'p1.3f9a' or 'p1'."""
-    return actor.split('.', 1)[0]
 
 
 # --- versions --------------------------------------------------------------

@@ -318,6 +318,22 @@ class ApiSpecification(support.StoreSpecification):
         self.assertError(self.put('k', headers={'X-Context': garbage}, status=400), 400, 'bad_context')
         self.get('k', status=404)
 
+    def test_a_context_copied_from_another_key_is_400_and_replaces_nothing(self):
+        coordinator = self.store.ring.preference_list(self.bucket, 'b', 3)[0]
+        other = next(k for k in ('a%d' % i for i in range(200))
+                     if self.store.ring.preference_list(self.bucket, k, 3)[0] == coordinator)
+        self.put('b', b'newer')
+        # Written later by the same coordinator, the other key's context covers b's version.
+        copied = self.put(other, b'x').headers['X-Context']
+        for response in (self.put('b', b'stale', headers={'X-Context': copied}, status=400),
+                         self.app.delete(KEY % (self.bucket, 'b'), headers={'X-Context': copied}, status=400)):
+            self.assertError(response, 400, 'bad_context')
+            self.assertIn('another key', response.json['message'])
+        self.assertEqual(self.get('b').body, b'newer')
+        # Its own key's context is taken.
+        own = self.get('b').headers['X-Context']
+        self.assertEqual(self.put('b', b'newest', headers={'X-Context': own}).status_int, 200)
+
     # -- conditional requests --------------------------------------------------------
 
     def test_if_none_match_star_creates_only(self):

@@ -25,7 +25,7 @@ from test import support
 from test.mariadb import shared_cluster
 from test.server import StoreServer
 from test.test_server import CONFIGURATION, request
-from test.test_sync import FAST, config_of, sync_once
+from test.test_sync import FAST, config_of, holdings, sync_once
 from versions import Version
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -338,3 +338,94 @@ class TestChunkGarbageAndUploads(unittest.TestCase):
             return   # refused: nothing acknowledged
         version = self.store.get(self.bucket, 'big').current[0]
         self.assertEqual(len(b''.join(self.store.open_value(version))), 2148)
+
+
+class TestReconcilerFinishes(unittest.TestCase):
+    """What gc and repair must finish (issue 17, findings 4 to 6): no copy of a
+    key outside its owners outlives its tombstone, superseded rows go, and
+    concurrent tombstones are reaped."""
+
+    def setUp(self):
+        directory = support.TemporaryDirectory()
+        self.addCleanup(directory.remove)
+        self.partitions = support.sqlite_partitions(directory.path)
+        self.config = config_of(self.partitions)
+        self.reaping = config_of(self.partitions, {'tombstone_grace': 0})
+        self.store = self.open(self.partitions)
+        self.bucket = support.unique()
+
+    def open(self, partitions):
+        store = support.open_store(partitions, **FAST)
+        self.addCleanup(store.close)
+        return store
+
+    def owners(self, key, store=None):
+        return (store or self.store).ring.preference_list(self.bucket, key, 3)
+
+    def test_a_hint_for_a_former_owner_goes_to_the_owners_and_the_deleted_key_stays_deleted(self):
+        key = next(k for k in ('k%d' % i for i in range(1000)) if 'p2' in self.owners(k))
+        old = self.store.put(self.bucket, key, b'old', 'text/plain', w=3).version
+        # p2 missed the write: a fallback holds its hint.
+        self.store.engines['p2'].delete_versions(self.bucket, key, [old.version_id])
+        holder = next(p for p in self.partitions if p not in self.owners(key))
+        self.store.engines[holder].store_hint('p2', self.bucket, key, old)
+        self.assertEqual(sync_once(self.config, 'rebalance')[2], sync.CONVERGED)   # epoch 1
+        # p2 leaves the ring (weight 0), the rebalance completes, the key is deleted.
+        without = dict(self.partitions, p2=dict(self.partitions['p2'], weight=0))
+        self.assertEqual(sync_once(config_of(without), 'rebalance')[2], sync.CONVERGED)
+        smaller = self.open(without)
+        smaller.delete(self.bucket, key, w=3)
+        # A front end sees p2 recover and hands its hints off: to the key's owners.
+        self.assertEqual(smaller.hand_off('p2'), (1, 0))
+        self.assertEqual(smaller.engines['p2'].read(self.bucket, key), [])
+        sync_once(config_of(without, {'tombstone_grace': 0}), 'gc')
+        sync_once(config_of(without), 'rebalance')   # drains whatever p2 holds
+        self.assertEqual(smaller.get(self.bucket, key, r=3).current, [])
+
+    def test_gc_keeps_a_tombstone_while_a_partition_that_does_not_own_the_key_holds_a_copy(self):
+        stranger = next(p for p in self.partitions if p not in self.owners('k'))
+        old = self.store.put(self.bucket, 'k', b'old', 'text/plain', w=3).version
+        # Left by a front end whose configuration was out of date, say.
+        self.store.engines[stranger].apply(self.bucket, 'k', old)
+        self.store.delete(self.bucket, 'k', w=3)
+        results, _, _ = sync_once(self.reaping, 'gc')
+        self.assertEqual((results['gc'].counts['tombstones_reaped'], results['gc'].counts['tombstones_kept']),
+                         (0, 1), results['gc'].summary)
+        # The drain moves the stranger's copy to the owners (the tombstone supersedes it), then gc reaps.
+        results, _, status = sync_once(self.reaping, 'rebalance', 'gc')
+        self.assertEqual((status, results['gc'].counts['tombstones_reaped']), (sync.CONVERGED, 1))
+        self.assertNotIn((self.bucket, 'k'), holdings(self.store))
+        self.assertEqual(self.store.get(self.bucket, 'k', r=3).current, [])
+
+    def test_repair_removes_a_superseded_row_left_beside_its_replacement(self):
+        old = self.store.put(self.bucket, 'k', b'old', 'text/plain', w=3).version
+        new = self.store.put(self.bucket, 'k', b'new', 'text/plain', w=3).version
+        # A front end died between a replica's two write steps: the old row is still there.
+        self.store.engines[self.owners('k')[1]].insert_many([(self.bucket, 'k', old)])
+        results, _, status = sync_once(self.config, 'repair')
+        self.assertEqual(holdings(self.store)[(self.bucket, 'k')], {p: [new.version_id] for p in self.owners('k')})
+        counts = results['repair'].counts
+        self.assertEqual((status, counts['differing'], counts['keys_repaired'], counts.get('versions_removed')),
+                         (sync.CONVERGED, 1, 1, 1), results['repair'].summary)
+        results, _, _ = sync_once(self.config, 'repair')
+        self.assertEqual(results['repair'].counts['differing'], 0, results['repair'].summary)
+
+    def test_concurrent_tombstones_are_reaped_once_every_owner_holds_them_all(self):
+        owners = self.owners('k')
+        base = self.store.put(self.bucket, 'k', b'v', 'text/plain', w=3).version
+        # Two deletes from the same context, coordinated by two owners: siblings.
+        left, right = (Version.new(base.full_clock, (self.store.engines[o].actor, base.dot[1] + 1), b'', '',
+                                   deleted=True) for o in owners[:2])
+        for owner in owners:
+            self.store.engines[owner].apply(self.bucket, 'k', left)
+        for owner in owners[:2]:
+            self.store.engines[owner].apply(self.bucket, 'k', right)
+        self.assertEqual(len(self.store.engines[owners[0]].read(self.bucket, 'k')), 2)
+        with self.assertRaises(NotFound):   # a client cannot clear them
+            self.store.delete(self.bucket, 'k')
+        results, _, _ = sync_once(self.reaping, 'gc')   # the third owner lacks one
+        self.assertEqual(results['gc'].counts['tombstones_reaped'], 0, results['gc'].summary)
+        results, _, status = sync_once(self.reaping, 'repair', 'gc')
+        self.assertEqual((status, results['gc'].counts['tombstones_reaped']), (sync.CONVERGED, 2),
+                         results['gc'].summary)
+        self.assertNotIn((self.bucket, 'k'), holdings(self.store))

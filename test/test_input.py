@@ -14,7 +14,8 @@ DEEP = '[' * 100000 + ']' * 100000
 
 
 def token(clock):
-    """A context as the store encodes one, for a clock of the test's choosing."""
+    """A context as the store encoded one before contexts were bound to their
+    key (a plain clock, still taken), for a clock of the test's choosing."""
     return base64.urlsafe_b64encode(json.dumps(clock).encode()).decode().rstrip('=')
 
 

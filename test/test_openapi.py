@@ -26,6 +26,7 @@ from schemathesis.generation import GenerationMode
 import controller
 from test.server import REPO, StoreServer
 from test.test_server import CONFIGURATION
+from versions import context_binding
 
 SPEC_PATH = os.path.join(REPO, 'docs', 'openapi.yaml')
 VERBS = ('GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS')
@@ -86,13 +87,18 @@ def json_texts(depth):
                              max_leaves=20).map(json.dumps))
 
 
-# A context: base64url of JSON of any shape, or text of no shape.  All the
+# A context: base64url of JSON of any shape (a plain clock, a clock bound to a
+# key or to something else), or text of no shape.  All the
 # headers stay well under the 64 KiB uWSGI's router takes (it resets the
 # connection of a larger request head).
 context = strategies.one_of(
     json_texts(10000).map(lambda text: base64.urlsafe_b64encode(text.encode()).decode().rstrip('=')),
     strategies.dictionaries(strategies.text(max_size=50), strategies.integers(-1, 2 ** 70), max_size=300).map(
         lambda clock: base64.urlsafe_b64encode(json.dumps(clock).encode()).decode().rstrip('=')),
+    strategies.fixed_dictionaries({'c': strategies.dictionaries(strategies.sampled_from(['p1', 'p2', 'x']),
+                                                                strategies.integers(-1, 2 ** 70)),
+                                   'k': strategies.sampled_from([context_binding('b', 'k'), '', '0' * 16])}).map(
+        lambda bound: base64.urlsafe_b64encode(json.dumps(bound).encode()).decode().rstrip('=')),
     strategies.text(max_size=100))
 # Any byte a header value may carry on the wire but CR and LF, up to 6 KiB.
 header_value = strategies.one_of(

@@ -12,8 +12,8 @@ import unittest
 
 import time
 
-from versions import (BadContext, Version, actor_partition, context_of, decode_context, encode_context,
-                      next_dot, prune, reconcile, resolve)
+from versions import (BadContext, Version, actor_partition, context_of, decode_context, decode_token,
+                      encode_context, next_dot, prune, reconcile, resolve)
 
 
 def write(actor, held=(), context=None, value=b'v', content_type='text/plain'):
@@ -262,54 +262,74 @@ class TestContexts(unittest.TestCase):
 
     def test_an_encoded_context_decodes_to_the_same_clock(self):
         for clock in ({}, {'p1': 1}, {'p1': 3, 'p2': 6, 'node-x_9': 2 ** 40}):
-            text = encode_context(clock)
+            text = encode_context(clock, 'b', 'k')
             self.assertIsInstance(text, str)
-            self.assertEqual(decode_context(text, self.partitions), clock)
+            self.assertEqual(decode_context(text, self.partitions, 'b', 'k'), clock)
 
     def test_an_encoded_context_is_safe_in_a_header_and_a_url(self):
-        text = encode_context({'p1': 3, 'p2': 6, 'p3': 4})
+        text = encode_context({'p1': 3, 'p2': 6, 'p3': 4}, 'b', 'k')
         self.assertRegex(text, r'\A[A-Za-z0-9_-]+\Z')
 
     def test_decode_context_tolerates_surrounding_whitespace(self):
-        self.assertEqual(decode_context('  %s\t' % encode_context({'p1': 2}), self.partitions), {'p1': 2})
+        self.assertEqual(decode_context('  %s\t' % encode_context({'p1': 2}, 'b', 'k'), self.partitions, 'b', 'k'), {'p1': 2})
 
     def test_decode_context_rejects_garbage(self):
         for text in ('', 'not a context!', '%%%%', 'é', 'a', base64.urlsafe_b64encode(b'\xff\xfe{').decode()):
             with self.assertRaises(BadContext, msg=repr(text)):
-                decode_context(text, self.partitions)
+                decode_context(text, self.partitions, 'b', 'k')
 
     def test_decode_context_rejects_json_that_is_not_an_object(self):
         for document in ([1, 2], 'p1', 3, None, [['p1', 1]]):
             with self.assertRaises(BadContext, msg=repr(document)):
-                decode_context(self.encoded(document), self.partitions)
+                decode_context(self.encoded(document), self.partitions, 'b', 'k')
 
     def test_decode_context_rejects_counters_that_are_not_positive_whole_numbers(self):
         for counter in (-1, 0, True, False, 1.5, '3', None, [1]):
             with self.assertRaises(BadContext, msg=repr(counter)):
-                decode_context(self.encoded({'p1': counter}), self.partitions)
+                decode_context(self.encoded({'p1': counter}), self.partitions, 'b', 'k')
 
     def test_a_bad_context_is_a_value_error_with_a_message_for_people(self):
         with self.assertRaises(ValueError) as caught:
-            decode_context('garbage', self.partitions)
+            decode_context('garbage', self.partitions, 'b', 'k')
         self.assertIn('context', str(caught.exception))
 
     def test_decode_context_takes_configured_partitions_and_their_incarnations_only(self):
-        self.assertEqual(decode_context(self.encoded({'p1': 1, 'p2.3f9a': 2, 'p2.x.y': 3}), self.partitions),
+        self.assertEqual(decode_context(self.encoded({'p1': 1, 'p2.3f9a': 2, 'p2.x.y': 3}), self.partitions, 'b', 'k'),
                          {'p1': 1, 'p2.3f9a': 2, 'p2.x.y': 3})
         for clock in ({'p4': 1}, {'': 1}, {'.p1': 1}, {'p1x': 1}, {'P1': 1}):
             with self.assertRaises(BadContext, msg=repr(clock)):
-                decode_context(self.encoded(clock), self.partitions)
+                decode_context(self.encoded(clock), self.partitions, 'b', 'k')
 
     def test_decode_context_bounds_entries_characters_counters_and_nesting(self):
         # Twice the store's own bound of max(8, 2 x partitions) entries.
         bound = {'p1.%d' % i: 1 for i in range(16)}
-        self.assertEqual(decode_context(self.encoded(bound), self.partitions), bound)
+        self.assertEqual(decode_context(self.encoded(bound), self.partitions, 'b', 'k'), bound)
         nested = base64.urlsafe_b64encode(b'[' * 3000).decode()
         for text in (self.encoded(dict(bound, p2=1)), self.encoded({'p1.' + 'x' * 4000: 1}),
                      self.encoded({'p1': 2 ** 63}), nested):
             with self.assertRaises(BadContext, msg=text[:40]):
-                decode_context(text, self.partitions)
-        self.assertEqual(decode_context(self.encoded({'p1': 2 ** 63 - 1}), self.partitions), {'p1': 2 ** 63 - 1})
+                decode_context(text, self.partitions, 'b', 'k')
+        self.assertEqual(decode_context(self.encoded({'p1': 2 ** 63 - 1}), self.partitions, 'b', 'k'), {'p1': 2 ** 63 - 1})
+
+    def test_a_context_is_bound_to_its_key(self):
+        text = encode_context({'p1': 3}, 'b', 'k')
+        self.assertEqual(decode_context(text, self.partitions, 'b', 'k'), {'p1': 3})
+        # The same key in another bucket, another key, and the NUL that parts them.
+        for bucket, key in (('c', 'k'), ('b', 'k2'), ('b', 'K'), ('b\0k', ''), ('', 'b\0k')):
+            with self.assertRaisesRegex(BadContext, 'belongs to another key', msg=(bucket, key)):
+                decode_context(text, self.partitions, bucket, key)
+        self.assertNotEqual(encode_context({'p1': 3}, 'b', 'k'), encode_context({'p1': 3}, 'b', 'k2'))
+
+    def test_a_bound_context_must_be_exactly_a_clock_and_a_binding(self):
+        binding = json.loads(decode_token(encode_context({}, 'b', 'k')))['k']
+        for document in ({'k': binding}, {'k': binding, 'c': {'p1': 1}, 'x': 1}, {'k': binding, 'c': [1]},
+                         {'k': binding, 'c': {'p1': 0}}):
+            with self.assertRaises(BadContext, msg=repr(document)):
+                decode_context(self.encoded(document), self.partitions, 'b', 'k')
+
+    def test_a_plain_clock_context_from_before_contexts_were_bound_is_taken_for_any_key(self):
+        for bucket, key in (('b', 'k'), ('other', 'key')):
+            self.assertEqual(decode_context(self.encoded({'p1': 3}), self.partitions, bucket, key), {'p1': 3})
 
     @staticmethod
     def encoded(document):
