@@ -404,13 +404,7 @@ class TestRealServer(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.server = StoreServer(CONFIGURATION, workers=1, threads=4)
-        try:
-            cls.server.start()
-        except BaseException:
-            cls.server.stop()
-            cls.server.cleanup()
-            raise
+        cls.server = StoreServer.running(CONFIGURATION, workers=1, threads=4)
 
     @classmethod
     def tearDownClass(cls):

@@ -77,13 +77,7 @@ class TestFraming(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.server = StoreServer(CONFIGURATION, workers=2, threads=4, environment={'ACCESS_LOG': '1'})
-        try:
-            cls.server.start()
-        except BaseException:
-            cls.server.stop()
-            cls.server.cleanup()
-            raise
+        cls.server = StoreServer.running(CONFIGURATION, workers=2, threads=4, environment={'ACCESS_LOG': '1'})
         cls.url = 'http://127.0.0.1:%d' % cls.server.port
 
     @classmethod

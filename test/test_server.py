@@ -35,13 +35,7 @@ class TestServer(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.server = StoreServer(CONFIGURATION, workers=2)
-        try:
-            cls.server.start()
-        except BaseException:
-            cls.server.stop()
-            cls.server.cleanup()
-            raise
+        cls.server = StoreServer.running(CONFIGURATION, workers=2)
 
     @classmethod
     def tearDownClass(cls):
