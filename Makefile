@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: all test mariadb browser run clean venv
+.PHONY: all test mariadb browser nginx run clean venv
 
 all: test
 
@@ -42,7 +42,20 @@ browser:
 		echo "chromium not found: the headless browser test will be skipped (Debian: apt-get install chromium)" >&2; \
 	fi
 
-test: mariadb browser $(VENV_STAMP)
+# nginx, for the test of deploy/nginx.conf (skipped without it).
+nginx:
+	@if command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; then \
+		exit 0; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "Installing nginx-light with apt-get"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null \
+			|| echo "nginx could not be installed: the deploy/nginx.conf test will be skipped" >&2; \
+	else \
+		echo "nginx not found: the deploy/nginx.conf test will be skipped (Debian: apt-get install nginx-light)" >&2; \
+	fi
+
+test: mariadb browser nginx $(VENV_STAMP)
 	WEBPY_ENV=test $(VENV)/bin/nosetests -v --with-xunit --xunit-file=.test-results.xml test/
 
 # As root, serve.py needs RUN_AS (the user to drop to); `make run` keeps root

@@ -1,0 +1,92 @@
+"""deploy/nginx.conf as shipped: TLS in front of a real server."""
+import http.client
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import unittest
+
+from test.server import REPO, StoreServer
+from test.support import free_port, wait_until
+from test.test_server import CONFIGURATION
+
+NGINX = shutil.which('nginx') or ('/usr/sbin/nginx' if os.path.exists('/usr/sbin/nginx') else None)
+
+
+@unittest.skipUnless(NGINX, 'nginx is not installed (Debian: apt-get install nginx-light)')
+class TestBehindNginx(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.run_dir = tempfile.mkdtemp(prefix='kvstore-nginx-')
+        os.chmod(cls.run_dir, 0o755)   # nginx's workers (nobody when started as root) spool bodies here
+        cls.port = free_port()
+        cert, key = os.path.join(cls.run_dir, 'cert.pem'), os.path.join(cls.run_dir, 'key.pem')
+        subprocess.run(['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1',
+                        '-subj', '/CN=localhost', '-keyout', key, '-out', cert],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # The front end answers to the name clients use through nginx.
+        cls.server = StoreServer.running(CONFIGURATION + '\n[access]\nallowed_hosts = localhost:%d\n' % cls.port)
+        with open(os.path.join(REPO, 'deploy', 'nginx.conf')) as f:
+            conf = f.read()
+        for name, value in (('@RUN@', cls.run_dir), ('@LISTEN@', '127.0.0.1:%d' % cls.port), ('@CERT@', cert),
+                            ('@KEY@', key), ('@UPSTREAM@', '127.0.0.1:%d' % cls.server.port)):
+            conf = conf.replace(name, value)
+        conf = conf.replace('worker_processes auto;', 'worker_processes 1;')
+        path = os.path.join(cls.run_dir, 'nginx.conf')
+        with open(path, 'w') as f:
+            f.write(conf)
+        cls.nginx = subprocess.Popen([NGINX, '-c', path, '-g', 'daemon off;'], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+        if not wait_until(lambda: cls.connect_raw() is not None, 20):
+            cls.tearDownClass()
+            raise AssertionError('nginx did not listen')
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.nginx.terminate()
+        try:
+            cls.nginx.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(cls.nginx.pid, signal.SIGKILL)
+            cls.nginx.wait()
+        cls.server.stop()
+        cls.server.cleanup()
+        shutil.rmtree(cls.run_dir, ignore_errors=True)
+
+    @classmethod
+    def connect_raw(cls):
+        try:
+            return socket.create_connection(('127.0.0.1', cls.port), timeout=1).close() or True
+        except OSError:
+            return None
+
+    def https(self):
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE   # a self-signed test certificate
+        return http.client.HTTPSConnection('localhost', self.port, timeout=10, context=context)
+
+    def test_values_go_through_tls_and_come_back(self):
+        conn = self.https()
+        value = os.urandom(3 * 1024 * 1024)
+        conn.request('PUT', '/buckets/tls/keys/k', body=value, headers={'Content-Type': 'application/octet-stream'})
+        response = conn.getresponse()
+        self.assertEqual(response.status, 201, response.read())
+        response.read()
+        conn.request('GET', '/buckets/tls/keys/k')
+        response = conn.getresponse()
+        self.assertEqual((response.status, response.read()), (200, value))
+        self.assertEqual(response.getheader('X-Content-Type-Options'), 'nosniff')
+
+    def test_a_head_too_large_for_the_store_gets_an_answer(self):
+        # uWSGI's router drops such a head without a word; nginx answers it.
+        conn = self.https()
+        conn.request('GET', '/buckets/tls/keys/' + 'k' * 40000)
+        self.assertIn(conn.getresponse().status, (400, 414))
+
+    def test_a_foreign_host_is_still_refused(self):
+        conn = self.https()
+        conn.request('GET', '/buckets', headers={'Host': 'evil.example'})
+        self.assertEqual(conn.getresponse().status, 421)
