@@ -48,6 +48,7 @@ DEFAULT_BUCKET_PROPERTIES = {'conflicts': 'siblings'}
 MAX_LIST_LIMIT = 10000
 PRIMARY_QUORUMS = ('pr', 'pw')
 BUCKET_CACHE_SECONDS = 5.0   # how long a front end trusts bucket properties it read
+BUCKET_CACHE_ENTRIES = 10000   # buckets whose properties a front end keeps
 KEY_COUNT_SECONDS = 60.0     # how long GET /cluster reuses its count of keys per partition
 PENDING_DROP_DELAY = 0.5    # seconds a settled write's pending marker waits to go out with others
 REJECTED = 'refused: it holds a version that claims to have seen this one'   # see _rejected
@@ -870,9 +871,14 @@ class Datastore:
         if len(records) < r:
             raise Unavailable('too few replicas of the bucket answered', failed=failures)
         stored = next((props for props in records.values() if props is not None), None)
-        self._bucket_cache[bucket] = (time.monotonic() + BUCKET_CACHE_SECONDS,
-                                      dict(DEFAULT_BUCKET_PROPERTIES, **(stored or {})))
+        self._cache_bucket(bucket, dict(DEFAULT_BUCKET_PROPERTIES, **(stored or {})))
         return stored
+
+    def _cache_bucket(self, bucket, props):
+        # Bounded: any name a client sends (a preflight needs no token) is read.
+        if len(self._bucket_cache) >= BUCKET_CACHE_ENTRIES:
+            self._bucket_cache.clear()
+        self._bucket_cache[bucket] = (time.monotonic() + BUCKET_CACHE_SECONDS, props)
 
     def bucket_properties_cached(self, bucket):
         """A bucket's properties as this front end saw them in the last few seconds."""
@@ -907,7 +913,7 @@ class Datastore:
             preference, lambda p: self.call(p, 'write_bucket', bucket, props), launch=self.n, needed=w)
         if len(acks) < w:
             raise Unavailable('too few replicas of the bucket acknowledged', failed=failures)
-        self._bucket_cache[bucket] = (time.monotonic() + BUCKET_CACHE_SECONDS, props)
+        self._cache_bucket(bucket, props)
         return not existed
 
     def delete_bucket(self, bucket, force=False):
