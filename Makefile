@@ -29,31 +29,29 @@ mariadb:
 		exit 1; \
 	fi
 
-# test_access opens an attacker's page in headless Chromium (skipped without it).
-browser:
-	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+# Tools some tests need, installed as root with apt-get when missing; the
+# tests that need one are skipped without it.  $(1): the command, $(2): the
+# Debian package.
+define optional_tool
+	@if command -v $(1) >/dev/null 2>&1 || [ -x /usr/sbin/$(1) ]; then \
 		exit 0; \
 	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-		echo "Installing chromium with apt-get"; \
+		echo "Installing $(2) with apt-get"; \
 		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get update -qq && apt-get install -y -qq chromium >/dev/null \
-			|| echo "chromium could not be installed: the headless browser test will be skipped" >&2; \
+		apt-get update -qq && apt-get install -y -qq $(2) >/dev/null \
+			|| echo "$(2) could not be installed: the tests that need $(1) will be skipped" >&2; \
 	else \
-		echo "chromium not found: the headless browser test will be skipped (Debian: apt-get install chromium)" >&2; \
+		echo "$(1) not found: the tests that need it will be skipped (Debian: apt-get install $(2))" >&2; \
 	fi
+endef
 
-# nginx, for the test of deploy/nginx.conf (skipped without it).
+# test_access opens an attacker's page in headless Chromium.
+browser:
+	$(call optional_tool,chromium,chromium)
+
+# test_deploy runs deploy/nginx.conf.
 nginx:
-	@if command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; then \
-		exit 0; \
-	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-		echo "Installing nginx-light with apt-get"; \
-		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null \
-			|| echo "nginx could not be installed: the deploy/nginx.conf test will be skipped" >&2; \
-	else \
-		echo "nginx not found: the deploy/nginx.conf test will be skipped (Debian: apt-get install nginx-light)" >&2; \
-	fi
+	$(call optional_tool,nginx,nginx-light)
 
 test: mariadb browser nginx $(VENV_STAMP)
 	WEBPY_ENV=test $(VENV)/bin/nosetests -v --with-xunit --xunit-file=.test-results.xml test/
