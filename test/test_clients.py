@@ -8,6 +8,7 @@ and a streamed GET hashes to the same.
 """
 import hashlib
 import http.client
+import json
 import os
 import re
 import shutil
@@ -50,10 +51,10 @@ def pieces(total, size):
     return [data[i:i + size] for i in range(0, total, size)]
 
 
-def read_head(sock):
+def read_head(sock, data=b''):
     """(status, {lowercase field: value}, bytes after the head) of the next
-    response head on sock; None when the connection ends first."""
-    data = b''
+    response head on sock, after the bytes already read (data); None when the
+    connection ends first."""
     while b'\r\n\r\n' not in data:
         more = sock.recv(65536)
         if not more:
@@ -209,25 +210,41 @@ class TestClients(unittest.TestCase):
         self.assertEqual(status, 201, body)
         self.assert_stored(path, data, fields.get('etag'))
 
-    def test_a_body_over_max_value_bytes_is_refused_before_it_is_sent(self):
-        for expect in (True, False):
-            with self.subTest(expect=expect):
-                path = key_path('refused')
-                sock = socket.create_connection(('127.0.0.1', self.server.port), timeout=TIMEOUT)
-                with sock:
-                    sock.sendall(b'PUT %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/octet-stream\r\n'
-                                 b'Content-Length: %d\r\n%s\r\n'
-                                 % (path.encode(), self.server.port, MAX_VALUE_BYTES + 1,
-                                    b'Expect: 100-continue\r\n' if expect else b''))
-                    # Not a byte of the body is sent: the answer must come without it.
-                    answer = read_head(sock)
-                    self.assertIsNotNone(answer, 'the connection closed without an answer')
-                    status, fields, rest = answer
-                    body = read_body(sock, fields, rest)
-                self.assertEqual(status, 413, body)
-                self.assertEqual(fields.get('connection'), 'close')
-                self.assertIn(b'value_too_large', body)
-                self.assertEqual(requests.get(self.url + path, timeout=TIMEOUT).status_code, 404)
+    def refused_put(self, path, fields=b''):
+        """The answer to a PUT whose Content-Length is over max_value_bytes, read
+        without sending a byte of the body: (status, fields, body) of every
+        response on the connection, interim ones first."""
+        answers = []
+        with socket.create_connection(('127.0.0.1', self.server.port), timeout=TIMEOUT) as sock:
+            sock.sendall(b'PUT %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/octet-stream\r\n'
+                         b'Content-Length: %d\r\n%s\r\n' % (path.encode(), self.server.port, MAX_VALUE_BYTES + 1, fields))
+            rest = b''
+            while not answers or answers[-1][0] < 200:
+                head = read_head(sock, rest)
+                self.assertIsNotNone(head, 'the connection closed after %r without a final answer' % answers)
+                status, head_fields, rest = head
+                # An interim response has no body: what follows it is the next response.
+                answers.append((status, head_fields, b'' if status < 200 else read_body(sock, head_fields, rest)))
+        self.assertEqual(requests.get(self.url + path, timeout=TIMEOUT).status_code, 404)
+        return answers
+
+    def assert_too_large(self, answer):
+        status, fields, body = answer
+        self.assertEqual(status, 413, body)
+        self.assertEqual(fields.get('connection'), 'close')
+        self.assertEqual(json.loads(body)['code'], 'value_too_large')
+
+    def test_a_body_over_max_value_bytes_is_413_before_it_is_sent(self):
+        answers = self.refused_put(key_path('refused'))
+        self.assertEqual(len(answers), 1, answers)
+        self.assert_too_large(answers[0])
+
+    def test_an_expect_100_continue_over_max_value_bytes_is_413_without_100(self):
+        # RFC 9110 10.1.1: a final status that the head alone determines is sent
+        # at once, instead of a 100 that invites the client to send the body.
+        answers = self.refused_put(key_path('refused-expect'), b'Expect: 100-continue\r\n')
+        self.assertEqual([status for status, _, _ in answers], [413], answers)
+        self.assert_too_large(answers[0])
 
     # -- a download cut off and resumed ---------------------------------------------
 
