@@ -3,6 +3,8 @@
 Each test uses a bucket of its own, so the tests share one store per class.
 """
 import base64
+import datetime
+import email.utils
 import json
 import random
 import threading
@@ -380,6 +382,17 @@ class ApiSpecification(support.StoreSpecification):
         last_modified = self.get('g').headers['Last-Modified']
         self.get('g', headers={'If-Modified-Since': last_modified}, status=304)
         self.get('g', headers={'If-Modified-Since': 'Thu, 01 Jan 1970 00:00:00 GMT'}, status=200)
+
+    def test_if_modified_since_accepts_the_rfc_850_and_asctime_date_forms(self):
+        self.put('dated', b'v')
+        modified = email.utils.parsedate_to_datetime(self.get('dated').headers['Last-Modified'])
+        for when, status in ((modified, 304), (modified - datetime.timedelta(days=1), 200)):
+            for form in ('%A, %d-%b-%y %H:%M:%S GMT', '%a %b {day} %H:%M:%S %Y'):
+                header = when.strftime(form.replace('{day}', '%2d' % when.day))
+                self.get('dated', headers={'If-Modified-Since': header}, status=status)
+            # If-Unmodified-Since fails on a date before the last change.
+            header = when.strftime('%a %b {day} %H:%M:%S %Y'.replace('{day}', '%2d' % when.day))
+            self.get('dated', headers={'If-Unmodified-Since': header}, status=200 if status == 304 else 412)
 
     # -- listing ----------------------------------------------------------------------
 
