@@ -629,6 +629,11 @@ class Key:
                    **value_document(version))
         return respond('record', doc)
 
+    def HEAD(self, bucket, key):
+        # RFC 9110 14.2: Range applies to GET alone; HEAD answers as a GET without it would.
+        web.ctx.env.pop('HTTP_RANGE', None)
+        return self.GET(bucket, key)
+
     def PUT(self, bucket, key):
         return write_key(bucket, key, create_only=False)
 
