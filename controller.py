@@ -309,6 +309,13 @@ def request_body(limit, too_large):
     return body
 
 
+def refuse_partial_body():
+    """RFC 9110 14.5: a body with Content-Range is part of a representation,
+    which a write would otherwise store as the whole of it."""
+    if 'HTTP_CONTENT_RANGE' in web.ctx.env:
+        raise BadRequest('bad_header', 'Content-Range: partial writes are not supported; send the whole value')
+
+
 def request_document(limit=MAX_DOCUMENT_BYTES):
     """A JSON request body's bytes, read whole: at most limit."""
     return request_body(limit, lambda: BodyTooLarge(
@@ -526,6 +533,7 @@ class Bucket:
                                   'keys': '/buckets/%s/keys' % bucket})
 
     def PUT(self, bucket):
+        refuse_partial_body()
         props = self.requested_properties()
         created = store().create_bucket(bucket, props)
         status = '201 Created' if created else '200 OK'
@@ -733,6 +741,7 @@ def siblings_response(bucket, key, read):
 
 def write_key(bucket, key, create_only, server_chosen=False):
     """PUT, POST and server-chosen-key POST: store a value, answer with a receipt."""
+    refuse_partial_body()
     store().check_key(bucket, key)
     w, pw = request_quorums('w', 'pw')
     context = request_context(bucket, key)

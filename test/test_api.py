@@ -371,6 +371,17 @@ class ApiSpecification(support.StoreSpecification):
         self.assertEqual(sorted(outcomes), [200] + [412] * 7)
         self.assertTrue(self.get('race').body.startswith(b'racer '))
 
+    def test_a_write_with_content_range_is_400_and_stores_nothing(self):
+        self.put('whole', b'0123456789')
+        partial = {'Content-Range': 'bytes 0-3/10'}
+        self.assertError(self.put('whole', b'abcd', headers=partial, status=400), 400, 'bad_header')
+        self.assertEqual(self.get('whole').body, b'0123456789')
+        self.assertError(self.put('fresh', b'abcd', headers=partial, status=400), 400, 'bad_header')
+        self.get('fresh', status=404)
+        refused = self.app.put('/buckets/%s-props' % self.bucket, b'{}', headers=partial, status=400)
+        self.assertError(refused, 400, 'bad_header')
+        self.app.get('/buckets/%s-props' % self.bucket, status=404)
+
     def test_conditional_get(self):
         etag = self.put('g', b'v').headers['ETag']
         not_modified = self.get('g', headers={'If-None-Match': etag}, status=304)
