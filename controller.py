@@ -11,6 +11,7 @@ Serve it with `make run` (gunicorn, see gunicorn.conf.py), or
 """
 import base64
 import functools
+import hashlib
 import io
 import json
 import logging
@@ -433,6 +434,12 @@ def value_document(version):
     return doc
 
 
+def bucket_etag(properties):
+    """A bucket's entity tag: a digest of its properties, the state a PUT or DELETE may be conditioned on."""
+    canonical = json.dumps(properties, sort_keys=True, separators=(',', ':')).encode('utf-8')
+    return '"%s"' % hashlib.sha256(canonical).hexdigest()[:32]
+
+
 def context_header(bucket, key, receipt):
     return {'X-Context': encode_context(receipt.context, bucket, key)} if receipt.context is not None else {}
 
@@ -528,6 +535,7 @@ class Bucket:
         props = store().bucket_properties(bucket)
         if props is None:
             raise NotFound('no bucket %r' % bucket)
+        web.header('ETag', bucket_etag(props))
         return respond('bucket', {'bucket': bucket, 'properties': props,
                                   'key_count': store().count_keys(bucket),
                                   'keys': '/buckets/%s/keys' % bucket})
@@ -535,16 +543,29 @@ class Bucket:
     def PUT(self, bucket):
         refuse_partial_body()
         props = self.requested_properties()
+        self.check_preconditions(bucket)
         created = store().create_bucket(bucket, props)
-        status = '201 Created' if created else '200 OK'
-        return respond('bucket', {'bucket': bucket, 'created': created,
-                                  'properties': store().bucket_properties(bucket)},
-                       status, {'Location': '/buckets/%s' % bucket} if created else None)
+        props = store().bucket_properties(bucket)
+        headers = {'ETag': bucket_etag(props)}
+        if created:
+            headers['Location'] = '/buckets/%s' % bucket
+        return respond('bucket', {'bucket': bucket, 'created': created, 'properties': props},
+                       '201 Created' if created else '200 OK', headers)
 
     def DELETE(self, bucket):
         force = (query('force') or '').lower() in ('true', '1', 'yes')
+        self.check_preconditions(bucket)
         store().delete_bucket(bucket, force=force)
         return respond('bucket', {'bucket': bucket, 'deleted': True})
+
+    @staticmethod
+    def check_preconditions(bucket):
+        """If-Match / If-None-Match against the bucket's ETag, read just before
+        the write: best-effort, as the bucket's record has no compare-and-swap."""
+        preconditions = Preconditions.from_environ(web.ctx.env)
+        if preconditions.present:
+            props = store().bucket_properties(bucket)
+            preconditions.evaluate_validators([] if props is None else [bucket_etag(props)], None, safe=False)
 
     @staticmethod
     def requested_properties():

@@ -79,16 +79,20 @@ class Preconditions:
         current: the live versions of the resource (empty when it does not exist).
         safe: the request is a GET or HEAD.
         """
-        etags = [v.etag for v in current]
         modified = max((v.modified for v in current), default=None)
         modified = modified // 1_000_000 if modified is not None else None  # HTTP dates have seconds
+        return self.evaluate_validators([v.etag for v in current], modified, safe)
 
+    def evaluate_validators(self, etags, modified, safe):
+        """evaluate() for a resource's current ETags (none when it does not
+        exist) and last change in seconds (None when unknown: the date
+        conditions are then ignored)."""
         if self.if_match is not None:
             if not self._matches(self.if_match, etags, strong=True):
                 raise PreconditionFailed('If-Match: the current version does not match')
         elif self.if_unmodified_since is not None and modified is not None:
             if modified > self.if_unmodified_since:
-                raise PreconditionFailed('If-Unmodified-Since: the key was modified since')
+                raise PreconditionFailed('If-Unmodified-Since: it was modified since')
         if self.if_none_match is not None:
             if self._matches(self.if_none_match, etags, strong=False):
                 if safe:

@@ -382,6 +382,25 @@ class ApiSpecification(support.StoreSpecification):
         self.assertError(refused, 400, 'bad_header')
         self.app.get('/buckets/%s-props' % self.bucket, status=404)
 
+    def test_bucket_writes_honour_if_match_and_if_none_match_on_its_etag(self):
+        url = '/buckets/%s-cond' % self.bucket
+        self.app.put(url, headers={'If-Match': '*'}, status=412)   # no bucket yet
+        self.app.get(url, status=404)
+        etag = self.app.put(url, b'{"conflicts": "lww"}', status=201).headers['ETag']
+        self.assertEqual(self.app.get(url).headers['ETag'], etag)
+        # Create-only on an existing bucket, and a stale If-Match, change nothing.
+        refused = self.app.put(url, b'{"conflicts": "siblings"}', headers={'If-None-Match': '*'}, status=412)
+        self.assertError(refused, 412, 'precondition_failed')
+        self.app.put(url, b'{"conflicts": "siblings"}', headers={'If-Match': '"nope"'}, status=412)
+        self.assertEqual(self.app.get(url).json['properties']['conflicts'], 'lww')
+        changed = self.app.put(url, b'{"conflicts": "siblings"}', headers={'If-Match': etag}, status=200)
+        self.assertNotEqual(changed.headers['ETag'], etag)
+        self.app.delete(url, headers={'If-Match': etag}, status=412)
+        self.app.delete(url, headers={'If-None-Match': '*'}, status=412)
+        self.app.get(url, status=200)
+        self.app.delete(url, headers={'If-Match': changed.headers['ETag']}, status=200)
+        self.app.get(url, status=404)
+
     def test_conditional_get(self):
         etag = self.put('g', b'v').headers['ETag']
         not_modified = self.get('g', headers={'If-None-Match': etag}, status=304)
