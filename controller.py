@@ -699,7 +699,6 @@ def value_response(bucket, version):
                      or store().bucket_properties_cached(bucket).get('cache_control'))
     if cache_control:
         web.header('Cache-Control', cache_control)
-    web.header('Content-Type', version.content_type)
     web.header('Accept-Ranges', 'bytes')
     wanted = None
     if env.get('HTTP_IF_RANGE', version.etag) == version.etag:  # a stale If-Range gets it all
@@ -709,6 +708,7 @@ def value_response(bucket, version):
             raise RangeNotSatisfiable(version.size)
     if wanted and len(wanted) > 1:
         return byteranges_response(version, wanted)
+    web.header('Content-Type', version.content_type)
     first, last = wanted[0] if wanted else (0, version.size - 1)
     if wanted:
         web.ctx.status = '206 Partial Content'
