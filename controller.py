@@ -11,6 +11,7 @@ Serve it with `make run` (gunicorn, see gunicorn.conf.py), or
 """
 import base64
 import functools
+import hashlib
 import io
 import json
 import logging
@@ -309,6 +310,13 @@ def request_body(limit, too_large):
     return body
 
 
+def refuse_partial_body():
+    """RFC 9110 14.5: a body with Content-Range is part of a representation,
+    which a write would otherwise store as the whole of it."""
+    if 'HTTP_CONTENT_RANGE' in web.ctx.env:
+        raise BadRequest('bad_header', 'Content-Range: partial writes are not supported; send the whole value')
+
+
 def request_document(limit=MAX_DOCUMENT_BYTES):
     """A JSON request body's bytes, read whole: at most limit."""
     return request_body(limit, lambda: BodyTooLarge(
@@ -426,6 +434,12 @@ def value_document(version):
     return doc
 
 
+def bucket_etag(properties):
+    """A bucket's entity tag: a digest of its properties, the state a PUT or DELETE may be conditioned on."""
+    canonical = json.dumps(properties, sort_keys=True, separators=(',', ':')).encode('utf-8')
+    return '"%s"' % hashlib.sha256(canonical).hexdigest()[:32]
+
+
 def context_header(bucket, key, receipt):
     return {'X-Context': encode_context(receipt.context, bucket, key)} if receipt.context is not None else {}
 
@@ -521,22 +535,37 @@ class Bucket:
         props = store().bucket_properties(bucket)
         if props is None:
             raise NotFound('no bucket %r' % bucket)
+        web.header('ETag', bucket_etag(props))
         return respond('bucket', {'bucket': bucket, 'properties': props,
                                   'key_count': store().count_keys(bucket),
                                   'keys': '/buckets/%s/keys' % bucket})
 
     def PUT(self, bucket):
+        refuse_partial_body()
         props = self.requested_properties()
+        self.check_preconditions(bucket)
         created = store().create_bucket(bucket, props)
-        status = '201 Created' if created else '200 OK'
-        return respond('bucket', {'bucket': bucket, 'created': created,
-                                  'properties': store().bucket_properties(bucket)},
-                       status, {'Location': '/buckets/%s' % bucket} if created else None)
+        props = store().bucket_properties(bucket)
+        headers = {'ETag': bucket_etag(props)}
+        if created:
+            headers['Location'] = '/buckets/%s' % bucket
+        return respond('bucket', {'bucket': bucket, 'created': created, 'properties': props},
+                       '201 Created' if created else '200 OK', headers)
 
     def DELETE(self, bucket):
         force = (query('force') or '').lower() in ('true', '1', 'yes')
+        self.check_preconditions(bucket)
         store().delete_bucket(bucket, force=force)
         return respond('bucket', {'bucket': bucket, 'deleted': True})
+
+    @staticmethod
+    def check_preconditions(bucket):
+        """If-Match / If-None-Match against the bucket's ETag, read just before
+        the write: best-effort, as the bucket's record has no compare-and-swap."""
+        preconditions = Preconditions.from_environ(web.ctx.env)
+        if preconditions.present:
+            props = store().bucket_properties(bucket)
+            preconditions.evaluate_validators([] if props is None else [bucket_etag(props)], None, safe=False)
 
     @staticmethod
     def requested_properties():
@@ -629,6 +658,11 @@ class Key:
                    **value_document(version))
         return respond('record', doc)
 
+    def HEAD(self, bucket, key):
+        # RFC 9110 14.2: Range applies to GET alone; HEAD answers as a GET without it would.
+        web.ctx.env.pop('HTTP_RANGE', None)
+        return self.GET(bucket, key)
+
     def PUT(self, bucket, key):
         return write_key(bucket, key, create_only=False)
 
@@ -665,15 +699,17 @@ def value_response(bucket, version):
                      or store().bucket_properties_cached(bucket).get('cache_control'))
     if cache_control:
         web.header('Cache-Control', cache_control)
-    web.header('Content-Type', version.content_type)
     web.header('Accept-Ranges', 'bytes')
     wanted = None
     if env.get('HTTP_IF_RANGE', version.etag) == version.etag:  # a stale If-Range gets it all
         try:
-            wanted = ranges.parse_range(env.get('HTTP_RANGE'), version.size)
+            wanted = ranges.parse_ranges(env.get('HTTP_RANGE'), version.size)
         except ranges.Unsatisfiable:
             raise RangeNotSatisfiable(version.size)
-    first, last = wanted or (0, version.size - 1)
+    if wanted and len(wanted) > 1:
+        return byteranges_response(version, wanted)
+    web.header('Content-Type', version.content_type)
+    first, last = wanted[0] if wanted else (0, version.size - 1)
     if wanted:
         web.ctx.status = '206 Partial Content'
         web.header('Content-Range', 'bytes %d-%d/%d' % (first, last, version.size))
@@ -682,6 +718,32 @@ def value_response(bucket, version):
         return b''
     body = store().open_value(version, first, last)
     return body if version.chunk_size else b''.join(body)
+
+
+def byteranges_response(version, wanted):
+    """206 with several ranges of a value: multipart/byteranges (RFC 9110 14.6),
+    a part per range with its own Content-Type and Content-Range."""
+    boundary = uuid.uuid4().hex.encode()
+    heads = [b'--%s\r\nContent-Type: %s\r\nContent-Range: bytes %d-%d/%d\r\n\r\n' % (
+        boundary, version.content_type.encode(), first, last, version.size) for first, last in wanted]
+    end = b'--%s--\r\n' % boundary
+    web.ctx.status = '206 Partial Content'
+    web.header('Content-Type', 'multipart/byteranges; boundary=%s' % boundary.decode())
+    web.header('Content-Length', str(sum(len(head) + last - first + 1 + 2
+                                         for head, (first, last) in zip(heads, wanted)) + len(end)))
+    # An inline value is checked and read once; a chunked one streams each range.
+    whole = None if version.chunk_size else b''.join(store().open_value(version))
+
+    def parts():
+        for head, (first, last) in zip(heads, wanted):
+            yield head
+            if whole is None:
+                yield from store().open_value(version, first, last)
+            else:
+                yield whole[first:last + 1]
+            yield b'\r\n'
+        yield end
+    return parts() if version.chunk_size else b''.join(parts())
 
 
 def accepts_stored_type(content_type):
@@ -728,6 +790,7 @@ def siblings_response(bucket, key, read):
 
 def write_key(bucket, key, create_only, server_chosen=False):
     """PUT, POST and server-chosen-key POST: store a value, answer with a receipt."""
+    refuse_partial_body()
     store().check_key(bucket, key)
     w, pw = request_quorums('w', 'pw')
     context = request_context(bucket, key)

@@ -4,7 +4,7 @@ The same evaluation serves reads (which may answer 304) and writes (which the
 datastore evaluates inside the coordinator's locked transaction, so that
 If-Match is a real compare-and-swap).
 """
-import email.utils
+import datetime
 
 from errors import BadRequest, PreconditionFailed
 
@@ -31,15 +31,28 @@ def _etags(header):
     return tags
 
 
+# RFC 9110 5.6.7: IMF-fixdate, and the obsolete RFC 850 and asctime forms a
+# recipient must also accept; all three are GMT.
+_DATE_FORMATS = ('%a, %d %b %Y %H:%M:%S GMT', '%A, %d-%b-%y %H:%M:%S GMT', '%a %b %d %H:%M:%S %Y')
+
+
 def _date(header):
     """A timestamp in seconds, or None for an absent or invalid date (ignored, per RFC)."""
     if not header:
         return None
-    try:
-        parsed = email.utils.parsedate_to_datetime(header)
-    except (TypeError, ValueError):
-        return None
-    return parsed.timestamp() if parsed.tzinfo else None
+    text = ' '.join(header.split())  # asctime pads the day with a space: "Nov  6"
+    for form in _DATE_FORMATS:
+        try:
+            parsed = datetime.datetime.strptime(text, form).replace(tzinfo=datetime.timezone.utc)
+        except ValueError:
+            continue
+        if '%y' in form:
+            # A two-digit year more than 50 years ahead is in the past century.
+            now = datetime.datetime.now(datetime.timezone.utc)
+            if parsed.year > now.year + 50:
+                parsed = parsed.replace(year=parsed.year - 100)
+        return parsed.timestamp()
+    return None
 
 
 class Preconditions:
@@ -66,16 +79,20 @@ class Preconditions:
         current: the live versions of the resource (empty when it does not exist).
         safe: the request is a GET or HEAD.
         """
-        etags = [v.etag for v in current]
         modified = max((v.modified for v in current), default=None)
         modified = modified // 1_000_000 if modified is not None else None  # HTTP dates have seconds
+        return self.evaluate_validators([v.etag for v in current], modified, safe)
 
+    def evaluate_validators(self, etags, modified, safe):
+        """evaluate() for a resource's current ETags (none when it does not
+        exist) and last change in seconds (None when unknown: the date
+        conditions are then ignored)."""
         if self.if_match is not None:
             if not self._matches(self.if_match, etags, strong=True):
                 raise PreconditionFailed('If-Match: the current version does not match')
         elif self.if_unmodified_since is not None and modified is not None:
             if modified > self.if_unmodified_since:
-                raise PreconditionFailed('If-Unmodified-Since: the key was modified since')
+                raise PreconditionFailed('If-Unmodified-Since: it was modified since')
         if self.if_none_match is not None:
             if self._matches(self.if_none_match, etags, strong=False):
                 if safe:

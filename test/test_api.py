@@ -3,6 +3,8 @@
 Each test uses a bucket of its own, so the tests share one store per class.
 """
 import base64
+import datetime
+import email.utils
 import json
 import random
 import threading
@@ -369,6 +371,36 @@ class ApiSpecification(support.StoreSpecification):
         self.assertEqual(sorted(outcomes), [200] + [412] * 7)
         self.assertTrue(self.get('race').body.startswith(b'racer '))
 
+    def test_a_write_with_content_range_is_400_and_stores_nothing(self):
+        self.put('whole', b'0123456789')
+        partial = {'Content-Range': 'bytes 0-3/10'}
+        self.assertError(self.put('whole', b'abcd', headers=partial, status=400), 400, 'bad_header')
+        self.assertEqual(self.get('whole').body, b'0123456789')
+        self.assertError(self.put('fresh', b'abcd', headers=partial, status=400), 400, 'bad_header')
+        self.get('fresh', status=404)
+        refused = self.app.put('/buckets/%s-props' % self.bucket, b'{}', headers=partial, status=400)
+        self.assertError(refused, 400, 'bad_header')
+        self.app.get('/buckets/%s-props' % self.bucket, status=404)
+
+    def test_bucket_writes_honour_if_match_and_if_none_match_on_its_etag(self):
+        url = '/buckets/%s-cond' % self.bucket
+        self.app.put(url, headers={'If-Match': '*'}, status=412)   # no bucket yet
+        self.app.get(url, status=404)
+        etag = self.app.put(url, b'{"conflicts": "lww"}', status=201).headers['ETag']
+        self.assertEqual(self.app.get(url).headers['ETag'], etag)
+        # Create-only on an existing bucket, and a stale If-Match, change nothing.
+        refused = self.app.put(url, b'{"conflicts": "siblings"}', headers={'If-None-Match': '*'}, status=412)
+        self.assertError(refused, 412, 'precondition_failed')
+        self.app.put(url, b'{"conflicts": "siblings"}', headers={'If-Match': '"nope"'}, status=412)
+        self.assertEqual(self.app.get(url).json['properties']['conflicts'], 'lww')
+        changed = self.app.put(url, b'{"conflicts": "siblings"}', headers={'If-Match': etag}, status=200)
+        self.assertNotEqual(changed.headers['ETag'], etag)
+        self.app.delete(url, headers={'If-Match': etag}, status=412)
+        self.app.delete(url, headers={'If-None-Match': '*'}, status=412)
+        self.app.get(url, status=200)
+        self.app.delete(url, headers={'If-Match': changed.headers['ETag']}, status=200)
+        self.app.get(url, status=404)
+
     def test_conditional_get(self):
         etag = self.put('g', b'v').headers['ETag']
         not_modified = self.get('g', headers={'If-None-Match': etag}, status=304)
@@ -380,6 +412,17 @@ class ApiSpecification(support.StoreSpecification):
         last_modified = self.get('g').headers['Last-Modified']
         self.get('g', headers={'If-Modified-Since': last_modified}, status=304)
         self.get('g', headers={'If-Modified-Since': 'Thu, 01 Jan 1970 00:00:00 GMT'}, status=200)
+
+    def test_if_modified_since_accepts_the_rfc_850_and_asctime_date_forms(self):
+        self.put('dated', b'v')
+        modified = email.utils.parsedate_to_datetime(self.get('dated').headers['Last-Modified'])
+        for when, status in ((modified, 304), (modified - datetime.timedelta(days=1), 200)):
+            for form in ('%A, %d-%b-%y %H:%M:%S GMT', '%a %b {day} %H:%M:%S %Y'):
+                header = when.strftime(form.replace('{day}', '%2d' % when.day))
+                self.get('dated', headers={'If-Modified-Since': header}, status=status)
+            # If-Unmodified-Since fails on a date before the last change.
+            header = when.strftime('%a %b {day} %H:%M:%S %Y'.replace('{day}', '%2d' % when.day))
+            self.get('dated', headers={'If-Unmodified-Since': header}, status=200 if status == 304 else 412)
 
     # -- listing ----------------------------------------------------------------------
 

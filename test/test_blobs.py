@@ -89,6 +89,33 @@ class BlobSpecification(support.StoreSpecification):
         self.assertEqual(stale.body, body)
         self.assertEqual(self.app.get(self.url()).headers['Accept-Ranges'], 'bytes')
 
+    def test_several_ranges_come_as_multipart_byteranges(self):
+        small, big = pattern(100, 3), pattern(3 * CHUNK + 100, 4)
+        # Overlapping ranges are coalesced, ranges past the end dropped, parts sorted.
+        for key, body, header, expected in (
+                ('small', small, 'bytes=70-80,0-9,5-12,-4,500-', [(0, 12), (70, 80), (96, 99)]),
+                ('big', big, 'bytes=%d-%d,0-9,-4' % (CHUNK - 5, 2 * CHUNK + 5),
+                 [(0, 9), (CHUNK - 5, 2 * CHUNK + 5), (len(big) - 4, len(big) - 1)])):
+            self.put(body, key=key)
+            got = self.app.get(self.url(key), headers={'Range': header}, status=206)
+            [content_type] = got.headers.getall('Content-Type')
+            media_type, _, boundary = content_type.partition('; boundary=')
+            self.assertEqual(media_type, 'multipart/byteranges')
+            self.assertNotIn('Content-Range', got.headers)
+            self.assertEqual(int(got.headers['Content-Length']), len(got.body))
+            *parts, end = got.body.split(b'--' + boundary.encode())
+            self.assertEqual((parts[0], end), (b'', b'--\r\n'))
+            for part, (first, last) in zip(parts[1:], expected, strict=True):
+                head, _, data = part.partition(b'\r\n\r\n')
+                self.assertEqual(head.split(b'\r\n'), [b'', b'Content-Type: application/x-blob',
+                                                         b'Content-Range: bytes %d-%d/%d' % (first, last, len(body))])
+                self.assertEqual(data, body[first:last + 1] + b'\r\n')
+        # Ranges that coalesce into one are a plain 206; too many ranges get the whole value.
+        one = self.app.get(self.url('small'), headers={'Range': 'bytes=0-9,5-12,13-20'}, status=206)
+        self.assertEqual((one.headers['Content-Range'], one.body), ('bytes 0-20/100', small[:21]))
+        many = ','.join('%d-%d' % (i, i) for i in range(0, 66, 2))
+        self.assertEqual(self.app.get(self.url('small'), headers={'Range': 'bytes=' + many}, status=200).body, small)
+
     def test_head_gives_the_length_of_a_chunked_value(self):
         self.put(pattern(2 * CHUNK + 1))
         head = self.app.head(self.url())

@@ -120,6 +120,26 @@ class TestServer(unittest.TestCase):
         self.assertEqual(response.status, 200)
         self.assertEqual(body, value)
 
+    def test_head_ignores_range_and_answers_as_a_whole_get_would(self):
+        url = key_url('server', 'headed-range')
+        self.put(url, b'y' * 1000, 'application/octet-stream')
+        response, body = request(self.conn, 'HEAD', url, headers={'Range': 'bytes=0-9'})
+        self.assertEqual((response.status, body), (200, b''))
+        self.assertEqual(response.getheader('Content-Length'), '1000')
+        self.assertIsNone(response.getheader('Content-Range'))
+        # A range past the end is not 416 on HEAD either.
+        response, body = request(self.conn, 'HEAD', url, headers={'Range': 'bytes=5000-'})
+        self.assertEqual((response.status, body), (200, b''))
+        response, body = request(self.conn, 'GET', url, headers={'Range': 'bytes=0-9'})
+        self.assertEqual((response.status, body), (206, b'y' * 10))
+        # Several ranges: one multipart/byteranges body, then the connection serves on.
+        response, body = request(self.conn, 'GET', url, headers={'Range': 'bytes=0-1,10-11'})
+        self.assertEqual(response.status, 206)
+        self.assertEqual(response.getheader('Content-Type').partition('; boundary=')[0], 'multipart/byteranges', body[:200])
+        self.assertEqual((body.count(b'Content-Range: bytes 0-1/1000'), body.count(b'bytes 10-11/1000')), (1, 1))
+        response, body = request(self.conn, 'HEAD', url, headers={'Range': 'bytes=0-1,10-11'})
+        self.assertEqual((response.status, response.getheader('Content-Length')), (200, '1000'))
+
     def test_a_get_with_a_matching_if_none_match_is_304_not_modified(self):
         url = key_url('server', 'conditional')
         response, _ = self.put(url, b'cached', 'text/plain')
