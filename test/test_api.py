@@ -381,6 +381,54 @@ class ApiSpecification(support.StoreSpecification):
         self.get('g', headers={'If-Modified-Since': last_modified}, status=304)
         self.get('g', headers={'If-Modified-Since': 'Thu, 01 Jan 1970 00:00:00 GMT'}, status=200)
 
+    # -- what a value keeps besides its bytes ----------------------------------------
+
+    def test_cache_control_and_expires_go_with_records_siblings_and_304s(self):
+        """RFC 9110 15.4.5: a 304 carries the Cache-Control and Expires a 200 would."""
+        expires = 'Thu, 01 Jan 2037 00:00:00 GMT'
+        etag = self.put('c', b'secret', 'application/x-thing',
+                        headers={'Cache-Control': 'private, no-store', 'Expires': expires}).headers['ETag']
+        for accept in ['*/*'] + controller.DOCUMENT_TYPES:
+            for conditions, status in (({}, 200), ({'If-None-Match': etag}, 304)):
+                got = self.get('c', headers=dict(conditions, Accept=accept), status=status)
+                self.assertEqual((got.headers.get('Cache-Control'), got.headers.get('Expires')),
+                                 ('private, no-store', expires), (accept, status))
+        record = self.get('c', headers={'Accept': 'application/json'}).json
+        self.assertEqual((record['cache_control'], record['expires']), ('private, no-store', expires))
+        # Without its own, a value's record and 304 take the bucket's.
+        self.app.put('/buckets/' + self.bucket, '{"cache_control": "max-age=5"}')
+        etag = self.put('plain', b'x', 'application/x-thing').headers['ETag']
+        for conditions, status in (({}, 200), ({'If-None-Match': etag}, 304)):
+            got = self.get('plain', headers=dict(conditions, Accept='application/json'), status=status)
+            self.assertEqual(got.headers['Cache-Control'], 'max-age=5')
+        # Siblings: every directive of each (one's no-store holds), the earliest Expires.
+        context = self.put('s', b'base').headers['X-Context']
+        self.put('s', b'left', headers={'X-Context': context, 'Cache-Control': 'private, no-store',
+                                        'Expires': 'Fri, 01 Jan 2038 00:00:00 GMT'})
+        self.put('s', b'right', headers={'X-Context': context, 'Expires': expires})
+        for accept in ('application/json', 'multipart/mixed'):
+            choices = self.get('s', headers={'Accept': accept}, status=300)
+            self.assertEqual(sorted(choices.headers['Cache-Control'].split(', ')),
+                             ['max-age=5', 'no-store', 'private'])
+            self.assertEqual(choices.headers['Expires'], expires)
+
+    def test_content_disposition_language_and_encoding_are_kept_with_the_value(self):
+        """As S3 keeps them: sent back on GET and HEAD of the value, shown in its record.
+        (WebTest decodes gzip and drops Content-Encoding: test_server sees it sent.)"""
+        stored = {'Content-Disposition': 'attachment; filename="hello.txt"', 'Content-Language': 'en, fr'}
+        self.put('z', b'hello', 'text/plain', headers=dict(stored, **{'Content-Encoding': 'identity'}))
+        for method in (self.app.get, self.app.head):
+            got = method(KEY % (self.bucket, 'z'))
+            self.assertEqual({name: got.headers.get(name) for name in stored}, stored)
+        record = self.get('z', headers={'Accept': 'application/json'}).json
+        self.assertEqual((record['content_encoding'], record['content_disposition'], record['content_language']),
+                         ('identity', 'attachment; filename="hello.txt"', 'en, fr'))
+        # Checked like every stored header: no control characters, 4 KiB in all.
+        for header in ('Content-Encoding', 'Expires') + tuple(stored):
+            for value in ('a\x01b', 'x' * 5000):
+                self.assertError(self.put('bad', headers={header: value}, status=400), 400, 'bad_header')
+        self.get('bad', status=404)
+
     # -- listing ----------------------------------------------------------------------
 
     def test_listing_pages_through_every_key_in_byte_order_without_repeats(self):
