@@ -794,7 +794,9 @@ def write_key(bucket, key, create_only, server_chosen=False):
     conditional = preconditions.present or (create_only and not server_chosen)
     receipt = store().put(bucket, key, value, content_type, context=context, check=check, w=w, pw=pw,
                           metadata=metadata, expected=expected, conditional=conditional)
-    headers = dict(context_header(bucket, key, receipt), ETag=receipt.version.etag)
+    headers = context_header(bucket, key, receipt)
+    if not is_form():   # RFC 9110 9.3.4: the stored bytes are the form's field, not the request's
+        headers['ETag'] = receipt.version.etag
     if receipt.created:
         headers['Location'] = key_path(bucket, key)
     return respond('receipt', receipt_document(bucket, key, receipt),

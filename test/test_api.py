@@ -429,6 +429,12 @@ class ApiSpecification(support.StoreSpecification):
                 self.assertError(self.put('bad', headers={header: value}, status=400), 400, 'bad_header')
         self.get('bad', status=404)
 
+    def test_a_form_write_answers_without_an_etag(self):
+        """RFC 9110 9.3.4: the stored bytes are the form's field, not the request's."""
+        written = self.app.put(KEY % (self.bucket, 'form'), {'value': 'v'})
+        self.assertNotIn('ETag', written.headers)
+        self.assertIn('ETag', self.put('raw').headers)
+
     # -- listing ----------------------------------------------------------------------
 
     def test_listing_pages_through_every_key_in_byte_order_without_repeats(self):
