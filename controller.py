@@ -419,6 +419,12 @@ def current_http_date():
     return _imf_fixdate(int(time.time()))
 
 
+def last_modified(version):
+    """A version's Last-Modified: never later than the response's Date (RFC 9110
+    8.8.2.1), though the front end that wrote it had a clock running ahead."""
+    return http_date(min(version.modified, time.time_ns() // 1000))
+
+
 def expiry(expires):
     """An Expires value as seconds since the epoch; one that is not a date has
     already passed (RFC 9111 5.3)."""
@@ -444,7 +450,7 @@ def value_document(version):
     """A version's value inside a document: text when it is text, else base64;
     a value too large for one chunk is left out (GET it raw, with ranges)."""
     doc = {'content_type': version.content_type, 'etag': version.etag,
-           'last_modified': http_date(version.modified), 'size': version.size}
+           'last_modified': last_modified(version), 'size': version.size}
     if version.metadata.get('meta'):
         doc['meta'] = version.metadata['meta']
     doc.update((name, version.metadata[name]) for name in STORED_HEADERS if name in version.metadata)
@@ -648,7 +654,7 @@ class Key:
                                 % version.content_type)
         web.header('X-Context', encode_context(read.context, bucket, key))
         web.header('ETag', version.etag)
-        web.header('Last-Modified', http_date(version.modified))
+        web.header('Last-Modified', last_modified(version))
         caching_headers(bucket, current)
         if Preconditions.from_environ(web.ctx.env).evaluate(current, safe=True) == NOT_MODIFIED:
             web.header('Vary', 'Accept')
@@ -743,7 +749,7 @@ def siblings_response(bucket, key, read):
         web.header('Vary', 'Accept')
         boundary = uuid.uuid4().hex.encode()
         heads = [b'--%s\r\n%s\r\n' % (boundary, ''.join('%s: %s\r\n' % field for field in (
-            [('Content-Type', v.content_type), ('ETag', v.etag), ('Last-Modified', http_date(v.modified))]
+            [('Content-Type', v.content_type), ('ETag', v.etag), ('Last-Modified', last_modified(v))]
             + representation_headers(v))).encode('latin-1')) for v in read.current]
         end = b'--%s--\r\n' % boundary
         length = sum(len(h) + v.size + 2 for h, v in zip(heads, read.current)) + len(end)

@@ -3,12 +3,15 @@
 Each test uses a bucket of its own, so the tests share one store per class.
 """
 import base64
+import dataclasses
+import email.utils
 import json
 import random
 import threading
 import time
 import unittest
 import urllib.parse
+import uuid
 import xml.etree.ElementTree as ET
 
 import controller
@@ -434,6 +437,20 @@ class ApiSpecification(support.StoreSpecification):
         written = self.app.put(KEY % (self.bucket, 'form'), {'value': 'v'})
         self.assertNotIn('ETag', written.headers)
         self.assertIn('ETag', self.put('raw').headers)
+
+    def test_last_modified_is_never_later_than_the_date(self):
+        """A version written by a front end whose clock runs an hour ahead."""
+        self.put('ahead', b'v')
+        written = self.store.get(self.bucket, 'ahead').current[0]
+        ahead = dataclasses.replace(written, version_id=uuid.uuid4().hex,
+                                    modified=written.modified + 3600 * 10 ** 6)
+        for owner in self.store.placement(self.bucket, 'ahead')[0]:
+            self.store.engines[owner].apply(self.bucket, 'ahead', ahead, superseded=[written.version_id])
+        self.assertEqual(self.store.get(self.bucket, 'ahead').current[0].modified, ahead.modified)
+        for accept in ('*/*', 'application/json'):
+            got = self.get('ahead', headers={'Accept': accept})
+            date = email.utils.parsedate_to_datetime(got.headers['Date'])
+            self.assertLessEqual(email.utils.parsedate_to_datetime(got.headers['Last-Modified']), date)
 
     # -- listing ----------------------------------------------------------------------
 
