@@ -10,6 +10,7 @@ Serve it with `make run` (gunicorn, see gunicorn.conf.py), or
 `python controller.py [host:port]` for web.py's own development server.
 """
 import base64
+import email.utils
 import functools
 import hashlib
 import io
@@ -96,6 +97,11 @@ BUCKET_PROPERTIES = {
 }
 META_PREFIX = 'HTTP_X_META_'
 META_NAME = re.compile(r'[a-z0-9-]+\Z')
+# Headers a value keeps as part of the object, as S3 does (metadata name: header).
+STORED_HEADERS = {'cache_control': 'Cache-Control', 'expires': 'Expires', 'content_encoding': 'Content-Encoding',
+                  'content_disposition': 'Content-Disposition', 'content_language': 'Content-Language'}
+# Those that describe the representation rather than how long it may be cached.
+REPRESENTATION_HEADERS = ('content_encoding', 'content_disposition', 'content_language')
 # Bounds of database_definition.sql's columns, checked before a write: a
 # value the database refuses would otherwise cost a round trip to each owner.
 MAX_METADATA_BYTES = 4096            # metadata VARBINARY(8192)
@@ -328,7 +334,7 @@ def request_value():
     limit = store().config.max_value_bytes
     body = request_body(limit, lambda: TooLarge('values are at most %d bytes' % limit, limit=limit))
     content_type = web.ctx.env.get('CONTENT_TYPE') or 'application/octet-stream'
-    if content_type.split(';')[0].strip().lower() in FORM_TYPES:
+    if is_form():
         # A form is parsed in memory: it takes at most one chunk.
         form_limit = min(limit, store().config.chunk_size)
         data = request_body(form_limit, lambda: TooLarge(
@@ -351,6 +357,11 @@ def request_value():
     return body, content_type
 
 
+def is_form():
+    """Is the request body a form, whose `value` field is stored rather than its bytes?"""
+    return (web.ctx.env.get('CONTENT_TYPE') or '').split(';')[0].strip().lower() in FORM_TYPES
+
+
 def check_field_value(name, value):
     """RFC 9110 5.5: no control characters (tab included here) in a field value
     the store keeps: it is sent back as one."""
@@ -359,7 +370,7 @@ def check_field_value(name, value):
 
 
 def request_metadata():
-    """What a value keeps besides its bytes: X-Meta-* headers and Cache-Control."""
+    """What a value keeps besides its bytes: X-Meta-* headers and STORED_HEADERS."""
     env = web.ctx.env
     meta = {}
     for variable, value in env.items():
@@ -372,12 +383,14 @@ def request_metadata():
     metadata = {}
     if meta:
         metadata['meta'] = meta
-    if env.get('HTTP_CACHE_CONTROL'):
-        check_field_value('Cache-Control', env['HTTP_CACHE_CONTROL'])
-        metadata['cache_control'] = env['HTTP_CACHE_CONTROL']
+    for name, header in STORED_HEADERS.items():
+        value = env.get('HTTP_' + name.upper())
+        if value:
+            check_field_value(header, value)
+            metadata[name] = value
     if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
-        raise BadRequest('bad_header', 'X-Meta-* and Cache-Control headers take at most %d bytes'
-                         % MAX_METADATA_BYTES)
+        raise BadRequest('bad_header', 'X-Meta-* and the stored headers (%s) take at most %d bytes together'
+                         % (', '.join(STORED_HEADERS.values()), MAX_METADATA_BYTES))
     return metadata
 
 
@@ -414,13 +427,41 @@ def current_http_date():
     return _imf_fixdate(int(time.time()))
 
 
+def last_modified(version):
+    """A version's Last-Modified: never later than the response's Date (RFC 9110
+    8.8.2.1), though the front end that wrote it had a clock running ahead."""
+    return http_date(min(version.modified, time.time_ns() // 1000))
+
+
+def expiry(expires):
+    """An Expires value as seconds since the epoch; one that is not a date has
+    already passed (RFC 9111 5.3)."""
+    parsed = email.utils.parsedate_tz(expires)
+    return email.utils.mktime_tz(parsed) if parsed else float('-inf')
+
+
+def caching_headers(bucket, versions):
+    """Cache-Control and Expires for an answer about these versions: a 200, a
+    record, siblings, and a 304 (RFC 9110 15.4.5).  Each version's own
+    Cache-Control, else the bucket's; siblings that differ send every
+    directive (one's no-store holds) and the earliest Expires."""
+    default = store().bucket_properties_cached(bucket).get('cache_control')
+    controls = list(dict.fromkeys(filter(None, (v.metadata.get('cache_control') or default for v in versions))))
+    if controls:
+        web.header('Cache-Control', ', '.join(controls))
+    expires = [v.metadata['expires'] for v in versions if 'expires' in v.metadata]
+    if expires:
+        web.header('Expires', min(expires, key=expiry))
+
+
 def value_document(version):
     """A version's value inside a document: text when it is text, else base64;
     a value too large for one chunk is left out (GET it raw, with ranges)."""
     doc = {'content_type': version.content_type, 'etag': version.etag,
-           'last_modified': http_date(version.modified), 'size': version.size}
+           'last_modified': last_modified(version), 'size': version.size}
     if version.metadata.get('meta'):
         doc['meta'] = version.metadata['meta']
+    doc.update((name, version.metadata[name]) for name in STORED_HEADERS if name in version.metadata)
     if version.chunk_size:
         doc['value_omitted'] = 'larger than one chunk: GET the key for its bytes'
         return doc
@@ -642,7 +683,8 @@ class Key:
                                 % version.content_type)
         web.header('X-Context', encode_context(read.context, bucket, key))
         web.header('ETag', version.etag)
-        web.header('Last-Modified', http_date(version.modified))
+        web.header('Last-Modified', last_modified(version))
+        caching_headers(bucket, current)
         if Preconditions.from_environ(web.ctx.env).evaluate(current, safe=True) == NOT_MODIFIED:
             web.header('Vary', 'Accept')
             if raw:
@@ -695,10 +737,8 @@ def value_response(bucket, version):
     env = web.ctx.env
     for name, value in version.metadata.get('meta', {}).items():
         web.header('X-Meta-' + name.title(), value)
-    cache_control = (version.metadata.get('cache_control')
-                     or store().bucket_properties_cached(bucket).get('cache_control'))
-    if cache_control:
-        web.header('Cache-Control', cache_control)
+    for name, value in representation_headers(version):
+        web.header(name, value)
     web.header('Accept-Ranges', 'bytes')
     wanted = None
     if env.get('HTTP_IF_RANGE', version.etag) == version.etag:  # a stale If-Range gets it all
@@ -746,6 +786,12 @@ def byteranges_response(version, wanted):
     return parts() if version.chunk_size else b''.join(parts())
 
 
+def representation_headers(version):
+    """[(header, value)]: the Content-Encoding, -Disposition and -Language stored with a value."""
+    return [(STORED_HEADERS[name], version.metadata[name]) for name in REPRESENTATION_HEADERS
+            if name in version.metadata]
+
+
 def accepts_stored_type(content_type):
     """Does the client's Accept admit the type the value was stored with?"""
     accept = web.ctx.env.get('HTTP_ACCEPT')
@@ -760,12 +806,13 @@ def accepts_stored_type(content_type):
 def siblings_response(bucket, key, read):
     """300 Multiple Choices: concurrent versions the client must resolve, as a
     document, or as multipart/mixed with each sibling's raw value when asked."""
+    caching_headers(bucket, read.current)
     if prefers(MULTIPART):
         web.header('Vary', 'Accept')
         boundary = uuid.uuid4().hex.encode()
-        heads = [b'--%s\r\nContent-Type: %s\r\nETag: %s\r\nLast-Modified: %s\r\n\r\n' % (
-            boundary, v.content_type.encode(), v.etag.encode(), http_date(v.modified).encode())
-            for v in read.current]
+        heads = [b'--%s\r\n%s\r\n' % (boundary, ''.join('%s: %s\r\n' % field for field in (
+            [('Content-Type', v.content_type), ('ETag', v.etag), ('Last-Modified', last_modified(v))]
+            + representation_headers(v))).encode('latin-1')) for v in read.current]
         end = b'--%s--\r\n' % boundary
         length = sum(len(h) + v.size + 2 for h, v in zip(heads, read.current)) + len(end)
 
@@ -816,7 +863,9 @@ def write_key(bucket, key, create_only, server_chosen=False):
     conditional = preconditions.present or (create_only and not server_chosen)
     receipt = store().put(bucket, key, value, content_type, context=context, check=check, w=w, pw=pw,
                           metadata=metadata, expected=expected, conditional=conditional)
-    headers = dict(context_header(bucket, key, receipt), ETag=receipt.version.etag)
+    headers = context_header(bucket, key, receipt)
+    if not is_form():   # RFC 9110 9.3.4: the stored bytes are the form's field, not the request's
+        headers['ETag'] = receipt.version.etag
     if receipt.created:
         headers['Location'] = key_path(bucket, key)
     return respond('receipt', receipt_document(bucket, key, receipt),

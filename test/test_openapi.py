@@ -109,8 +109,9 @@ escaped = strategies.one_of(
     strategies.binary(max_size=40), strategies.text(max_size=40).map(str.encode), digits.map(str.encode),
     strategies.integers(1, 2000).map(lambda n: b'k' * n)).map(lambda raw: urllib.parse.quote(raw, safe=''))
 QUERY_NAMES = ('r', 'w', 'limit', 'prefix', 'cursor', 'force')
-HEADER_NAMES = ('X-Context', 'Content-Type', 'Cache-Control', 'X-Meta-Note', 'X-Meta-', 'Range', 'If-Range',
-                'If-Match', 'If-None-Match', 'If-Modified-Since', 'If-Unmodified-Since', 'Accept', 'Expect')
+HEADER_NAMES = ('X-Context', 'Content-Type', 'Cache-Control', 'Expires', 'Content-Encoding', 'Content-Disposition',
+                'Content-Language', 'X-Meta-Note', 'X-Meta-', 'Range', 'If-Range', 'If-Match', 'If-None-Match',
+                'If-Modified-Since', 'If-Unmodified-Since', 'Accept', 'Expect')
 
 
 @strategies.composite

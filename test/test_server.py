@@ -5,6 +5,7 @@ SQLite partitions in a temporary directory, and is spoken to over a socket
 with http.client: nothing here goes through a WSGI test client.
 """
 import email.utils
+import gzip
 import json
 import socket
 import time
@@ -158,6 +159,17 @@ class TestServer(unittest.TestCase):
         response, body = request(self.conn, 'GET', url, headers={'If-None-Match': '"another"'})
         self.assertEqual(response.status, 200)
         self.assertEqual(body, b'cached')
+
+    def test_a_gzip_value_comes_back_with_its_content_encoding(self):
+        url = key_url('server', 'gzipped')
+        body = gzip.compress(b'hello ' * 100)
+        response, answer = self.put(url, body, 'text/plain', headers={'Content-Encoding': 'gzip'})
+        self.assertEqual(response.status, 201, answer)
+        for method in ('GET', 'HEAD'):
+            response, got = request(self.conn, method, url)
+            self.assertEqual((response.status, response.getheader('Content-Encoding')), (200, 'gzip'))
+            self.assertEqual(response.getheader('Content-Length'), str(len(body)))
+            self.assertEqual(got, body if method == 'GET' else b'')
 
     def test_a_deleted_key_is_404_with_a_json_error_document(self):
         url = key_url('server', 'deleted')
