@@ -2,6 +2,7 @@
 import configparser
 import io
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -141,3 +142,37 @@ class OnMariaDB:
     def make_partitions(cls):
         from test.mariadb import shared_cluster
         return mariadb_partitions(shared_cluster())
+
+
+def read_head(sock, data=b''):
+    """(status, {lowercase field: value}, bytes after the head) of the next
+    response head on a raw socket, after the bytes already read (data); None
+    when the connection ends (or is reset) first.  The status is found after
+    the first space: uWSGI starts its status line with the request's protocol,
+    whatever it was."""
+    while b'\r\n\r\n' not in data:
+        try:
+            more = sock.recv(65536)
+        except ConnectionResetError:
+            more = b''
+        if not more:
+            return None
+        data += more
+    head, rest = data.split(b'\r\n\r\n', 1)
+    lines = head.decode('latin-1').split('\r\n')
+    fields = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(':')
+        fields[name.strip().lower()] = value.strip()
+    return int(re.search(r' (\d{3})( |$)', lines[0]).group(1)), fields, rest
+
+
+def read_body(sock, fields, rest):
+    """The rest of a response body of Content-Length bytes (rest: what was read already)."""
+    length = int(fields.get('content-length', 0))
+    while len(rest) < length:
+        more = sock.recv(65536)
+        if not more:
+            break
+        rest += more
+    return rest

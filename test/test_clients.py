@@ -21,6 +21,7 @@ import uuid
 import requests
 
 from test.server import StoreServer
+from test.support import read_body, read_head
 
 MiB = 1024 * 1024
 MAX_VALUE_BYTES = 64 * MiB
@@ -49,34 +50,6 @@ def pieces(total, size):
     """total random bytes as pieces of size (the last may be shorter)."""
     data = os.urandom(total)
     return [data[i:i + size] for i in range(0, total, size)]
-
-
-def read_head(sock, data=b''):
-    """(status, {lowercase field: value}, bytes after the head) of the next
-    response head on sock, after the bytes already read (data); None when the
-    connection ends first."""
-    while b'\r\n\r\n' not in data:
-        more = sock.recv(65536)
-        if not more:
-            return None
-        data += more
-    head, rest = data.split(b'\r\n\r\n', 1)
-    lines = head.decode('latin-1').split('\r\n')
-    fields = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(':')
-        fields[name.strip().lower()] = value.strip()
-    return int(re.match(r'HTTP/1\.\d (\d{3})', lines[0]).group(1)), fields, rest
-
-
-def read_body(sock, fields, rest):
-    length = int(fields.get('content-length', 0))
-    while len(rest) < length:
-        more = sock.recv(65536)
-        if not more:
-            break
-        rest += more
-    return rest
 
 
 class TestClients(unittest.TestCase):

@@ -9,7 +9,6 @@ MIN_BODY_RATE bytes a second on average after that.
 import concurrent.futures
 import json
 import os
-import re
 import signal
 import socket
 import sqlite3
@@ -20,7 +19,7 @@ import unittest
 import requests
 
 from test.server import StoreServer
-from test.support import wait_until
+from test.support import read_body, read_head, wait_until
 
 BODY_TIMEOUT = 1
 MIN_BODY_RATE = 1000
@@ -48,29 +47,11 @@ def key_path(key):
 def read_response(sock):
     """(status code, headers {lowercase name: value}, body) of one response, or
     None when the connection ends before a whole head."""
-    data = b''
-    while b'\r\n\r\n' not in data:
-        try:
-            more = sock.recv(65536)
-        except ConnectionResetError:
-            more = b''
-        if not more:
-            return None
-        data += more
-    head, body = data.split(b'\r\n\r\n', 1)
-    lines = head.decode('latin-1').split('\r\n')
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(':')
-        headers[name.strip().lower()] = value.strip()
-    length = int(headers.get('content-length', 0))
-    while len(body) < length:
-        more = sock.recv(65536)
-        if not more:
-            break
-        body += more
-    # (uWSGI starts its status line with the request's protocol, whatever it was)
-    return int(re.search(r' (\d{3})( |$)', lines[0]).group(1)), headers, body
+    head = read_head(sock)
+    if head is None:
+        return None
+    status, fields, rest = head
+    return status, fields, read_body(sock, fields, rest)
 
 
 class TestFraming(unittest.TestCase):
