@@ -163,10 +163,9 @@ class Datastore:
                              parameter=name)
         return value
 
-    def quorums(self, bucket, **requested):
+    def quorums(self, props, **requested):
         """The quorums of a request: each one asked for (r=, w=, pr=, pw=), else
-        the bucket's property, else the configured default."""
-        props = self.bucket_properties_cached(bucket)
+        the bucket's property (props), else the configured default."""
         return [requested[name] if requested[name] is not None else props.get(name, getattr(self.config, name))
                 for name in requested]
 
@@ -268,7 +267,8 @@ class Datastore:
     def get(self, bucket, key, r=None, pr=None):
         """The key's current versions from r replicas, pr of them owners."""
         self.check_key(bucket, key)
-        r, pr = self.quorums(bucket, r=r, pr=pr)
+        props = self.bucket_properties_cached(bucket)
+        r, pr = self.quorums(props, r=r, pr=pr)
         wanted = max(r, pr)
         preference, fallbacks = self.placement(bucket, key)
 
@@ -290,7 +290,7 @@ class Datastore:
         if not versions:   # during a view change the key may be on its previous owners only
             versions = self._read_previous_owners(bucket, key, preference, replies)
         self._repair(bucket, key, {p: held for p, held in replies.items() if p in preference}, versions)
-        if len(versions) > 1 and self.bucket_properties_cached(bucket)['conflicts'] == 'lww':
+        if len(versions) > 1 and props['conflicts'] == 'lww':
             versions = versions[-1:]   # the last writer wins
         return Read(versions=versions, preference_list=preference, replicas=sorted(replies))
 
@@ -489,8 +489,9 @@ class Datastore:
         the first owner cannot be reached, the write is refused (503)."""
         started = time.monotonic()
         self.check_key(bucket, key)
-        w, pw = self.quorums(bucket, w=w, pw=pw)
-        if self.bucket_properties_cached(bucket)['conflicts'] == 'lww':
+        props = self.bucket_properties_cached(bucket)
+        w, pw = self.quorums(props, w=w, pw=pw)
+        if props['conflicts'] == 'lww':
             context = None   # every write supersedes all the coordinator holds
         preference, fallbacks = self.placement(bucket, key)
         self._adopt_previous_owners(bucket, key, preference)   # during a view change
