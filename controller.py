@@ -27,18 +27,18 @@ import mimeparse
 import mimerender
 import web
 
-import access
-import configuration
-import documents
-import framing
-import gossip
-import ranges
+from kvstore.http import access
+from kvstore import configuration
+from kvstore.http import documents
+from kvstore.http import framing
+from kvstore.coordinator import gossip
+from kvstore.http import ranges
 from datastore import MAX_LIST_LIMIT, Datastore
-from errors import (AlreadyExists, BadRequest, BodyTooLarge, NotAcceptable, NotFound, RangeNotSatisfiable,
+from kvstore.errors import (AlreadyExists, BadRequest, BodyTooLarge, NotAcceptable, NotFound, RangeNotSatisfiable,
                     StoreError, TooLarge, Unavailable)
-from integrity import expected_digests
-from preconditions import NOT_MODIFIED, Preconditions
-from versions import BadContext, decode_context, decode_token, encode_context, encode_token
+from kvstore.coordinator.integrity import expected_digests
+from kvstore.http.preconditions import NOT_MODIFIED, Preconditions
+from kvstore.coordinator.versions import BadContext, decode_context, decode_token, encode_context, encode_token
 
 log = logging.getLogger('kvstore.controller')
 web.config.debug = os.environ.get('WEBPY_ENV') == 'development'

@@ -32,15 +32,15 @@ import uuid
 
 import threading
 
-import configuration
-from engines import BAD_DATA, FULL, PartitionError, open_engine
-from errors import (BadRequest, BucketNotEmpty, CorruptData, InsufficientStorage, NotFound, TooLarge,
+from kvstore import configuration
+from kvstore.engines import BAD_DATA, FULL, PartitionError, open_engine
+from kvstore.errors import (BadRequest, BucketNotEmpty, CorruptData, InsufficientStorage, NotFound, TooLarge,
                     TooManySiblings, Unavailable)
-from gossip import Gossip
-from health import Health
-from integrity import Hasher
-from ring import Ring
-from versions import Version, context_of, live, next_dot, prune, reconcile, resolve
+from kvstore.coordinator.gossip import Gossip
+from kvstore.coordinator.health import Health
+from kvstore.coordinator.integrity import Hasher
+from kvstore.coordinator.ring import Ring
+from kvstore.coordinator.versions import Version, context_of, live, next_dot, prune, reconcile, resolve
 
 log = logging.getLogger('kvstore.datastore')
 BUCKET_NAME = re.compile(r'[a-z0-9][a-z0-9._-]{0,62}\Z')

@@ -117,7 +117,7 @@ def check_user(environ=os.environ):
 def check_configuration():
     """One clear line and exit status 2 for a bad configuration, before any worker starts."""
     sys.path.insert(0, HERE)
-    import configuration
+    from kvstore import configuration
     try:
         configuration.load()
     except configuration.ConfigError as e:

@@ -51,11 +51,11 @@ import sys
 import time
 
 try:
-    import configuration
-    from antientropy import Differ, ranges_outside, scan_pages
+    from kvstore import configuration
+    from kvstore.reconciler.antientropy import Differ, ranges_outside, scan_pages
     from datastore import Datastore, ViewConflict
-    from engines import PartitionError
-    from versions import reconcile, resolve
+    from kvstore.engines import PartitionError
+    from kvstore.coordinator.versions import reconcile, resolve
 except ImportError as e:   # exit 2, not Python's 1 (which means "work left" here)
     sys.stderr.write('sync: %s (run it with the project\'s virtualenv: .venv/bin/python sync.py)\n' % e)
     sys.exit(2)

@@ -11,9 +11,9 @@ headers.  run.py serves it with the store's server settings:
 """
 import web
 
-import configuration
-from engines import open_engine
-from ring import Ring
+from kvstore import configuration
+from kvstore.engines import open_engine
+from kvstore.coordinator.ring import Ring
 
 config = configuration.load()
 ring = Ring.of(config)

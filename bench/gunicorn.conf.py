@@ -21,7 +21,7 @@ wsgi_app = 'controller:create_application()'
 def on_starting(server):
     """Check configuration.cfg once, before any worker starts: one clear line."""
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import configuration
+    from kvstore import configuration
     try:
         configuration.load()
     except configuration.ConfigError as e:

@@ -681,9 +681,9 @@ def make_filler(count, value_bytes):
 
 def _load_slice(job):
     """Write keys start, start + step, ... < count (one process of bulk_load)."""
-    import configuration
+    from kvstore import configuration
     from datastore import Datastore
-    from versions import Version
+    from kvstore.coordinator.versions import Version
 
     config_path, bucket, start, count, step, value_bytes = job
     store = Datastore(configuration.load(config_path))
@@ -742,7 +742,7 @@ def bulk_load(config_path, bucket, count, value_bytes, processes=None):
     """
     import multiprocessing
 
-    import configuration
+    from kvstore import configuration
     from datastore import Datastore
 
     started = time.monotonic()
@@ -774,7 +774,7 @@ def put_load(config_path, bucket, count, value_bytes, threads=1):
     that owner then misses the key until it is repaired; the data set must be whole."""
     import concurrent.futures
 
-    import configuration
+    from kvstore import configuration
     from datastore import Datastore
 
     started = time.monotonic()
@@ -960,10 +960,10 @@ def etcd_load(port, bucket, count, value_bytes):
 def measure_pymysql(run, args, row, cluster, config_path, database, groups_db):
     """Primary-key SELECTs of the engine's own read query, one connection, zipfian keys
     among those the first server holds."""
-    import configuration
+    from kvstore import configuration
     import pymysql
-    from engines import COLUMNS
-    from ring import Ring
+    from kvstore.engines import COLUMNS
+    from kvstore.coordinator.ring import Ring
 
     config = configuration.load(config_path)
     ring = Ring.of(config)

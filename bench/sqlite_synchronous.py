@@ -12,7 +12,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import engines  # noqa: E402
+from kvstore import engines  # noqa: E402
 from test.support import open_store, sqlite_partitions  # noqa: E402
 
 

@@ -9,7 +9,7 @@ import tempfile
 import time
 import uuid
 
-import configuration
+from kvstore import configuration
 from controller import create_application
 from datastore import Datastore
 

@@ -19,9 +19,9 @@ import time
 import unittest
 import urllib.parse
 
-import configuration
+from kvstore import configuration
 import controller
-import gossip
+from kvstore.coordinator import gossip
 from test import support
 from test.server import StoreServer
 
@@ -253,8 +253,8 @@ class TestTokens(SQLiteApp):
         self.assertNotIn('other-a', listed)
 
     def test_the_command_prints_a_token_once_and_its_configuration(self):
-        out = subprocess.run([sys.executable, os.path.join(REPO, 'access.py'), 'token', 'ci', 'write:ci-*'],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run([sys.executable, '-m', 'kvstore.http.access', 'token', 'ci', 'write:ci-*'],
+                             capture_output=True, text=True, check=True, cwd=REPO).stdout
         token = out.split('SHA-256): ')[1].split()[0]
         section = out[out.index('[token-ci]'):]
         self.assertNotIn(token, section)
@@ -270,8 +270,8 @@ class TestTokens(SQLiteApp):
                 'Authorization': 'Bearer ' + token, 'Content-Type': 'text/plain'})
         finally:
             store.close()
-        refused = subprocess.run([sys.executable, os.path.join(REPO, 'access.py'), 'token', 'ci', 'owner:*'],
-                                 capture_output=True, text=True)
+        refused = subprocess.run([sys.executable, '-m', 'kvstore.http.access', 'token', 'ci', 'owner:*'],
+                                 capture_output=True, text=True, cwd=REPO)
         self.assertEqual(refused.returncode, 2)
 
     def test_bad_token_sections_are_configuration_errors(self):

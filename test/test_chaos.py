@@ -32,7 +32,7 @@ import traceback
 import unittest
 import uuid
 
-from ring import Ring
+from kvstore.coordinator.ring import Ring
 from test import support
 from test.mariadb import shared_cluster
 from test.server import StoreServer

@@ -16,8 +16,8 @@ import unittest
 from test import support
 from test.server import serve_command
 
-import configuration
-from configuration import ConfigError
+from kvstore import configuration
+from kvstore.configuration import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -17,16 +17,16 @@ import time
 import unittest
 import urllib.parse
 
-import configuration
+from kvstore import configuration
 import sync
-from errors import NotFound, Unavailable
-from ring import Ring
+from kvstore.errors import NotFound, Unavailable
+from kvstore.coordinator.ring import Ring
 from test import support
 from test.mariadb import shared_cluster
 from test.server import StoreServer
 from test.test_server import CONFIGURATION, request
 from test.test_sync import FAST, config_of, holdings, sync_once
-from versions import Version
+from kvstore.coordinator.versions import Version
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -5,8 +5,7 @@ import math
 import random
 import unittest
 
-import documents
-
+from kvstore.http import documents
 TEXTS = ['', 'plain', 'ünïcödé ✓ 𝄞', 'quote " backslash \\ slash /', 'control \x00\x01\x1f\x7f',
          'line\nbreak\ttab\r', '\u2028\u2029', '\ud800']
 

@@ -13,7 +13,7 @@ import time
 import unittest
 import urllib.request
 
-import gossip
+from kvstore.coordinator import gossip
 from test import support
 from test.mariadb import shared_cluster
 

@@ -6,7 +6,7 @@ import unittest
 
 import webtest
 
-from errors import BadRequest
+from kvstore.errors import BadRequest
 from test import support
 
 KEY = '/buckets/%s/keys/%s'

@@ -9,7 +9,7 @@ import unittest
 
 import pymysql
 
-import mysqlwire
+from kvstore.engines import mysqlwire
 from test.mariadb import shared_cluster
 
 MIB = 1024 * 1024

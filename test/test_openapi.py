@@ -26,7 +26,7 @@ from schemathesis.generation import GenerationMode
 import controller
 from test.server import REPO, StoreServer
 from test.test_server import CONFIGURATION
-from versions import context_binding
+from kvstore.coordinator.versions import context_binding
 
 SPEC_PATH = os.path.join(REPO, 'docs', 'openapi.yaml')
 VERBS = ('GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS')

@@ -8,7 +8,7 @@ partition's share follows its weight.
 import collections
 import unittest
 
-from ring import Ring, key_point
+from kvstore.coordinator.ring import Ring, key_point
 
 BUCKET = 'bucket'
 KEYS = ['key-%05d' % i for i in range(20000)]

@@ -20,16 +20,16 @@ import threading
 import time
 import unittest
 
-import configuration
+from kvstore import configuration
 import sync
 
 from datastore import Datastore
-from ring import RING_SIZE
-from errors import NotFound
-from ring import key_point
+from kvstore.coordinator.ring import RING_SIZE
+from kvstore.errors import NotFound
+from kvstore.coordinator.ring import key_point
 from test import support
 from test.mariadb import shared_cluster
-from versions import Version, context_of, next_dot
+from kvstore.coordinator.versions import Version, context_of, next_dot
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNC = os.path.join(HERE, 'sync.py')

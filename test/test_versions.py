@@ -12,7 +12,7 @@ import unittest
 
 import time
 
-from versions import (BadContext, Version, actor_partition, context_of, decode_context, decode_token,
+from kvstore.coordinator.versions import (BadContext, Version, actor_partition, context_of, decode_context, decode_token,
                       encode_context, next_dot, prune, reconcile, resolve)
 
 

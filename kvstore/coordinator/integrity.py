@@ -8,7 +8,7 @@ import base64
 import binascii
 import hashlib
 
-from errors import BadRequest
+from kvstore.errors import BadRequest
 
 ALGORITHMS = {'sha-256': 'sha256', 'sha256': 'sha256', 'md5': 'md5'}
 

@@ -19,7 +19,7 @@ import struct
 import sys
 import time
 
-from errors import (BadFraming, HeaderFieldsTooLarge, IncompleteBody, RequestTimeout, UnsupportedTransferCoding,
+from kvstore.errors import (BadFraming, HeaderFieldsTooLarge, IncompleteBody, RequestTimeout, UnsupportedTransferCoding,
                     UriTooLong)
 
 MAX_HEADER_FIELDS = 100

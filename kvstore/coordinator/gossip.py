@@ -24,8 +24,8 @@ import random
 import threading
 import time
 
-from errors import BadRequest, Forbidden
-from health import MAX_ERROR_CHARS, STATES
+from kvstore.errors import BadRequest, Forbidden
+from kvstore.coordinator.health import MAX_ERROR_CHARS, STATES
 
 log = logging.getLogger('kvstore.gossip')
 PATH = '/cluster/gossip'

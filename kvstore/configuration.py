@@ -9,7 +9,8 @@ import dataclasses
 import os
 import re
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+# The project's top directory: configuration.cfg and data/ live there.
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_PATH = os.path.join(HERE, 'configuration.cfg')
 ENGINES = ('sqlite', 'mysql')
 ROLES = ('read', 'write', 'admin')       # each implies the ones before it
@@ -142,7 +143,7 @@ def parse(parser, source='configuration'):
                 continue
             digest = parser.get(section, 'sha256', fallback='').strip().lower()
             if not SHA256_HEX.match(digest):
-                fail(section, 'sha256', 'is the 64 hex digits `python3 access.py token` printed')
+                fail(section, 'sha256', 'is the 64 hex digits `python3 -m kvstore.http.access token` printed')
             grants = []
             for item in parser.get(section, 'roles', fallback='').split(','):
                 role, _, pattern = item.strip().partition(':')
@@ -156,11 +157,11 @@ def parse(parser, source='configuration'):
     def cluster_secret(peers):
         secret = parser.get('cluster', 'secret', fallback='').strip() or None
         if secret is not None and len(secret) < MIN_SECRET_CHARS:
-            fail('cluster', 'secret', 'must be at least %d characters (python3 access.py secret makes one)'
+            fail('cluster', 'secret', 'must be at least %d characters (python3 -m kvstore.http.access secret makes one)'
                  % MIN_SECRET_CHARS)
         if peers and secret is None:
             fail('cluster', 'secret', 'is required when peers are configured: gossip is signed with it '
-                 '(python3 access.py secret makes one; every front end needs the same)')
+                 '(python3 -m kvstore.http.access secret makes one; every front end needs the same)')
         return secret
 
     if not parser.has_section('store'):

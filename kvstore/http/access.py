@@ -21,12 +21,12 @@ Gossip (POST /cluster/gossip) is none of this: peers sign it (gossip.py).
 secure_response adds the headers that keep stored values from acting on the
 store's origin.  Tokens are kept as their SHA-256 only; make one with
 
-    python3 access.py token NAME ROLE:PATTERN [ROLE:PATTERN ...]
+    python3 -m kvstore.http.access token NAME ROLE:PATTERN [ROLE:PATTERN ...]
 
 (ROLE is read, write or admin, each implying the ones before it; PATTERN a
 bucket name or an fnmatch pattern), and a cluster secret with
 
-    python3 access.py secret
+    python3 -m kvstore.http.access secret
 """
 import fnmatch
 import hashlib
@@ -40,8 +40,8 @@ import urllib.parse
 
 import web
 
-from configuration import ROLES
-from errors import BadRequest, Forbidden, MisdirectedRequest, Unauthenticated
+from kvstore.configuration import ROLES
+from kvstore.errors import BadRequest, Forbidden, MisdirectedRequest, Unauthenticated
 
 READ, WRITE, ADMIN = ROLES
 ANY = 'any'          # any valid token
@@ -276,8 +276,8 @@ def new_token(name, roles):
     return token, section
 
 
-USAGE = """usage: python3 access.py token NAME ROLE:PATTERN [ROLE:PATTERN ...]
-       python3 access.py secret
+USAGE = """usage: python3 -m kvstore.http.access token NAME ROLE:PATTERN [ROLE:PATTERN ...]
+       python3 -m kvstore.http.access secret
 ROLE is read, write or admin (admin implies write, write implies read);
 PATTERN a bucket name or a pattern such as logs-* (* for every bucket)."""
 

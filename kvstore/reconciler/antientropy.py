@@ -14,7 +14,7 @@ the ring a partition does not own, where it should hold nothing.
 """
 import collections
 
-from ring import key_point
+from kvstore.coordinator.ring import key_point
 
 LEAF_ROWS = 128   # ranges with at most this many rows on every owner are fetched
 FANOUT = 16       # slices a differing range is cut into

@@ -6,7 +6,7 @@ If-Match is a real compare-and-swap).
 """
 import datetime
 
-from errors import BadRequest, PreconditionFailed
+from kvstore.errors import BadRequest, PreconditionFailed
 
 PASS, NOT_MODIFIED = 'pass', 'not modified'
 

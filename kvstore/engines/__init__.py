@@ -29,12 +29,13 @@ import uuid
 
 import pymysql
 
-import mysqlwire
-from ring import RING_SIZE, key_point
-from versions import Version, decode_version_clock, encode_version_clock, reconcile
+from kvstore.engines import mysqlwire
+from kvstore.coordinator.ring import RING_SIZE, key_point
+from kvstore.coordinator.versions import Version, decode_version_clock, encode_version_clock, reconcile
 
 log = logging.getLogger('kvstore.engines')
-SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'database_definition.sql')
+SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                           'database_definition.sql')
 COLUMNS = 'version_id, clock, deleted, content_type, digest, modified, value, size, chunk_size, metadata'
 # MySQL errors worth retrying a transaction for: deadlock, lock wait timeout.
 RETRYABLE_MYSQL = (1213, 1205)
