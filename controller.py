@@ -14,27 +14,27 @@ Serve it with `make run` (serve.py: uWSGI), or `python controller.py
 import logging
 import os
 import sys
-import urllib.parse
 import uuid
 
 import web
 
 from datastore import MAX_LIST_LIMIT, Datastore
 from kvstore import configuration
-from kvstore.coordinator import gossip
+from kvstore.coordinator import gossip, status
+from kvstore.coordinator.paging import page_before
 from kvstore.coordinator.integrity import expected_digests
 from kvstore.coordinator.versions import decode_token, encode_context, encode_token
-from kvstore.errors import AlreadyExists, BadRequest, NotAcceptable, NotFound, StoreError, Unavailable
+from kvstore.errors import AlreadyExists, BadRequest, Forbidden, NotAcceptable, NotFound, StoreError, Unavailable
 from kvstore.http import access, framing
 from kvstore.http.application import Application, ClosingResponse, finish_response
 from kvstore.http.caching import bucket_etag, caching_headers, last_modified
+from kvstore.http.links import bucket_path, key_path, listing_path
 from kvstore.http.metadata import request_metadata
 from kvstore.http.negotiation import accepts_stored_type, document_format, error_response, respond
 from kvstore.http.preconditions import NOT_MODIFIED, Preconditions
 from kvstore.http.request import (body_may_be_large, is_form, parse_json, query, refuse_partial_body, request_context,
                                   request_document, request_quorums, request_value, store)
-from kvstore.http.values import (context_header, key_path, receipt_document, siblings_response, value_document,
-                                 value_response)
+from kvstore.http.values import context_header, receipt_document, siblings_response, value_document, value_response
 
 log = logging.getLogger('kvstore.controller')
 web.config.debug = os.environ.get('WEBPY_ENV') == 'development'
@@ -46,6 +46,7 @@ urls = (
     '/buckets/([^/]+)', 'Bucket',
     '/buckets', 'Buckets',
     '/cluster', 'Cluster',
+    '/cluster/locate', 'ClusterLocate',
     '/cluster/gossip', 'ClusterGossip',
     '/health', 'Health',
     '/ready', 'Ready',
@@ -71,16 +72,18 @@ class Index:
             'documentation': 'docs/API.md',
             'endpoints': [
                 {'method': m, 'path': p, 'does': d} for m, p, d in (
-                    ('GET', '/cluster', 'partition health, hints waiting, gossip'),
+                    ('GET', '/cluster', 'partitions: health, keys, bytes, hints, pending; the ring, sync, rebalance'),
+                    ('GET', '/cluster/locate?bucket={bucket}&key={key}', 'where a key lives and what each '
+                     'partition holds of it'),
                     ('GET', '/health', 'this front end answers: 200'),
                     ('GET', '/ready', 'enough partitions answer for the default quorums: 200, else 503'),
                     ('GET', '/buckets', 'list buckets'),
                     ('PUT', '/buckets/{bucket}', 'create a bucket or set its properties'),
                     ('GET', '/buckets/{bucket}', 'a bucket\'s properties and key count'),
                     ('DELETE', '/buckets/{bucket}', 'delete an empty bucket (?force=true: with its keys)'),
-                    ('GET', '/buckets/{bucket}/keys', 'list keys: ?prefix=&limit=&cursor='),
+                    ('GET', '/buckets/{bucket}/keys', 'list keys: ?prefix=&limit=&cursor= (or &before=)'),
                     ('POST', '/buckets/{bucket}/keys', 'store a value under a new server-chosen key'),
-                    ('GET', '/buckets/{bucket}/keys/{key}', 'read a value (?r=)'),
+                    ('GET', '/buckets/{bucket}/keys/{key}', 'read a value (?r=; ?as=record: its record)'),
                     ('PUT', '/buckets/{bucket}/keys/{key}', 'create or replace a value (?w=)'),
                     ('POST', '/buckets/{bucket}/keys/{key}', 'create a value only if the key is new'),
                     ('DELETE', '/buckets/{bucket}/keys/{key}', 'delete a value'),
@@ -91,7 +94,21 @@ class Index:
 
 class Cluster:
     def GET(self):
-        return respond('cluster', store().cluster_status())
+        return respond('cluster', status.cluster_status(store()))
+
+
+class ClusterLocate:
+    """Where a key lives: it shows the key's versions, so it needs read access to the bucket."""
+
+    def GET(self):
+        bucket, key = query('bucket'), query('key')
+        for name, value in (('bucket', bucket), ('key', key)):
+            if not value:
+                raise BadRequest('bad_parameter', '?bucket=B&key=K: %s is missing' % name, parameter=name)
+        store().check_key(bucket, key)
+        if not access.may_read(bucket):
+            raise Forbidden('forbidden', 'the token does not give read on bucket %r' % bucket)
+        return respond('locate', status.locate(store(), bucket, key))
 
 
 class Health:
@@ -144,7 +161,7 @@ class Bucket:
         web.header('ETag', bucket_etag(props))
         return respond('bucket', {'bucket': bucket, 'properties': props,
                                   'key_count': store().count_keys(bucket),
-                                  'keys': '/buckets/%s/keys' % bucket})
+                                  'keys': listing_path(bucket)})
 
     def PUT(self, bucket):
         refuse_partial_body()
@@ -154,7 +171,7 @@ class Bucket:
         props = store().bucket_properties(bucket)
         headers = {'ETag': bucket_etag(props)}
         if created:
-            headers['Location'] = '/buckets/%s' % bucket
+            headers['Location'] = bucket_path(bucket)
         return respond('bucket', {'bucket': bucket, 'created': created, 'properties': props},
                        '201 Created' if created else '200 OK', headers)
 
@@ -195,18 +212,28 @@ class Keys:
     def GET(self, bucket):
         prefix = query('prefix') or ''
         limit = self.limit()
-        after = self.cursor_key()
-        page = store().list_keys(bucket, prefix=prefix, limit=limit, after=after)
-        if not page.keys and after is None and store().bucket_properties(bucket) is None:
+        after, before = self.cursor_key('cursor'), self.cursor_key('before')
+        if after is not None and before is not None:
+            raise BadRequest('bad_parameter', 'a page is after a cursor or before one, not both', parameter='before')
+        if before is None:
+            page = store().list_keys(bucket, prefix=prefix, limit=limit, after=after)
+            keys, next_after, earlier = page.keys, page.next_after, after is not None
+        else:
+            store().check_bucket(bucket)
+            keys, earlier = page_before(store(), bucket, prefix, before, limit)
+            next_after = keys[-1] if keys else None
+        if not keys and after is None and before is None and store().bucket_properties(bucket) is None:
             raise NotFound('no bucket %r' % bucket)
-        doc = {'bucket': bucket, 'prefix': prefix, 'keys': page.keys, 'next_cursor': None}
-        headers = {}
-        if page.next_after is not None:
-            cursor = encode_token(page.next_after.encode('utf-8'))
-            doc['next_cursor'] = cursor
-            headers['Link'] = '</buckets/%s/keys?%s>; rel="next"' % (bucket, urllib.parse.urlencode(
-                dict(prefix=prefix, limit=limit, cursor=cursor) if prefix else dict(limit=limit, cursor=cursor)))
-        return respond('keys', doc, headers=headers)
+        doc = {'bucket': bucket, 'prefix': prefix, 'limit': limit, 'keys': keys, 'next_cursor': None,
+               'previous_cursor': None}
+        links = []
+        if next_after is not None:
+            doc['next_cursor'] = encode_token(next_after.encode('utf-8'))
+            links.append('<%s>; rel="next"' % listing_path(bucket, prefix, limit, cursor=doc['next_cursor']))
+        if earlier and keys:
+            doc['previous_cursor'] = encode_token(keys[0].encode('utf-8'))
+            links.append('<%s>; rel="prev"' % listing_path(bucket, prefix, limit, before=doc['previous_cursor']))
+        return respond('keys', doc, headers={'Link': ', '.join(links)} if links else None)
 
     def POST(self, bucket):
         key = uuid.uuid4().hex
@@ -222,18 +249,19 @@ class Keys:
         return int(raw)
 
     @staticmethod
-    def cursor_key():
-        raw = query('cursor')
+    def cursor_key(name):
+        raw = query(name)
         if not raw:
             return None
         try:
             return decode_token(raw).decode('utf-8')
         except ValueError:
-            raise BadRequest('bad_parameter', 'cursor is not one this store issued', parameter='cursor')
+            raise BadRequest('bad_parameter', '%s is not a cursor this store issued' % name, parameter=name)
 
 
 class Key:
     def GET(self, bucket, key):
+        record = self.record_asked()
         read = store().get(bucket, key, *request_quorums('r', 'pr'))
         current = read.current
         if not current:
@@ -242,7 +270,7 @@ class Key:
             web.header('X-Context', encode_context(read.context, bucket, key))
             return siblings_response(bucket, key, read)
         version = current[0]
-        raw = accepts_stored_type(version.content_type)
+        raw = not record and accepts_stored_type(version.content_type)
         if not raw and document_format() is None:
             raise NotAcceptable('the value is %s, and no document type is acceptable either'
                                 % version.content_type)
@@ -264,6 +292,14 @@ class Key:
         doc = dict(bucket=bucket, key=key, context=encode_context(read.context, bucket, key),
                    **value_document(version))
         return respond('record', doc)
+
+    @staticmethod
+    def record_asked():
+        """?as=record: the record document, though Accept admits the value's own type (a page's link)."""
+        asked = query('as')
+        if asked not in (None, 'record'):
+            raise BadRequest('bad_parameter', 'as is "record" or absent', parameter='as')
+        return asked == 'record'
 
     def HEAD(self, bucket, key):
         # RFC 9110 14.2: Range applies to GET alone; HEAD answers as a GET without it would.

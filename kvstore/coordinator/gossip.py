@@ -25,15 +25,15 @@ import threading
 import time
 
 from kvstore.errors import BadRequest, Forbidden
-from kvstore.coordinator.health import MAX_ERROR_CHARS, STATES
+from kvstore.coordinator.health import MAX_ERROR_CHARS, MAX_OBSERVER_CHARS, STATES
 
 log = logging.getLogger('kvstore.gossip')
 PATH = '/cluster/gossip'
 TIMESTAMP, SIGNATURE = 'X-Gossip-Timestamp', 'X-Gossip-Signature'
 WINDOW = 30.0          # seconds a signed message is accepted before or after its timestamp
 SKEW = 5.0             # seconds an observation may lie in the future (clocks differ)
-# A view's size: an observation with the longest last_error, every character escaped.
-BYTES_PER_PARTITION = 6 * MAX_ERROR_CHARS + 512
+# A view's size: an observation with the longest last_error and observer, every character escaped.
+BYTES_PER_PARTITION = 6 * (MAX_ERROR_CHARS + MAX_OBSERVER_CHARS) + 512
 REQUEST, ANSWER = b'POST ' + PATH.encode(), b'200 ' + PATH.encode()
 
 
@@ -87,6 +87,9 @@ def check_view(view, partitions, now):
         error = seen.get('last_error')
         if error is not None and not (isinstance(error, str) and len(error) <= MAX_ERROR_CHARS):
             refuse('last_error is null or text of at most %d characters' % MAX_ERROR_CHARS)
+        observer = seen.get('observer')
+        if observer is not None and not (isinstance(observer, str) and len(observer) <= MAX_OBSERVER_CHARS):
+            refuse('observer is null or text of at most %d characters' % MAX_OBSERVER_CHARS)
 
 
 class Gossip:

@@ -4,9 +4,12 @@ A failed connect or query marks a partition down for a backoff period (doubling
 with each failure, capped); requests skip it meanwhile instead of waiting for
 timeouts.  When the backoff has passed the partition is suspect: one request
 probes it, and its outcome decides.  Views are shared between front ends by
-gossip (gossip.py): for each partition the newest observation wins.
+gossip (gossip.py): for each partition the newest observation wins, and
+keeps the name of the front-end process that made it (observer).
 """
 import logging
+import os
+import socket
 import threading
 import time
 
@@ -15,6 +18,14 @@ log = logging.getLogger('kvstore.health')
 UP, DOWN, SUSPECT = 'up', 'down', 'suspect'
 STATES = (UP, DOWN, SUSPECT)
 MAX_ERROR_CHARS = 512    # of a last_error kept and gossiped
+MAX_OBSERVER_CHARS = 128
+
+
+def front_end_name():
+    """This process, as observations name it: host, port (BIND) and pid."""
+    port = os.environ.get('BIND', '').rpartition(':')[2]
+    return ('%s:%s/%d' % (socket.gethostname(), port, os.getpid()) if port
+            else '%s/%d' % (socket.gethostname(), os.getpid()))[:MAX_OBSERVER_CHARS]
 
 
 class PartitionHealth:
@@ -24,19 +35,21 @@ class PartitionHealth:
         self.since = time.time()      # when the state last changed
         self.observed = 0.0           # when the state was last confirmed
         self.last_error = None
+        self.observer = None          # the front-end process that made the observation
         self.failures = 0             # consecutive
         self.retry_at = 0.0
         self.probing = False
 
     def view(self):
         return {'state': self.state, 'since': self.since, 'observed': self.observed,
-                'last_error': self.last_error}
+                'last_error': self.last_error, 'observer': self.observer}
 
 
 class Health:
     def __init__(self, names, backoff=1.0, max_backoff=30.0):
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.name = front_end_name()
         self._lock = threading.Lock()
         self._partitions = {name: PartitionHealth(name) for name in names}
 
@@ -57,11 +70,11 @@ class Health:
         """Record a success; True when the partition just came back up."""
         p = self._partitions[name]
         if p.state == UP and not p.failures and not p.probing:
-            p.observed = time.time()   # nothing else changes: no lock
+            p.observed, p.observer = time.time(), self.name   # nothing else changes: no lock
             return False
         with self._lock:
             now = time.time()
-            p.observed, p.failures, p.probing = now, 0, False
+            p.observed, p.observer, p.failures, p.probing = now, self.name, 0, False
             if p.state == UP:
                 return False
             p.state, p.since, p.retry_at = UP, now, 0.0
@@ -77,6 +90,7 @@ class Health:
                 p.since = now
                 log.warning('partition %s is down: %s', name, reason)
             p.state, p.observed, p.last_error, p.probing = DOWN, now, str(reason)[:MAX_ERROR_CHARS], False
+            p.observer = self.name
 
     def is_down(self, name):
         with self._lock:
@@ -111,4 +125,5 @@ class Health:
                     p.state, p.retry_at = DOWN, now + self.backoff
                 p.since = float(seen.get('since') or now)
                 p.observed, p.last_error, p.probing = observed, seen.get('last_error'), False
+                p.observer = seen.get('observer')
         return recovered

@@ -890,6 +890,15 @@ class SQLEngine:
             self._execute(cursor, 'SELECT COUNT(*) FROM (SELECT DISTINCT bucket, key_name FROM objects) k')
             return int(cursor.fetchone()[0])
 
+    def usage(self):
+        """{keys, bytes, pending} held here: distinct keys (tombstoned ones
+        included), the bytes of their versions' values, pending markers."""
+        with self._cursor() as cursor:
+            self._execute(cursor, 'SELECT (SELECT COUNT(*) FROM (SELECT DISTINCT bucket, key_name FROM objects) k),'
+                          ' (SELECT COALESCE(SUM(size), 0) FROM objects), (SELECT COUNT(*) FROM pending)')
+            keys, size, pending = cursor.fetchone()
+            return {'keys': int(keys), 'bytes': int(size), 'pending': int(pending)}
+
     def bucket_records(self):
         """{bucket: (properties JSON text, modified)} of the records held here."""
         with self._cursor() as cursor:

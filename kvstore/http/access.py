@@ -54,6 +54,7 @@ ROUTE_ROLES = {
     'Health': {'GET': PUBLIC},
     'Ready': {'GET': PUBLIC},
     'Cluster': {'GET': ADMIN},
+    'ClusterLocate': {'GET': ANY},   # the resource checks read on its ?bucket= (may_read)
     'ClusterGossip': {'POST': SIGNED},
     'Buckets': {'GET': ANY},
     'Bucket': {'GET': READ, 'PUT': ADMIN, 'DELETE': ADMIN},

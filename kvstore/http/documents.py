@@ -1,8 +1,9 @@
 """Documents: how every response that is not a raw value is written out.
 
 A document is a tree of dicts, lists and scalars with a root name ('error',
-'receipt', 'keys', ...).  It renders to JSON, XML, HTML or plain text; the
-controller lets mimerender pick one from the request's Accept header.
+'receipt', 'keys', ...).  It renders to JSON, XML or plain text here, and to
+HTML as a page (pages.py, which renders its parts with render_fragment);
+negotiation.py lets mimerender pick one from the request's Accept header.
 """
 import html
 import json
@@ -104,20 +105,13 @@ def _scalar(value):
     return str(value)
 
 
-def render_html(document, root):
-    title = html.escape(root.replace('_', ' ').capitalize())
-    return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>%s</title>'
-            '<style>body{font-family:sans-serif;margin:2em}dt{font-weight:bold}'
-            'dd{margin:0 0 .5em 1.5em}</style></head>\n<body><h1>%s</h1>\n%s</body></html>\n'
-            % (title, title, _html(document)))
-
-
-def _html(value):
+def render_fragment(value):
+    """A document (or part of one) as HTML: dicts as <dl>, lists as <ul>, all escaped."""
     if isinstance(value, dict):
         return '<dl>\n%s</dl>\n' % ''.join(
-            '<dt>%s</dt><dd>%s</dd>\n' % (html.escape(str(k)), _html(v)) for k, v in value.items())
+            '<dt>%s</dt><dd>%s</dd>\n' % (html.escape(str(k)), render_fragment(v)) for k, v in value.items())
     if isinstance(value, list):
-        return '<ul>\n%s</ul>\n' % ''.join('<li>%s</li>\n' % _html(v) for v in value)
+        return '<ul>\n%s</ul>\n' % ''.join('<li>%s</li>\n' % render_fragment(v) for v in value)
     if value is None:
         return '<em>none</em>'
     return html.escape(_scalar(value))
@@ -155,5 +149,3 @@ def _plain(value):
         return '(empty)'
     return _scalar(value)
 
-
-RENDERERS = dict(json=render_json, xml=render_xml, html=render_html, txt=render_text)

@@ -9,7 +9,7 @@ import mimerender
 import web
 
 from kvstore.errors import BadRequest
-from kvstore.http import documents
+from kvstore.http import documents, pages
 
 STATUS = {
     'unauthenticated': '401 Unauthorized',
@@ -36,7 +36,9 @@ STATUS = {
     'internal_error': '500 Internal Server Error',
     'unsupported_transfer_coding': '501 Not Implemented',
 }
-DOCUMENT_TYPES = [m for short in documents.RENDERERS for m in mimerender._get_mime_types(short)]
+RENDERERS = dict(json=documents.render_json, xml=documents.render_xml, html=pages.render_page,
+                 txt=documents.render_text)
+DOCUMENT_TYPES = [m for short in RENDERERS for m in mimerender._get_mime_types(short)]
 
 
 def _not_acceptable(accept, supported):
@@ -49,7 +51,7 @@ negotiate = mimerender.WebPyMimeRender()
 
 
 @negotiate(default='json', charset='utf-8', override_arg_idx=-1,
-           not_acceptable_callback=_not_acceptable, **documents.RENDERERS)
+           not_acceptable_callback=_not_acceptable, **RENDERERS)
 def _negotiated(root, document, status, headers, format_override):
     return {'document': document, 'root': root}, status, headers
 

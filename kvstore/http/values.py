@@ -1,7 +1,6 @@
 """Writing answers about values: the raw bytes (whole, a range, several ranges
 as multipart/byteranges), siblings (300), a value inside a record, a write's receipt."""
 import base64
-import urllib.parse
 import uuid
 
 import web
@@ -16,10 +15,6 @@ from kvstore.http.request import store
 
 MULTIPART = 'multipart/mixed'
 TEXTUAL = ('text/', 'application/json', 'application/xml', 'application/javascript')
-
-
-def key_path(bucket, key):
-    return '/buckets/%s/keys/%s' % (bucket, urllib.parse.quote(key, safe='/'))
 
 
 def value_document(version):
