@@ -16,7 +16,7 @@ from kvstore.http.links import bucket_path, key_path, listing_path, locate_path,
 STYLE = ('body{font-family:sans-serif;margin:1.5em 2em;max-width:72em}nav{margin-bottom:1em;color:#555}'
          'dt{font-weight:bold}dd{margin:0 0 .5em 1.5em}table{border-collapse:collapse;margin:.5em 0}'
          'th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}'
-         'td.n{text-align:right}pre{background:#f6f6f6;padding:.6em;overflow:auto;max-height:30em}'
+         'td.n{text-align:right;white-space:nowrap}pre{background:#f6f6f6;padding:.6em;overflow:auto;max-height:30em}'
          'img.value{max-width:100%;max-height:40em;border:1px solid #ccc}.pager a{margin-right:1.5em}'
          '.up{color:#1e7b45}.suspect{color:#a67c00}.down{color:#b02a1a}details{margin-top:2em}')
 STATE_COLOURS = {'up': '#2e8b57', 'suspect': '#d4a017', 'down': '#c0392b'}
