@@ -16,11 +16,11 @@ import urllib.parse
 import zlib
 
 from kvstore.coordinator import gossip
-from kvstore.coordinator.status import _usage as usage_counts
 from kvstore.coordinator.ring import key_point
 from test import support
 from test.server import REPO, StoreServer
 from test.test_access import SECRET, token_section
+from test.test_server import CONFIGURATION
 
 HTML = {'Accept': 'text/html'}
 HOSTILE = ('<img src=x onerror=alert(1)>', '"\'><script>alert(1)</script>')
@@ -208,28 +208,34 @@ class PagesOnSQLite(support.OnSQLite, support.StoreSpecification, unittest.TestC
             self.assertTrue(response.json['message'])
 
     def test_the_cluster_document_counts_and_dates_what_it_reports(self):
-        for i in range(6):
-            self.app.put('/buckets/%s/keys/c%d?w=all' % (self.bucket, i), b'12345',
-                         headers={'Content-Type': 'text/plain'})
-        # Counted at most once a minute: a fresh count for this test.
-        usage_counts.pop(self.store, None)
-        doc = self.app.get('/cluster').json
-        partitions = {p['name']: p for p in doc['partitions']}
-        self.assertAlmostEqual(sum(p['share'] for p in partitions.values()), 1.0, places=3)
-        self.assertTrue(all(0.1 < p['share'] < 0.4 for p in partitions.values()), partitions)
-        for name, engine in self.store.engines.items():
-            held = engine.usage()
-            self.assertEqual({field: partitions[name][field] for field in held}, held, name)
-        self.assertGreaterEqual(sum(p['keys'] for p in partitions.values()), 6 * 3)
-        self.assertGreaterEqual(sum(p['bytes'] for p in partitions.values()), 6 * 5 * 3)
-        for p in partitions.values():
-            self.assertEqual(p['state'], 'up')
-            self.assertEqual(p['observer'], doc['front_end'])
-            self.assertLess(p['observed_seconds_ago'], 60)
-            self.assertIsInstance(p['pending'], int)
-        self.assertIn('sync', doc)
-        self.assertIn('state', doc['rebalance'])
-        self.assertEqual(set(doc['ring']), {'vnodes', 'digest'})
+        # A store of its own: keys, bytes and pending markers are counted once a minute.
+        directory = support.TemporaryDirectory()
+        store = support.open_store(support.sqlite_partitions(directory.path))
+        try:
+            app = support.web_app(store)
+            for i in range(6):
+                app.put('/buckets/b/keys/c%d?w=all' % i, b'12345', headers={'Content-Type': 'text/plain'})
+            doc = app.get('/cluster').json
+            partitions = {p['name']: p for p in doc['partitions']}
+            self.assertAlmostEqual(sum(p['share'] for p in partitions.values()), 1.0, places=3)
+            self.assertTrue(all(0.1 < p['share'] < 0.4 for p in partitions.values()), partitions)
+            for name, engine in store.engines.items():
+                held = engine.usage()
+                self.assertEqual((partitions[name]['keys'], partitions[name]['bytes']),
+                                 (held['keys'], held['bytes']), name)
+            self.assertEqual(sum(p['keys'] for p in partitions.values()), 6 * 3)
+            self.assertEqual(sum(p['bytes'] for p in partitions.values()), 6 * 5 * 3)
+            for p in partitions.values():
+                self.assertEqual(p['state'], 'up')
+                self.assertEqual(p['observer'], doc['front_end'])
+                self.assertLess(p['observed_seconds_ago'], 60)
+                self.assertIsInstance(p['pending'], int)
+            self.assertIn('sync', doc)
+            self.assertIn('state', doc['rebalance'])
+            self.assertEqual(set(doc['ring']), {'vnodes', 'digest'})
+        finally:
+            store.close()
+            directory.remove()
 
     def test_the_cluster_page_draws_the_ring_coloured_by_health(self):
         down = 'p3'
@@ -318,14 +324,6 @@ def png_pixels(path):
         rows.append(line)
         previous = line
     return width, height, [tuple(row[i:i + 3]) for row in rows for i in range(0, stride, step)]
-
-
-CONFIGURATION = """
-[store]
-replicas = 3
-r = 2
-w = 2
-""" + ''.join('\n[partition-p%d]\nengine = sqlite\npath = data/p%d.sqlite3\n' % (i, i) for i in (1, 2, 3, 4))
 
 
 class InABrowser(unittest.TestCase):
