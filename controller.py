@@ -219,7 +219,6 @@ class Keys:
             page = store().list_keys(bucket, prefix=prefix, limit=limit, after=after)
             keys, next_after, earlier = page.keys, page.next_after, after is not None
         else:
-            store().check_bucket(bucket)
             keys, earlier = page_before(store(), bucket, prefix, before, limit)
             next_after = keys[-1] if keys else None
         if not keys and after is None and before is None and store().bucket_properties(bucket) is None:
