@@ -917,6 +917,7 @@ def create_application(datastore=None):
     handler = app.wsgifunc()
 
     def wsgi(environ, start_response):
+        framing.answer_in_http11(environ)
         restore = framing.reset_if_worker_dies(environ)
         try:
             response = handler(environ, start_response)
