@@ -1,44 +1,40 @@
 #!/usr/bin/env python3
 """The HTTP interface: web.py resources that translate HTTP to the datastore.
 
-Each resource is a small class with one method per verb.  HTTP decisions
-(is the request valid? does the key exist? do the preconditions hold? which
-representation is acceptable?) are named helpers; storage decisions belong to
-the datastore.
+The URL table, one small class per resource with one method per verb, and
+create_application.  How a request is read (kvstore/http/request.py,
+metadata.py), how answers are negotiated and errors written (negotiation.py),
+how values, ranges and siblings are sent (values.py), dates and caching
+headers (caching.py) and the application around it all (application.py) are
+kvstore/http modules; storage decisions belong to the datastore.
 
-Serve it with `make run` (gunicorn, see gunicorn.conf.py), or
-`python controller.py [host:port]` for web.py's own development server.
+Serve it with `make run` (serve.py: uWSGI), or `python controller.py
+[host:port]` for a development server (cheroot).
 """
-import base64
-import email.utils
-import functools
-import hashlib
-import io
-import json
 import logging
 import os
-import re
 import sys
-import time
 import urllib.parse
 import uuid
 
-import mimeparse
-import mimerender
 import web
 
-from kvstore.http import access
-from kvstore import configuration
-from kvstore.http import documents
-from kvstore.http import framing
-from kvstore.coordinator import gossip
-from kvstore.http import ranges
 from datastore import MAX_LIST_LIMIT, Datastore
-from kvstore.errors import (AlreadyExists, BadRequest, BodyTooLarge, NotAcceptable, NotFound, RangeNotSatisfiable,
-                    StoreError, TooLarge, Unavailable)
+from kvstore import configuration
+from kvstore.coordinator import gossip
 from kvstore.coordinator.integrity import expected_digests
+from kvstore.coordinator.versions import decode_token, encode_context, encode_token
+from kvstore.errors import AlreadyExists, BadRequest, NotAcceptable, NotFound, StoreError, Unavailable
+from kvstore.http import access, framing
+from kvstore.http.application import Application, ClosingResponse, finish_response
+from kvstore.http.caching import bucket_etag, caching_headers, last_modified
+from kvstore.http.metadata import request_metadata
+from kvstore.http.negotiation import accepts_stored_type, document_format, error_response, respond
 from kvstore.http.preconditions import NOT_MODIFIED, Preconditions
-from kvstore.coordinator.versions import BadContext, decode_context, decode_token, encode_context, encode_token
+from kvstore.http.request import (body_may_be_large, is_form, parse_json, query, refuse_partial_body, request_context,
+                                  request_document, request_quorums, request_value, store)
+from kvstore.http.values import (context_header, key_path, receipt_document, siblings_response, value_document,
+                                 value_response)
 
 log = logging.getLogger('kvstore.controller')
 web.config.debug = os.environ.get('WEBPY_ENV') == 'development'
@@ -55,36 +51,6 @@ urls = (
     '/ready', 'Ready',
     '/', 'Index',
 )
-
-STATUS = {
-    'unauthenticated': '401 Unauthorized',
-    'forbidden': '403 Forbidden',
-    'cross_site_refused': '403 Forbidden',
-    'gossip_refused': '403 Forbidden',
-    'not_found': '404 Not Found',
-    'method_not_allowed': '405 Method Not Allowed',
-    'not_acceptable': '406 Not Acceptable',
-    'request_timeout': '408 Request Timeout',
-    'already_exists': '409 Conflict',
-    'bucket_not_empty': '409 Conflict',
-    'too_many_siblings': '409 Conflict',
-    'precondition_failed': '412 Precondition Failed',
-    'value_too_large': '413 Content Too Large',
-    'body_too_large': '413 Content Too Large',
-    'uri_too_long': '414 URI Too Long',
-    'range_not_satisfiable': '416 Range Not Satisfiable',
-    'misdirected_request': '421 Misdirected Request',
-    'header_fields_too_large': '431 Request Header Fields Too Large',
-    'insufficient_storage': '507 Insufficient Storage',
-    'corrupt_data': '500 Internal Server Error',
-    'unavailable': '503 Service Unavailable',
-    'internal_error': '500 Internal Server Error',
-    'unsupported_transfer_coding': '501 Not Implemented',
-}
-DOCUMENT_TYPES = [m for short in documents.RENDERERS for m in mimerender._get_mime_types(short)]
-MULTIPART = 'multipart/mixed'
-FORM_TYPES = ('application/x-www-form-urlencoded', 'multipart/form-data')
-TEXTUAL = ('text/', 'application/json', 'application/xml', 'application/javascript')
 # Bucket properties a client may set, and what each accepts.
 BUCKET_PROPERTIES = {
     'conflicts': ('siblings or lww', lambda v: v in ('siblings', 'lww')),
@@ -95,409 +61,8 @@ BUCKET_PROPERTIES = {
                       lambda v: isinstance(v, str) and 0 < len(v) <= 256 and v.isascii() and v.isprintable()),
     'cors': access.CORS_PROPERTY,
 }
-META_PREFIX = 'HTTP_X_META_'
-META_NAME = re.compile(r'[a-z0-9-]+\Z')
-# Headers a value keeps as part of the object, as S3 does (metadata name: header).
-STORED_HEADERS = {'cache_control': 'Cache-Control', 'expires': 'Expires', 'content_encoding': 'Content-Encoding',
-                  'content_disposition': 'Content-Disposition', 'content_language': 'Content-Language'}
-# Those that describe the representation rather than how long it may be cached.
-REPRESENTATION_HEADERS = ('content_encoding', 'content_disposition', 'content_language')
-# Bounds of database_definition.sql's columns, checked before a write: a
-# value the database refuses would otherwise cost a round trip to each owner.
-MAX_METADATA_BYTES = 4096            # metadata VARBINARY(8192)
-MAX_CONTENT_TYPE_BYTES = 255         # content_type VARBINARY(255)
 LIMIT_DIGITS = len(str(MAX_LIST_LIMIT))
-MAX_DOCUMENT_BYTES = 1024 * 1024   # a JSON request body (bucket properties), read whole
 
-
-# -- documents ----------------------------------------------------------------
-
-def _not_acceptable(accept, supported):
-    body = documents.render_json(error_document(
-        'not_acceptable', 'none of the offered types is acceptable: %s' % ', '.join(DOCUMENT_TYPES)), 'error')
-    return 'application/json; charset=utf-8', body
-
-
-negotiate = mimerender.WebPyMimeRender()
-
-
-@negotiate(default='json', charset='utf-8', override_arg_idx=-1,
-           not_acceptable_callback=_not_acceptable, **documents.RENDERERS)
-def _negotiated(root, document, status, headers, format_override):
-    return {'document': document, 'root': root}, status, headers
-
-
-def respond(root, document, status='200 OK', headers=None, format_override=None):
-    """A document in the representation the client's Accept header prefers."""
-    if format_override is None:
-        document_format()  # an Accept header that cannot be parsed is a 400
-    body = _negotiated(root, document, status, headers or {}, format_override).encode('utf-8')
-    web.header('Content-Length', str(len(body)))
-    return body
-
-
-def document_format():
-    """The short name of the document type the client accepts best, or None."""
-    accept = web.ctx.env.get('HTTP_ACCEPT')
-    if not accept:
-        return 'json'
-    try:
-        best = mimeparse.best_match(DOCUMENT_TYPES[::-1], accept)
-    except mimeparse.MimeTypeParseException:
-        raise BadRequest('bad_header', 'Accept is not a list of media ranges')
-    return mimerender._get_short_mime(best) if best else None
-
-
-def error_document(code, message, **details):
-    return dict(code=code, status=int(STATUS.get(code, '400')[:3]), message=message, **details)
-
-
-def respond_error(code, message, headers=None, **details):
-    # An error is always sent; JSON when the client accepts no document type.
-    allow = [v for k, v in web.ctx.headers if k.lower() == 'allow']
-    web.ctx.headers = []
-    if allow:
-        methods = allow[0].split(', ')
-        if 'GET' in methods and 'HEAD' not in methods:  # web.py answers HEAD with GET
-            methods.insert(methods.index('GET') + 1, 'HEAD')
-        web.header('Allow', ', '.join(methods))
-    try:
-        acceptable = document_format()
-    except BadRequest:
-        acceptable = None
-    return respond('error', error_document(code, message, **details), STATUS.get(code, '400 Bad Request'),
-                   headers, None if acceptable else 'json')
-
-
-DRAIN_LIMIT = 1024 * 1024   # body bytes read off and dropped after an early answer
-
-
-def drain_request_body():
-    """Read off what is left of a body the request did not need (an early
-    error, a body over its limit), up to DRAIN_LIMIT.  A connection closed
-    with the client's bytes unread is reset (RFC 9112 9.6), and the reset can
-    destroy the answer before the client reads it.  Beyond the limit, or when
-    the body cannot be read, the connection is closed instead."""
-    env = web.ctx.env
-    closing = any(k.lower() == 'connection' for k, _ in web.ctx.headers)
-    if closing and not web.ctx.status.startswith('413'):
-        return   # a framing or pace error: the body cannot be trusted or waited for
-    try:
-        body = web.ctx.get('request_body')
-        if body is None:
-            if not framing.body_framing(env):
-                return
-            if env.get('HTTP_EXPECT', '').lower() == '100-continue':
-                raise BodyTooLarge('not waited for')   # the client may be waiting to send it
-            body = request_body(DRAIN_LIMIT, lambda: BodyTooLarge('not drained'))
-        if body.discard(DRAIN_LIMIT):
-            return
-    except (StoreError, OSError, ValueError):
-        pass
-    if not closing:
-        web.header('Connection', 'close')
-
-
-def error_response(e):
-    return respond_error(e.code, e.message, dict(e.headers), **e.details)
-
-
-def finish_response(body):
-    drain_request_body()
-    # RFC 9110 6.6.1: an origin server with a clock sends Date (uWSGI does
-    # not).  Set last: an error document starts its headers afresh.
-    web.header('Date', current_http_date())
-    if ('HTTP_TRANSFER_ENCODING' in web.ctx.env and 'uwsgi.version' in web.ctx.env
-            and not any(k.lower() == 'connection' for k, _ in web.ctx.headers)):
-        # uWSGI's router closes the connection after a chunked request: say so.
-        web.header('Connection', 'close')
-    access.secure_response()
-    # web.py answers HEAD with GET: same headers, no body.
-    return b'' if web.ctx.method == 'HEAD' else body
-
-
-class Application(web.application):
-    """web.py's application, where every failure becomes a negotiated error document."""
-
-    def handle(self):
-        return finish_response(self.handle_errors())
-
-    def handle_errors(self):
-        try:
-            framing.check_request_head(web.ctx.env)
-            web.ctx.path = request_path()
-            return super().handle()
-        except StoreError as e:
-            return error_response(e)
-        except web.HTTPError:
-            if web.ctx.status.startswith('404'):
-                return respond_error('not_found', 'no resource at %s' % urllib.parse.quote(
-                    web.ctx.path, safe='/', errors='surrogateescape'))
-            if web.ctx.status.startswith('405'):
-                return respond_error('method_not_allowed', '%s is not allowed here' % web.ctx.method)
-            raise
-        except Exception:
-            log.exception('request failed: %s %s', web.ctx.method, web.ctx.path)
-            return respond_error('internal_error', 'the store failed to handle the request')
-
-
-# -- request pieces -------------------------------------------------------------
-
-def request_path():
-    """The percent-decoded path as text.  Bytes that are not UTF-8 stay as
-    lone surrogates (web.py would read them as Latin-1: %FF the same as
-    %C3%BF), which no bucket name or key accepts: 400 bad_bucket or bad_key."""
-    path = web.ctx.env.get('PATH_INFO', '')
-    return path if path.isascii() else path.encode('latin-1').decode('utf-8', 'surrogateescape')
-
-
-def query(name):
-    """A query parameter (the last, if repeated), or None; parsed once a request."""
-    params = web.ctx.get('query_params')
-    if params is None:
-        raw = web.ctx.env.get('QUERY_STRING')
-        params = web.ctx.query_params = parse_query(raw) if raw else {}
-    return params.get(name)
-
-
-def parse_query(raw):
-    """The parameters of a query string (WSGI's Latin-1 text of its bytes), read
-    as parse_qsl reads UTF-8, keeping blank values; bytes that are not UTF-8,
-    escaped or not, are 400 bad_parameter.  Split by hand when there is
-    nothing to unquote (?r=one)."""
-    if raw.isascii() and '%' not in raw and '+' not in raw:
-        return dict(pair.partition('=')[::2] for pair in raw.split('&') if pair)
-    params = {}
-    for pair in raw.split('&'):
-        if pair:
-            name, _, value = (urllib.parse.unquote_to_bytes(part.replace('+', ' ').encode('latin-1'))
-                              for part in pair.partition('='))
-            try:
-                params[name.decode('utf-8')] = value.decode('utf-8')
-            except UnicodeDecodeError:
-                raise BadRequest('bad_parameter', 'query parameters are percent-encoded UTF-8',
-                                 parameter=name.decode('utf-8', 'replace'))
-    return params
-
-
-def parse_json(text):
-    """json.loads, where JSON nested too deeply to parse is a ValueError like any bad JSON."""
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise ValueError('JSON nested too deeply')
-
-
-def store():
-    return web.ctx.store
-
-
-def request_quorums(*names):
-    """The quorums asked for with ?r=, ?w=, ?pr=, ?pw= (None: the bucket's or the default)."""
-    return [store().quorum(query(name), None, name) for name in names]
-
-
-def request_context(bucket, key):
-    """The causal context the client sent back (X-Context) with a write of this key, or None."""
-    header = web.ctx.env.get('HTTP_X_CONTEXT')
-    if not header:
-        return None
-    try:
-        return decode_context(header, store().engines, bucket, key)
-    except BadContext as e:
-        raise BadRequest('bad_context', str(e))
-
-
-def request_body(limit, too_large):
-    """The request body as a stream of at most limit bytes (framing.RequestBody)."""
-    config = store().config
-    body = web.ctx.request_body = framing.RequestBody(web.ctx.env, limit, too_large, config.body_timeout,
-                                                      config.min_body_rate)
-    return body
-
-
-def refuse_partial_body():
-    """RFC 9110 14.5: a body with Content-Range is part of a representation,
-    which a write would otherwise store as the whole of it."""
-    if 'HTTP_CONTENT_RANGE' in web.ctx.env:
-        raise BadRequest('bad_header', 'Content-Range: partial writes are not supported; send the whole value')
-
-
-def request_document(limit=MAX_DOCUMENT_BYTES):
-    """A JSON request body's bytes, read whole: at most limit."""
-    return request_body(limit, lambda: BodyTooLarge(
-        'a document body takes at most %d bytes' % limit, limit=limit)).read_all()
-
-
-def request_value():
-    """(bytes or a stream, content type): a raw body, or a form's `value` field."""
-    limit = store().config.max_value_bytes
-    body = request_body(limit, lambda: TooLarge('values are at most %d bytes' % limit, limit=limit))
-    content_type = web.ctx.env.get('CONTENT_TYPE') or 'application/octet-stream'
-    if is_form():
-        # A form is parsed in memory: it takes at most one chunk.
-        form_limit = min(limit, store().config.chunk_size)
-        data = request_body(form_limit, lambda: TooLarge(
-            'a form takes at most %d bytes: send a larger value as the raw body' % form_limit,
-            limit=form_limit)).read_all()
-        env = web.ctx.env
-        env['wsgi.input'], env['CONTENT_LENGTH'] = io.BytesIO(data), str(len(data))
-        env.pop('HTTP_TRANSFER_ENCODING', None)
-        value = web.input(_method='post').get('value')
-        if value is None:
-            raise BadRequest('bad_body', 'a form must carry the value in a field named "value"')
-        return (value if isinstance(value, bytes) else value.encode('utf-8')), 'text/plain; charset=utf-8'
-    try:
-        mimeparse.parse_mime_type(content_type)
-    except mimeparse.MimeTypeParseException:
-        raise BadRequest('bad_header', 'Content-Type is not a media type')
-    check_field_value('Content-Type', content_type)
-    if len(content_type.encode('utf-8')) > MAX_CONTENT_TYPE_BYTES:
-        raise BadRequest('bad_header', 'Content-Type takes at most %d bytes' % MAX_CONTENT_TYPE_BYTES)
-    return body, content_type
-
-
-def is_form():
-    """Is the request body a form, whose `value` field is stored rather than its bytes?"""
-    return (web.ctx.env.get('CONTENT_TYPE') or '').split(';')[0].strip().lower() in FORM_TYPES
-
-
-def check_field_value(name, value):
-    """RFC 9110 5.5: no control characters (tab included here) in a field value
-    the store keeps: it is sent back as one."""
-    if any(c < ' ' or c == '\x7f' for c in value):
-        raise BadRequest('bad_header', '%s holds a control character' % name)
-
-
-def request_metadata():
-    """What a value keeps besides its bytes: X-Meta-* headers and STORED_HEADERS."""
-    env = web.ctx.env
-    meta = {}
-    for variable, value in env.items():
-        if variable.startswith(META_PREFIX):
-            name = variable[len(META_PREFIX):].lower().replace('_', '-')
-            if not META_NAME.match(name):
-                raise BadRequest('bad_header', 'X-Meta-* names are letters, digits and "-" after X-Meta-')
-            check_field_value('X-Meta-' + name, value)
-            meta[name] = value
-    metadata = {}
-    if meta:
-        metadata['meta'] = meta
-    for name, header in STORED_HEADERS.items():
-        value = env.get('HTTP_' + name.upper())
-        if value:
-            check_field_value(header, value)
-            metadata[name] = value
-    if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
-        raise BadRequest('bad_header', 'X-Meta-* and the stored headers (%s) take at most %d bytes together'
-                         % (', '.join(STORED_HEADERS.values()), MAX_METADATA_BYTES))
-    return metadata
-
-
-def body_may_be_large():
-    """Is the body worth refusing before it is read?"""
-    env = web.ctx.env
-    declared = env.get('CONTENT_LENGTH')
-    return (not declared or not declared.isdigit() or int(declared) > store().config.chunk_size
-            or env.get('HTTP_EXPECT', '').lower() == '100-continue')
-
-
-def key_path(bucket, key):
-    return '/buckets/%s/keys/%s' % (bucket, urllib.parse.quote(key, safe='/'))
-
-
-_DAYS = ('Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat', 'Sun')
-_MONTHS = ('Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec')
-
-
-def http_date(microseconds):
-    """RFC 9110's IMF-fixdate (email.utils.formatdate's output, at a fifth of its cost)."""
-    return _imf_fixdate(microseconds // 1000000)
-
-
-@functools.lru_cache(maxsize=4096)   # the Last-Modified of hot keys
-def _imf_fixdate(seconds):
-    t = time.gmtime(seconds)
-    return '%s, %02d %s %04d %02d:%02d:%02d GMT' % (_DAYS[t.tm_wday], t.tm_mday, _MONTHS[t.tm_mon - 1],
-                                                    t.tm_year, t.tm_hour, t.tm_min, t.tm_sec)
-
-
-def current_http_date():
-    """The Date header's value (formatted once a second: _imf_fixdate's cache)."""
-    return _imf_fixdate(int(time.time()))
-
-
-def last_modified(version):
-    """A version's Last-Modified: never later than the response's Date (RFC 9110
-    8.8.2.1), though the front end that wrote it had a clock running ahead."""
-    return http_date(min(version.modified, time.time_ns() // 1000))
-
-
-def expiry(expires):
-    """An Expires value as seconds since the epoch; one that is not a date has
-    already passed (RFC 9111 5.3)."""
-    parsed = email.utils.parsedate_tz(expires)
-    return email.utils.mktime_tz(parsed) if parsed else float('-inf')
-
-
-def caching_headers(bucket, versions):
-    """Cache-Control and Expires for an answer about these versions: a 200, a
-    record, siblings, and a 304 (RFC 9110 15.4.5).  Each version's own
-    Cache-Control, else the bucket's; siblings that differ send every
-    directive (one's no-store holds) and the earliest Expires."""
-    default = store().bucket_properties_cached(bucket).get('cache_control')
-    controls = list(dict.fromkeys(filter(None, (v.metadata.get('cache_control') or default for v in versions))))
-    if controls:
-        web.header('Cache-Control', ', '.join(controls))
-    expires = [v.metadata['expires'] for v in versions if 'expires' in v.metadata]
-    if expires:
-        web.header('Expires', min(expires, key=expiry))
-
-
-def value_document(version):
-    """A version's value inside a document: text when it is text, else base64;
-    a value too large for one chunk is left out (GET it raw, with ranges)."""
-    doc = {'content_type': version.content_type, 'etag': version.etag,
-           'last_modified': last_modified(version), 'size': version.size}
-    if version.metadata.get('meta'):
-        doc['meta'] = version.metadata['meta']
-    doc.update((name, version.metadata[name]) for name in STORED_HEADERS if name in version.metadata)
-    if version.chunk_size:
-        doc['value_omitted'] = 'larger than one chunk: GET the key for its bytes'
-        return doc
-    if version.content_type.startswith(TEXTUAL):
-        try:
-            doc['value'] = version.value.decode('utf-8')
-            return doc
-        except UnicodeDecodeError:
-            pass
-    doc['value_base64'] = base64.b64encode(version.value).decode('ascii')
-    return doc
-
-
-def bucket_etag(properties):
-    """A bucket's entity tag: a digest of its properties, the state a PUT or DELETE may be conditioned on."""
-    canonical = json.dumps(properties, sort_keys=True, separators=(',', ':')).encode('utf-8')
-    return '"%s"' % hashlib.sha256(canonical).hexdigest()[:32]
-
-
-def context_header(bucket, key, receipt):
-    return {'X-Context': encode_context(receipt.context, bucket, key)} if receipt.context is not None else {}
-
-
-def receipt_document(bucket, key, receipt):
-    doc = {'bucket': bucket, 'key': key}
-    if not receipt.version.deleted:
-        doc['etag'] = receipt.version.etag
-    doc.update(context=encode_context(receipt.context, bucket, key) if receipt.context is not None else None,
-               clock=receipt.context, siblings=receipt.siblings,
-               preference_list=receipt.preference_list, acknowledged=receipt.acknowledged,
-               coordinator=receipt.coordinator, hints=receipt.hints, down=receipt.down,
-               owners_acknowledged=len(receipt.acknowledged), fallbacks_acknowledged=len(receipt.hints))
-    return doc
-
-
-# -- resources ------------------------------------------------------------------
 
 class Index:
     def GET(self):
@@ -721,120 +286,6 @@ class Key:
         return respond('receipt', doc, headers=context_header(bucket, key, receipt))
 
 
-def prefers(media_type):
-    """Is media_type the client's first choice over every document type?"""
-    accept = web.ctx.env.get('HTTP_ACCEPT')
-    if not accept:
-        return False
-    try:
-        return mimeparse.best_match([media_type] + DOCUMENT_TYPES[::-1], accept) == media_type
-    except mimeparse.MimeTypeParseException:
-        return False
-
-
-def value_response(bucket, version):
-    """The stored bytes, whole or the one range asked for, streamed chunk by chunk."""
-    env = web.ctx.env
-    for name, value in version.metadata.get('meta', {}).items():
-        web.header('X-Meta-' + name.title(), value)
-    for name, value in representation_headers(version):
-        web.header(name, value)
-    web.header('Accept-Ranges', 'bytes')
-    wanted = None
-    if env.get('HTTP_IF_RANGE', version.etag) == version.etag:  # a stale If-Range gets it all
-        try:
-            wanted = ranges.parse_ranges(env.get('HTTP_RANGE'), version.size)
-        except ranges.Unsatisfiable:
-            raise RangeNotSatisfiable(version.size)
-    if wanted and len(wanted) > 1:
-        return byteranges_response(version, wanted)
-    web.header('Content-Type', version.content_type)
-    first, last = wanted[0] if wanted else (0, version.size - 1)
-    if wanted:
-        web.ctx.status = '206 Partial Content'
-        web.header('Content-Range', 'bytes %d-%d/%d' % (first, last, version.size))
-    web.header('Content-Length', str(last - first + 1))
-    if version.size == 0:
-        return b''
-    body = store().open_value(version, first, last)
-    return body if version.chunk_size else b''.join(body)
-
-
-def byteranges_response(version, wanted):
-    """206 with several ranges of a value: multipart/byteranges (RFC 9110 14.6),
-    a part per range with its own Content-Type and Content-Range."""
-    boundary = uuid.uuid4().hex.encode()
-    heads = [b'--%s\r\nContent-Type: %s\r\nContent-Range: bytes %d-%d/%d\r\n\r\n' % (
-        boundary, version.content_type.encode(), first, last, version.size) for first, last in wanted]
-    end = b'--%s--\r\n' % boundary
-    web.ctx.status = '206 Partial Content'
-    web.header('Content-Type', 'multipart/byteranges; boundary=%s' % boundary.decode())
-    web.header('Content-Length', str(sum(len(head) + last - first + 1 + 2
-                                         for head, (first, last) in zip(heads, wanted)) + len(end)))
-    # An inline value is checked and read once; a chunked one streams each range.
-    whole = None if version.chunk_size else b''.join(store().open_value(version))
-
-    def parts():
-        for head, (first, last) in zip(heads, wanted):
-            yield head
-            if whole is None:
-                yield from store().open_value(version, first, last)
-            else:
-                yield whole[first:last + 1]
-            yield b'\r\n'
-        yield end
-    return parts() if version.chunk_size else b''.join(parts())
-
-
-def representation_headers(version):
-    """[(header, value)]: the Content-Encoding, -Disposition and -Language stored with a value."""
-    return [(STORED_HEADERS[name], version.metadata[name]) for name in REPRESENTATION_HEADERS
-            if name in version.metadata]
-
-
-def accepts_stored_type(content_type):
-    """Does the client's Accept admit the type the value was stored with?"""
-    accept = web.ctx.env.get('HTTP_ACCEPT')
-    if not accept:
-        return True
-    try:
-        return mimeparse.quality(content_type, accept) > 0
-    except mimeparse.MimeTypeParseException:
-        raise BadRequest('bad_header', 'Accept is not a list of media ranges')
-
-
-def siblings_response(bucket, key, read):
-    """300 Multiple Choices: concurrent versions the client must resolve, as a
-    document, or as multipart/mixed with each sibling's raw value when asked."""
-    caching_headers(bucket, read.current)
-    if prefers(MULTIPART):
-        web.header('Vary', 'Accept')
-        boundary = uuid.uuid4().hex.encode()
-        heads = [b'--%s\r\n%s\r\n' % (boundary, ''.join('%s: %s\r\n' % field for field in (
-            [('Content-Type', v.content_type), ('ETag', v.etag), ('Last-Modified', last_modified(v))]
-            + representation_headers(v))).encode('latin-1')) for v in read.current]
-        end = b'--%s--\r\n' % boundary
-        length = sum(len(h) + v.size + 2 for h, v in zip(heads, read.current)) + len(end)
-
-        def parts():
-            for head, version in zip(heads, read.current):
-                yield head
-                if version.size:
-                    yield from store().open_value(version)
-                yield b'\r\n'
-            yield end
-        web.ctx.status = '300 Multiple Choices'
-        web.header('Content-Type', '%s; boundary=%s' % (MULTIPART, boundary.decode()))
-        web.header('Content-Length', str(length))
-        return parts()
-    siblings = [value_document(v) for v in read.current]
-    return respond('siblings', {
-        'bucket': bucket, 'key': key, 'context': encode_context(read.context, bucket, key),
-        'message': 'concurrent writes left %d siblings; PUT one value with this context to resolve them'
-                   % len(siblings),
-        'siblings': siblings}, '300 Multiple Choices')
-
-
 def write_key(bucket, key, create_only, server_chosen=False):
     """PUT, POST and server-chosen-key POST: store a value, answer with a receipt."""
     refuse_partial_body()
@@ -870,25 +321,6 @@ def write_key(bucket, key, create_only, server_chosen=False):
         headers['Location'] = key_path(bucket, key)
     return respond('receipt', receipt_document(bucket, key, receipt),
                    '201 Created' if receipt.created else '200 OK', headers)
-
-
-# -- the application ---------------------------------------------------------------
-
-class ClosingResponse:
-    """A WSGI response that calls on_close once the server is done with it."""
-
-    def __init__(self, response, on_close):
-        self.response, self.on_close = response, on_close
-
-    def __iter__(self):
-        return iter(self.response)
-
-    def close(self):
-        try:
-            if hasattr(self.response, 'close'):
-                self.response.close()
-        finally:
-            self.on_close()
 
 
 def create_application(datastore=None):

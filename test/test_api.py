@@ -15,7 +15,9 @@ import urllib.parse
 import uuid
 import xml.etree.ElementTree as ET
 
-import controller
+from kvstore.errors import BadRequest
+from kvstore.http.negotiation import DOCUMENT_TYPES
+from kvstore.http.request import parse_query
 from test import support
 
 KEYS = '/buckets/%s/keys'
@@ -433,7 +435,7 @@ class ApiSpecification(support.StoreSpecification):
         expires = 'Thu, 01 Jan 2037 00:00:00 GMT'
         etag = self.put('c', b'secret', 'application/x-thing',
                         headers={'Cache-Control': 'private, no-store', 'Expires': expires}).headers['ETag']
-        for accept in ['*/*'] + controller.DOCUMENT_TYPES:
+        for accept in ['*/*'] + DOCUMENT_TYPES:
             for conditions, status in (({}, 200), ({'If-None-Match': etag}, 304)):
                 got = self.get('c', headers=dict(conditions, Accept=accept), status=status)
                 self.assertEqual((got.headers.get('Cache-Control'), got.headers.get('Expires')),
@@ -662,7 +664,7 @@ class TestQueryStrings(unittest.TestCase):
                 expected = {n.encode('latin-1').decode('utf-8'): v.encode('latin-1').decode('utf-8')
                             for n, v in pairs}
             except UnicodeDecodeError:
-                with self.assertRaises(controller.BadRequest, msg=raw):
-                    controller.parse_query(raw)
+                with self.assertRaises(BadRequest, msg=raw):
+                    parse_query(raw)
             else:
-                self.assertEqual(controller.parse_query(raw), expected, raw)
+                self.assertEqual(parse_query(raw), expected, raw)

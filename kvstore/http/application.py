@@ -1,0 +1,107 @@
+"""The web.py application around the resources: every failure becomes a
+negotiated error document, and every answer is finished the same way (Date,
+the security headers, an unread body drained, HEAD without a body)."""
+import logging
+import urllib.parse
+
+import web
+
+from kvstore.errors import BodyTooLarge, StoreError
+from kvstore.http import access, framing
+from kvstore.http.caching import current_http_date
+from kvstore.http.negotiation import error_response, respond_error
+from kvstore.http.request import request_body
+
+log = logging.getLogger('kvstore.controller')
+
+DRAIN_LIMIT = 1024 * 1024   # body bytes read off and dropped after an early answer
+
+
+def drain_request_body():
+    """Read off what is left of a body the request did not need (an early
+    error, a body over its limit), up to DRAIN_LIMIT.  A connection closed
+    with the client's bytes unread is reset (RFC 9112 9.6), and the reset can
+    destroy the answer before the client reads it.  Beyond the limit, or when
+    the body cannot be read, the connection is closed instead."""
+    env = web.ctx.env
+    closing = any(k.lower() == 'connection' for k, _ in web.ctx.headers)
+    if closing and not web.ctx.status.startswith('413'):
+        return   # a framing or pace error: the body cannot be trusted or waited for
+    try:
+        body = web.ctx.get('request_body')
+        if body is None:
+            if not framing.body_framing(env):
+                return
+            if env.get('HTTP_EXPECT', '').lower() == '100-continue':
+                raise BodyTooLarge('not waited for')   # the client may be waiting to send it
+            body = request_body(DRAIN_LIMIT, lambda: BodyTooLarge('not drained'))
+        if body.discard(DRAIN_LIMIT):
+            return
+    except (StoreError, OSError, ValueError):
+        pass
+    if not closing:
+        web.header('Connection', 'close')
+
+
+def finish_response(body):
+    drain_request_body()
+    # RFC 9110 6.6.1: an origin server with a clock sends Date (uWSGI does
+    # not).  Set last: an error document starts its headers afresh.
+    web.header('Date', current_http_date())
+    if ('HTTP_TRANSFER_ENCODING' in web.ctx.env and 'uwsgi.version' in web.ctx.env
+            and not any(k.lower() == 'connection' for k, _ in web.ctx.headers)):
+        # uWSGI's router closes the connection after a chunked request: say so.
+        web.header('Connection', 'close')
+    access.secure_response()
+    # web.py answers HEAD with GET: same headers, no body.
+    return b'' if web.ctx.method == 'HEAD' else body
+
+
+class Application(web.application):
+    """web.py's application, where every failure becomes a negotiated error document."""
+
+    def handle(self):
+        return finish_response(self.handle_errors())
+
+    def handle_errors(self):
+        try:
+            framing.check_request_head(web.ctx.env)
+            web.ctx.path = request_path()
+            return super().handle()
+        except StoreError as e:
+            return error_response(e)
+        except web.HTTPError:
+            if web.ctx.status.startswith('404'):
+                return respond_error('not_found', 'no resource at %s' % urllib.parse.quote(
+                    web.ctx.path, safe='/', errors='surrogateescape'))
+            if web.ctx.status.startswith('405'):
+                return respond_error('method_not_allowed', '%s is not allowed here' % web.ctx.method)
+            raise
+        except Exception:
+            log.exception('request failed: %s %s', web.ctx.method, web.ctx.path)
+            return respond_error('internal_error', 'the store failed to handle the request')
+
+
+def request_path():
+    """The percent-decoded path as text.  Bytes that are not UTF-8 stay as
+    lone surrogates (web.py would read them as Latin-1: %FF the same as
+    %C3%BF), which no bucket name or key accepts: 400 bad_bucket or bad_key."""
+    path = web.ctx.env.get('PATH_INFO', '')
+    return path if path.isascii() else path.encode('latin-1').decode('utf-8', 'surrogateescape')
+
+
+class ClosingResponse:
+    """A WSGI response that calls on_close once the server is done with it."""
+
+    def __init__(self, response, on_close):
+        self.response, self.on_close = response, on_close
+
+    def __iter__(self):
+        return iter(self.response)
+
+    def close(self):
+        try:
+            if hasattr(self.response, 'close'):
+                self.response.close()
+        finally:
+            self.on_close()

@@ -1,0 +1,63 @@
+"""Dates and caching: HTTP dates, Last-Modified, Cache-Control and Expires, a bucket's ETag."""
+import email.utils
+import functools
+import hashlib
+import json
+import time
+
+import web
+
+from kvstore.http.request import store
+
+_DAYS = ('Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat', 'Sun')
+_MONTHS = ('Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec')
+
+
+def http_date(microseconds):
+    """RFC 9110's IMF-fixdate (email.utils.formatdate's output, at a fifth of its cost)."""
+    return _imf_fixdate(microseconds // 1000000)
+
+
+@functools.lru_cache(maxsize=4096)   # the Last-Modified of hot keys
+def _imf_fixdate(seconds):
+    t = time.gmtime(seconds)
+    return '%s, %02d %s %04d %02d:%02d:%02d GMT' % (_DAYS[t.tm_wday], t.tm_mday, _MONTHS[t.tm_mon - 1],
+                                                    t.tm_year, t.tm_hour, t.tm_min, t.tm_sec)
+
+
+def current_http_date():
+    """The Date header's value (formatted once a second: _imf_fixdate's cache)."""
+    return _imf_fixdate(int(time.time()))
+
+
+def last_modified(version):
+    """A version's Last-Modified: never later than the response's Date (RFC 9110
+    8.8.2.1), though the front end that wrote it had a clock running ahead."""
+    return http_date(min(version.modified, time.time_ns() // 1000))
+
+
+def expiry(expires):
+    """An Expires value as seconds since the epoch; one that is not a date has
+    already passed (RFC 9111 5.3)."""
+    parsed = email.utils.parsedate_tz(expires)
+    return email.utils.mktime_tz(parsed) if parsed else float('-inf')
+
+
+def caching_headers(bucket, versions):
+    """Cache-Control and Expires for an answer about these versions: a 200, a
+    record, siblings, and a 304 (RFC 9110 15.4.5).  Each version's own
+    Cache-Control, else the bucket's; siblings that differ send every
+    directive (one's no-store holds) and the earliest Expires."""
+    default = store().bucket_properties_cached(bucket).get('cache_control')
+    controls = list(dict.fromkeys(filter(None, (v.metadata.get('cache_control') or default for v in versions))))
+    if controls:
+        web.header('Cache-Control', ', '.join(controls))
+    expires = [v.metadata['expires'] for v in versions if 'expires' in v.metadata]
+    if expires:
+        web.header('Expires', min(expires, key=expiry))
+
+
+def bucket_etag(properties):
+    """A bucket's entity tag: a digest of its properties, the state a PUT or DELETE may be conditioned on."""
+    canonical = json.dumps(properties, sort_keys=True, separators=(',', ':')).encode('utf-8')
+    return '"%s"' % hashlib.sha256(canonical).hexdigest()[:32]

@@ -1,0 +1,137 @@
+"""Reading a request: its query, its body (a document, a value, a form), the
+quorums and causal context it asks for."""
+import io
+import json
+import urllib.parse
+
+import mimeparse
+import web
+
+from kvstore.coordinator.versions import BadContext, decode_context
+from kvstore.errors import BadRequest, BodyTooLarge, TooLarge
+from kvstore.http import framing
+from kvstore.http.metadata import check_field_value
+
+FORM_TYPES = ('application/x-www-form-urlencoded', 'multipart/form-data')
+# A bound of database_definition.sql's columns, checked before a write (as metadata.py's).
+MAX_CONTENT_TYPE_BYTES = 255         # content_type VARBINARY(255)
+MAX_DOCUMENT_BYTES = 1024 * 1024   # a JSON request body (bucket properties), read whole
+
+
+def query(name):
+    """A query parameter (the last, if repeated), or None; parsed once a request."""
+    params = web.ctx.get('query_params')
+    if params is None:
+        raw = web.ctx.env.get('QUERY_STRING')
+        params = web.ctx.query_params = parse_query(raw) if raw else {}
+    return params.get(name)
+
+
+def parse_query(raw):
+    """The parameters of a query string (WSGI's Latin-1 text of its bytes), read
+    as parse_qsl reads UTF-8, keeping blank values; bytes that are not UTF-8,
+    escaped or not, are 400 bad_parameter.  Split by hand when there is
+    nothing to unquote (?r=one)."""
+    if raw.isascii() and '%' not in raw and '+' not in raw:
+        return dict(pair.partition('=')[::2] for pair in raw.split('&') if pair)
+    params = {}
+    for pair in raw.split('&'):
+        if pair:
+            name, _, value = (urllib.parse.unquote_to_bytes(part.replace('+', ' ').encode('latin-1'))
+                              for part in pair.partition('='))
+            try:
+                params[name.decode('utf-8')] = value.decode('utf-8')
+            except UnicodeDecodeError:
+                raise BadRequest('bad_parameter', 'query parameters are percent-encoded UTF-8',
+                                 parameter=name.decode('utf-8', 'replace'))
+    return params
+
+
+def parse_json(text):
+    """json.loads, where JSON nested too deeply to parse is a ValueError like any bad JSON."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError('JSON nested too deeply')
+
+
+def store():
+    return web.ctx.store
+
+
+def request_quorums(*names):
+    """The quorums asked for with ?r=, ?w=, ?pr=, ?pw= (None: the bucket's or the default)."""
+    return [store().quorum(query(name), None, name) for name in names]
+
+
+def request_context(bucket, key):
+    """The causal context the client sent back (X-Context) with a write of this key, or None."""
+    header = web.ctx.env.get('HTTP_X_CONTEXT')
+    if not header:
+        return None
+    try:
+        return decode_context(header, store().engines, bucket, key)
+    except BadContext as e:
+        raise BadRequest('bad_context', str(e))
+
+
+def request_body(limit, too_large):
+    """The request body as a stream of at most limit bytes (framing.RequestBody)."""
+    config = store().config
+    body = web.ctx.request_body = framing.RequestBody(web.ctx.env, limit, too_large, config.body_timeout,
+                                                      config.min_body_rate)
+    return body
+
+
+def refuse_partial_body():
+    """RFC 9110 14.5: a body with Content-Range is part of a representation,
+    which a write would otherwise store as the whole of it."""
+    if 'HTTP_CONTENT_RANGE' in web.ctx.env:
+        raise BadRequest('bad_header', 'Content-Range: partial writes are not supported; send the whole value')
+
+
+def request_document(limit=MAX_DOCUMENT_BYTES):
+    """A JSON request body's bytes, read whole: at most limit."""
+    return request_body(limit, lambda: BodyTooLarge(
+        'a document body takes at most %d bytes' % limit, limit=limit)).read_all()
+
+
+def request_value():
+    """(bytes or a stream, content type): a raw body, or a form's `value` field."""
+    limit = store().config.max_value_bytes
+    body = request_body(limit, lambda: TooLarge('values are at most %d bytes' % limit, limit=limit))
+    content_type = web.ctx.env.get('CONTENT_TYPE') or 'application/octet-stream'
+    if is_form():
+        # A form is parsed in memory: it takes at most one chunk.
+        form_limit = min(limit, store().config.chunk_size)
+        data = request_body(form_limit, lambda: TooLarge(
+            'a form takes at most %d bytes: send a larger value as the raw body' % form_limit,
+            limit=form_limit)).read_all()
+        env = web.ctx.env
+        env['wsgi.input'], env['CONTENT_LENGTH'] = io.BytesIO(data), str(len(data))
+        env.pop('HTTP_TRANSFER_ENCODING', None)
+        value = web.input(_method='post').get('value')
+        if value is None:
+            raise BadRequest('bad_body', 'a form must carry the value in a field named "value"')
+        return (value if isinstance(value, bytes) else value.encode('utf-8')), 'text/plain; charset=utf-8'
+    try:
+        mimeparse.parse_mime_type(content_type)
+    except mimeparse.MimeTypeParseException:
+        raise BadRequest('bad_header', 'Content-Type is not a media type')
+    check_field_value('Content-Type', content_type)
+    if len(content_type.encode('utf-8')) > MAX_CONTENT_TYPE_BYTES:
+        raise BadRequest('bad_header', 'Content-Type takes at most %d bytes' % MAX_CONTENT_TYPE_BYTES)
+    return body, content_type
+
+
+def is_form():
+    """Is the request body a form, whose `value` field is stored rather than its bytes?"""
+    return (web.ctx.env.get('CONTENT_TYPE') or '').split(';')[0].strip().lower() in FORM_TYPES
+
+
+def body_may_be_large():
+    """Is the body worth refusing before it is read?"""
+    env = web.ctx.env
+    declared = env.get('CONTENT_LENGTH')
+    return (not declared or not declared.isdigit() or int(declared) > store().config.chunk_size
+            or env.get('HTTP_EXPECT', '').lower() == '100-continue')
