@@ -27,9 +27,9 @@ from kvstore.coordinator.versions import decode_token, encode_context, encode_to
 from kvstore.errors import AlreadyExists, BadRequest, NotAcceptable, NotFound, StoreError, Unavailable
 from kvstore.http import access, framing
 from kvstore.http.application import Application, ClosingResponse, finish_response
-from kvstore.http.caching import bucket_etag, caching_headers, last_modified
+from kvstore.http.caching import bucket_etag, caching_headers, last_modified, record_etag, repr_digest
 from kvstore.http.metadata import request_metadata
-from kvstore.http.negotiation import accepts_stored_type, document_format, error_response, respond
+from kvstore.http.negotiation import accepts_stored_type, document_type, error_response, respond
 from kvstore.http.preconditions import NOT_MODIFIED, Preconditions
 from kvstore.http.request import (body_may_be_large, is_form, parse_json, query, refuse_partial_body, request_context,
                                   request_document, request_quorums, request_value, store)
@@ -243,14 +243,22 @@ class Key:
             return siblings_response(bucket, key, read)
         version = current[0]
         raw = accepts_stored_type(version.content_type)
-        if not raw and document_format() is None:
+        record = None if raw else document_type()
+        if not raw and record is None:
             raise NotAcceptable('the value is %s, and no document type is acceptable either'
                                 % version.content_type)
         web.header('X-Context', encode_context(read.context, bucket, key))
-        web.header('ETag', version.etag)
+        if raw:   # each representation has its own ETag; the raw bytes also their digest
+            etag_of = None
+            web.header('ETag', version.etag)
+            web.header('Repr-Digest', repr_digest(version))
+        else:
+            def etag_of(v):
+                return record_etag(v, record)
+            web.header('ETag', etag_of(version))
         web.header('Last-Modified', last_modified(version))
         caching_headers(bucket, current)
-        if Preconditions.from_environ(web.ctx.env).evaluate(current, safe=True) == NOT_MODIFIED:
+        if Preconditions.from_environ(web.ctx.env).evaluate(current, safe=True, etag_of=etag_of) == NOT_MODIFIED:
             web.header('Vary', 'Accept')
             if raw:
                 # RFC 9110 8.6: the length a 200 would have had.  Without a length

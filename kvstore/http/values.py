@@ -25,7 +25,7 @@ def key_path(bucket, key):
 def value_document(version):
     """A version's value inside a document: text when it is text, else base64;
     a value too large for one chunk is left out (GET it raw, with ranges)."""
-    doc = {'content_type': version.content_type, 'etag': version.etag,
+    doc = {'content_type': version.content_type, 'etag': version.etag, 'sha256': version.digest,
            'last_modified': last_modified(version), 'size': version.size}
     if version.metadata.get('meta'):
         doc['meta'] = version.metadata['meta']
@@ -51,6 +51,7 @@ def receipt_document(bucket, key, receipt):
     doc = {'bucket': bucket, 'key': key}
     if not receipt.version.deleted:
         doc['etag'] = receipt.version.etag
+        doc['sha256'] = receipt.version.digest
     doc.update(context=encode_context(receipt.context, bucket, key) if receipt.context is not None else None,
                clock=receipt.context, siblings=receipt.siblings,
                preference_list=receipt.preference_list, acknowledged=receipt.acknowledged,
