@@ -27,11 +27,13 @@ from kvstore.coordinator.versions import decode_token, encode_context, encode_to
 from kvstore.errors import AlreadyExists, BadRequest, NotAcceptable, NotFound, StoreError, Unavailable
 from kvstore.http import access, framing
 from kvstore.http.application import Application, ClosingResponse, finish_response
-from kvstore.http.caching import bucket_etag, caching_headers, last_modified, record_etag, repr_digest
+from kvstore.http.caching import (bucket_etag, caching_headers, last_modified, not_modified, record_etag,
+                                  repr_digest)
 from kvstore.http.metadata import request_metadata
 from kvstore.http.negotiation import accepts_stored_type, document_type, error_response, respond
 from kvstore.http.preconditions import NOT_MODIFIED, Preconditions
-from kvstore.http.request import (body_may_be_large, is_form, parse_json, query, refuse_partial_body, request_context,
+from kvstore.http.request import (body_may_be_large, is_form, parse_json, query, query_flag, refuse_partial_body,
+                                  request_context,
                                   request_document, request_quorums, request_value, store)
 from kvstore.http.values import (context_header, key_path, receipt_document, siblings_response, value_document,
                                  value_response)
@@ -141,10 +143,16 @@ class Bucket:
         props = store().bucket_properties(bucket)
         if props is None:
             raise NotFound('no bucket %r' % bucket)
-        web.header('ETag', bucket_etag(props))
-        return respond('bucket', {'bucket': bucket, 'properties': props,
-                                  'key_count': store().count_keys(bucket),
-                                  'keys': '/buckets/%s/keys' % bucket})
+        doc = {'bucket': bucket, 'properties': props, 'keys': '/buckets/%s/keys' % bucket}
+        if query_flag('count'):
+            # The count changes with every write of a key: this answer has no validator.
+            doc['key_count'] = store().count_keys(bucket)
+            return respond('bucket', doc)
+        etag = bucket_etag(props)
+        web.header('ETag', etag)
+        if Preconditions.from_environ(web.ctx.env).evaluate_validators([etag], None, safe=True) == NOT_MODIFIED:
+            return not_modified()
+        return respond('bucket', doc)
 
     def PUT(self, bucket):
         refuse_partial_body()
@@ -159,7 +167,7 @@ class Bucket:
                        '201 Created' if created else '200 OK', headers)
 
     def DELETE(self, bucket):
-        force = (query('force') or '').lower() in ('true', '1', 'yes')
+        force = query_flag('force')
         self.check_preconditions(bucket)
         store().delete_bucket(bucket, force=force)
         return respond('bucket', {'bucket': bucket, 'deleted': True})
@@ -259,13 +267,11 @@ class Key:
         web.header('Last-Modified', last_modified(version))
         caching_headers(bucket, current)
         if Preconditions.from_environ(web.ctx.env).evaluate(current, safe=True, etag_of=etag_of) == NOT_MODIFIED:
-            web.header('Vary', 'Accept')
             if raw:
                 # RFC 9110 8.6: the length a 200 would have had.  Without a length
                 # uWSGI's router cannot keep the connection alive.
                 web.header('Content-Length', str(version.size))
-            web.ctx.status = '304 Not Modified'
-            return b''
+            return not_modified()
         if raw:
             web.header('Vary', 'Accept')  # a document gets it from the negotiation
             return value_response(bucket, version)

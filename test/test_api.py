@@ -406,6 +406,21 @@ class ApiSpecification(support.StoreSpecification):
         self.app.delete(url, headers={'If-Match': changed.headers['ETag']}, status=200)
         self.app.get(url, status=404)
 
+    def test_a_bucket_revalidates_and_its_count_has_no_validator(self):
+        """RFC 9110 8.8.3: a strong ETag changes whenever the representation
+        does; the bucket document is its properties, the count is asked for."""
+        url = '/buckets/%s-rev' % self.bucket
+        etag = self.app.put(url, b'{"conflicts": "lww"}', status=201).headers['ETag']
+        self.assertEqual(self.app.get(url, headers={'If-None-Match': etag}, status=304).body, b'')
+        before = self.app.get(url)
+        self.app.put(url + '/keys/k', b'v', headers={'Content-Type': 'text/plain'})
+        self.assertEqual(self.app.get(url).body, before.body)
+        counted = self.app.get(url + '?count=true')
+        self.assertEqual(counted.json['key_count'], 1)
+        self.assertNotIn('ETag', counted.headers)
+        self.app.put(url, b'{"conflicts": "siblings"}', status=200)
+        self.app.get(url, headers={'If-None-Match': etag}, status=200)
+
     def test_conditional_get(self):
         etag = self.put('g', b'v').headers['ETag']
         not_modified = self.get('g', headers={'If-None-Match': etag}, status=304)
@@ -586,7 +601,7 @@ class ApiSpecification(support.StoreSpecification):
         self.assertEqual(self.app.put('/buckets/' + self.bucket).status_int, 201)
         self.assertEqual(self.app.put('/buckets/' + self.bucket).status_int, 200)
         self.assertIn(self.bucket, self.app.get('/buckets').json['buckets'])
-        info = self.app.get('/buckets/' + self.bucket).json
+        info = self.app.get('/buckets/' + self.bucket + '?count=true').json
         self.assertEqual((info['key_count'], info['properties']['conflicts']), (0, 'siblings'))
         self.assertEqual(self.app.delete('/buckets/' + self.bucket).status_int, 200)
         self.assertError(self.app.get('/buckets/' + self.bucket, status=404), 404, 'not_found')
@@ -596,7 +611,7 @@ class ApiSpecification(support.StoreSpecification):
         self.put('k1')
         self.put('k2')
         self.assertIn(self.bucket, self.app.get('/buckets').json['buckets'])
-        self.assertEqual(self.app.get('/buckets/' + self.bucket).json['key_count'], 2)
+        self.assertEqual(self.app.get('/buckets/' + self.bucket + '?count=true').json['key_count'], 2)
 
     def test_deleting_a_bucket_that_holds_keys_needs_force(self):
         self.put('k')

@@ -59,6 +59,13 @@ def caching_headers(bucket, versions):
         web.header('Expires', min(expires, key=expiry))
 
 
+def not_modified():
+    """A 304: no body; the validators and caching headers are already set."""
+    web.header('Vary', 'Accept')
+    web.ctx.status = '304 Not Modified'
+    return b''
+
+
 def record_etag(version, media_type):
     """A version's ETag as a record of media_type (a JSON, XML, HTML or text
     document about it): its own, apart from the raw value's and the other
