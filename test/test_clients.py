@@ -6,6 +6,7 @@ and a download cut off and resumed with `Range` and `If-Range`.
 Every value is checked whole: the PUT's ETag is the SHA-256 of the bytes sent,
 and a streamed GET hashes to the same.
 """
+import asyncio
 import base64
 import hashlib
 import http.client
@@ -19,6 +20,8 @@ import tempfile
 import unittest
 import uuid
 
+import aiohttp
+import httpx
 import requests
 
 from test.server import StoreServer
@@ -110,6 +113,36 @@ class TestClients(unittest.TestCase):
         self.assertEqual(response.status_code, 201, response.content[:500])
         self.assertEqual(response.request.headers.get('Content-Length'), str(len(data)))
         self.assert_stored(path, data, response.headers.get('ETag'))
+
+    # -- httpx and aiohttp -------------------------------------------------------
+
+    def test_httpx_streams_a_generator_and_downloads_streaming(self):
+        parts = pieces(3 * MiB + 5, MiB + 1)
+        path = key_path('httpx')
+        with httpx.Client(timeout=TIMEOUT) as client:
+            response = client.put(self.url + path, content=(p for p in parts),
+                                  headers={'Content-Type': 'application/octet-stream'})
+            self.assertEqual(response.status_code, 201, response.content[:500])
+            self.assertEqual(response.request.headers.get('Transfer-Encoding'), 'chunked')
+            with client.stream('GET', self.url + path) as got:
+                self.assertEqual(b''.join(got.iter_bytes()), b''.join(parts))
+        self.assert_stored(path, b''.join(parts), response.headers.get('ETag'))
+
+    def test_aiohttp_streams_an_async_generator(self):
+        parts = pieces(3 * MiB + 5, 2 * MiB)
+        path = key_path('aiohttp')
+
+        async def upload():
+            async def body():
+                for part in parts:
+                    yield part
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as session:
+                async with session.put(self.url + path, data=body(),
+                                       headers={'Content-Type': 'application/octet-stream'}) as response:
+                    return response.status, response.headers.get('ETag'), await response.read()
+        status, etag, answer = asyncio.run(upload())
+        self.assertEqual(status, 201, answer[:500])
+        self.assert_stored(path, b''.join(parts), etag)
 
     # -- http.client -------------------------------------------------------------
 
