@@ -2,10 +2,13 @@
 configurations it must refuse, dry runs, and each job's last result recorded
 in the partitions (kvstore/reconciler/history.py).  Real MariaDB partitions
 from the shared cluster, sync.py run as a command."""
+import configparser
 import getpass
 import json
 import os
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -17,6 +20,7 @@ from test import support
 from test.test_sync import HERE, SyncCase, config_of, holdings, run_command, sync_once, write_config
 
 CRONTAB = os.path.join(HERE, 'crontab.example')
+UNITS = [os.path.join(HERE, 'deploy', 'kvstore-sync.' + kind) for kind in ('service', 'timer')]
 INSTALL_PATH, CONFIG_PATH = '/opt/kvstore', '/etc/kvstore/configuration.cfg'   # as crontab.example documents
 LOG_LINE = re.compile(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \S')
 
@@ -99,6 +103,36 @@ class TestCronLine(SyncCase):
             self.assertIn('p1: ', done.stderr)
             self.assertNotIn('converged', done.stdout)
         self.assertEqual(os.listdir(os.path.join(directory.path, 'data')), [])   # nothing created
+
+
+class TestSystemdUnits(SyncCase):
+    def test_the_service_as_written_runs_sync_and_the_units_verify(self):
+        directory = support.TemporaryDirectory()
+        self.addCleanup(directory.remove)
+        installed = install(os.path.join(directory.path, 'kvstore'))
+        config = write_config(os.path.join(directory.path, 'configuration.cfg'), self.partitions)
+        units = []
+        for path in UNITS:
+            units.append(os.path.join(directory.path, os.path.basename(path)))
+            with open(path) as f, open(units[-1], 'w') as out:
+                out.write(f.read().replace(CONFIG_PATH, config).replace(INSTALL_PATH, installed))
+        if shutil.which('systemd-analyze'):
+            checked = subprocess.run(['systemd-analyze', 'verify', '--man=no'] + units,
+                                     capture_output=True, text=True, timeout=60)
+            self.assertEqual((checked.returncode, checked.stdout + checked.stderr), (0, ''))
+        service = configparser.ConfigParser(interpolation=None)
+        service.read(units[0])
+        self.assertEqual(service['Service']['SuccessExitStatus'], '1')   # work left is not a failure
+        self.put_all(['unit-%d' % i for i in range(20)], w=3)
+        self.store.engines['p1'].drop_keys(self.bucket)
+        done = subprocess.run(shlex.split(service['Service']['ExecStart']), cwd=service['Service']['WorkingDirectory'],
+                              env={'PATH': '/usr/bin:/bin', 'WEBPY_ENV': 'test'},
+                              capture_output=True, text=True, timeout=120)
+        self.assertEqual(done.returncode, sync.CONVERGED, done.stdout + done.stderr)
+        lines = done.stdout.splitlines()
+        self.assertEqual([line for line in lines if not LOG_LINE.match(line)], [])
+        self.assertIn('sync: converged', lines[-1])
+        self.assertConverged(self.store, ['unit-%d' % i for i in range(20)])
 
 
 class TestDryRunWords(SyncCase):
