@@ -58,26 +58,21 @@ try:
     from kvstore.engines import PartitionError
     from kvstore.reconciler.lock import ClusterLock
     from kvstore.reconciler.metering import Progress
-    from kvstore.reconciler.results import CONVERGED, ERROR, JOBS, STATUS_WORDS, WORK_LEFT, exit_status, tell
+    from kvstore.reconciler.results import CONVERGED, ERROR, JOBS, STATUS_WORDS, WORK_LEFT, exit_status, iso_time, tell
     from kvstore.reconciler.runner import run, unreachable
 except ImportError as e:   # exit 2, not Python's 1 (which means "work left" here)
     sys.stderr.write('sync: %s (run it with the project\'s virtualenv: .venv/bin/python sync.py)\n' % e)
     sys.exit(2)
 
 NEW_INCARNATION = 'new-incarnation'
-TIME_FORMAT = '%Y-%m-%dT%H:%M:%SZ'
 
 log = logging.getLogger('kvstore.sync')
-
-
-def now():
-    return time.strftime(TIME_FORMAT, time.gmtime())
 
 
 def say(text, stream=None):
     """One line of output, after the time (the log of a cron run is this output)."""
     stream = stream or sys.stdout
-    stream.write('%s %s\n' % (now(), text))
+    stream.write('%s %s\n' % (iso_time(), text))
     stream.flush()
 
 
@@ -132,7 +127,7 @@ class Output:
             say('sync: ' + message, sys.stderr)
         if self.args.json:
             document = {'status': 'skipped' if message and status != ERROR else STATUS_WORDS[status], 'exit': status,
-                        'dry_run': self.args.dry_run, 'seconds': seconds, 'time': now(),
+                        'dry_run': self.args.dry_run, 'seconds': seconds, 'time': iso_time(),
                         'jobs': {r.name: r.document() for r in results}}
             if meter is not None:
                 document.update(rows_read=meter.rows_read, rows_written=meter.rows_written,
@@ -185,8 +180,8 @@ def reconcile(store, args, output):
 def main(argv=None):
     args = parse_arguments(argv)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter('%(asctime)s sync: %(message)s', TIME_FORMAT))
-    handler.formatter.converter = time.gmtime
+    handler.setFormatter(logging.Formatter('%(asctime)s sync: %(message)s'))
+    handler.formatter.formatTime = lambda record, datefmt=None: iso_time(record.created)
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
     output = Output(args)
     path = args.config or configuration.config_path()

@@ -5,20 +5,21 @@ import json
 import time
 
 from kvstore.engines import PartitionError
-from kvstore.reconciler.results import JOBS
+from kvstore.reconciler.results import JOBS, iso_time
 
 RECORD_PREFIX = 'sync.last.'
 RECORD_LIMIT = 4096     # bytes a metadata value may hold
+TEXT_LIMIT = 500        # characters kept of a summary or an error
 
 
 def run_record(result, finished):
     """The record of one job's run: {job, finished (ISO 8601 UTC), timestamp
     (seconds since the epoch), ok (no error), work_left, counts, waiting,
     summary, error}."""
-    record = {'job': result.name, 'finished': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(finished)),
+    record = {'job': result.name, 'finished': iso_time(finished),
               'timestamp': round(finished, 3), 'ok': not result.error, 'work_left': result.work_left,
-              'counts': result.counts, 'waiting': result.waiting, 'summary': result.summary,
-              'error': result.error}
+              'counts': result.counts, 'waiting': result.waiting, 'summary': result.summary[:TEXT_LIMIT],
+              'error': result.error and result.error[:TEXT_LIMIT]}
     for bulky in ('summary', 'waiting', 'counts'):   # fit a metadata value, dropping detail first
         if len(json.dumps(record, sort_keys=True).encode()) <= RECORD_LIMIT:
             break

@@ -6,7 +6,7 @@ import time
 from kvstore.engines import PartitionError
 from kvstore.reconciler.antientropy import ranges_outside, scan_pages
 from kvstore.reconciler.repair import anti_entropy
-from kvstore.reconciler.results import JobResult, tell, waiting_text
+from kvstore.reconciler.results import JobResult, iso_time, tell, waiting_text
 
 PROGRESS_SECONDS = 2.0      # how often a rebalance records its progress
 
@@ -67,7 +67,7 @@ def _progress_reporter(parts, view, total, counts):
         parts.store.record_progress({
             'epoch': view['epoch'], 'ranges_done': done, 'ranges_total': total,
             'keys_moved': counts['keys_moved'], 'keys_copied': counts['keys_repaired'],
-            'updated': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())})
+            'updated': iso_time()})
     return report
 
 
