@@ -107,6 +107,8 @@ def parse_arguments(argv):
     args = parser.parse_args(argv)
     if (args.job == NEW_INCARNATION) != (args.partition is not None):
         parser.error('a partition is named with %s, and only then' % NEW_INCARNATION)
+    if args.job == NEW_INCARNATION and args.dry_run:
+        parser.error('%s has no dry run: it only mints an incarnation' % NEW_INCARNATION)
     return args
 
 
