@@ -93,7 +93,7 @@ def tour(path):
                 steps.append(step)
             elif step:
                 step[2].append(line)
-    return [(number, command, '\n'.join(output).strip()) for number, command, output in steps]
+    return [(number, command, '\n'.join(output).strip('\n')) for number, command, output in steps]
 
 
 def as_printed(output):
@@ -107,7 +107,7 @@ def as_printed(output):
         elif in_head and DROPPED_HEADERS.match(line):
             continue
         lines.append(line)
-    return '\n'.join(lines).strip()
+    return '\n'.join(lines).strip('\n')
 
 
 def unlist(text, key):
