@@ -155,13 +155,20 @@ class Tour:
             time.sleep(PAUSE_AFTER_WRITE)
         problem = self.compare(printed_output, output)
         if problem:
-            expected = printed_output
-            for text in sorted(self.bound, key=len, reverse=True):
-                expected = expected.replace(text, self.bound[text])
-            diff = '\n'.join(difflib.unified_diff(expected.split('\n'), output.split('\n'),
+            diff = '\n'.join(difflib.unified_diff(self.expected(printed_output, output), output.split('\n'),
                                                   'printed', 'this run', lineterm=''))
             raise AssertionError('%s:%d: %s\n$ %s\n%s' % (os.path.relpath(self.path, REPO), number,
                                                         problem, printed_command, diff))
+
+    def expected(self, printed, output):
+        """The printed lines for a diff, each shown as the line of this run it
+        stands for where one matches it but for what may vary."""
+        lines = output.split('\n')
+        shown = []
+        for line in printed.split('\n'):
+            pattern = self.pattern(line, True)[0] if '…' not in line else None
+            shown.append(next((actual for actual in lines if pattern and re.fullmatch(pattern, actual)), line))
+        return shown
 
     def compare(self, printed, output):
         """None when `output` is what the document printed; else what differs."""
