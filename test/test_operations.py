@@ -1,16 +1,21 @@
-"""docs/OPERATIONS.md's backup and restore of a partition, step by step, with
-the tools it names: the real server (serve.py) over four MariaDB partitions,
-mariadb-dump and the mariadb client, `sync.py new-incarnation` and `sync.py`
-run as commands.
+"""docs/OPERATIONS.md's procedures, step by step, with the tools it names: the
+real server (serve.py) over four MariaDB partitions, reloaded with SIGHUP,
+mariadb-dump and the mariadb client, and sync.py run as a command.
 
-p2 is backed up; writes, overwrites and deletes go on; p2's database is then
-lost and restored from the backup, which misses them.  After the documented
-steps every acknowledged write reads back, p2 holds exactly what the other
-owners of each of its keys hold, and writes it coordinates afterwards are not
-lost.
+Backup and restore: p2 is backed up; writes, overwrites and deletes go on;
+p2's database is then lost and restored from the backup, which misses them.
+After the documented steps every acknowledged write reads back, p2 holds
+exactly what the other owners of each of its keys hold, and writes it
+coordinates afterwards are not lost.
+
+Adding and removing a partition: p5 joins the ring while the store serves,
+then p1 leaves it through weight 0; every acknowledged write reads back
+throughout, and the reconciler reports each epoch complete.
 """
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import unittest
@@ -22,11 +27,13 @@ from test.mariadb import shared_cluster
 from test.server import REPO, StoreServer
 from test.test_sync import holdings
 
+CHECK_CONFIGURATION = 'from kvstore import configuration; configuration.load()'
+
 BUCKET = 'ops'
 RESTORED = 'p2'
 
 
-class BackupAndRestore(unittest.TestCase):
+class Procedures(unittest.TestCase):
 
     def setUp(self):
         self.cluster = shared_cluster()
@@ -122,6 +129,86 @@ class BackupAndRestore(unittest.TestCase):
         self.assert_acknowledged_writes_read_back()
         writers = {version.dot[0] for version in self.versions_on_p2()}
         self.assertIn(new_actor, writers)
+
+    def test_a_partition_added_and_another_removed_through_weight_0(self):
+        run = self.sync()
+        self.assertEqual(run.returncode, 0, run.stdout + run.stderr)   # epoch 1: the ring before
+        for i in range(40):
+            self.write('k%02d' % i, b'value %d' % i)
+        # p5 shares p1's server, in a database of its own.
+        p5 = dict(self.partitions['p1'], database=self.partitions['p1']['database'] + '_p5')
+        grown = dict(self.partitions, p5=p5)
+        self.reconfigure(grown)
+        for i in range(40, 50):
+            self.write('k%02d' % i, b'value %d' % i)
+        self.assert_acknowledged_writes_read_back()
+        self.sync_until_complete(2)
+        self.assertTrue(self.keys_on('p5'))
+        self.assert_acknowledged_writes_read_back()
+
+        # Dropping p1's section at once is refused: its keys would lose a replica.
+        remaining = {name: fields for name, fields in grown.items() if name != 'p1'}
+        self.write_configuration(remaining)
+        run = self.sync()
+        self.assertEqual(run.returncode, 2, run.stdout + run.stderr)
+        self.reconfigure(dict(grown, p1=dict(grown['p1'], weight=0)))
+        self.write('k50', b'value 50')
+        self.sync_until_complete(3)
+        self.assertEqual(self.keys_on('p1'), [])
+        self.assert_acknowledged_writes_read_back()
+        self.reconfigure(remaining)
+        run = self.sync()
+        self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
+        self.assertIn('rebalance: epoch 3 complete', run.stdout)   # the same ring: nothing moves
+        self.assert_acknowledged_writes_read_back()
+        self.assertEqual(self.cluster_document()['rebalance']['configuration_matches'], True)
+
+    def write_configuration(self, partitions):
+        with open(self.server.config_path, 'w') as f:
+            f.write(support.config_text(partitions))
+
+    def reconfigure(self, partitions):
+        """Every front end (here one) and sync.py get the new file; the front
+        end checks it and reloads on SIGHUP."""
+        self.write_configuration(partitions)
+        check = subprocess.run([sys.executable, '-c', CHECK_CONFIGURATION], cwd=REPO, capture_output=True,
+                               env=dict(os.environ, STORE_CONFIG=self.server.config_path), timeout=30)
+        self.assertEqual((check.returncode, check.stdout, check.stderr), (0, b'', b''))
+        os.kill(self.server.process.pid, signal.SIGHUP)
+        wanted = {name: float(fields.get('weight', 1.0)) for name, fields in partitions.items()}
+        self.assertTrue(support.wait_until(lambda: self.weights() == wanted, 30), self.server.log())
+        self.open_store_with(partitions)
+
+    def weights(self):
+        try:
+            return {p['name']: p['weight'] for p in self.cluster_document()['partitions']}
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def cluster_document(self):
+        conn = self.server.connect()
+        try:
+            conn.request('GET', '/cluster')
+            return json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+
+    def open_store_with(self, partitions):
+        self.store.close()
+        self.store = support.open_store(partitions)
+        self.addCleanup(self.store.close)
+
+    def sync_until_complete(self, epoch):
+        for _ in range(5):
+            run = self.sync()
+            if run.returncode == 0:
+                break
+            self.assertEqual(run.returncode, 1, run.stdout + run.stderr)
+        self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
+        self.assertIn('rebalance: epoch %d complete' % epoch, run.stdout)
+
+    def keys_on(self, partition):
+        return sorted(k for (b, k), held in holdings(self.store).items() if b == BUCKET and partition in held)
 
     def versions_on_p2(self):
         return [version for bucket, _, version in self.engine.scan_points(0, RING_SIZE) if bucket == BUCKET]
