@@ -138,6 +138,9 @@ def replace_file(path, write):
     except OSError as error:
         raise Failure(LOCAL, 'cannot write %s: %s' % (path, error.strerror))
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(handle, 0o666 & ~umask)   # as open() would have made it, not mkstemp's 0600
         with os.fdopen(handle, 'wb') as f:
             write(f)
         os.replace(temporary, path)
@@ -229,6 +232,7 @@ class Upload:
 
     def __init__(self, args, source, size):
         self.args, self.source, self.len = args, source, size
+        self.sent = 0
 
     def __iter__(self):
         with progress_bar(self.args, self.len) as bar:
@@ -237,6 +241,7 @@ class Upload:
                 if not chunk:
                     return
                 bar.update(len(chunk))
+                self.sent += len(chunk)
                 yield chunk
 
 
@@ -261,9 +266,17 @@ def put(client, args):
         info = os.fstat(source.fileno())
         size = info.st_size - source.tell() if stat.S_ISREG(info.st_mode) else None
         params = {'w': args.w} if args.w else None
+        body = Upload(args, source, size)
         receipt = client.request('PUT', key_path(args.bucket, args.key), what, ok=(200, 201), params=params,
-                                 parts={'headers': dict(headers, Accept='application/json'),
-                                        'data': Upload(args, source, size)}).json()
+                                 parts={'headers': dict(headers, Accept='application/json'), 'data': body}).json()
+    except Failure as failure:
+        if failure.status == UNAVAILABLE and body.sent and size is None:
+            # The store answers a body of unknown size that passes its limit with 413 and closes
+            # the connection while kv still sends: the answer is lost with the connection.
+            raise Failure(UNAVAILABLE, '%s: the connection broke after %d bytes of the value (%s); a value over '
+                          "the store's max_value_bytes ends this way when sent from a pipe"
+                          % (what, body.sent, failure.message))
+        raise
     finally:
         if named:
             source.close()
