@@ -1,4 +1,4 @@
-"""The kv command (kvstore/cli.py) as a user runs it: the installed
+"""The kv command (kvstore/cli/) as a user runs it: the installed
 .venv/bin/kv, a subprocess, against the real server (serve.py under uWSGI)
 with tokens configured."""
 import hashlib

@@ -1,13 +1,5 @@
-"""kv: the store from the command line, over its HTTP API (docs/CLI.md).
-
-    kv put BUCKET KEY [FILE]     kv get BUCKET KEY [-o FILE]     kv rm BUCKET KEY
-    kv ls BUCKET [--prefix P]    kv buckets    kv locate BUCKET KEY    kv status
-
-Values stream both ways, a chunk at a time, never whole in memory.  The exit
-status says what happened (EXIT below, the table in docs/CLI.md); scripts
-rely on it, so a code never changes meaning.
-"""
-import argparse
+"""kv's commands: each takes a Client and the parsed arguments, and returns
+an exit status (None for OK) or raises Failure."""
 import json
 import mimetypes
 import os
@@ -20,89 +12,9 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-DEFAULT_URL = 'http://127.0.0.1:8080'
-CHUNK = 64 * 1024
-# Exit statuses: 0 done, then one per outcome a script may act on.
-OK, NOT_FOUND, USAGE, CONFLICT, SIBLINGS, UNAVAILABLE, AUTH, REFUSED, LOCAL = range(9)
+from kvstore.cli.client import LOCAL, NOT_FOUND, REFUSED, SIBLINGS, UNAVAILABLE, USAGE, Failure, key_path
 
-
-class Failure(Exception):
-    """Ends the command: message for stderr, exit status."""
-
-    def __init__(self, status, message):
-        super().__init__(message)
-        self.status, self.message = status, message
-
-
-def exit_status(http_status):
-    if http_status == 404:
-        return NOT_FOUND
-    if http_status in (409, 412):
-        return CONFLICT
-    if http_status in (401, 403):
-        return AUTH
-    if http_status >= 500:
-        return UNAVAILABLE
-    return REFUSED
-
-
-def quote_key(key):
-    """A key as its URL path: each segment percent-encoded, '/' kept; '.' and
-    '..' segments spelled %2E so that no URL normalisation removes them."""
-    return '/'.join(segment.replace('.', '%2E') if segment in ('.', '..') else urllib.parse.quote(segment, safe='')
-                    for segment in key.split('/'))
-
-
-def key_path(bucket, key):
-    return '/buckets/%s/keys/%s' % (urllib.parse.quote(bucket, safe=''), quote_key(key))
-
-
-class Client:
-    """One session with the store: its URL, token and timeout."""
-
-    def __init__(self, url, token, timeout):
-        self.base = url.rstrip('/')
-        self.timeout = timeout
-        self.session = requests.Session()
-        self.session.headers['User-Agent'] = 'kv'
-        if token:
-            self.session.headers['Authorization'] = 'Bearer ' + token
-
-    def request(self, method, path, what, ok=(200,), params=None, **settings):
-        """The response to method on path (with params, in order), or Failure
-        naming what was asked for when the status is not one of ok."""
-        url = self.base + path + ('?' + urllib.parse.urlencode(params) if params else '')
-        request = self.session.prepare_request(requests.Request(method, url, **settings.pop('parts', {})))
-        request.url = url   # as built: requests would turn %2E back into '.', then drop the segment
-        try:
-            response = self.session.send(request, timeout=self.timeout, **settings)
-        except requests.Timeout:
-            raise Failure(UNAVAILABLE, '%s did not answer within %g s' % (self.base, self.timeout))
-        except requests.ConnectionError as error:
-            raise Failure(UNAVAILABLE, 'cannot reach %s (%s)' % (self.base, reason(error)))
-        if response.status_code not in ok:
-            raise refusal(response, what)
-        return response
-
-    def document(self, path, what, params=None):
-        return self.request('GET', path, what, params=params, parts={'headers': {'Accept': 'application/json'}}).json()
-
-
-def reason(error):
-    """The innermost cause of a requests error, without its URL and object reprs."""
-    while error.__context__ is not None and not isinstance(error, ConnectionRefusedError):
-        error = error.__context__
-    return error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
-
-
-def refusal(response, what):
-    """The store's error document as a Failure with the exit status its HTTP status maps to."""
-    try:
-        document = json.loads(response.content[:65536])
-        detail = '%s (%d %s)' % (document['message'], response.status_code, document['code'])
-    except (ValueError, KeyError, TypeError):
-        detail = '%d %s' % (response.status_code, response.reason)
-    return Failure(exit_status(response.status_code), '%s: %s' % (what, detail))
+CHUNK = 64 * 1024   # what a value moves by, both ways
 
 
 def progress_bar(args, total):
@@ -369,84 +281,3 @@ def status(client, args):
 
 def emit(document):
     print(json.dumps(document, indent=2, ensure_ascii=False))
-
-
-# -- the command line ----------------------------------------------------------------------
-
-def parser():
-    # Common options go before or after the command: defaults are filled in by main.
-    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
-    common.add_argument('--url', help='the store (default: $KV_URL, else %s)' % DEFAULT_URL)
-    common.add_argument('--token', help='sent as Authorization: Bearer (default: $KV_TOKEN)')
-    common.add_argument('--json', action='store_true', help='print JSON documents')
-    common.add_argument('--progress', action=argparse.BooleanOptionalAction,
-                        help='a progress bar on stderr for values (default: when stderr is a terminal)')
-    common.add_argument('--timeout', type=float, help='seconds to wait for each answer or read (default 30)')
-    main_parser = argparse.ArgumentParser(prog='kv', parents=[common], description=__doc__.split('\n\n')[0],
-                                          epilog='exit status: 0 ok, 1 not found, 2 usage, 3 conflict, '
-                                                 '4 siblings, 5 unavailable, 6 auth, 7 refused, 8 local file')
-    commands = main_parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
-
-    def command(name, run, summary, key=True):
-        sub = commands.add_parser(name, parents=[common], help=summary, description=summary)
-        sub.add_argument('bucket', metavar='BUCKET')
-        if key:
-            sub.add_argument('key', metavar='KEY')
-        sub.set_defaults(run=run)
-        return sub
-
-    def conditions(sub):
-        sub.add_argument('--context-file', metavar='F', help='send the X-Context kv get saved in F; F follows the write')
-        sub.add_argument('--if-match', metavar='ETAG', help='only if the live version has this ETag')
-        sub.add_argument('--if-unchanged', action='store_true', help="only if the value is still the one F's get saw")
-        sub.add_argument('--w', metavar='W', help='copies to wait for (1..N, one, quorum, all)')
-
-    sub = command('get', get, 'write a value to stdout (or -o FILE)')
-    sub.add_argument('-o', '--output', metavar='FILE', help='write the value to FILE (whole or not at all)')
-    sub.add_argument('--context-file', metavar='F', help='save the X-Context and ETag in F for a later put or rm')
-    sub.add_argument('--r', metavar='R', help='answers to wait for (1..N, one, quorum, all)')
-    sub = command('put', put, 'store FILE, or stdin, as a value')
-    sub.add_argument('file', metavar='FILE', nargs='?', help='the value (default, or -: stdin)')
-    sub.add_argument('--type', metavar='MEDIA_TYPE', help="the Content-Type (default: from FILE's name)")
-    sub.add_argument('--create', action='store_true', help='only if the key has no live value')
-    conditions(sub)
-    conditions(command('rm', remove, 'delete a value'))
-    sub = command('ls', list_keys, 'list keys, one a line', key=False)
-    sub.add_argument('--prefix', default='', help='only keys that start with it')
-    sub.add_argument('--limit', type=int, metavar='N', help='at most N keys (then the next cursor)')
-    sub.add_argument('--cursor', help='start after this cursor (from a listing cut by --limit)')
-    sub.add_argument('--page-size', type=int, default=1000, metavar='N', help='keys per request (1..10000)')
-    commands.add_parser('buckets', parents=[common], help='list buckets').set_defaults(run=buckets)
-    command('locate', locate, "the key's owners and each replica's versions (GET /cluster/locate)")
-    commands.add_parser('status', parents=[common], help='health and partitions (GET /health, /cluster)'
-                        ).set_defaults(run=status)
-    return main_parser
-
-
-def main(argv=None):
-    args = parser().parse_args(argv)
-    settings = vars(args)
-    settings.setdefault('url', os.environ.get('KV_URL') or DEFAULT_URL)
-    settings.setdefault('token', os.environ.get('KV_TOKEN'))
-    settings.setdefault('json', False)
-    settings.setdefault('timeout', 30.0)
-    if settings.get('progress') is None:
-        args.progress = sys.stderr.isatty()
-    for name in ('limit', 'page_size'):
-        if settings.get(name) is not None and settings[name] < 1:
-            print('kv: --%s must be at least 1' % name.replace('_', '-'), file=sys.stderr)
-            return USAGE
-    try:
-        return args.run(Client(args.url, args.token, args.timeout), args) or OK
-    except Failure as failure:
-        print('kv: %s' % failure.message, file=sys.stderr)
-        return failure.status
-    except BrokenPipeError:   # kv get … | head: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return OK
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == '__main__':
-    sys.exit(main())
