@@ -260,11 +260,13 @@ def locate(client, args):
     print('%s/%s  point %s' % (document['bucket'], document['key'], document.get('point')))
     print('owners     %s' % ' '.join(document.get('owners', [])))
     print('fallbacks  %s' % ' '.join(document.get('fallbacks', [])))
-    for name, replica in sorted(document.get('replicas', {}).items()):
-        versions = replica.get('versions') or [{}]
-        for version in versions:
-            print('%-10s %-8s %s' % (name, replica.get('state'), '  '.join(str(version[field]) for field in (
-                'etag', 'size', 'modified') if field in version) + ('  deleted' if version.get('deleted') else '')))
+    replicas = document.get('replicas', {})
+    for name in document.get('owners', []) + document.get('fallbacks', []):
+        replica = replicas.get(name, {})
+        for version in replica.get('versions') or [{}]:
+            fields = [str(version[field]) for field in ('etag', 'size', 'modified') if field in version]
+            print('%-10s %-8s %s' % (name, replica.get('state'),
+                                     '  '.join(fields + (['deleted'] if version.get('deleted') else []))))
 
 
 def status(client, args):
@@ -275,8 +277,8 @@ def status(client, args):
     print('%s  %s  N=%s R=%s W=%s' % (client.base, health.get('status'), cluster['replicas'], cluster['r'], cluster['w']))
     print('%-12s %-8s %-8s %-26s %6s  %s' % ('partition', 'engine', 'state', 'since', 'hints', 'last error'))
     for p in cluster['partitions']:
-        print('%-12s %-8s %-8s %-26s %6s  %s' % (p['name'], p['engine'], p['state'], p['since'], p['hints_waiting'],
-                                                p['last_error'] or ''))
+        print('%-12s %-8s %-8s %-26s %6s  %s' % (p['name'], p.get('engine'), p.get('state'), p.get('since'),
+                                                p.get('hints_waiting'), p.get('last_error') or ''))
 
 
 def emit(document):
