@@ -11,8 +11,10 @@ all: test
 
 venv: $(VENV_STAMP)
 
-$(VENV_STAMP): requirements.txt requirements-dev.txt
-	$(PYTHON) -m venv $(VENV) && $(VENV)/bin/pip install -q -r requirements-dev.txt
+# pip install -e . puts the kv command (pyproject.toml) in $(VENV)/bin.
+$(VENV_STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV) && $(VENV)/bin/pip install -q -r requirements-dev.txt \
+		&& $(VENV)/bin/pip install -q -e .
 	touch $@
 
 # The tests start private mariadbd servers of their own; they only need the
