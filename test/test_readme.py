@@ -18,11 +18,14 @@ tour's introduction says differs:
   listing: each is learnt the first time it is printed, must then be the same
   wherever the document prints it again, and replaces the printed one in the
   commands that follow (a context sent back, the key in a URL);
-- ETags and hex dumps of the random bytes the tour draws from /dev/urandom
-  (any other ETag must be the one printed);
+- a version's id (its ETag), learnt like a context;
+- SHA-256 digests (`sha256`, `Repr-Digest`) and hex dumps of the random bytes
+  the tour draws from /dev/urandom (any other digest must be the one printed);
 - which owners had acknowledged a write (`acknowledged`,
   `owners_acknowledged`), and a Content-Length that follows them or a cursor.
 """
+import base64
+import contextlib
 import difflib
 import hashlib
 import os
@@ -55,8 +58,10 @@ TOKENS = [
     ('context', 'bind', r'eyJ[A-Za-z0-9_-]{16,}', r'eyJ[A-Za-z0-9_-]+'),
     ('actor', 'bind', r'\b[A-Za-z0-9_-]+\.[0-9a-f]{12}\b', None),
     ('counter', 'bind', r'(?<=": )\d{16}\b', r'\d{16}'),
-    ('etag', 'random', r'(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])', r'[0-9a-f]{64}'),
+    ('sha256', 'random', r'(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])', r'[0-9a-f]{64}'),
+    ('repr-digest', 'random', r'(?<=sha-256=:)[A-Za-z0-9+/]{43}=', r'[A-Za-z0-9+/]{43}='),
     ('key', 'bind', r'(?<=/keys/)[0-9a-f]{32}(?![0-9a-f])', r'[0-9a-f]{32}'),
+    ('version', 'bind', r'(?:(?<=")|(?<=&quot;))[0-9a-f]{32}(?=\\?"|:|&quot;)', r'[0-9a-f]{32}'),
     ('cursor', 'bind', r'(?<=cursor=)[A-Za-z0-9_-]+|(?<="next_cursor": ")[A-Za-z0-9_-]+',
      r'[A-Za-z0-9_-]+'),
     ('hexdump', 'random', r'^[0-9a-f]{8}: .*$', r'[0-9a-f]{8}: .*'),
@@ -139,6 +144,16 @@ class Tour:
         return command
 
     def run(self, number, printed_command, printed_output):
+        output = self.execute(printed_command)
+        problem = self.compare(printed_output, output)
+        if problem:
+            diff = '\n'.join(difflib.unified_diff(self.expected(printed_output, output), output.split('\n'),
+                                                  'printed', 'this run', lineterm=''))
+            raise AssertionError('%s:%d: %s\n$ %s\n%s' % (os.path.relpath(self.path, REPO), number,
+                                                        problem, printed_command, diff))
+
+    def execute(self, printed_command):
+        """Run a printed command; what it printed, as the documents print it."""
         command = self.command(printed_command)
         result = subprocess.run(['bash', '-c', command], cwd=self.directory, env=self.environment,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
@@ -153,12 +168,24 @@ class Tour:
                 self.random_etags.add(hashlib.sha256(f.read()).hexdigest())
         if WRITE.search(command):
             time.sleep(PAUSE_AFTER_WRITE)
-        problem = self.compare(printed_output, output)
-        if problem:
-            diff = '\n'.join(difflib.unified_diff(self.expected(printed_output, output), output.split('\n'),
-                                                  'printed', 'this run', lineterm=''))
-            raise AssertionError('%s:%d: %s\n$ %s\n%s' % (os.path.relpath(self.path, REPO), number,
-                                                        problem, printed_command, diff))
+        return output
+
+    def learn(self, printed, output):
+        """Bind what varies in a printed output that no longer matches to this
+        run's, token by token in order (for retake)."""
+        for name, (kind, _) in KINDS.items():
+            if kind not in ('bind', 'random'):
+                continue
+            ours = [m.group() for m in TOKEN.finditer(printed) if m.lastgroup == name]
+            theirs = [m.group() for m in TOKEN.finditer(output) if m.lastgroup == name]
+            for text, value in zip(ours, theirs):
+                self.bound.setdefault(text, value)
+
+    def substitute(self, text):
+        """Printed text with this run's values for what was learnt."""
+        for printed in sorted(self.bound, key=len, reverse=True):
+            text = text.replace(printed, self.bound[printed])
+        return text
 
     def expected(self, printed, output):
         """The printed lines for a diff, each shown as the line of this run it
@@ -187,8 +214,9 @@ class Tour:
             value = match.group(group)
             if KINDS[name][0] == 'random' and value != text and not self.random_etags:
                 return '%s differs: %s, printed %s' % (name, value, text)
-            if name == 'etag' and value != text and value not in self.random_etags:
-                return 'ETag differs: %s, printed %s' % (value, text)
+            digest = base64.b64decode(value).hex() if name == 'repr_digest' else value
+            if name in ('sha256', 'repr_digest') and value != text and digest not in self.random_etags:
+                return 'SHA-256 differs: %s, printed %s' % (value, text)
             self.bound[text] = value
             if name == 'key':
                 self.keys.add(text)
@@ -226,6 +254,57 @@ class Tour:
         return ''.join(parts), groups
 
 
+@contextlib.contextmanager
+def fresh_tour(path):
+    """A Tour of the document at path, over a fresh server and scratch directory."""
+    with open(os.path.join(REPO, 'configuration.cfg'), encoding='utf-8') as f:
+        server = StoreServer.running(f.read())
+    directory = tempfile.mkdtemp(prefix='kvstore-tour-')
+    try:
+        # `.venv/bin/python sync.py`, as from the repository's directory
+        os.symlink(sys.prefix, os.path.join(directory, '.venv'))
+        os.symlink(os.path.join(REPO, 'sync.py'), os.path.join(directory, 'sync.py'))
+        yield Tour(path, server, directory)
+    finally:
+        server.stop()
+        server.cleanup()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def retake(document):
+    """Take a document's tour again and write what the server printed into it,
+    for after a change of behaviour: `python -m test.test_readme --retake
+    docs/TOUR.md`, then read the diff.  An output with a cut (`…`) keeps its
+    text, with this run's values; it is named if it no longer matches."""
+    path = os.path.join(REPO, document)
+    with open(path, encoding='utf-8') as f:
+        lines = f.read().split('\n')
+    taken = {}
+    with fresh_tour(path) as run:
+        for number, command, printed in tour(path):
+            output = run.execute(command)
+            if run.compare(printed, output):
+                run.learn(printed, output)
+                if '…' in printed:
+                    print('%s:%d: a cut output no longer matches: fix it by hand' % (document, number))
+            taken[number] = (run.substitute(command), run.substitute(printed) if '…' in printed else output)
+    rewritten, number = [], 0
+    while number < len(lines):
+        line, number = lines[number], number + 1
+        if number not in taken:
+            rewritten.append(line)
+            continue
+        command, output = taken[number]
+        end = number
+        while end < len(lines) and not lines[end].startswith('$ ') and not lines[end].lstrip().startswith('```'):
+            end += 1
+        blank = len(lines[number:end]) - len('\n'.join(lines[number:end]).rstrip('\n').split('\n'))
+        rewritten += ['$ ' + command] + (output.split('\n') if output else []) + [''] * blank
+        number = end
+    with open(path, 'w', encoding='utf-8') as f:
+        f.write('\n'.join(rewritten))
+
+
 class TourTest(unittest.TestCase):
     """Every command of a tour prints what its document says it prints."""
 
@@ -233,20 +312,9 @@ class TourTest(unittest.TestCase):
         path = os.path.join(REPO, document)
         steps = tour(path)
         self.assertGreater(len(steps), 5, '%s has no tour' % document)
-        with open(os.path.join(REPO, 'configuration.cfg'), encoding='utf-8') as f:
-            server = StoreServer.running(f.read())
-        directory = tempfile.mkdtemp(prefix='kvstore-tour-')
-        try:
-            # `.venv/bin/python sync.py`, as from the repository's directory
-            os.symlink(sys.prefix, os.path.join(directory, '.venv'))
-            os.symlink(os.path.join(REPO, 'sync.py'), os.path.join(directory, 'sync.py'))
-            run = Tour(path, server, directory)
+        with fresh_tour(path) as run:
             for step in steps:
                 run.run(*step)
-        finally:
-            server.stop()
-            server.cleanup()
-            shutil.rmtree(directory, ignore_errors=True)
 
     def test_readme(self):
         self.take('README.md')
@@ -297,4 +365,8 @@ def anchors(path):
 
 
 if __name__ == '__main__':
-    unittest.main()
+    if sys.argv[1:2] == ['--retake']:
+        for name in sys.argv[2:]:
+            retake(name)
+    else:
+        unittest.main()
