@@ -61,6 +61,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 LUA_DIR = os.path.join(HERE, 'lua')
 RESULTS_DIR = os.path.join(HERE, 'results')
+SERVER_LOG_DIR = os.path.join(RESULTS_DIR, 'tmp')  # gitignored
 sys.path.insert(0, ROOT)
 # Production database names: no test_ prefix (configuration.py), in the
 # store's server and in this process's loader alike.
@@ -258,8 +259,8 @@ class Process:
             pass
         # The server's log outlives the run, for errors a row counted (gitignored).
         with contextlib.suppress(OSError):
-            os.makedirs(os.path.join(RESULTS_DIR, 'tmp'), exist_ok=True)
-            shutil.copyfile(self.log_path, os.path.join(RESULTS_DIR, 'tmp', os.path.basename(self.log_path)))
+            os.makedirs(SERVER_LOG_DIR, exist_ok=True)
+            shutil.copyfile(self.log_path, os.path.join(SERVER_LOG_DIR, os.path.basename(self.log_path)))
 
     def tail(self, lines=20):
         try:
@@ -1570,6 +1571,8 @@ def parse_args(argv):
     parser.add_argument('--merge', action='store_true',
                         help='keep the rows of the last results.json that this run does not measure '
                              '(to measure disturbed rows again: --only ROWS --merge)')
+    parser.add_argument('--results-dir', default=RESULTS_DIR, metavar='DIRECTORY',
+                        help='where results go (default bench/results; bench/results/tmp is gitignored)')
     parser.add_argument('--profile', nargs='?', const='C-one', metavar='ROWNAME',
                         help='after the rows, py-spy the store\'s workers under a row\'s load '
                              '(default C-one, the GET path): bench/results/profile.svg')
@@ -1593,7 +1596,9 @@ def check_tools(args):
 
 
 def main(argv=None):
+    global RESULTS_DIR
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    RESULTS_DIR = os.path.abspath(args.results_dir)
 
     def terminate(signum, frame):
         raise SystemExit(128 + signum)
