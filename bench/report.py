@@ -185,11 +185,11 @@ LAYERS = (  # (leaf file prefix, layer), first match wins
     ('gunicorn/', 'gunicorn (HTTP server)'), ('web/', 'web.py'), ('mimerender', 'content negotiation'),
     ('mimeparse', 'content negotiation'), ('pymysql/', 'PyMySQL'), ('concurrent/', 'thread hand-offs'),
     ('threading.py', 'thread hand-offs'), ('queue.py', 'thread hand-offs'), ('json/', 'JSON'),
-    ('controller.py', 'controller.py'), ('datastore.py', 'datastore.py'), ('engines.py', 'engines.py'),
-    ('mysqlwire.py', 'mysqlwire.py'),
-    ('versions.py', 'versions.py'), ('ring.py', 'ring.py'), ('documents.py', 'documents.py'),
-    ('preconditions.py', 'preconditions.py'), ('socket.py', 'sockets'), ('selectors.py', 'sockets'),
-    ('ssl.py', 'sockets'),
+    ('controller.py', 'controller.py'), ('datastore.py', 'datastore.py'),
+    ('mysqlwire.py', 'kvstore/engines/mysqlwire.py'), ('kvstore/engines/', 'kvstore/engines/'),
+    ('versions.py', 'kvstore/coordinator/versions.py'), ('ring.py', 'kvstore/coordinator/ring.py'),
+    ('kvstore/coordinator/', 'kvstore/coordinator/ (other)'), ('kvstore/http/', 'kvstore/http/'),
+    ('socket.py', 'sockets'), ('selectors.py', 'sockets'), ('ssl.py', 'sockets'),
 )
 
 
