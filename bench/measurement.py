@@ -12,6 +12,7 @@ import sys
 import time
 
 from bench.common import (BUCKET, DISTURBED_CORES, LUA_DIR, ONE_WORKER, QUIET_CORES, BenchError, log)
+from bench.report import summarise_profile
 from bench.servers import stat_fields
 from bench.workloads import Zipfian, key_name
 
@@ -347,7 +348,6 @@ def profile_store(run, args, row, target, master):
 
     --gil keeps the samples of the thread holding the GIL: where the workers' Python
     time goes; --nonblocking leaves the workers running at full speed."""
-    from bench.report import summarise_profile
     py_spy = _py_spy()
     if not py_spy:
         log('py-spy not installed (pip install py-spy): no profile')
