@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: all test mariadb browser nginx run clean venv
+.PHONY: all test mariadb browser nginx wrk run clean venv
 
 all: test
 
@@ -55,7 +55,11 @@ browser:
 nginx:
 	$(call optional_tool,nginx,nginx-light)
 
-test: mariadb browser nginx $(VENV_STAMP)
+# test_bench runs the benchmark's command for a second (it drives wrk).
+wrk:
+	$(call optional_tool,wrk,wrk)
+
+test: mariadb browser nginx wrk $(VENV_STAMP)
 	WEBPY_ENV=test $(VENV)/bin/nosetests -v --with-xunit --xunit-file=.test-results.xml test/
 
 # As root, serve.py needs RUN_AS (the user to drop to); `make run` keeps root
