@@ -32,6 +32,7 @@ from kvstore import configuration
 from kvstore.http import documents
 from kvstore.http import framing
 from kvstore.coordinator import gossip
+from kvstore import metrics
 from kvstore.http import ranges
 from datastore import MAX_LIST_LIMIT, Datastore
 from kvstore.errors import (AlreadyExists, BadRequest, BodyTooLarge, NotAcceptable, NotFound, RangeNotSatisfiable,
@@ -52,6 +53,7 @@ urls = (
     '/cluster', 'Cluster',
     '/cluster/gossip', 'ClusterGossip',
     '/health', 'Health',
+    '/metrics', 'Metrics',
     '/ready', 'Ready',
     '/', 'Index',
 )
@@ -508,6 +510,7 @@ class Index:
                 {'method': m, 'path': p, 'does': d} for m, p, d in (
                     ('GET', '/cluster', 'partition health, hints waiting, gossip'),
                     ('GET', '/health', 'this front end answers: 200'),
+                    ('GET', '/metrics', 'counts and gauges for Prometheus (text format)'),
                     ('GET', '/ready', 'enough partitions answer for the default quorums: 200, else 503'),
                     ('GET', '/buckets', 'list buckets'),
                     ('PUT', '/buckets/{bucket}', 'create a bucket or set its properties'),
@@ -543,6 +546,18 @@ class Ready:
         ready, partitions = store().readiness()
         return respond('ready', {'ready': ready, 'partitions': partitions},
                        '200 OK' if ready else '503 Service Unavailable', {'Retry-After': '1'} if not ready else None)
+
+
+class Metrics:
+    """For Prometheus: counts and gauges in its text format (kvstore/metrics.py)."""
+
+    def GET(self):
+        if not accepts_stored_type(metrics.CONTENT_TYPE):
+            raise NotAcceptable('metrics are %s only' % metrics.CONTENT_TYPE)
+        body, content_type = metrics.exposition(store())
+        web.header('Content-Type', content_type)
+        web.header('Content-Length', str(len(body)))
+        return body
 
 
 class ClusterGossip:
@@ -806,6 +821,7 @@ def accepts_stored_type(content_type):
 def siblings_response(bucket, key, read):
     """300 Multiple Choices: concurrent versions the client must resolve, as a
     document, or as multipart/mixed with each sibling's raw value when asked."""
+    metrics.siblings_served()
     caching_headers(bucket, read.current)
     if prefers(MULTIPART):
         web.header('Vary', 'Accept')
@@ -914,7 +930,7 @@ def create_application(datastore=None):
     app.add_processor(attach_store)
     app.add_processor(admit)
     datastore.gossip.start()
-    handler = app.wsgifunc()
+    handler = metrics.instrumented(app.wsgifunc(), policy.route)
 
     def wsgi(environ, start_response):
         restore = framing.reset_if_worker_dies(environ)
