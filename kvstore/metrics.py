@@ -157,11 +157,10 @@ class FrontEndView:
         pools = GaugeMetricFamily('kvstore_pool_connections', 'Connections to the partition the answering '
                                   'worker holds, by state', labels=('partition', 'state'))
         for name, engine in datastore.engines.items():
-            idle = idle_connections(engine)
-            if idle is not None:
-                pools.add_metric((name, 'idle'), idle)
+            for state, count in sorted(pool_counts(engine).items()):
+                pools.add_metric((name, state), count)
         yield pools
-        held, runs = partition_reads(datastore, view)
+        held, runs = partition_reads(datastore)
         waiting = GaugeMetricFamily('kvstore_hints_waiting', 'Hints held for the partition, on the partitions '
                                     'that answered the scrape', labels=('partition',))
         for name in datastore.engines:
@@ -178,20 +177,22 @@ class FrontEndView:
         yield success
 
 
-def idle_connections(engine):
-    """Idle connections in an engine's pool, or None for an engine without one.
-    The pool counts no connections in use: in_use is not reported."""
-    pool = getattr(engine, 'pool', None)
-    return None if pool is None else len(pool._idle)
+def pool_counts(engine):
+    """{state: connections} of an engine's pool: idle, and in_use where the
+    pool counts them (Pool.counts, from the engines' split; until then the
+    idle ones alone)."""
+    pool = engine.pool
+    counts = getattr(pool, 'counts', None)
+    return counts() if counts else {'idle': len(pool._idle)}
 
 
-def partition_reads(datastore, view):
+def partition_reads(datastore):
     """([{target: (hints, oldest)} of each partition that answered], {job:
-    (finished, ok)}), read at once from the partitions up in view, waiting
-    at most SCRAPE_TIMEOUT; whatever is later is left out."""
+    (finished, ok)}), asked of every partition at once through
+    Datastore.call (counted as replica calls; one down is not asked), waiting
+    at most SCRAPE_TIMEOUT: whatever comes later is left out."""
     executor = datastore.executor
-    hints = [executor.submit(engine.hint_counts) for name, engine in datastore.engines.items()
-             if view[name]['state'] == UP]
+    hints = [executor.submit(datastore.call, name, 'hint_counts') for name in datastore.engines]
     runs = executor.submit(sync_last_runs, datastore)
     done, _ = concurrent.futures.wait(hints + [runs], timeout=SCRAPE_TIMEOUT)
     held = [f.result() for f in hints if f in done and not f.exception()]
@@ -200,10 +201,10 @@ def partition_reads(datastore, view):
 
 def sync_last_runs(datastore):
     """{job: (when it ended, in Unix seconds, succeeded)} of sync.py's last
-    runs.  Read by kvstore.reconciler.history.last_runs once it exists."""
+    runs, as kvstore.reconciler.history records them (none before it exists)."""
     try:
         from kvstore.reconciler.history import last_runs
     except ImportError:
         return {}
-    return {job: (run['finished'], run['ok']) for job, run in last_runs(datastore).items()}
+    return {job: (run['timestamp'], run['ok']) for job, run in last_runs(datastore).items()}
 

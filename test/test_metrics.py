@@ -9,6 +9,7 @@ port): every call to it fails or is refused, and writes it owns leave hints.
 import collections
 import concurrent.futures
 import hashlib
+import importlib.util
 import os
 import signal
 import sqlite3
@@ -39,6 +40,16 @@ def samples(text):
 
 def value(found, name, **labels):
     return found.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def replica_calls_between(before, after):
+    """{partition: (calls answered, calls failed, refused or timed out)} from one scrape to a later one."""
+    delta = collections.defaultdict(lambda: [0, 0])
+    for scrape, sign in ((after, 1), (before, -1)):
+        for labels, v in labelled(scrape, 'kvstore_replica_calls_total').items():
+            labels = dict(labels)
+            delta[labels['partition']][labels['outcome'] != 'ok'] += sign * v
+    return {partition: tuple(counts) for partition, counts in delta.items()}
 
 
 def labelled(found, name):
@@ -116,17 +127,18 @@ class TestMetricsOfTheRealServer(unittest.TestCase):
                 if labels['route'] != 'metrics'}
 
     def settled(self):
-        """A scrape once the background calls of earlier writes (hints,
-        pending markers) are over: replica call counts still for 1 s."""
-        last = None
+        """(a scrape, the replica calls a scrape makes) once the background
+        calls of earlier writes (hints, pending markers) are over: when each
+        scrape adds the same calls as the one before (its own reads of the
+        partitions: hints held, sync.py's last runs)."""
+        scrapes = [self.scrape(), self.scrape()]
         for _ in range(20):
-            found = self.scrape()
-            calls = labelled(found, 'kvstore_replica_calls_total')
-            if calls == last:
-                return found
-            last = calls
-            time.sleep(1.0)
-        self.fail('replica calls did not stop: %s' % last)
+            time.sleep(0.5)
+            scrapes.append(self.scrape())
+            cost = replica_calls_between(scrapes[-2], scrapes[-1])
+            if cost == replica_calls_between(scrapes[-3], scrapes[-2]):
+                return scrapes[-1], cost
+        self.fail('replica calls did not settle: %s' % cost)
 
     def test_counts_of_every_worker_add_up_to_the_requests_sent(self):
         before = self.scrape()
@@ -153,21 +165,19 @@ class TestMetricsOfTheRealServer(unittest.TestCase):
 
     def test_replica_calls_are_counted_per_partition_by_outcome(self):
         self.served([('PUT', '/buckets/%s/keys/k%d' % (support.unique(), i), b'v', 'key') for i in range(12)])
-        before = self.settled()
+        before, scrape_cost = self.settled()
         # A bucket listing asks every partition once (one that fails leaves out no key).
         listings = 10
         sent = self.served([('GET', '/buckets', None, 'buckets')] * listings, connections=5)
         self.assertEqual(sent, {('buckets', 'GET', '200'): listings})
         after = self.scrape()
-
-        def calls(partition, outcome):
-            return (value(after, 'kvstore_replica_calls_total', partition=partition, outcome=outcome)
-                    - value(before, 'kvstore_replica_calls_total', partition=partition, outcome=outcome))
-        for name in SQLITE:
-            self.assertEqual([calls(name, outcome) for outcome in ('ok', 'error', 'refused', 'timeout')],
-                             [listings, 0, 0, 0], name)
-        self.assertEqual(calls('gone', 'ok'), 0)
-        self.assertEqual(calls('gone', 'error') + calls('gone', 'refused'), listings)
+        calls = replica_calls_between(before, after)
+        for name in SQLITE:   # answered: ok; never error, refused or timeout
+            self.assertEqual(calls[name], (listings + scrape_cost[name][0], 0), name)
+            self.assertEqual(sum(value(after, 'kvstore_replica_calls_total', partition=name, outcome=outcome)
+                                 for outcome in ('error', 'refused', 'timeout')), 0, name)
+        self.assertEqual(calls['gone'], (0, listings + scrape_cost['gone'][1]))
+        self.assertGreater(value(after, 'kvstore_replica_calls_total', partition='gone', outcome='error'), 0)
         # As the answering worker sees them (`gone` down once it has called it).
         up = {dict(k)['partition']: v for k, v in labelled(after, 'kvstore_partition_up').items()}
         self.assertEqual((up.pop('p1'), up.pop('p2'), up.pop('p3'), list(up)), (1, 1, 1, ['gone']))
@@ -175,7 +185,7 @@ class TestMetricsOfTheRealServer(unittest.TestCase):
     def test_the_hints_written_for_a_partition_are_those_waiting_for_it(self):
         bucket = support.unique()
         self.served([('PUT', '/buckets/%s/keys/k%d' % (bucket, i), b'v', 'key') for i in range(12)])
-        found = self.settled()
+        found, _ = self.settled()
         stored = value(found, 'kvstore_hints_stored_total', partition='gone')
         self.assertGreater(stored, 0)
         self.assertEqual(value(found, 'kvstore_hints_waiting', partition='gone'), stored)
@@ -210,7 +220,8 @@ class InProcess(unittest.TestCase):
         self.directory = support.TemporaryDirectory()
         self.partitions = support.sqlite_partitions(self.directory.path, count=3)
         self.partitions['gone'] = gone_partition()
-        self.store = support.open_store(self.partitions, self.sections)
+        # `gone` fails when first called, then is refused for the rest of the test.
+        self.store = support.open_store(self.partitions, self.sections, backoff=60)
         self.app = support.web_app(self.store)
 
     def tearDown(self):
@@ -261,13 +272,33 @@ class TestMetricsInProcess(InProcess):
         self.assertEqual(value(after, 'kvstore_hints_stored_total', partition='gone')
                          - value(before, 'kvstore_hints_stored_total', partition='gone'), 1)
         self.assertEqual(value(after, 'kvstore_hints_waiting', partition='gone'), 1)
-        self.assertEqual(value(after, 'kvstore_replica_calls_total', partition='gone', outcome='error')
-                         - value(before, 'kvstore_replica_calls_total', partition='gone', outcome='error'), 1)
+        calls = {outcome: value(after, 'kvstore_replica_calls_total', partition='gone', outcome=outcome)
+                 - value(before, 'kvstore_replica_calls_total', partition='gone', outcome=outcome)
+                 for outcome in ('ok', 'error', 'refused', 'timeout')}
+        # Failed when first called (by calls at once, maybe more than one), refused after.
+        self.assertEqual((calls['ok'], calls['timeout']), (0, 0))
+        self.assertGreater(calls['error'], 0)
+        self.assertGreater(calls['refused'], 0)
         self.assertEqual(value(after, 'kvstore_partition_up', partition='gone'), 0)
         self.assertEqual(value(after, 'kvstore_partition_up', partition='p1'), 1)
         idle = {dict(k)['partition'] for k, v in labelled(after, 'kvstore_pool_connections').items()
                 if dict(k)['state'] == 'idle' and v > 0}
         self.assertEqual(idle, {'p1', 'p2', 'p3'})
+
+    @unittest.skipUnless(importlib.util.find_spec('kvstore.reconciler.history'),
+                         'sync.py records its runs from the reconciler split (#15) on')
+    def test_the_last_run_of_each_sync_job_as_recorded_in_the_partitions(self):
+        from kvstore.reconciler.history import record_runs
+        from kvstore.reconciler.results import JobResult
+        finished = round(time.time() - 3600, 3)
+        record_runs(self.store, [JobResult('hints', {}, {}, False, 'delivered 0 hints'),
+                                 JobResult('repair', {}, {}, False, 'failed', error='p2 did not answer')], finished)
+        found = self.scrape()
+        self.assertEqual({dict(k)['job']: v for k, v in
+                          labelled(found, 'kvstore_sync_last_run_timestamp_seconds').items()},
+                         {'hints': finished, 'repair': finished})
+        self.assertEqual({dict(k)['job']: v for k, v in labelled(found, 'kvstore_sync_last_run_success').items()},
+                         {'hints': 1, 'repair': 0})
 
     def test_only_the_text_format_is_offered(self):
         response = self.app.get('/metrics', headers={'Accept': 'application/json'}, status=406)
