@@ -47,6 +47,7 @@ LATENCY = Histogram('kvstore_http_request_duration_seconds',
 REPLICA_CALLS = Counter('kvstore_replica_calls', 'Calls to partitions by how they ended: ok (answered), '
                         'error (failed), timeout (not waited for longer), refused (not made: the '
                         'partition is down in this front end\'s view)', ('partition', 'outcome'), registry=COUNTED)
+REPLICA_SERIES = {}   # (partition, outcome): REPLICA_CALLS' child
 HINTS_STORED = Counter('kvstore_hints_stored', 'Hints written on a fallback for a partition that missed a write',
                        ('partition',), registry=COUNTED)
 READ_REPAIRS = Counter('kvstore_read_repairs', 'Versions sent to an owner found stale by a read',
@@ -63,15 +64,23 @@ def replica_called(partition, method, error):
     counted when its answer is read (or not waited for: replica_timed_out)."""
     if error is None and method.startswith('send_'):
         return
-    REPLICA_CALLS.labels(partition, 'error' if isinstance(error, PartitionError) else 'ok').inc()
+    replica_call(partition, 'error' if isinstance(error, PartitionError) else 'ok')
 
 
 def replica_refused(partition):
-    REPLICA_CALLS.labels(partition, 'refused').inc()
+    replica_call(partition, 'refused')
 
 
 def replica_timed_out(partition):
-    REPLICA_CALLS.labels(partition, 'timeout').inc()
+    replica_call(partition, 'timeout')
+
+
+def replica_call(partition, outcome):
+    # Each (partition, outcome) looked up once: labels() costs as much as inc().
+    counter = REPLICA_SERIES.get((partition, outcome))
+    if counter is None:
+        counter = REPLICA_SERIES[partition, outcome] = REPLICA_CALLS.labels(partition, outcome)
+    counter.inc()
 
 
 def hint_stored(partition):
