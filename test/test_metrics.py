@@ -207,6 +207,15 @@ class TestMetricsOfTheRealServer(unittest.TestCase):
         counted.subtract(before)
         self.assertEqual({k: v for k, v in counted.items() if v}, dict(sent))
 
+    def test_sighup_s_new_workers_count_on_from_the_old_ones_counts(self):
+        self.served(self.traffic(support.unique(), keys=2))
+        old = set(self.server.worker_pids())
+        before = self.http_counts(self.scrape())
+        os.kill(self.server.process.pid, signal.SIGHUP)
+        self.assertTrue(support.wait_until(lambda: len(set(self.server.worker_pids()) - old) == self.WORKERS
+                                           and self.server.apps_loaded() >= 2 * self.WORKERS, 30), self.server.log())
+        self.assertEqual(self.http_counts(self.scrape()), before)
+
 
 # -- in one process (no uWSGI), through WebTest ----------------------------------------
 
