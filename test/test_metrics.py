@@ -296,6 +296,20 @@ class TestMetricsInProcess(InProcess):
                 if dict(k)['state'] == 'idle' and v > 0}
         self.assertEqual(idle, {'p1', 'p2', 'p3'})
 
+    def test_a_read_is_one_call_to_each_replica_read(self):
+        bucket = support.unique()
+        key = next('k%d' % i for i in range(1000) if 'gone' not in self.store.placement(bucket, 'k%d' % i)[0])
+        owners = self.store.placement(bucket, key)[0]
+        path = '/buckets/%s/keys/%s' % (bucket, key)
+        self.app.put(path + '?w=all', b'v', headers={'Content-Type': 'text/plain'})
+        self.app.get(path)   # the bucket's properties are read once, then cached
+        first, second = self.scrape(), self.scrape()
+        scrape_cost = replica_calls_between(first, second)
+        self.app.get(path + '?r=3')   # sent to the three owners at once, then each answer read
+        calls = replica_calls_between(second, self.scrape())
+        self.assertEqual({p: (ok - scrape_cost[p][0], other - scrape_cost[p][1]) for p, (ok, other) in calls.items()},
+                         {p: (1 if p in owners else 0, 0) for p in self.partitions})
+
     @unittest.skipUnless(importlib.util.find_spec('kvstore.reconciler.history'),
                          'sync.py records its runs from the reconciler split (#15) on')
     def test_the_last_run_of_each_sync_job_as_recorded_in_the_partitions(self):
