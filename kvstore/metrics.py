@@ -45,7 +45,7 @@ LATENCY = Histogram('kvstore_http_request_duration_seconds',
                     'Seconds from a request\'s arrival to its response\'s status and headers',
                     ('route', 'method'), buckets=LATENCY_BUCKETS, registry=COUNTED)
 REPLICA_CALLS = Counter('kvstore_replica_calls', 'Calls to partitions by how they ended: ok (answered), '
-                        'error (failed), timeout (not waited for longer), refused (not made: the '
+                        'error (failed), timeout (timed out, or not waited for longer), refused (not made: the '
                         'partition is down in this front end\'s view)', ('partition', 'outcome'), registry=COUNTED)
 REPLICA_SERIES = {}   # (partition, outcome): REPLICA_CALLS' child
 HINTS_STORED = Counter('kvstore_hints_stored', 'Hints written on a fallback for a partition that missed a write',
@@ -60,11 +60,18 @@ SIBLINGS_SERVED = Counter('kvstore_siblings_served', 'Responses of 300 Multiple 
 
 def replica_called(partition, method, error):
     """A call to a partition ended, with error (the exception, or None).  Only
-    a PartitionError is the partition failing; sending a query is half a call,
-    counted when its answer is read (or not waited for: replica_timed_out)."""
+    a PartitionError is the partition failing: a timeout when a socket's
+    timeout caused it (connect_timeout, read_timeout).  Sending a query is
+    half a call, counted when its answer is read (or not waited for:
+    replica_timed_out)."""
     if error is None and method.startswith('send_'):
         return
-    replica_call(partition, 'error' if isinstance(error, PartitionError) else 'ok')
+    if not isinstance(error, PartitionError):
+        replica_call(partition, 'ok')
+        return
+    while error is not None and not isinstance(error, TimeoutError):
+        error = error.__context__   # what the engine's error was raised in
+    replica_call(partition, 'error' if error is None else 'timeout')
 
 
 def replica_refused(partition):

@@ -19,6 +19,7 @@ import unittest
 from prometheus_client.parser import text_string_to_metric_families
 
 from test import support
+from test.mariadb import shared_cluster
 from test.server import StoreServer, pid_alive
 
 PROMETHEUS_ACCEPT = ('application/openmetrics-text;version=1.0.0;q=0.6,text/plain;version=0.0.4;q=0.3,'
@@ -330,6 +331,36 @@ class TestMetricsInProcess(InProcess):
         self.assertEqual(response.json['code'], 'not_acceptable')
         self.assertIn('kvstore_http_requests_total', self.app.get('/metrics').text)
         self.assertEqual(self.app.head('/metrics').body, b'')
+
+
+class TestAnAnswerNotWaitedFor(unittest.TestCase):
+    """A MariaDB partition that hangs (SIGSTOP) with a read sent to it: the
+    read waits read_timeout for its answer, then counts a timeout."""
+
+    def setUp(self):
+        self.cluster = shared_cluster()
+        self.store = support.open_store(support.mariadb_partitions(self.cluster), read_timeout=1.0, backoff=60)
+        self.app = support.web_app(self.store)
+        self.addCleanup(self.store.close)
+
+    def test_a_read_of_a_hung_partition_counts_a_timeout(self):
+        bucket = support.unique()
+        key = next('k%d' % i for i in range(1000) if 'p4' in self.store.placement(bucket, 'k%d' % i)[0])
+        path = '/buckets/%s/keys/%s' % (bucket, key)
+        self.app.put(path + '?w=all', b'v', headers={'Content-Type': 'text/plain'})
+        self.app.get(path)   # the bucket's properties cached, and a connection to p4 kept
+        first, second = (samples(self.app.get('/metrics').text) for _ in range(2))
+        self.cluster.servers[3].pause()
+        try:
+            self.app.get(path + '?r=3')
+        finally:
+            self.cluster.servers[3].resume()
+        after = samples(self.app.get('/metrics').text)
+        self.assertEqual([value(after, 'kvstore_replica_calls_total', partition='p4', outcome=outcome)
+                          - 2 * value(second, 'kvstore_replica_calls_total', partition='p4', outcome=outcome)
+                          + value(first, 'kvstore_replica_calls_total', partition='p4', outcome=outcome)
+                          for outcome in ('timeout', 'ok', 'error', 'refused')], [1, 0, 0, 0],
+                         'the read\'s calls, less those of the scrape before it (as many as the one before that)')
 
 
 def token_section(token, roles):
