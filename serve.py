@@ -6,7 +6,9 @@ master.  uWSGI's HTTP router (a C event loop) holds the client connections,
 kept alive, on BIND and passes each request to whichever of WORKERS worker
 processes, THREADS threads each, is free.  Each worker loads the application
 itself (lazy-apps), so that its connection pools and gossip thread are its
-own.  bench/results/stack.md has the numbers behind the choice of uWSGI.
+own.  Each counts for GET /metrics in files of its own under the run
+directory, which a scrape adds up (kvstore/metrics.py).  bench/results/stack.md
+has the numbers behind the choice of uWSGI.
 
 Environment: BIND (127.0.0.1:8080), WORKERS (4), THREADS (4), STORE_CONFIG,
 RUN_AS (started as root: the user to run as, or root to stay root; required),
