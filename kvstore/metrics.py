@@ -20,14 +20,13 @@ import re
 from time import perf_counter
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from kvstore.coordinator.health import UP
 from kvstore.engines import PartitionError
 
-CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4   # the text format every Prometheus reads
+CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8'   # generate_latest's: every Prometheus reads it
 SCRAPE_TIMEOUT = 1.0                 # seconds a scrape waits for the partitions' answers
 # Methods counted by name; any other a client sends is counted as 'other'.
 METHODS = ('GET', 'HEAD', 'PUT', 'POST', 'DELETE', 'OPTIONS', 'PATCH')
