@@ -20,7 +20,7 @@ import uuid
 import web
 
 from datastore import MAX_LIST_LIMIT, Datastore
-from kvstore import configuration
+from kvstore import configuration, metrics
 from kvstore.coordinator import gossip
 from kvstore.coordinator.integrity import expected_digests
 from kvstore.coordinator.versions import decode_token, encode_context, encode_token
@@ -50,6 +50,7 @@ urls = (
     '/cluster', 'Cluster',
     '/cluster/gossip', 'ClusterGossip',
     '/health', 'Health',
+    '/metrics', 'Metrics',
     '/ready', 'Ready',
     '/', 'Index',
 )
@@ -75,6 +76,7 @@ class Index:
                 {'method': m, 'path': p, 'does': d} for m, p, d in (
                     ('GET', '/cluster', 'partition health, hints waiting, gossip'),
                     ('GET', '/health', 'this front end answers: 200'),
+                    ('GET', '/metrics', 'counts and gauges for Prometheus (text format)'),
                     ('GET', '/ready', 'enough partitions answer for the default quorums: 200, else 503'),
                     ('GET', '/buckets', 'list buckets'),
                     ('PUT', '/buckets/{bucket}', 'create a bucket or set its properties'),
@@ -110,6 +112,18 @@ class Ready:
         ready, partitions = store().readiness()
         return respond('ready', {'ready': ready, 'partitions': partitions},
                        '200 OK' if ready else '503 Service Unavailable', {'Retry-After': '1'} if not ready else None)
+
+
+class Metrics:
+    """For Prometheus: counts and gauges in its text format (kvstore/metrics.py)."""
+
+    def GET(self):
+        if not accepts_stored_type(metrics.CONTENT_TYPE):
+            raise NotAcceptable('metrics are %s only' % metrics.CONTENT_TYPE)
+        body, content_type = metrics.exposition(store())
+        web.header('Content-Type', content_type)
+        web.header('Content-Length', str(len(body)))
+        return body
 
 
 class ClusterGossip:
@@ -360,7 +374,7 @@ def create_application(datastore=None):
     app.add_processor(attach_store)
     app.add_processor(admit)
     datastore.gossip.start()
-    handler = app.wsgifunc()
+    handler = metrics.instrumented(app.wsgifunc(), policy.route)
 
     def wsgi(environ, start_response):
         framing.answer_in_http11(environ)

@@ -185,6 +185,7 @@ class TestTokens(SQLiteApp):
             ('GET', '/', b'', 'any', None),
             ('GET', '/buckets', b'', 'any', None),
             ('GET', '/cluster', b'', 'admin', 'elsewhere'),
+            ('GET', '/metrics', b'', 'admin', 'elsewhere'),
             ('GET', '/buckets/%s' % b, b'', 'read', 'elsewhere'),
             ('PUT', '/buckets/%s' % b, props, 'admin', 'writer'),
             ('GET', '/buckets/%s/keys' % b, b'', 'read', 'elsewhere'),

@@ -54,6 +54,7 @@ ROUTE_ROLES = {
     'Health': {'GET': PUBLIC},
     'Ready': {'GET': PUBLIC},
     'Cluster': {'GET': ADMIN},
+    'Metrics': {'GET': ADMIN},
     'ClusterGossip': {'POST': SIGNED},
     'Buckets': {'GET': ANY},
     'Bucket': {'GET': READ, 'PUT': ADMIN, 'DELETE': ADMIN},

@@ -6,6 +6,7 @@ import uuid
 
 import web
 
+from kvstore import metrics
 from kvstore.coordinator.versions import encode_context
 from kvstore.errors import RangeNotSatisfiable
 from kvstore.http import ranges
@@ -117,6 +118,7 @@ def byteranges_response(version, wanted):
 def siblings_response(bucket, key, read):
     """300 Multiple Choices: concurrent versions the client must resolve, as a
     document, or as multipart/mixed with each sibling's raw value when asked."""
+    metrics.siblings_served()
     caching_headers(bucket, read.current)
     if prefers(MULTIPART):
         web.header('Vary', 'Accept')
