@@ -5,14 +5,16 @@ PYTHON ?= python3
 VENV := .venv
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: all test mariadb browser nginx run clean venv
+.PHONY: all test mariadb browser nginx wrk run clean venv
 
 all: test
 
 venv: $(VENV_STAMP)
 
-$(VENV_STAMP): requirements.txt requirements-dev.txt
-	$(PYTHON) -m venv $(VENV) && $(VENV)/bin/pip install -q -r requirements-dev.txt
+# pip install -e . puts the kv command (pyproject.toml) in $(VENV)/bin.
+$(VENV_STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV) && $(VENV)/bin/pip install -q -r requirements-dev.txt \
+		&& $(VENV)/bin/pip install -q -e .
 	touch $@
 
 # The tests start private mariadbd servers of their own; they only need the
@@ -53,7 +55,11 @@ browser:
 nginx:
 	$(call optional_tool,nginx,nginx-light)
 
-test: mariadb browser nginx $(VENV_STAMP)
+# test_bench runs the benchmark's command for a second (it drives wrk).
+wrk:
+	$(call optional_tool,wrk,wrk)
+
+test: mariadb browser nginx wrk $(VENV_STAMP)
 	WEBPY_ENV=test $(VENV)/bin/nosetests -v --with-xunit --xunit-file=.test-results.xml test/
 
 # As root, serve.py needs RUN_AS (the user to drop to); `make run` keeps root

@@ -19,7 +19,7 @@ import uuid
 import web
 
 from datastore import MAX_LIST_LIMIT, Datastore
-from kvstore import configuration
+from kvstore import configuration, metrics
 from kvstore.coordinator import gossip, status
 from kvstore.coordinator.paging import page_before
 from kvstore.coordinator.integrity import expected_digests
@@ -27,12 +27,14 @@ from kvstore.coordinator.versions import decode_token, encode_context, encode_to
 from kvstore.errors import AlreadyExists, BadRequest, Forbidden, NotAcceptable, NotFound, StoreError, Unavailable
 from kvstore.http import access, framing
 from kvstore.http.application import Application, ClosingResponse, finish_response
-from kvstore.http.caching import bucket_etag, caching_headers, last_modified
+from kvstore.http.caching import (bucket_etag, caching_headers, last_modified, not_modified, record_etag,
+                                  repr_digest)
 from kvstore.http.links import bucket_path, key_path, listing_path
 from kvstore.http.metadata import request_metadata
-from kvstore.http.negotiation import accepts_stored_type, document_format, error_response, respond
+from kvstore.http.negotiation import accepts_stored_type, document_type, error_response, respond
 from kvstore.http.preconditions import NOT_MODIFIED, Preconditions
-from kvstore.http.request import (body_may_be_large, is_form, parse_json, query, refuse_partial_body, request_context,
+from kvstore.http.request import (body_may_be_large, is_form, parse_json, query, query_flag, refuse_partial_body,
+                                  request_context,
                                   request_document, request_quorums, request_value, store)
 from kvstore.http.values import context_header, receipt_document, siblings_response, value_document, value_response
 
@@ -49,6 +51,7 @@ urls = (
     '/cluster/locate', 'ClusterLocate',
     '/cluster/gossip', 'ClusterGossip',
     '/health', 'Health',
+    '/metrics', 'Metrics',
     '/ready', 'Ready',
     '/', 'Index',
 )
@@ -76,6 +79,7 @@ class Index:
                     ('GET', '/cluster/locate?bucket={bucket}&key={key}', 'where a key lives and what each '
                      'partition holds of it'),
                     ('GET', '/health', 'this front end answers: 200'),
+                    ('GET', '/metrics', 'counts and gauges for Prometheus (text format)'),
                     ('GET', '/ready', 'enough partitions answer for the default quorums: 200, else 503'),
                     ('GET', '/buckets', 'list buckets'),
                     ('PUT', '/buckets/{bucket}', 'create a bucket or set its properties'),
@@ -127,6 +131,18 @@ class Ready:
                        '200 OK' if ready else '503 Service Unavailable', {'Retry-After': '1'} if not ready else None)
 
 
+class Metrics:
+    """For Prometheus: counts and gauges in its text format (kvstore/metrics.py)."""
+
+    def GET(self):
+        if not accepts_stored_type(metrics.CONTENT_TYPE):
+            raise NotAcceptable('metrics are %s only' % metrics.CONTENT_TYPE)
+        body, content_type = metrics.exposition(store())
+        web.header('Content-Type', content_type)
+        web.header('Content-Length', str(len(body)))
+        return body
+
+
 class ClusterGossip:
     """Front ends exchange partition health here (gossip.py), signed both ways."""
 
@@ -158,10 +174,16 @@ class Bucket:
         props = store().bucket_properties(bucket)
         if props is None:
             raise NotFound('no bucket %r' % bucket)
-        web.header('ETag', bucket_etag(props))
-        return respond('bucket', {'bucket': bucket, 'properties': props,
-                                  'key_count': store().count_keys(bucket),
-                                  'keys': listing_path(bucket)})
+        doc = {'bucket': bucket, 'properties': props, 'keys': listing_path(bucket)}
+        if query_flag('count'):
+            # The count changes with every write of a key: this answer has no validator.
+            doc['key_count'] = store().count_keys(bucket)
+            return respond('bucket', doc)
+        etag = bucket_etag(props)
+        web.header('ETag', etag)
+        if Preconditions.from_environ(web.ctx.env).evaluate_validators([etag], None, safe=True) == NOT_MODIFIED:
+            return not_modified()
+        return respond('bucket', doc)
 
     def PUT(self, bucket):
         refuse_partial_body()
@@ -176,7 +198,7 @@ class Bucket:
                        '201 Created' if created else '200 OK', headers)
 
     def DELETE(self, bucket):
-        force = (query('force') or '').lower() in ('true', '1', 'yes')
+        force = query_flag('force')
         self.check_preconditions(bucket)
         store().delete_bucket(bucket, force=force)
         return respond('bucket', {'bucket': bucket, 'deleted': True})
@@ -260,7 +282,7 @@ class Keys:
 
 class Key:
     def GET(self, bucket, key):
-        record = self.record_asked()
+        as_record = self.record_asked()
         read = store().get(bucket, key, *request_quorums('r', 'pr'))
         current = read.current
         if not current:
@@ -269,22 +291,28 @@ class Key:
             web.header('X-Context', encode_context(read.context, bucket, key))
             return siblings_response(bucket, key, read)
         version = current[0]
-        raw = not record and accepts_stored_type(version.content_type)
-        if not raw and document_format() is None:
+        raw = not as_record and accepts_stored_type(version.content_type)
+        record = None if raw else document_type()
+        if not raw and record is None:
             raise NotAcceptable('the value is %s, and no document type is acceptable either'
                                 % version.content_type)
         web.header('X-Context', encode_context(read.context, bucket, key))
-        web.header('ETag', version.etag)
+        if raw:   # each representation has its own ETag; the raw bytes also their digest
+            etag_of = None
+            web.header('ETag', version.etag)
+            web.header('Repr-Digest', repr_digest(version))
+        else:
+            def etag_of(v):
+                return record_etag(v, record)
+            web.header('ETag', etag_of(version))
         web.header('Last-Modified', last_modified(version))
         caching_headers(bucket, current)
-        if Preconditions.from_environ(web.ctx.env).evaluate(current, safe=True) == NOT_MODIFIED:
-            web.header('Vary', 'Accept')
+        if Preconditions.from_environ(web.ctx.env).evaluate(current, safe=True, etag_of=etag_of) == NOT_MODIFIED:
             if raw:
                 # RFC 9110 8.6: the length a 200 would have had.  Without a length
                 # uWSGI's router cannot keep the connection alive.
                 web.header('Content-Length', str(version.size))
-            web.ctx.status = '304 Not Modified'
-            return b''
+            return not_modified()
         if raw:
             web.header('Vary', 'Accept')  # a document gets it from the negotiation
             return value_response(bucket, version)
@@ -381,9 +409,10 @@ def create_application(datastore=None):
     app.add_processor(attach_store)
     app.add_processor(admit)
     datastore.gossip.start()
-    handler = app.wsgifunc()
+    handler = metrics.instrumented(app.wsgifunc(), policy.route)
 
     def wsgi(environ, start_response):
+        framing.answer_in_http11(environ)
         restore = framing.reset_if_worker_dies(environ)
         try:
             response = handler(environ, start_response)

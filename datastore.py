@@ -33,6 +33,7 @@ import uuid
 import threading
 
 from kvstore import configuration
+from kvstore import metrics
 from kvstore.engines import BAD_DATA, FULL, PartitionError, open_engine
 from kvstore.errors import (BadRequest, BucketNotEmpty, CorruptData, InsufficientStorage, NotFound, TooLarge,
                     TooManySiblings, Unavailable)
@@ -189,6 +190,7 @@ class Datastore:
     def call(self, name, method, *args):
         """engine.method(*args) on one partition, through the failure detector."""
         if not self.health.available(name):
+            metrics.replica_refused(name)
             raise PartitionError(name, 'down')
         try:
             return getattr(self.engines[name], method)(*args)
@@ -198,6 +200,7 @@ class Datastore:
                 self.health.failed(e.partition, e.reason)
             raise
         finally:
+            metrics.replica_called(name, method, sys.exc_info()[1])
             # Anything but a PartitionError (a refused precondition, say) means
             # the partition answered: that too ends a probe.
             if sys.exc_info()[0] is not PartitionError and self.health.succeeded(name):
@@ -322,6 +325,7 @@ class Datastore:
                     answered = list(sent) if len(sent) == 1 else self._answered(sent, deadline)
                     if not answered:
                         for p in sent:
+                            metrics.replica_timed_out(p)
                             self.health.failed(p, 'timed out')
                             failures[p] = 'timed out'
                         break
@@ -366,6 +370,7 @@ class Datastore:
         for name, held in replies.items():
             for version in versions:
                 if reconcile(held, version)[1]:
+                    metrics.read_repair_sent()
                     self.executor.submit(self._apply_quietly, name, bucket, key, version)
 
     def _apply_quietly(self, name, bucket, key, version):
@@ -558,6 +563,7 @@ class Datastore:
                     self.call(fallback, 'store_hint', owner, bucket, key, version)
                 except PartitionError:
                     continue
+                metrics.hint_stored(owner)
                 if not self.health.is_down(owner):
                     # The owner is up (a lock conflict, a full table): no recovery
                     # will start the hand-off, so start it now.

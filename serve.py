@@ -6,7 +6,9 @@ master.  uWSGI's HTTP router (a C event loop) holds the client connections,
 kept alive, on BIND and passes each request to whichever of WORKERS worker
 processes, THREADS threads each, is free.  Each worker loads the application
 itself (lazy-apps), so that its connection pools and gossip thread are its
-own.  bench/results/stack.md has the numbers behind the choice of uWSGI.
+own.  Each counts for GET /metrics in files of its own under the run
+directory, which a scrape adds up (kvstore/metrics.py).  bench/results/stack.md
+has the numbers behind the choice of uWSGI.
 
 Environment: BIND (127.0.0.1:8080), WORKERS (4), THREADS (4), STORE_CONFIG,
 RUN_AS (started as root: the user to run as, or root to stay root; required),
@@ -26,6 +28,8 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 STORE_APPLICATION = 'serve:store_application()'
 PR_SET_PDEATHSIG = 1
+METRICS_DIRECTORY = 'metrics'                    # in the run directory
+METRICS_VARIABLE = 'PROMETHEUS_MULTIPROC_DIR'    # prometheus_client's
 
 
 def store_application():
@@ -92,7 +96,8 @@ def uwsgi_options(run_directory, environ=os.environ, app=STORE_APPLICATION):
         # The master binds BIND as root, then every process drops to the user,
         # which the router connects to the workers' socket as.
         entry = pwd.getpwnam(user)
-        os.chown(run_directory, entry.pw_uid, entry.pw_gid)
+        for path in (run_directory, os.path.join(run_directory, METRICS_DIRECTORY)):
+            os.chown(path, entry.pw_uid, entry.pw_gid)
         options += ['--uid', str(entry.pw_uid), '--gid', str(entry.pw_gid), '--chown-socket', user]
     return options
 
@@ -133,7 +138,19 @@ def main(argv):
     # The workers, forked from this process, log through this configuration.
     logging.basicConfig(level=logging.INFO, format='%(asctime)s [%(process)d] %(name)s %(levelname)s %(message)s')
     import pyuwsgi
-    pyuwsgi.run(uwsgi_options(run_directory(), app=app))
+    run = run_directory()
+    count_in(os.path.join(run, METRICS_DIRECTORY))
+    pyuwsgi.run(uwsgi_options(run, app=app))
+
+
+def count_in(directory):
+    """Where the workers count (kvstore/metrics.py): each its own files, read
+    together by GET /metrics.  A fresh server starts from none; SIGHUP's
+    reload (this process again, its environment kept) keeps the counts."""
+    if os.environ.get(METRICS_VARIABLE) != directory:
+        shutil.rmtree(directory, ignore_errors=True)
+        os.environ[METRICS_VARIABLE] = directory
+    os.makedirs(directory, 0o700, exist_ok=True)
 
 
 def run_directory():

@@ -113,7 +113,7 @@ class StoreServer:
     def answers(self):
         conn = self.connect()
         try:
-            conn.request('GET', '/')
+            conn.request('GET', '/health')   # needs no token, where tokens are configured
             return conn.getresponse().status == 200
         except OSError:
             return False

@@ -147,9 +147,8 @@ class OnMariaDB:
 def read_head(sock, data=b''):
     """(status, {lowercase field: value}, bytes after the head) of the next
     response head on a raw socket, after the bytes already read (data); None
-    when the connection ends (or is reset) first.  The status is found after
-    the first space: uWSGI starts its status line with the request's protocol,
-    whatever it was."""
+    when the connection ends (or is reset) first.  The status line must be
+    RFC 9112's: HTTP-version SP status-code SP reason."""
     while b'\r\n\r\n' not in data:
         try:
             more = sock.recv(65536)
@@ -164,7 +163,9 @@ def read_head(sock, data=b''):
     for line in lines[1:]:
         name, _, value = line.partition(':')
         fields[name.strip().lower()] = value.strip()
-    return int(re.search(r' (\d{3})( |$)', lines[0]).group(1)), fields, rest
+    status_line = re.fullmatch(r'HTTP/1\.[01] (\d{3}) [^\x00-\x08\x0a-\x1f\x7f]*', lines[0])
+    assert status_line, 'not a status line: %r' % lines[0]
+    return int(status_line.group(1)), fields, rest
 
 
 def read_body(sock, fields, rest):

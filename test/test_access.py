@@ -186,6 +186,7 @@ class TestTokens(SQLiteApp):
             ('GET', '/buckets', b'', 'any', None),
             ('GET', '/cluster', b'', 'admin', 'elsewhere'),
             ('GET', '/cluster/locate?bucket=%s&key=k' % b, b'', 'read', 'elsewhere'),
+            ('GET', '/metrics', b'', 'admin', 'elsewhere'),
             ('GET', '/buckets/%s' % b, b'', 'read', 'elsewhere'),
             ('PUT', '/buckets/%s' % b, props, 'admin', 'writer'),
             ('GET', '/buckets/%s/keys' % b, b'', 'read', 'elsewhere'),

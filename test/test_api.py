@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import datetime
 import email.utils
+import hashlib
 import json
 import random
 import threading
@@ -405,6 +406,21 @@ class ApiSpecification(support.StoreSpecification):
         self.app.delete(url, headers={'If-Match': changed.headers['ETag']}, status=200)
         self.app.get(url, status=404)
 
+    def test_a_bucket_revalidates_and_its_count_has_no_validator(self):
+        """RFC 9110 8.8.3: a strong ETag changes whenever the representation
+        does; the bucket document is its properties, the count is asked for."""
+        url = '/buckets/%s-rev' % self.bucket
+        etag = self.app.put(url, b'{"conflicts": "lww"}', status=201).headers['ETag']
+        self.assertEqual(self.app.get(url, headers={'If-None-Match': etag}, status=304).body, b'')
+        before = self.app.get(url)
+        self.app.put(url + '/keys/k', b'v', headers={'Content-Type': 'text/plain'})
+        self.assertEqual(self.app.get(url).body, before.body)
+        counted = self.app.get(url + '?count=true')
+        self.assertEqual(counted.json['key_count'], 1)
+        self.assertNotIn('ETag', counted.headers)
+        self.app.put(url, b'{"conflicts": "siblings"}', status=200)
+        self.app.get(url, headers={'If-None-Match': etag}, status=200)
+
     def test_conditional_get(self):
         etag = self.put('g', b'v').headers['ETag']
         not_modified = self.get('g', headers={'If-None-Match': etag}, status=304)
@@ -428,14 +444,51 @@ class ApiSpecification(support.StoreSpecification):
             header = when.strftime('%a %b {day} %H:%M:%S %Y'.replace('{day}', '%2d' % when.day))
             self.get('dated', headers={'If-Unmodified-Since': header}, status=200 if status == 304 else 412)
 
+    # -- one ETag per representation -------------------------------------------------
+
+    def test_each_representation_has_its_own_etag_and_the_raw_value_its_digest(self):
+        """RFC 9110 8.8.3: the raw bytes and each record about them are different
+        representations; the validator of one never revalidates another."""
+        self.put('r', b'some bytes', 'application/x-thing')
+        etags = {accept: self.get('r', headers={'Accept': accept}).headers['ETag']
+                 for accept in ['*/*'] + DOCUMENT_TYPES}
+        self.assertEqual(len(set(etags.values())), len(etags), etags)
+        for accept in DOCUMENT_TYPES:
+            served = self.get('r', headers={'Accept': accept}).headers['Content-Type'].split(';')[0]
+            self.assertTrue(etags[accept].endswith(':%s"' % served), (etags[accept], served))
+        self.assertEqual(self.get('r').headers['Repr-Digest'],
+                         'sha-256=:%s:' % base64.b64encode(hashlib.sha256(b'some bytes').digest()).decode())
+        for accept in DOCUMENT_TYPES:
+            self.get('r', headers={'Accept': accept, 'If-None-Match': etags['*/*']}, status=200)
+            self.get('r', headers={'Accept': '*/*', 'If-None-Match': etags[accept]}, status=200)
+            self.get('r', headers={'Accept': accept, 'If-None-Match': etags[accept]}, status=304)
+
+    def test_rewriting_the_same_bytes_with_new_metadata_changes_every_etag(self):
+        """A cache that revalidates after such a write gets the new type and metadata, not a 304."""
+        raw = self.put('m', b'bytes', 'application/x-thing').headers['ETag']
+        record = self.get('m', headers={'Accept': 'application/json'}).headers['ETag']
+        self.assertNotEqual(self.put('m', b'bytes', 'application/x-other', headers={'X-Meta-Owner': 'b'}).headers['ETag'],
+                            raw)
+        self.assertEqual(self.get('m', headers={'If-None-Match': raw}).headers['Content-Type'], 'application/x-other')
+        self.assertIn('meta', self.get('m', headers={'Accept': 'application/json', 'If-None-Match': record}).json)
+
+    def test_an_if_match_never_matches_a_later_write_of_the_same_bytes(self):
+        """Compare-and-swap without ABA: A, B, then A again is a new version."""
+        first = self.put('aba', b'A').headers['ETag']
+        self.put('aba', b'B')
+        self.put('aba', b'A')
+        self.put('aba', b'C', headers={'If-Match': first}, status=412)
+        self.assertEqual(self.get('aba').body, b'A')
+
     # -- what a value keeps besides its bytes ----------------------------------------
 
     def test_cache_control_and_expires_go_with_records_siblings_and_304s(self):
         """RFC 9110 15.4.5: a 304 carries the Cache-Control and Expires a 200 would."""
         expires = 'Thu, 01 Jan 2037 00:00:00 GMT'
-        etag = self.put('c', b'secret', 'application/x-thing',
-                        headers={'Cache-Control': 'private, no-store', 'Expires': expires}).headers['ETag']
+        self.put('c', b'secret', 'application/x-thing',
+                 headers={'Cache-Control': 'private, no-store', 'Expires': expires})
         for accept in ['*/*'] + DOCUMENT_TYPES:
+            etag = self.get('c', headers={'Accept': accept}).headers['ETag']
             for conditions, status in (({}, 200), ({'If-None-Match': etag}, 304)):
                 got = self.get('c', headers=dict(conditions, Accept=accept), status=status)
                 self.assertEqual((got.headers.get('Cache-Control'), got.headers.get('Expires')),
@@ -444,7 +497,8 @@ class ApiSpecification(support.StoreSpecification):
         self.assertEqual((record['cache_control'], record['expires']), ('private, no-store', expires))
         # Without its own, a value's record and 304 take the bucket's.
         self.app.put('/buckets/' + self.bucket, '{"cache_control": "max-age=5"}')
-        etag = self.put('plain', b'x', 'application/x-thing').headers['ETag']
+        self.put('plain', b'x', 'application/x-thing')
+        etag = self.get('plain', headers={'Accept': 'application/json'}).headers['ETag']
         for conditions, status in (({}, 200), ({'If-None-Match': etag}, 304)):
             got = self.get('plain', headers=dict(conditions, Accept='application/json'), status=status)
             self.assertEqual(got.headers['Cache-Control'], 'max-age=5')
@@ -547,7 +601,7 @@ class ApiSpecification(support.StoreSpecification):
         self.assertEqual(self.app.put('/buckets/' + self.bucket).status_int, 201)
         self.assertEqual(self.app.put('/buckets/' + self.bucket).status_int, 200)
         self.assertIn(self.bucket, self.app.get('/buckets').json['buckets'])
-        info = self.app.get('/buckets/' + self.bucket).json
+        info = self.app.get('/buckets/' + self.bucket + '?count=true').json
         self.assertEqual((info['key_count'], info['properties']['conflicts']), (0, 'siblings'))
         self.assertEqual(self.app.delete('/buckets/' + self.bucket).status_int, 200)
         self.assertError(self.app.get('/buckets/' + self.bucket, status=404), 404, 'not_found')
@@ -557,7 +611,7 @@ class ApiSpecification(support.StoreSpecification):
         self.put('k1')
         self.put('k2')
         self.assertIn(self.bucket, self.app.get('/buckets').json['buckets'])
-        self.assertEqual(self.app.get('/buckets/' + self.bucket).json['key_count'], 2)
+        self.assertEqual(self.app.get('/buckets/' + self.bucket + '?count=true').json['key_count'], 2)
 
     def test_deleting_a_bucket_that_holds_keys_needs_force(self):
         self.put('k')

@@ -46,7 +46,7 @@ class BlobSpecification(support.StoreSpecification):
         for size in (0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 5):
             body = pattern(size, size)
             receipt = self.put(body, key='k%d' % size)
-            self.assertEqual(receipt.headers['ETag'], '"%s"' % hashlib.sha256(body).hexdigest())
+            self.assertEqual(receipt.json['sha256'], hashlib.sha256(body).hexdigest())
             got = self.app.get(self.url('k%d' % size))
             self.assertEqual(got.headers['Content-Length'], str(size))
             self.assertEqual(got.body, body, size)
@@ -149,6 +149,8 @@ class BlobSpecification(support.StoreSpecification):
         bad = self.put(body + b'!', headers={'Content-MD5': md5}, status=400)
         self.assertEqual(bad.json['code'], 'digest_mismatch')
         bad = self.put(b'tiny', key='small', headers={'Digest': 'SHA-256=%s' % sha}, status=400)
+        self.assertEqual(bad.json['code'], 'digest_mismatch')
+        bad = self.put(b'tiny', key='small', headers={'Repr-Digest': 'sha-256=:%s:' % sha}, status=400)
         self.assertEqual(bad.json['code'], 'digest_mismatch')
         self.app.get(self.url('small'), status=404)
         self.assertEqual(self.app.get(self.url()).body, body)

@@ -6,6 +6,8 @@ and a download cut off and resumed with `Range` and `If-Range`.
 Every value is checked whole: the PUT's ETag is the SHA-256 of the bytes sent,
 and a streamed GET hashes to the same.
 """
+import asyncio
+import base64
 import hashlib
 import http.client
 import json
@@ -18,6 +20,8 @@ import tempfile
 import unittest
 import uuid
 
+import aiohttp
+import httpx
 import requests
 
 from test.server import StoreServer
@@ -42,8 +46,9 @@ def key_path(name):
     return '/buckets/%s/keys/%s-%s' % (BUCKET, name, uuid.uuid4().hex[:8])
 
 
-def etag_of(data):
-    return '"%s"' % hashlib.sha256(data).hexdigest()
+def repr_digest_of(data):
+    """RFC 9530 Repr-Digest of data, as the store sends it with a raw value."""
+    return 'sha-256=:%s:' % base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
 def pieces(total, size):
@@ -74,12 +79,12 @@ class TestClients(unittest.TestCase):
         return path
 
     def assert_stored(self, path, data, response_etag):
-        """The write's ETag names data, and a streamed GET gives back exactly data."""
-        self.assertEqual(response_etag, etag_of(data))
+        """The write's ETag names the version a streamed GET gives back, exactly data."""
         digest, length = hashlib.sha256(), 0
         with requests.get(self.url + path, stream=True, timeout=TIMEOUT) as got:
             self.assertEqual(got.status_code, 200, got.content[:500])
-            self.assertEqual(got.headers['ETag'], etag_of(data))
+            self.assertEqual(got.headers['ETag'], response_etag)
+            self.assertEqual(got.headers['Repr-Digest'], repr_digest_of(data))
             for piece in got.iter_content(MiB):
                 digest.update(piece)
                 length += len(piece)
@@ -108,6 +113,36 @@ class TestClients(unittest.TestCase):
         self.assertEqual(response.status_code, 201, response.content[:500])
         self.assertEqual(response.request.headers.get('Content-Length'), str(len(data)))
         self.assert_stored(path, data, response.headers.get('ETag'))
+
+    # -- httpx and aiohttp -------------------------------------------------------
+
+    def test_httpx_streams_a_generator_and_downloads_streaming(self):
+        parts = pieces(3 * MiB + 5, MiB + 1)
+        path = key_path('httpx')
+        with httpx.Client(timeout=TIMEOUT) as client:
+            response = client.put(self.url + path, content=(p for p in parts),
+                                  headers={'Content-Type': 'application/octet-stream'})
+            self.assertEqual(response.status_code, 201, response.content[:500])
+            self.assertEqual(response.request.headers.get('Transfer-Encoding'), 'chunked')
+            with client.stream('GET', self.url + path) as got:
+                self.assertEqual(b''.join(got.iter_bytes()), b''.join(parts))
+        self.assert_stored(path, b''.join(parts), response.headers.get('ETag'))
+
+    def test_aiohttp_streams_an_async_generator(self):
+        parts = pieces(3 * MiB + 5, 2 * MiB)
+        path = key_path('aiohttp')
+
+        async def upload():
+            async def body():
+                for part in parts:
+                    yield part
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as session:
+                async with session.put(self.url + path, data=body(),
+                                       headers={'Content-Type': 'application/octet-stream'}) as response:
+                    return response.status, response.headers.get('ETag'), await response.read()
+        status, etag, answer = asyncio.run(upload())
+        self.assertEqual(status, 201, answer[:500])
+        self.assert_stored(path, b''.join(parts), etag)
 
     # -- http.client -------------------------------------------------------------
 
@@ -246,9 +281,9 @@ class TestClients(unittest.TestCase):
     def test_a_download_cut_off_resumes_with_range_and_if_range(self):
         data = os.urandom(12 * MiB + 3)
         path = key_path('resumed')
-        self.put(path, data)
+        written = self.put(path, data)
         etag, first = self.cut_download(path, 5 * MiB + 7)
-        self.assertEqual(etag, etag_of(data))
+        self.assertEqual(etag, written)
         rest = requests.get(self.url + path, timeout=TIMEOUT,
                             headers={'Range': 'bytes=%d-' % len(first), 'If-Range': etag})
         self.assertEqual(rest.status_code, 206, rest.content[:500])

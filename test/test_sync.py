@@ -321,7 +321,7 @@ class TestSyncJobs(SyncCase):
         self.assertEqual(holdings(self.store), before)
         done = run_command(path)
         self.assertEqual(done.returncode, sync.CONVERGED, done.stdout + done.stderr)
-        lines = done.stdout.splitlines()
+        lines = [line.split(' ', 1)[1] for line in done.stdout.splitlines()]   # after the time
         self.assertEqual([line.split(':')[0] for line in lines], list(sync.JOBS) + ['sync'])
         self.assertTrue(lines[-1].startswith('sync: converged'), lines)
         self.assertConverged(self.store, keys)

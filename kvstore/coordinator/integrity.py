@@ -1,8 +1,9 @@
 """Integrity of uploads: digests a client sends with a body, checked as it streams.
 
-Content-MD5 (base64 MD5), Digest (RFC 3230: SHA-256=base64, MD5=base64) and
-Content-Digest (RFC 9530: sha-256=:base64:, md5=:base64:) are understood.  The
-store always computes SHA-256, which is also the version's ETag.
+Content-MD5 (base64 MD5), Digest (RFC 3230: SHA-256=base64, MD5=base64),
+Content-Digest and Repr-Digest (RFC 9530: sha-256=:base64:, md5=:base64:) are
+understood.  The store always computes SHA-256: the version's `digest`, sent
+back as Repr-Digest with the raw value.
 """
 import base64
 import binascii
@@ -28,7 +29,8 @@ def expected_digests(env):
 
     if env.get('HTTP_CONTENT_MD5'):
         claim('md5', env['HTTP_CONTENT_MD5'], 'Content-MD5')
-    for header, variable in (('Digest', 'HTTP_DIGEST'), ('Content-Digest', 'HTTP_CONTENT_DIGEST')):
+    for header, variable in (('Digest', 'HTTP_DIGEST'), ('Content-Digest', 'HTTP_CONTENT_DIGEST'),
+                             ('Repr-Digest', 'HTTP_REPR_DIGEST')):
         for item in (env.get(variable) or '').split(','):
             algorithm, sep, encoded = item.partition('=')
             if sep:

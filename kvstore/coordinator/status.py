@@ -13,6 +13,7 @@ import weakref
 
 from datastore import iso_time
 from kvstore.coordinator.ring import RING_SIZE, key_point
+from kvstore.reconciler.history import last_runs
 
 USAGE_SECONDS = 60.0
 _usage = weakref.WeakKeyDictionary()   # datastore: (when counted, {partition: usage or None})
@@ -48,7 +49,7 @@ def cluster_status(datastore):
     return {'replicas': datastore.n, 'r': config.r, 'w': config.w, 'front_end': health.name,
             'partitions': partitions, 'usage_counted': iso_time(counted),
             'ring': {'vnodes': config.vnodes, 'digest': datastore.ring_digest(datastore.ring_description())},
-            'sync': sync_runs(datastore),
+            'sync': last_runs(datastore),
             'rebalance': datastore.rebalance_status(),
             'gossip': {'peers': ['%s:%d' % peer for peer in config.peers],
                        'interval': config.gossip_interval, 'rounds': datastore.gossip.rounds}}
@@ -71,16 +72,6 @@ def ring_shares(ring):
     for lo, hi, (owner,) in ring.arcs(1):
         shares[owner] = shares.get(owner, 0) + (hi - lo) / RING_SIZE
     return shares
-
-
-def sync_runs(datastore):
-    """The last run of each sync.py job, as kvstore/reconciler/history.py
-    records them; None until sync.py records its runs."""
-    try:
-        from kvstore.reconciler.history import last_runs
-    except ImportError:   # the hook for history.py, not on this branch yet
-        return None
-    return last_runs(datastore)
 
 
 def locate(datastore, bucket, key):

@@ -157,7 +157,11 @@ class Version:
 
     @property
     def etag(self):
-        return '"%s"' % self.digest
+        """The raw value's entity tag: the version's own id, so every write
+        (even of the same bytes, or the same bytes with other metadata) has a
+        new one, and an If-Match can never match a later write that happens to
+        carry old bytes again.  The bytes' SHA-256 is `digest`."""
+        return '"%s"' % self.version_id
 
     @property
     def full_clock(self):

@@ -380,6 +380,7 @@ class SQLEngine:
         Returns the new actor."""
         self.set_metadata({INCARNATION: new_incarnation_id()})
         self._schema_ready = False   # the next connection reads it back
+        self._actor = None
         self.pool.close()
         return self.actor
 

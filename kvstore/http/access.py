@@ -55,6 +55,7 @@ ROUTE_ROLES = {
     'Ready': {'GET': PUBLIC},
     'Cluster': {'GET': ADMIN},
     'ClusterLocate': {'GET': ANY},   # the resource checks read on its ?bucket= (may_read)
+    'Metrics': {'GET': ADMIN},
     'ClusterGossip': {'POST': SIGNED},
     'Buckets': {'GET': ANY},
     'Bucket': {'GET': READ, 'PUT': ADMIN, 'DELETE': ADMIN},

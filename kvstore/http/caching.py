@@ -1,4 +1,6 @@
-"""Dates and caching: HTTP dates, Last-Modified, Cache-Control and Expires, a bucket's ETag."""
+"""Dates and caching: HTTP dates, Last-Modified, Cache-Control and Expires,
+validators (a record's ETag, a bucket's ETag, a value's Repr-Digest)."""
+import base64
 import email.utils
 import functools
 import hashlib
@@ -55,6 +57,26 @@ def caching_headers(bucket, versions):
     expires = [v.metadata['expires'] for v in versions if 'expires' in v.metadata]
     if expires:
         web.header('Expires', min(expires, key=expiry))
+
+
+def not_modified():
+    """A 304: no body; the validators and caching headers are already set."""
+    web.header('Vary', 'Accept')
+    web.ctx.status = '304 Not Modified'
+    return b''
+
+
+def record_etag(version, media_type):
+    """A version's ETag as a record of media_type (a JSON, XML, HTML or text
+    document about it): its own, apart from the raw value's and the other
+    types' (RFC 9110 8.8.3).  Weak: the record's context may list other clocks
+    from one read to the next."""
+    return 'W/"%s:%s"' % (version.version_id, media_type)
+
+
+def repr_digest(version):
+    """RFC 9530 Repr-Digest of the raw value: the SHA-256 of its bytes."""
+    return 'sha-256=:%s:' % base64.b64encode(bytes.fromhex(version.digest)).decode('ascii')
 
 
 def bucket_etag(properties):

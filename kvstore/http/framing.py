@@ -12,6 +12,7 @@ at a minimum pace (BodyPace) or it ends with 408 and frees the thread.
 """
 import ctypes
 import errno
+import os
 import re
 import select
 import socket
@@ -49,6 +50,14 @@ def check_request_head(env):
         raise HeaderFieldsTooLarge('a request carries at most %d header fields' % MAX_HEADER_FIELDS,
                                    limit=MAX_HEADER_FIELDS)
     body_framing(env)
+
+
+def answer_in_http11(env):
+    """Make uWSGI start the response's status line with HTTP/1.1 when the
+    request's protocol is not one: it writes the request's protocol there, and
+    a request line with a raw space would have it echo `b HTTP/1.1 400 ...`."""
+    if env.get('SERVER_PROTOCOL') not in HTTP_VERSIONS and 'uwsgi.version' in env:
+        _uwsgi_functions().answer_as_http11(env.get('SERVER_PROTOCOL', ''))
 
 
 def body_framing(env):
@@ -126,18 +135,54 @@ class _Uwsgi:
         # With one thread a worker keeps its request in a global instead.
         return self.current[0]() or self.current[1]()
 
+    def answer_as_http11(self, protocol):
+        """Point the current request's protocol (which uWSGI writes at the
+        head of the status line) at 'HTTP/1.1'.
 
+        struct wsgi_request keeps it as `char *protocol; uint16_t protocol_len`
+        at an offset that depends on how uWSGI was built, so the field is found
+        by its value: the pointer whose bytes are the request's protocol.
+        Candidate pointers are read through /proc/self/mem, where a bad address
+        is an error rather than a crash."""
+        wanted = protocol.encode('latin-1')
+        request = self.current_request()
+        if not request or not 0 < len(wanted) < 65536:
+            return
+        with open('/proc/self/mem', 'rb', buffering=0) as memory:
+            head = os.pread(memory.fileno(), STRUCT_SCAN_BYTES, request)
+            for offset in range(0, len(head) - _POINTER_AND_LENGTH.size, 8):
+                pointer, length = _POINTER_AND_LENGTH.unpack_from(head, offset)
+                if length != len(wanted) or pointer < 4096:
+                    continue
+                try:
+                    if os.pread(memory.fileno(), length, pointer) != wanted:
+                        continue
+                except OSError:
+                    continue
+                _POINTER_AND_LENGTH.pack_into((ctypes.c_char * 10).from_address(request + offset), 0,
+                                              ctypes.addressof(_HTTP11), len(_HTTP11.value))
+                return
+
+
+# Scanned for the protocol field: the head of struct wsgi_request.
+STRUCT_SCAN_BYTES = 1024
+_POINTER_AND_LENGTH = struct.Struct('@PH')
+_HTTP11 = ctypes.create_string_buffer(b'HTTP/1.1')
 _uwsgi = None
+
+
+def _uwsgi_functions():
+    global _uwsgi
+    if _uwsgi is None:
+        _uwsgi = _Uwsgi()
+    return _uwsgi
 
 
 class UwsgiConnection:
     """The raw bytes of the body on uWSGI's connection from the router."""
 
     def __init__(self, env, pace):
-        global _uwsgi
-        if _uwsgi is None:
-            _uwsgi = _Uwsgi()
-        self.request = _uwsgi.current_request()
+        self.request = _uwsgi_functions().current_request()
         self.fd = env['wsgi.input'].fileno()
         self.pace = pace
         self.buffer = ctypes.create_string_buffer(READ_BYTES)

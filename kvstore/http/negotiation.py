@@ -65,15 +65,21 @@ def respond(root, document, status='200 OK', headers=None, format_override=None)
     return body
 
 
-def document_format():
-    """The short name of the document type the client accepts best, or None."""
+def document_type():
+    """The document media type the client accepts best (as mimerender picks
+    it), or None."""
     accept = web.ctx.env.get('HTTP_ACCEPT')
     if not accept:
-        return 'json'
+        return 'application/json'
     try:
-        best = mimeparse.best_match(DOCUMENT_TYPES[::-1], accept)
+        return mimeparse.best_match(DOCUMENT_TYPES[::-1], accept) or None
     except mimeparse.MimeTypeParseException:
         raise BadRequest('bad_header', 'Accept is not a list of media ranges')
+
+
+def document_format():
+    """The short name of the document type the client accepts best, or None."""
+    best = document_type()
     return mimerender._get_short_mime(best) if best else None
 
 

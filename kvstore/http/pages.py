@@ -71,9 +71,9 @@ def buckets_page(doc, root):
 
 def bucket_page(doc, root):
     bucket = doc['bucket']
-    parts = []
-    if 'key_count' in doc:
-        parts.append('<p>%s live keys: %s</p>' % (esc(doc['key_count']), link(listing_path(bucket), 'list them')))
+    count = ('%s live keys' % esc(doc['key_count']) if 'key_count' in doc
+             else link(bucket_path(bucket) + '?count=true', 'count the keys'))
+    parts = ['<p>%s | %s</p>' % (link(listing_path(bucket), 'list the keys'), count)]
     if doc.get('properties') is not None:
         parts.append('<h2>Properties</h2>' + documents.render_fragment(doc['properties']))
     return 'Bucket %s' % bucket, ''.join(parts), doc
@@ -159,8 +159,11 @@ def cluster_page(doc, root):
     body += table(('partition', 'state', 'observed', 'last error', 'share', 'keys', 'bytes', 'pending',
                    'hints held', 'hints waiting', 'hints expired'), rows)
     body += '<p>Keys, bytes and pending markers counted at %s.</p>' % esc(doc['usage_counted'])
-    body += '<h2>Last sync.py runs</h2>' + (documents.render_fragment(doc['sync']) if doc['sync'] is not None
-                                            else '<p>sync.py records no runs here yet.</p>')
+    runs = [(esc(job), esc(run.get('finished')), '<span class="%s">%s</span>' % (
+        'up' if run.get('ok') else 'down', 'ok' if run.get('ok') else 'failed'), esc('yes' if run.get('work_left') else 'no'),
+        esc(run.get('error') or run.get('summary') or '')) for job, run in sorted(doc['sync'].items())]
+    body += '<h2>Last sync.py runs</h2>' + (table(('job', 'finished', 'outcome', 'work left', 'summary'), runs)
+                                            if runs else '<p>sync.py has recorded no runs yet.</p>')
     body += '<h2>Rebalance</h2>' + documents.render_fragment(doc['rebalance'])
     body += '<h2>Gossip</h2>' + documents.render_fragment(doc['gossip'])
     return 'The cluster', body, doc

@@ -73,15 +73,17 @@ class Preconditions:
         return any(v is not None for v in (self.if_match, self.if_none_match,
                                             self.if_modified_since, self.if_unmodified_since))
 
-    def evaluate(self, current, safe):
+    def evaluate(self, current, safe, etag_of=None):
         """PASS, NOT_MODIFIED (safe requests only), or raise PreconditionFailed.
 
         current: the live versions of the resource (empty when it does not exist).
         safe: the request is a GET or HEAD.
+        etag_of: a version's ETag in the selected representation (default: the raw value's).
         """
         modified = max((v.modified for v in current), default=None)
         modified = modified // 1_000_000 if modified is not None else None  # HTTP dates have seconds
-        return self.evaluate_validators([v.etag for v in current], modified, safe)
+        etags = [etag_of(v) if etag_of else v.etag for v in current]
+        return self.evaluate_validators(etags, modified, safe)
 
     def evaluate_validators(self, etags, modified, safe):
         """evaluate() for a resource's current ETags (none when it does not
@@ -109,6 +111,12 @@ class Preconditions:
 
     @staticmethod
     def _matches(condition, etags, strong):
+        """RFC 9110 8.8.3.2: strong comparison needs both tags strong; weak
+        comparison looks at the opaque tags alone."""
         if condition == '*':
             return bool(etags)
-        return any(tag in etags and not (strong and weak) for weak, tag in condition)
+        current = {}
+        for etag in etags:
+            weak = etag.startswith('W/')
+            current[etag[2:] if weak else etag] = weak
+        return any(tag in current and not (strong and (weak or current[tag])) for weak, tag in condition)

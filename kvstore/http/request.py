@@ -27,6 +27,11 @@ def query(name):
     return params.get(name)
 
 
+def query_flag(name):
+    """A yes/no query parameter: true for true, 1 or yes."""
+    return (query(name) or '').lower() in ('true', '1', 'yes')
+
+
 def parse_query(raw):
     """The parameters of a query string (WSGI's Latin-1 text of its bytes), read
     as parse_qsl reads UTF-8, keeping blank values; bytes that are not UTF-8,

@@ -5,6 +5,7 @@ import uuid
 
 import web
 
+from kvstore import metrics
 from kvstore.coordinator.versions import encode_context
 from kvstore.errors import RangeNotSatisfiable
 from kvstore.http import ranges
@@ -20,7 +21,7 @@ TEXTUAL = ('text/', 'application/json', 'application/xml', 'application/javascri
 def value_document(version):
     """A version's value inside a document: text when it is text, else base64;
     a value too large for one chunk is left out (GET it raw, with ranges)."""
-    doc = {'content_type': version.content_type, 'etag': version.etag,
+    doc = {'content_type': version.content_type, 'etag': version.etag, 'sha256': version.digest,
            'last_modified': last_modified(version), 'size': version.size}
     if version.metadata.get('meta'):
         doc['meta'] = version.metadata['meta']
@@ -46,6 +47,7 @@ def receipt_document(bucket, key, receipt):
     doc = {'bucket': bucket, 'key': key}
     if not receipt.version.deleted:
         doc['etag'] = receipt.version.etag
+        doc['sha256'] = receipt.version.digest
     doc.update(context=encode_context(receipt.context, bucket, key) if receipt.context is not None else None,
                clock=receipt.context, siblings=receipt.siblings,
                preference_list=receipt.preference_list, acknowledged=receipt.acknowledged,
@@ -111,6 +113,7 @@ def byteranges_response(version, wanted):
 def siblings_response(bucket, key, read):
     """300 Multiple Choices: concurrent versions the client must resolve, as a
     document, or as multipart/mixed with each sibling's raw value when asked."""
+    metrics.siblings_served()
     caching_headers(bucket, read.current)
     if prefers(MULTIPART):
         web.header('Vary', 'Accept')

@@ -1,0 +1,104 @@
+"""The gc job: remove chunks no version or hint points to, and reap tombstones
+every owner holds alike once tombstone_grace has passed."""
+import collections
+import time
+
+from kvstore.engines import PartitionError
+from kvstore.reconciler.results import JobResult, tell, waiting_text
+
+
+def collect_garbage(parts, view):
+    """view: the newest recorded view (tombstones wait while it rebalances)."""
+    counts = collections.Counter(tombstones_reaped=0, tombstones_kept=0, chunked_versions_removed=0)
+    waiting = collections.Counter()
+    collect_chunks(parts, counts, waiting)
+    chunks = (', chunks of %d versions removed' % counts['chunked_versions_removed']
+              if counts['chunked_versions_removed'] else '')
+    if view['state'] != 'complete':
+        return JobResult('gc', dict(counts), dict(waiting), True, 'gc: tombstones skipped until the '
+                         'rebalance to epoch %d is complete%s' % (view['epoch'], chunks))
+    hinted, unreachable = parts.each(parts.names, 'hinted_keys')
+    if unreachable:
+        return JobResult('gc', dict(counts), dict(waiting, **{n: 1 for n in unreachable}), True,
+                         'gc: tombstones skipped, the hints on %s are unknown%s'
+                         % (', '.join(sorted(unreachable)), chunks))
+    reap_tombstones(parts, set().union(*hinted.values()), counts, waiting)
+    said = [tell(parts.dry_run, counts['tombstones_reaped'], '%d tombstones reaped', 'would reap %d tombstones')]
+    if counts['tombstones_kept']:
+        said.append('%d kept (not alike on every owner, or held elsewhere)' % counts['tombstones_kept'])
+    if chunks:
+        said.append(chunks[2:])
+    if waiting:
+        said.append(waiting_text(waiting))
+    return JobResult('gc', dict(counts), dict(waiting), bool(waiting), 'gc: ' + ', '.join(said))
+
+
+def collect_chunks(parts, counts, waiting):
+    """Remove, on each partition, the chunks older than chunk_grace that no
+    version or hint there points to (engines.SQLEngine.collect_chunks)."""
+    if parts.dry_run:
+        return   # collect_chunks finds and deletes in one go
+    before = int((time.time() - parts.config.chunk_grace) * 1e6)
+    for name in parts.names:
+        after = ''
+        while after is not None:
+            try:
+                removed, after = parts.call(name, 'collect_chunks', before, parts.batch, after)
+            except PartitionError:
+                waiting[name] += 1
+                break
+            counts['chunked_versions_removed'] += removed
+            parts.meter.wrote(removed)
+
+
+def reap_tombstones(parts, hinted, counts, waiting):
+    """Go over every partition's tombstones older than tombstone_grace, a batch
+    at a time; hinted: the keys some partition holds a hint for."""
+    before = int((time.time() - parts.config.tombstone_grace) * 1e6)
+    seen = set()
+    for name in parts.names:
+        after = None
+        while True:
+            try:
+                rows = parts.call(name, 'tombstones', before, parts.batch, after)
+            except PartitionError:
+                waiting[name] += 1
+                break
+            parts.meter.read(len(rows))
+            if not rows:
+                break
+            after = rows[-1]
+            _reap(parts, name, [r for r in rows if (r[1], r[2]) not in seen], hinted, before, counts, waiting)
+            seen.update((r[1], r[2]) for r in rows)
+            if len(rows) < parts.batch:
+                break
+
+
+def _reap(parts, name, rows, hinted, before, counts, waiting):
+    """Delete a key's tombstones from every owner once each owner holds the
+    same tombstones (one, or concurrent ones) and nothing else, all written
+    before `before`, and no other partition holds a copy of the key that a
+    drain or a hand-off could bring back: no row (rebalance moves a
+    non-owner's rows to the owners) and no hint."""
+    rows_of = collections.Counter((b, k) for _, b, k, _ in rows)
+    owners = {key: parts.owners(*key) for key in rows_of}
+    keys = {key for key in rows_of if name in owners[key]}   # a non-owner's copy is rebalance's to move
+    candidates = keys - hinted
+    everywhere = parts.store.engines
+    held = parts.read_held({p: candidates for p in everywhere}, waiting) if candidates else {}
+    for key in sorted(keys):
+        tombstones = {v.version_id for v in held.get(name, {}).get(key, [])
+                      if v.deleted and v.modified < before}
+        alike = key in candidates and len(held) == len(everywhere) and bool(tombstones) and all(
+            {v.version_id for v in held[p].get(key, [])} == (tombstones if p in owners[key] else set())
+            for p in everywhere)
+        if not alike:
+            counts['tombstones_kept'] += rows_of[key]
+            continue
+        try:
+            for owner in owners[key]:
+                parts.change(owner, 'delete_versions', key[0], key[1], sorted(tombstones))
+                parts.meter.wrote(len(tombstones))
+            counts['tombstones_reaped'] += len(tombstones)
+        except PartitionError as e:
+            waiting[e.partition] += 1

@@ -1,0 +1,149 @@
+"""The rebalance job: put every key (and bucket record) on the partitions the
+configured ring gives it, and see a view change's rebalance through."""
+import collections
+import time
+
+from kvstore.engines import PartitionError
+from kvstore.reconciler.antientropy import ranges_outside, scan_pages
+from kvstore.reconciler.repair import anti_entropy
+from kvstore.reconciler.results import JobResult, iso_time, tell, waiting_text
+
+PROGRESS_SECONDS = 2.0      # how often a rebalance records its progress
+
+
+def rebalance(parts, view, changed):
+    """view: the newest recorded view; changed: this run recorded it (or, in a
+    dry run, would).  Compares every arc while the view is rebalancing."""
+    counts = collections.Counter(keys_moved=0, versions_copied=0, bucket_records=0)
+    waiting = collections.Counter()
+    arc_list = parts.store.ring.arcs(parts.store.n)
+    place_bucket_records(parts, counts, waiting)
+
+    outside = [(name, lo, hi) for name in parts.names for lo, hi in ranges_outside(arc_list, name)]
+    rebalancing = view['state'] != 'complete'
+    total = len(outside) + (len(arc_list) if rebalancing else 0)
+    reporter = _progress_reporter(parts, view, total, counts)
+    for done, (name, lo, hi) in enumerate(outside):
+        drain(parts, name, lo, hi, counts, waiting)
+        reporter(done + 1, 'moving keys off %s' % name)
+    if rebalancing:
+        anti_entropy(parts, arc_list, counts, waiting,
+                     lambda done: reporter(len(outside) + done, 'comparing owners'))
+
+    state = view['state']
+    if state == 'rebalancing' and not waiting and not parts.dry_run and parts.store.complete_view(view):
+        state = view['state'] = 'complete'
+    return JobResult('rebalance', dict(counts, epoch=view['epoch'], state=state),
+                     dict(waiting), bool(waiting) or state != 'complete',
+                     _summary(parts.dry_run, view['epoch'], state, changed, counts, waiting))
+
+
+def _summary(dry_run, epoch, state, changed, counts, waiting):
+    said = [tell(dry_run, counts['keys_moved'], '%d keys moved to their owners',
+                 'would move %d keys to their owners')]
+    if counts['keys_repaired']:
+        said.append(tell(dry_run, counts['keys_repaired'], '%d keys copied between owners',
+                         'would copy %d keys between owners'))
+    if counts['bucket_records']:
+        said.append(tell(dry_run, counts['bucket_records'], '%d bucket records copied',
+                         'would copy %d bucket records'))
+    if waiting:
+        said.append(waiting_text(waiting))
+    recorded = '%sepoch %d %s' % ('would record ' if dry_run and changed else '', epoch, state)
+    return 'rebalance: %s; %s' % (recorded, ', '.join(said))
+
+
+def _progress_reporter(parts, view, total, counts):
+    """report(done, note): the progress bar, and every PROGRESS_SECONDS the
+    rebalance's progress recorded where GET /cluster shows it."""
+    last = [0.0]
+
+    def report(done, note):
+        parts.progress.show('rebalance', done, total, note)
+        if (parts.dry_run or view['state'] == 'complete'
+                or (time.monotonic() - last[0] < PROGRESS_SECONDS and done < total)):
+            return
+        last[0] = time.monotonic()
+        parts.store.record_progress({
+            'epoch': view['epoch'], 'ranges_done': done, 'ranges_total': total,
+            'keys_moved': counts['keys_moved'], 'keys_copied': counts['keys_repaired'],
+            'updated': iso_time()})
+    return report
+
+
+def drain(parts, name, lo, hi, counts, waiting):
+    """Move the keys `name` holds in [lo, hi), which it does not own, to their
+    owners; delete each from `name` only once every owner holds it."""
+    try:
+        count, _ = parts.call(name, 'range_digest', lo, hi)
+    except PartitionError:
+        waiting[name] += 1
+        return
+    if not count:
+        return
+    for page, failures in scan_pages(parts.each, [name], lo, hi, parts.batch):
+        if failures:
+            waiting[name] += 1
+            return
+        rows = page[name]
+        parts.meter.read(sum(len(v) for v in rows.values()))
+        plan, blocked = parts.plan_copies(name, rows, waiting)
+        copied, failed = parts.transfer(plan, waiting)
+        counts['versions_copied'] += copied
+        for key, versions in sorted(rows.items()):
+            if key in blocked or key in failed:
+                continue
+            try:
+                parts.change(name, 'delete_versions', key[0], key[1], [v.version_id for v in versions])
+            except PartitionError:
+                waiting[name] += 1
+                return
+            parts.meter.wrote(len(versions))
+            counts['keys_moved'] += 1
+
+
+def place_bucket_records(parts, counts, waiting):
+    """Copy each bucket's newest record to the owners of the bucket's point
+    that lack it; remove it from other partitions once every owner has it."""
+    found, failures = parts.each(parts.names, 'bucket_records')
+    for name in failures:
+        waiting[name] += 1
+    newest = {}
+    for records in found.values():
+        for bucket, (properties, modified) in records.items():
+            if bucket not in newest or modified > newest[bucket][1]:
+                newest[bucket] = (properties, modified)
+    for bucket, (properties, modified) in sorted(newest.items()):
+        owners = parts.store.ring.preference_list(bucket, '', parts.store.n)
+        if _copy_bucket_record(parts, bucket, properties, modified, owners, found, counts, waiting):
+            _drop_bucket_record(parts, bucket, owners, found, waiting)
+
+
+def _copy_bucket_record(parts, bucket, properties, modified, owners, found, counts, waiting):
+    """Give the owners that lack it the bucket's newest record: True when every owner has it."""
+    placed = True
+    for owner in owners:
+        if owner not in found:
+            placed = False
+        elif found[owner].get(bucket, (None, -1))[1] < modified:
+            try:
+                parts.change(owner, 'put_bucket_record', bucket, properties, modified)
+                parts.meter.wrote(1)
+                counts['bucket_records'] += 1
+            except PartitionError:
+                waiting[owner] += 1
+                placed = False
+    return placed
+
+
+def _drop_bucket_record(parts, bucket, owners, found, waiting):
+    """Remove the bucket's record from the partitions that do not own it."""
+    if parts.dry_run:
+        return
+    for name, records in found.items():
+        if name not in owners and bucket in records:
+            try:
+                parts.call(name, 'drop_bucket', bucket)
+                parts.meter.wrote(1)
+            except PartitionError:
+                waiting[name] += 1
