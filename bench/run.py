@@ -1096,6 +1096,7 @@ LAYERS = (  # (leaf file prefix, layer), first match wins
     ('versions.py', 'versions.py'), ('ring.py', 'ring.py'), ('documents.py', 'documents.py'),
     ('preconditions.py', 'preconditions.py'), ('socket.py', 'sockets'), ('selectors.py', 'sockets'),
     ('ssl.py', 'sockets'),
+    ('coordinator/', 'datastore.py'),   # the datastore's layers (after versions.py and ring.py)
 )
 
 

@@ -139,20 +139,17 @@ class Replicas:
                     # One answer left to wait for: reading it waits as long.
                     answered = list(sent) if len(sent) == 1 else self._answered(sent, deadline)
                     if not answered:
-                        for p in sent:
-                            self.health.failed(p, 'timed out')
-                            failures[p] = 'timed out'
-                        break
+                        self._timed_out(sent, failures)
                 else:
                     if grace is None:
                         now = time.monotonic()
                         grace = min(deadline, now + (now - since)) if since is not None else now
                     answered = self._answered(sent, grace)
-                    if not answered:
-                        if laggards is not None:
-                            laggards.update(sent)
-                            sent = {}
-                        break
+                    if not answered and laggards is not None:
+                        laggards.update(sent)
+                        sent = {}
+                if not answered:
+                    break
                 for p in answered:
                     try:
                         results[p] = self.finish(p, what, sent.pop(p))
@@ -161,6 +158,11 @@ class Replicas:
         finally:
             self.abandon(sent)   # timed out, or something unexpected was raised
         return results, failures
+
+    def _timed_out(self, sent, failures):
+        for p in sent:
+            self.health.failed(p, 'timed out')
+            failures[p] = 'timed out'
 
     def _answered(self, sent, deadline):
         """The partitions whose answers to sent queries have arrived (or whose
