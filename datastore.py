@@ -113,7 +113,7 @@ class Datastore:
 
     def placement(self, bucket, key):
         """(preference list, fallbacks): the N owners, then every other partition."""
-        return self.owners.owners(bucket, key)
+        return self.owners.of(bucket, key)
 
     def get(self, bucket, key, r=None, pr=None):
         """The key's current versions (a Read) from r replicas, pr of them owners."""

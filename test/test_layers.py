@@ -92,7 +92,7 @@ class TestReplicas(LayerTest):
 class TestPlacement(LayerTest):
 
     def test_owners_are_the_first_n_partitions_of_the_walk_and_fallbacks_the_rest(self):
-        preference, fallbacks = self.layers.placement.owners(self.bucket, 'k')
+        preference, fallbacks = self.layers.placement.of(self.bucket, 'k')
         self.assertEqual(preference, self.layers.placement.ring.preference_list(self.bucket, 'k', 3))
         self.assertEqual(sorted(preference + fallbacks), ['p1', 'p2', 'p3', 'p4'])
 
@@ -101,12 +101,13 @@ class TestPlacement(LayerTest):
         five = Layers(self.directory.path, count=5)   # p5 joins the same partitions
         try:
             moved = [k for k in ('k%d' % i for i in range(200))
-                     if 'p5' in five.placement.owners(self.bucket, k)[0]]
+                     if 'p5' in five.placement.of(self.bucket, k)[0]]
             self.assertGreater(len(moved), 10)
+
             def previous_owners(key):
-                return five.placement.previous_owners(self.bucket, key, five.placement.owners(self.bucket, key)[0])
-            expected = {key: [p for p in self.layers.placement.owners(self.bucket, key)[0]
-                              if p not in five.placement.owners(self.bucket, key)[0]] for key in moved}
+                return five.placement.previous_owners(self.bucket, key, five.placement.of(self.bucket, key)[0])
+            expected = {key: [p for p in self.layers.placement.of(self.bucket, key)[0]
+                              if p not in five.placement.of(self.bucket, key)[0]] for key in moved}
             self.assertEqual({key: previous_owners(key) for key in moved}, expected)
             # Recorded, its rebalance under way: the ring before it still places keys.
             view = five.views.record_view()[0]
@@ -124,10 +125,10 @@ class TestPlacement(LayerTest):
         five = Layers(self.directory.path, count=5)
         try:
             key = next(k for k in ('k%d' % i for i in range(200))
-                       if five.placement.owners(self.bucket, k)[0][0] == 'p5')
-            old_owners = self.layers.placement.owners(self.bucket, key)[0]
+                       if five.placement.of(self.bucket, k)[0][0] == 'p5')
+            old_owners = self.layers.placement.of(self.bucket, key)[0]
             written = self.layers.store(self.bucket, key, b'old', on=old_owners)
-            preference = five.placement.owners(self.bucket, key)[0]
+            preference = five.placement.of(self.bucket, key)[0]
             found = five.placement.read_previous_owners(self.bucket, key, preference, {'p5': []})
             self.assertEqual([v.version_id for v in found], [written.version_id])
         finally:
@@ -157,7 +158,7 @@ class TestBucketRegistry(LayerTest):
 
     def test_a_bucket_holding_keys_exists_and_is_deleted_only_when_forced(self):
         registry = self.layers.buckets()
-        self.layers.store(self.bucket, 'k', b'v', on=self.layers.placement.owners(self.bucket, 'k')[0])
+        self.layers.store(self.bucket, 'k', b'v', on=self.layers.placement.of(self.bucket, 'k')[0])
         self.assertEqual(registry.properties(self.bucket), {'conflicts': 'siblings'})
         with self.assertRaises(BucketNotEmpty):
             registry.delete(self.bucket)

@@ -34,7 +34,7 @@ class HintedHandoff:
         """Where a hint for target goes: to target while it owns the key, else
         (the ring changed since the hint was written) to the key's owners, so
         that no copy lands on a partition that gc and the owners do not see."""
-        owners = self.placement.owners(bucket, key)[0]
+        owners = self.placement.of(bucket, key)[0]
         return [target] if target in owners else owners
 
     def hand_off(self, target, batch=500):

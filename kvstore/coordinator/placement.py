@@ -25,7 +25,7 @@ class Placement:
         self.previous_rings_cache = (0.0, [])   # (expires, rings): see previous_rings
         self._loading = threading.Lock()
 
-    def owners(self, bucket, key):
+    def of(self, bucket, key):
         """(preference list, fallbacks): the N owners, then every other partition."""
         walk = self.ring.walk(bucket, key)
         return list(walk[:self.n]), list(walk[self.n:])

@@ -42,7 +42,7 @@ class Reader:
         """The key's current versions from r replicas, pr of them owners."""
         props = self.buckets.properties_cached(bucket)
         r, pr = quorums(self.config, props, r=r, pr=pr)
-        preference, fallbacks = self.placement.owners(bucket, key)
+        preference, fallbacks = self.placement.of(bucket, key)
         replies, failures = self._ask(bucket, key, preference, fallbacks, max(r, pr))
         owners = sum(1 for p in replies if p in preference)
         if len(replies) < r or owners < pr:

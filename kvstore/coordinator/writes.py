@@ -61,7 +61,7 @@ class Writer:
             return self.write(bucket, key, context, check, w, lambda seen, dot: Version.new(
                 seen, dot, first, content_type, metadata=metadata), conditional=conditional, pw=pw)
 
-        preference, _ = self.placement.owners(bucket, key)
+        preference, _ = self.placement.of(bucket, key)
         candidates = preference[:1] if conditional else preference
         coordinator, version_id = self.chunks.upload(candidates, bucket, key,
                                                      chunks_of(stream, (first, second), size), hasher)
@@ -92,7 +92,7 @@ class Writer:
         w, pw = quorums(self.config, props, w=w, pw=pw)
         if props['conflicts'] == 'lww':
             context = None   # every write supersedes all the coordinator holds
-        preference, fallbacks = self.placement.owners(bucket, key)
+        preference, fallbacks = self.placement.of(bucket, key)
         self.placement.adopt_previous_owners(bucket, key, preference)   # during a view change
         if conditional:
             coordinators = self.decider.prepare(bucket, key, preference, coordinators)
