@@ -78,6 +78,15 @@ class Replicas:
             name = waiting.pop(0)
             running[self.executor.submit(call, name)] = name
 
+        def take(name, result):
+            """result() of the call on name, counted; the next candidate starts when it failed."""
+            try:
+                results[name] = result()
+            except PartitionError as e:
+                failures[name] = e.reason
+                if waiting:
+                    start()
+
         launch = min(launch, len(waiting))
         # When every call launched must answer anyway, the first one runs in
         # this thread: a hand-off to the pool and back costs more than the query.
@@ -86,25 +95,14 @@ class Replicas:
             start()
         deadline = time.monotonic() + (timeout or self.timeout)
         if inline is not None:
-            try:
-                results[inline] = call(inline)
-            except PartitionError as e:
-                failures[inline] = e.reason
-                if waiting:
-                    start()
+            take(inline, lambda: call(inline))
         while running and len(results) < needed:
             done, _ = concurrent.futures.wait(running, timeout=max(0, deadline - time.monotonic()),
                                               return_when=concurrent.futures.FIRST_COMPLETED)
             if not done:
                 break
             for future in done:
-                name = running.pop(future)
-                try:
-                    results[name] = future.result()
-                except PartitionError as e:
-                    failures[name] = e.reason
-                    if waiting:
-                        start()
+                take(running.pop(future), future.result)
         if unfinished is not None and len(results) >= needed:
             unfinished.update(running)
         else:
