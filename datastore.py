@@ -58,6 +58,7 @@ class Datastore:
             max_workers=max(8, 4 * len(self.engines)), thread_name_prefix='replica')
         # How long a request waits for replicas before counting them as failed.
         self.timeout = config.connect_timeout + config.read_timeout + 0.5
+        # A partition that answers again gets its hints (self.handoff is built below).
         self.replicas = Replicas(self.engines, self.health, self.executor, self.timeout, config.read_timeout,
                                  on_recovered=lambda name: self.handoff.start(name))
         self.views = ViewRecords(config, self.replicas)
