@@ -9,6 +9,10 @@ from kvstore.errors import BucketNotEmpty, NotFound, Unavailable
 DEFAULT_BUCKET_PROPERTIES = {'conflicts': 'siblings'}
 BUCKET_CACHE_SECONDS = 5.0   # how long a front end trusts bucket properties it read
 BUCKET_CACHE_ENTRIES = 10000   # buckets whose properties a front end keeps
+# Stored beside the properties: when they were written (nanoseconds), so that a
+# read of R owners takes the newest record, not the first to answer.  Not a
+# property name a client can send (BUCKET_PROPERTIES).
+WRITTEN = '~written'
 
 
 class BucketRegistry:
@@ -32,7 +36,9 @@ class BucketRegistry:
             self.placement.bucket_owners(bucket), lambda p: call(p, 'read_bucket', bucket), launch=r, needed=r)
         if len(records) < r:
             raise Unavailable('too few replicas of the bucket answered', failed=failures)
-        stored = next((props for props in records.values() if props is not None), None)
+        stored = max(filter(None, records.values()), key=lambda props: props.get(WRITTEN, 0), default=None)
+        if stored is not None:
+            stored = {name: value for name, value in stored.items() if name != WRITTEN}
         self._remember(bucket, dict(DEFAULT_BUCKET_PROPERTIES, **(stored or {})))
         return stored
 
@@ -70,8 +76,9 @@ class BucketRegistry:
         existed = current is not None
         props = dict(current or DEFAULT_BUCKET_PROPERTIES, **(properties or {}))
         w, call = self.config.w, self.replicas.call
+        record = dict(props, **{WRITTEN: time.time_ns()})
         acks, failures = self.replicas.fan_out(self.placement.bucket_owners(bucket),
-                                               lambda p: call(p, 'write_bucket', bucket, props),
+                                               lambda p: call(p, 'write_bucket', bucket, record),
                                                launch=self.config.replicas, needed=w)
         if len(acks) < w:
             raise Unavailable('too few replicas of the bucket acknowledged', failed=failures)
