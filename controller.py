@@ -98,7 +98,7 @@ class Index:
 
 class Cluster:
     def GET(self):
-        return respond('cluster', status.cluster_status(store()))
+        return respond('cluster', store().cluster_status())
 
 
 class ClusterLocate:

@@ -406,6 +406,18 @@ class ApiSpecification(support.StoreSpecification):
         self.app.delete(url, headers={'If-Match': changed.headers['ETag']}, status=200)
         self.app.get(url, status=404)
 
+    def test_a_bucket_read_takes_the_newest_record_its_owners_answer(self):
+        """R + W > N: a read of R owners overlaps the W that took the last
+        update, and takes that update even when a stale owner answers first."""
+        url = '/buckets/' + self.bucket
+        self.app.put(url, b'{"conflicts": "lww"}', status=201)
+        first_owner = self.store.owners.bucket_owners(self.bucket)[0]
+        stale = self.store.engines[first_owner].read_bucket(self.bucket)
+        self.app.put(url, b'{"conflicts": "siblings"}', status=200)
+        self.store.engines[first_owner].write_bucket(self.bucket, stale)   # it missed the update
+        for _ in range(5):
+            self.assertEqual(self.app.get(url).json['properties'], {'conflicts': 'siblings'})
+
     def test_a_bucket_revalidates_and_its_count_has_no_validator(self):
         """RFC 9110 8.8.3: a strong ETag changes whenever the representation
         does; the bucket document is its properties, the count is asked for."""

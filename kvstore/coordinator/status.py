@@ -1,5 +1,5 @@
-"""What the cluster pages report, read through a Datastore: GET /cluster
-(cluster_status) and GET /cluster/locate (locate).
+"""What a front end reports of the cluster: GET /cluster, /ready and
+/cluster/locate.
 
 Health is this front-end process's view, which gossip merges with the other
 front ends' (the newest observation of each partition wins): each
@@ -9,61 +9,91 @@ every USAGE_SECONDS per process.
 """
 import threading
 import time
-import weakref
 
-from datastore import iso_time
-from kvstore.coordinator.ring import RING_SIZE, key_point
+from kvstore.coordinator.ring import RING_SIZE, Ring, key_point
+from kvstore.coordinator.views import ring_digest
 from kvstore.reconciler.history import last_runs
 
-USAGE_SECONDS = 60.0
-_usage = weakref.WeakKeyDictionary()   # datastore: (when counted, {partition: usage or None})
-_usage_lock = threading.Lock()
+USAGE_SECONDS = 60.0     # how long GET /cluster reuses its count of keys, bytes and pending markers
 
 
-def cluster_status(datastore):
-    config, health = datastore.config, datastore.health
-    now = time.time()
-    held, _ = datastore._everywhere(lambda p: datastore.call(p, 'hint_counts'))
-    counted, usage = partition_usage(datastore)
-    shares = ring_shares(datastore.ring)
-    view = health.view()
-    expired_before = now - config.hint_window
-    partitions = []
-    for p in config.partitions:
-        seen = view[p.name]
-        waiting = [counts[p.name] for counts in held.values() if p.name in counts]
-        used = usage.get(p.name) or {}
-        partitions.append({
-            'name': p.name, 'engine': p.engine, 'weight': p.weight, 'share': round(shares.get(p.name, 0.0), 4),
-            'state': seen['state'], 'since': iso_time(seen['since']),
-            # 0: not yet used by this process nor heard of by gossip.
-            'observed': iso_time(seen['observed']) if seen['observed'] else None,
-            'observed_seconds_ago': round(max(0.0, now - seen['observed']), 1) if seen['observed'] else None,
-            'observer': seen['observer'],
-            'last_error': seen['last_error'],
-            'keys': used.get('keys'), 'bytes': used.get('bytes'), 'pending': used.get('pending'),
-            'hints_waiting': sum(count for count, _ in waiting),
-            'hints_expired': sum(count for count, oldest in waiting if oldest / 1e6 < expired_before),
-            'hints_held': sum(c for c, _ in held[p.name].values()) if p.name in held else None,
-        })
-    return {'replicas': datastore.n, 'r': config.r, 'w': config.w, 'front_end': health.name,
-            'partitions': partitions, 'usage_counted': iso_time(counted),
-            'ring': {'vnodes': config.vnodes, 'digest': datastore.ring_digest(datastore.ring_description())},
-            'sync': last_runs(datastore),
-            'rebalance': datastore.rebalance_status(),
-            'gossip': {'peers': ['%s:%d' % peer for peer in config.peers],
-                       'interval': config.gossip_interval, 'rounds': datastore.gossip.rounds}}
+def iso_time(seconds):
+    return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(seconds))
 
 
-def partition_usage(datastore):
-    """(when counted, {partition: {keys, bytes, pending}, or None when it did not answer})."""
-    with _usage_lock:
-        counted, usage = _usage.get(datastore, (0.0, {}))
-        if time.time() - counted > USAGE_SECONDS:
-            found, _ = datastore._everywhere(lambda p: datastore.call(p, 'usage'))
-            counted, usage = time.time(), {name: found.get(name) for name in datastore.engines}
-            _usage[datastore] = counted, usage
-    return counted, usage
+class ClusterStatus:
+    def __init__(self, config, replicas, views, gossip):
+        self.config = config
+        self.replicas = replicas
+        self.views = views
+        self.gossip = gossip
+        self.shares = ring_shares(Ring.of(config))
+        self._usage = (0.0, {})   # (when counted, usage())
+        self._usage_lock = threading.Lock()
+
+    def cluster_status(self):
+        """What this front end knows of the partitions, the ring, sync.py's runs and a rebalance."""
+        config, health = self.config, self.replicas.health
+        now = time.time()
+        held, _ = self.replicas.everywhere(lambda p: self.replicas.call(p, 'hint_counts'))
+        counted, usage = self.usage_cached()
+        view = health.view()
+        expired_before = now - config.hint_window
+        partitions = []
+        for p in config.partitions:
+            seen = view[p.name]
+            waiting = [counts[p.name] for counts in held.values() if p.name in counts]
+            used = usage.get(p.name) or {}
+            partitions.append({
+                'name': p.name, 'engine': p.engine, 'weight': p.weight,
+                'share': round(self.shares.get(p.name, 0.0), 4),
+                'state': seen['state'], 'since': iso_time(seen['since']),
+                # 0: not yet used by this process nor heard of by gossip.
+                'observed': iso_time(seen['observed']) if seen['observed'] else None,
+                'observed_seconds_ago': round(max(0.0, now - seen['observed']), 1) if seen['observed'] else None,
+                'observer': seen['observer'],
+                'last_error': seen['last_error'],
+                'keys': used.get('keys'), 'bytes': used.get('bytes'), 'pending': used.get('pending'),
+                'hints_waiting': sum(count for count, _ in waiting),
+                'hints_expired': sum(count for count, oldest in waiting if oldest / 1e6 < expired_before),
+                'hints_held': sum(c for c, _ in held[p.name].values()) if p.name in held else None,
+            })
+        return {'replicas': config.replicas, 'r': config.r, 'w': config.w, 'front_end': health.name,
+                'partitions': partitions, 'usage_counted': iso_time(counted),
+                'ring': {'vnodes': config.vnodes, 'digest': ring_digest(self.views.ring_description())},
+                'sync': last_runs(self.replicas),
+                'rebalance': self.views.rebalance_status(),
+                'gossip': {'peers': ['%s:%d' % peer for peer in config.peers],
+                           'interval': config.gossip_interval, 'rounds': self.gossip.rounds}}
+
+    def readiness(self):
+        """(ready, {partition: 'up' or 'down'}): ready while enough partitions
+        answer that every key can meet the configured quorums: R and W
+        partitions in all, and no more down than leaves PR and PW owners."""
+        found, failures = self.replicas.everywhere(lambda p: self.replicas.call(p, 'get_metadata', ('view',)))
+        c = self.config
+        ready = len(found) >= max(c.r, c.w) and len(failures) <= c.replicas - max(c.pr, c.pw)
+        # Only the states: /ready answers anyone; /cluster (admin) says why.
+        return ready, {p: 'up' if p in found else 'down' for p in self.replicas.engines}
+
+    def usage_cached(self):
+        """(when counted, usage()), counted at most once every USAGE_SECONDS by this process."""
+        with self._usage_lock:
+            if time.time() - self._usage[0] > USAGE_SECONDS:
+                self._usage = (time.time(), self.usage())
+            return self._usage
+
+    def usage(self):
+        """{partition: {keys, bytes, pending}, None when it did not answer}.
+        Counting costs a scan on every partition."""
+        found, _ = self.replicas.everywhere(lambda p: self.replicas.call(p, 'usage'))
+        return {name: found.get(name) for name in sorted(self.replicas.engines)}
+
+    def keys_per_partition(self):
+        """{partition: distinct keys it holds (tombstoned ones included), None when
+        it did not answer}.  Counting costs an index scan on every partition."""
+        found, _ = self.replicas.everywhere(lambda p: self.replicas.call(p, 'count_keys'))
+        return {name: found.get(name) for name in sorted(self.replicas.engines)}
 
 
 def ring_shares(ring):
@@ -79,7 +109,7 @@ def locate(datastore, bucket, key):
     versions, fallbacks the hints they hold for it."""
     datastore.check_key(bucket, key)
     owners, fallbacks = datastore.placement(bucket, key)
-    found, _ = datastore._everywhere(
+    found, _ = datastore.replicas.everywhere(
         lambda p: datastore.call(p, 'read' if p in owners else 'read_hints', bucket, key))
     return {'bucket': bucket, 'key': key, 'point': key_point(bucket, key), 'owners': owners, 'fallbacks': fallbacks,
             'replicas': {p: {'state': 'ok', 'versions': [version_summary(v) for v in found[p]]} if p in found

@@ -1,0 +1,107 @@
+"""Placement: which partitions own a key, now and under the views before it.
+
+While some ring other than the configured one may still place keys (a
+rebalance under way, or the configuration changed before sync.py recorded it;
+see views.py), a read that finds nothing on a key's owners also asks the
+owners that ring gives the key, and a write first copies to the owners what
+those hold.
+"""
+import threading
+import time
+
+from kvstore.coordinator.ring import Ring
+from kvstore.coordinator.versions import resolve
+from kvstore.coordinator.views import newest_view
+
+VIEW_CACHE_SECONDS = 5.0   # how long the rings of the recorded views are trusted
+
+
+class Placement:
+    def __init__(self, config, replicas, views):
+        self.n = config.replicas
+        self.ring = Ring.of(config)
+        self.replicas = replicas
+        self.views = views
+        self.previous_rings_cache = (0.0, [])   # (expires, rings): see previous_rings
+        self._loading = threading.Lock()
+
+    def of(self, bucket, key):
+        """(preference list, fallbacks): the N owners, then every other partition."""
+        walk = self.ring.walk(bucket, key)
+        return list(walk[:self.n]), list(walk[self.n:])
+
+    def bucket_owners(self, bucket):
+        """The partitions that hold a bucket's record."""
+        return self.ring.preference_list(bucket, '', self.n)
+
+    def previous_rings(self):
+        """[(Ring, replicas)] other than the configured one that may still place
+        keys.  Read at first use, then again in the background when older than
+        VIEW_CACHE_SECONDS, so that requests do not wait on it."""
+        expires, rings = self.previous_rings_cache
+        if time.monotonic() < expires:
+            return rings
+        if expires == 0.0:
+            return self._load_previous_rings()
+        if not self._loading.locked():
+            try:
+                self.replicas.executor.submit(self._load_previous_rings)
+            except RuntimeError:  # shutting down
+                pass
+        return rings
+
+    def forget_previous_rings(self):
+        """Read the views again at the next use (one was just recorded)."""
+        self.previous_rings_cache = (0.0, [])
+
+    def _load_previous_rings(self):
+        with self._loading:
+            expires, rings = self.previous_rings_cache
+            if time.monotonic() < expires:
+                return rings
+            views = self.views.read_views()
+            if views:
+                newest, mine, rings = newest_view(views), self.views.ring_description(), []
+                if newest:
+                    others = [newest['ring']] + ([newest['previous']] if newest['state'] != 'complete' else [])
+                    rings = [(Ring(r['partitions'], r['vnodes']), r['replicas'])
+                             for r in others if r and r != mine]
+            self.previous_rings_cache = (time.monotonic() + VIEW_CACHE_SECONDS, rings)
+            return rings
+
+    def previous_owners(self, bucket, key, preference):
+        """Partitions a previous view places the key on, beyond its preference list."""
+        owners = []
+        for ring, n in self.previous_rings():
+            for name in ring.preference_list(bucket, key, n):
+                if name not in preference and name not in owners and name in self.replicas.engines:
+                    owners.append(name)
+        return owners
+
+    def _read_owners(self, owners, bucket, key, needed=None):
+        needed = len(owners) if needed is None else needed
+        found, _ = self.replicas.fan_out(owners, lambda p: self.replicas.call(p, 'read', bucket, key),
+                                         launch=needed, needed=needed)
+        return resolve(found.values())
+
+    def read_previous_owners(self, bucket, key, preference, replies):
+        """A read found nothing on the key's owners: what its previous owners hold.
+        If they hold nothing either, one owner is asked again, since sync.py
+        removes a key from a previous owner only after every owner holds it."""
+        owners = self.previous_owners(bucket, key, preference)
+        if not owners:
+            return []
+        versions = self._read_owners(owners, bucket, key)
+        if not versions:
+            versions = self._read_owners([p for p in preference if p in replies], bucket, key, needed=1)
+        return versions
+
+    def adopt_previous_owners(self, bucket, key, preference):
+        """Before a write: copy what the key's previous owners hold to its owners,
+        so that the coordinator decides with it."""
+        owners = self.previous_owners(bucket, key, preference)
+        versions = self._read_owners(owners, bucket, key) if owners else []
+        if versions:
+            self.replicas.fan_out(preference, lambda p: [self.replicas.call(p, 'apply', bucket, key, v)
+                                                         for v in versions],
+                                  launch=len(preference), needed=len(preference))

@@ -1,0 +1,158 @@
+"""The write path: coordinate a write on one owner, replicate it, answer with a receipt.
+
+A write is coordinated by the first replica of the key's preference list that
+answers: inside one locked transaction it checks the request's preconditions,
+builds the new version's clock and stores it.  The version then goes to the
+other replicas (replication.py).  A conditional write is decided by the key's
+first owner alone (decider.py).
+"""
+import dataclasses
+import io
+import time
+
+from kvstore.coordinator.chunks import chunks_of, read_up_to
+from kvstore.coordinator.integrity import Hasher
+from kvstore.coordinator.replication import Replication
+from kvstore.coordinator.validation import quorums
+from kvstore.coordinator.versions import Version, context_of, live, next_dot, prune
+from kvstore.engines import BAD_DATA, FULL, PartitionError
+from kvstore.errors import BadRequest, InsufficientStorage, NotFound, TooManySiblings, Unavailable
+
+
+@dataclasses.dataclass
+class Receipt:
+    version: Version
+    created: bool             # no live version existed before
+    context: dict             # None when the write left siblings beside it
+    siblings: int             # versions the coordinator holds after the write
+    preference_list: list
+    acknowledged: list        # replicas in the preference list that hold the version
+    coordinator: str
+    hints: dict               # {replica that was down: partition holding its hint}
+    down: dict                # {replica that could not be written: reason}
+
+
+class Writer:
+    def __init__(self, config, replicas, placement, buckets, chunks, decider, handoff, settling):
+        self.config = config
+        self.replicas = replicas
+        self.placement = placement
+        self.buckets = buckets
+        self.chunks = chunks
+        self.decider = decider
+        self.handoff = handoff
+        self.settling = settling
+
+    def put(self, bucket, key, value, content_type, context=None, check=None, w=None,
+            metadata=None, expected=None, conditional=False, pw=None):
+        """Store a value: bytes, or a stream to read (read(n)).  check(current live
+        versions) may raise to refuse; expected: digests the body must match.
+        conditional: check is a precondition of the client's (compare-and-swap).
+        A value larger than a chunk goes to its coordinator first (chunks.py)."""
+        stream = io.BytesIO(value) if isinstance(value, (bytes, bytearray)) else value
+        size = self.config.chunk_size
+        hasher = Hasher(expected)
+        first = read_up_to(stream, size)
+        second = read_up_to(stream, size) if len(first) == size else b''
+        if not second:
+            hasher.update(first)
+            self.chunks.check_size(hasher.size)
+            hasher.verify()
+            return self.write(bucket, key, context, check, w, lambda seen, dot: Version.new(
+                seen, dot, first, content_type, metadata=metadata), conditional=conditional, pw=pw)
+
+        preference, _ = self.placement.of(bucket, key)
+        candidates = preference[:1] if conditional else preference
+        coordinator, version_id = self.chunks.upload(candidates, bucket, key,
+                                                     chunks_of(stream, (first, second), size), hasher)
+        engine = self.replicas.engines[coordinator]
+        return self.write(bucket, key, context, check, w, lambda seen, dot: Version.new(
+            seen, dot, b'', content_type, metadata=metadata, version_id=version_id,
+            digest=hasher.hexdigest, size=hasher.size, chunk_size=size, chunk_source=engine),
+            coordinators=[coordinator], conditional=conditional, pw=pw)
+
+    def delete(self, bucket, key, context=None, check=None, w=None, conditional=False, pw=None):
+        """Write a tombstone; NotFound when there is no live version."""
+        def must_exist(current):
+            if not current:
+                raise NotFound('no key %r in bucket %r' % (key, bucket))
+            if check:
+                check(current)
+        return self.write(bucket, key, context, must_exist, w,
+                          lambda seen, dot: Version.new(seen, dot, b'', '', deleted=True),
+                          conditional=conditional, pw=pw)
+
+    def write(self, bucket, key, context, check, w, make, coordinators=None, conditional=False, pw=None):
+        """Coordinate a write, replicate it, and answer with its receipt.
+        make(seen context, dot) builds the new version; coordinators: the
+        partitions it may be coordinated by (None: the key's owners, in order).
+        A conditional one is only ever coordinated by the key's first owner."""
+        started = time.monotonic()
+        props = self.buckets.properties_cached(bucket)
+        w, pw = quorums(self.config, props, w=w, pw=pw)
+        if props['conflicts'] == 'lww':
+            context = None   # every write supersedes all the coordinator holds
+        preference, fallbacks = self.placement.of(bucket, key)
+        self.placement.adopt_previous_owners(bucket, key, preference)   # during a view change
+        if conditional:
+            coordinators = self.decider.prepare(bucket, key, preference, coordinators)
+        coordinator, held, version, failures = self._coordinate(
+            bucket, key, coordinators or preference, context, check, make, conditional and preference[0])
+        replication = Replication(self.replicas, self.handoff, self.settling, bucket, key, coordinator, version,
+                                  held, preference, fallbacks, failures)
+        acknowledged, hints, down = replication.run(w, started)
+        if len(acknowledged) + len(hints) < w or len(acknowledged) < pw:
+            raise Unavailable('%d replicas acknowledged the write, %d of them owners; it needs %d, %d of '
+                              'them owners.  It may have been applied on %s'
+                              % (len(acknowledged) + len(hints), len(acknowledged), w, pw,
+                                 ', '.join(acknowledged + sorted(hints.values()))),
+                              failed=down, acknowledged=acknowledged, hints=hints)
+        # The writer has seen its own version, but not siblings it left beside
+        # it: no context then, so that its next write cannot supersede them unseen.
+        siblings = [v for v in held if not version.supersedes(v)]
+        return Receipt(version=version, created=not live(held),
+                       context=None if siblings else version.full_clock, siblings=len(siblings) + 1,
+                       preference_list=preference, acknowledged=acknowledged,
+                       coordinator=coordinator, hints=hints, down=down)
+
+    def _coordinate(self, bucket, key, candidates, context, check, make, decider):
+        """Have the first of candidates that answers decide the write and store
+        its version: (that coordinator, the versions it held, the version,
+        {candidate that failed: reason}).  decider: the first owner, for a
+        conditional write (else False)."""
+        failures = {}
+        for coordinator in candidates:
+            try:
+                held, version = self.replicas.call(coordinator, 'coordinate', bucket, key,
+                                                   self._decision(coordinator, context, check, make))
+                return coordinator, held, version, failures
+            except PartitionError as e:
+                failures[coordinator] = e.reason
+        if BAD_DATA in failures.values():
+            raise BadRequest('bad_data', 'the write holds data too large or malformed for the store '
+                             '(a header, a metadata or context field)')
+        if FULL in failures.values():
+            raise InsufficientStorage('no replica of the key has room for the write', failed=failures)
+        if decider:
+            raise Unavailable('a conditional write is decided by the key\'s first owner, %s, which '
+                              'did not answer; it may have been applied there' % decider, failed=failures)
+        raise Unavailable('no replica of the key could take the write', failed=failures)
+
+    def _decision(self, coordinator, context, check, make):
+        """decide(held) for engine.coordinate: check the versions the
+        coordinator holds (raising to refuse), and build the new version."""
+        engines = self.replicas.engines
+
+        def decide(held):
+            if check:
+                check(live(held))
+            seen = context if context is not None else context_of(held)
+            seen = prune(seen, engines, max(8, 2 * len(engines)))
+            version = make(seen, next_dot(engines[coordinator].actor, held, seen))
+            kept = [v for v in held if not version.supersedes(v)]
+            if len(kept) >= self.config.max_siblings:
+                raise TooManySiblings(
+                    'the key has %d siblings, the most allowed; GET it and PUT one value '
+                    'with its X-Context to resolve them' % len(kept), limit=self.config.max_siblings)
+            return version
+        return decide
