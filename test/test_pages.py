@@ -3,6 +3,7 @@ record and back, the cluster page) and the cluster documents behind them:
 GET /cluster and GET /cluster/locate.  In process over SQLite, then in a
 real headless browser against the real server."""
 import base64
+import hashlib
 import html.parser
 import json
 import os
@@ -188,6 +189,7 @@ class PagesOnSQLite(support.OnSQLite, support.StoreSpecification, unittest.TestC
             [version] = replica['versions']
             self.assertEqual((version['etag'], version['deleted'], version['size'], version['clock']),
                              (receipt['etag'], False, 1, receipt['clock']))
+            self.assertEqual(version['sha256'], hashlib.sha256(b'v').hexdigest())
             self.assertRegex(version['modified'], r'\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\Z')
         for name in doc['fallbacks']:
             self.assertEqual(doc['replicas'][name], {'state': 'ok', 'versions': []})

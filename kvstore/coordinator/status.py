@@ -118,4 +118,4 @@ def locate(datastore, bucket, key):
 
 def version_summary(version):
     return {'etag': version.etag, 'deleted': version.deleted, 'modified': iso_time(version.modified / 1e6),
-            'size': version.size, 'clock': version.full_clock}
+            'size': version.size, 'sha256': version.digest, 'clock': version.full_clock}
