@@ -149,7 +149,7 @@ class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation):
         open the partition: restart them (or do this before they start).
         Returns the new actor."""
         self.set_metadata({INCARNATION: new_incarnation_id()})
-        self._schema_ready = False   # the next connection reads it back
+        self._schema_ready, self._actor = False, None   # the next connection reads it back
         self.pool.close()
         return self.actor
 
