@@ -34,7 +34,9 @@ def pymysql_rows(conn, sql):
         return [tuple(row) for row in cursor.fetchall()]
 
 
-class TestPyMySQLInternals(unittest.TestCase):
+class OnAServer(unittest.TestCase):
+    """Connections to the first server of the shared cluster, closed after each test."""
+
     @classmethod
     def setUpClass(cls):
         cls.server = shared_cluster()[0]
@@ -44,6 +46,10 @@ class TestPyMySQLInternals(unittest.TestCase):
                                    **kwargs)
         self.addCleanup(conn.close)
         return conn
+
+
+class TestPyMySQLInternals(OnAServer):
+    """mysqlwire.PYMYSQL_INTERNALS, each as mysqlwire uses it."""
 
     def test_a_connection_has_every_attribute_relied_on(self):
         conn = self.connect()
@@ -86,17 +92,7 @@ class TestPyMySQLInternals(unittest.TestCase):
         self.assertEqual(rows_of(conn, mysqlwire.bind(conn, 'SELECT %s, %s, %s, %s, %s', values)), [values])
 
 
-class TestReadingAnswers(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.server = shared_cluster()[0]
-
-    def connect(self, **kwargs):
-        conn = self.server.connect(autocommit=True, client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS,
-                                   **kwargs)
-        self.addCleanup(conn.close)
-        return conn
-
+class TestReadingAnswers(OnAServer):
     def test_rows_are_the_bytes_pymysql_reads_at_each_length_encoding(self):
         conn = self.connect()
         # 250 and below take one length byte; 251 means NULL; 252/253 prefix
