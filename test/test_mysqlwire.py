@@ -92,6 +92,27 @@ class TestPyMySQLInternals(OnAServer):
         self.assertEqual(rows_of(conn, mysqlwire.bind(conn, 'SELECT %s, %s, %s, %s, %s', values)), [values])
 
 
+class TestCursor(OnAServer):
+    """mysqlwire.Cursor: the engines' DB-API calls, every answer read by mysqlwire."""
+
+    def test_executemany_inserts_every_row_in_statements_of_bounded_length(self):
+        cursor = mysqlwire.Cursor(self.connect())
+        cursor.execute('CREATE DATABASE IF NOT EXISTS mysqlwire_test')
+        cursor.execute('CREATE TEMPORARY TABLE mysqlwire_test.t (n INT PRIMARY KEY, v LONGBLOB)')
+        cursor.execute('USE mysqlwire_test')
+        rows = [(n, b'%05d' % n * 1000) for n in range(300)]   # 1.5 MB of values: two statements
+        cursor.executemany('INSERT INTO t (n, v) VALUES (%s, %s)', rows)
+        self.assertTrue(0 < cursor.rowcount < 300)   # the last statement's
+        cursor.execute('SELECT n, v FROM t ORDER BY n')
+        self.assertEqual(cursor.fetchall(), rows)
+        cursor.executemany('DELETE FROM t WHERE n = %s', [(n,) for n in range(0, 300, 2)])   # one by one
+        self.assertEqual(cursor.rowcount, 1)
+        cursor.execute('SELECT COUNT(*) FROM t')
+        self.assertEqual(cursor.fetchone(), (150,))
+        cursor.execute('DELETE FROM t WHERE n < %s', (100,))
+        self.assertEqual((cursor.rowcount, cursor.fetchall()), (50, []))
+
+
 class TestReadingAnswers(OnAServer):
     def test_rows_are_the_bytes_pymysql_reads_at_each_length_encoding(self):
         conn = self.connect()
