@@ -148,10 +148,10 @@ class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation):
         must not issue them again.  Front ends read the incarnation when they
         open the partition: restart them (or do this before they start).
         Returns the new actor."""
-        self.set_metadata({INCARNATION: new_incarnation_id()})
-        self._schema_ready, self._actor = False, None   # the next connection reads it back
-        self.pool.close()
-        return self.actor
+        incarnation = new_incarnation_id()
+        self.set_metadata({INCARNATION: incarnation})
+        self._actor = '%s.%s' % (self.name, incarnation)
+        return self._actor
 
     def get_metadata(self, names):
         """{name: value} of the metadata rows that exist among names."""
