@@ -187,10 +187,12 @@ class QueriesSpecification(support.StoreSpecification):
         self.assertTrue(self.other.put_bucket_record(self.bucket, properties, modified))
         self.assertFalse(self.other.put_bucket_record(self.bucket, '{}', modified))
         self.assertEqual(self.other.read_bucket(self.bucket), {'n': 2})
-        self.coordinate('k')
+        version = self.coordinate('k')
+        self.engine.mark_pending(self.bucket, 'k', version.version_id)
         self.engine.drop_keys(self.bucket)
         self.engine.drop_bucket(self.bucket)
         self.assertNotIn(self.bucket, self.engine.bucket_names())
+        self.assertEqual([m for m in self.engine.pending_markers(10) if m[0] == self.bucket], [])
 
     def test_the_reconcilers_queries(self):
         items = [(self.bucket, 'k%d' % i, write('p2')) for i in range(3)]

@@ -12,10 +12,12 @@ class Buckets:
     """Bucket records, and the keys of a bucket as a whole."""
 
     def drop_keys(self, bucket):
-        """Remove every version of a bucket's keys, the hints held for them and
-        the chunks of their large values."""
+        """Remove every version of a bucket's keys, the hints held for them, the
+        chunks of their large values and their pending markers (which would
+        have sync.py push the dropped versions back)."""
         with self._cursor() as cursor:
             self._execute(cursor, 'DELETE FROM objects WHERE bucket = ?', (bucket.encode(),))
+            self._execute(cursor, 'DELETE FROM pending WHERE bucket = ?', (bucket.encode(),))
             self._execute(cursor, 'DELETE FROM hints WHERE bucket = ?', (bucket.encode(),))
             self._execute(cursor, 'DELETE FROM chunks WHERE bucket = ?', (bucket.encode(),))
 
