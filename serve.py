@@ -10,6 +10,8 @@ own.  Each counts for GET /metrics in files of its own under the run
 directory, which a scrape adds up (kvstore/metrics.py).  bench/results/stack.md
 has the numbers behind the choice of uWSGI.
 
+`python serve.py --check` checks the configuration and exits (0: good, 2: bad).
+
 Environment: BIND (127.0.0.1:8080), WORKERS (4), THREADS (4), STORE_CONFIG,
 RUN_AS (started as root: the user to run as, or root to stay root; required),
 ACCESS_LOG (any value: log each request), STATS (an address or a socket
@@ -131,6 +133,11 @@ def check_configuration():
 
 
 def main(argv):
+    if argv[1:] == ['--check']:   # before a start or a SIGHUP reload
+        check_configuration()
+        from kvstore import configuration
+        print('configuration OK: %s' % configuration.config_path())
+        return
     app = argv[1] if len(argv) > 1 else STORE_APPLICATION
     if app == STORE_APPLICATION:
         check_configuration()

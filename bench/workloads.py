@@ -293,9 +293,12 @@ def _raw_rows(store, bucket, key):
             tables = sorted(row[0] if isinstance(row[0], str) else row[0].decode() for row in cursor.fetchall())
             rows = []
             for table in tables:
+                # The engines' cursor reads answers without their column names.
+                cursor.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = DATABASE() "
+                               "AND table_name = %s ORDER BY ordinal_position", (table,))
+                columns = [c[0] if isinstance(c[0], str) else c[0].decode() for c in cursor.fetchall()]
                 cursor.execute('SELECT * FROM `%s` WHERE bucket = %%s AND key_name = %%s' % table,
                                (bucket.encode(), key.encode()))
-                columns = [d[0] for d in cursor.description]
                 rows += [dict(zip(columns, row), _table=table) for row in cursor.fetchall()]
             found[name] = rows
     return found

@@ -172,7 +172,7 @@ class FrontEndView:
         pools = GaugeMetricFamily('kvstore_pool_connections', 'Connections to the partition the answering '
                                   'worker holds, by state', labels=('partition', 'state'))
         for name, engine in datastore.engines.items():
-            for state, count in sorted(pool_counts(engine).items()):
+            for state, count in sorted(engine.pool.counts().items()):
                 pools.add_metric((name, state), count)
         yield pools
         held, runs = partition_reads(datastore)
@@ -192,13 +192,6 @@ class FrontEndView:
         yield success
 
 
-def pool_counts(engine):
-    """{state: connections} of an engine's pool: idle, and in_use where the
-    pool counts them (Pool.counts, from the engines' split; until then the
-    idle ones alone)."""
-    pool = engine.pool
-    counts = getattr(pool, 'counts', None)
-    return counts() if counts else {'idle': len(pool._idle)}
 
 
 def partition_reads(datastore):

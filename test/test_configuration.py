@@ -279,6 +279,19 @@ class TestServerRefusesABadConfiguration(ConfigurationTestCase):
         # No worker started, so no partition was opened.
         self.assertFalse(os.path.exists(os.path.join(self.directory, 'data', 'p1.sqlite3')))
 
+    def test_check_says_whether_a_configuration_is_good_and_starts_nothing(self):
+        good = self.write('[store]\n' + ''.join('\n[partition-p%d]\nengine = sqlite\npath = data/p%d.sqlite3\n' % (i, i)
+                                  for i in (1, 2, 3)))
+        checked = subprocess.run(serve_command() + ['--check'], cwd=REPO, env=dict(os.environ, STORE_CONFIG=good),
+                                 capture_output=True, text=True, timeout=30)
+        self.assertEqual((checked.returncode, checked.stdout.strip()), (0, 'configuration OK: %s' % good))
+        bad = self.write('[store]\nreplicas = 5\n')
+        checked = subprocess.run(serve_command() + ['--check'], cwd=REPO, env=dict(os.environ, STORE_CONFIG=bad),
+                                 capture_output=True, text=True, timeout=30)
+        self.assertEqual(checked.returncode, 2, checked.stderr)
+        self.assertTrue(checked.stderr.startswith('configuration error:'), checked.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.directory, 'data', 'p1.sqlite3')))
+
 
 if __name__ == '__main__':
     unittest.main()

@@ -1,5 +1,4 @@
-"""A partition's storage (engines.py) taking in versions written elsewhere,
-on SQLite and on real MariaDB servers.
+"""A partition's storage (kvstore/engines/), on SQLite and on real MariaDB servers.
 
 A replica is sent a version with the ids of the versions the coordinator
 replaced by it.  Whatever the replica held, it ends up holding exactly the
@@ -7,9 +6,20 @@ versions no other one supersedes: whether it takes the version in one call
 (apply) or in the two halves a write uses to reach every replica at once
 (send_apply, then finish_apply: on MariaDB one compound statement; on SQLite
 send_apply is apply).
+
+Every kind of query an engine makes, hot and cold, answers the same on both
+engines; on MariaDB every answer is read by kvstore/engines/mysqlwire.py,
+never by PyMySQL's own reader (which only connects).  A partition's pool
+reports its idle and taken connections.
 """
+import threading
+import traceback
 import unittest
 
+import pymysql
+
+from kvstore.coordinator.ring import key_point
+from kvstore.coordinator.versions import Version
 from test import support
 from test.test_versions import write
 
@@ -74,6 +84,168 @@ class ApplySpecification(support.StoreSpecification):
         self.apply('k', first)
         self.assertTrue(self.apply('k', third, [second.version_id]))
         self.assertEqual(self.holds('k'), [third.version_id])
+
+
+def pymysql_reads(test):
+    """The answers PyMySQL's own reader (Connection._read_packet) reads, other
+    than while connecting, from now until the test ends: where each was read."""
+    connection = pymysql.connections.Connection
+    read_packet, connect = connection._read_packet, connection.connect
+    local, reads = threading.local(), []
+
+    def connecting(conn, *args, **kwargs):
+        local.connecting = True
+        try:
+            return connect(conn, *args, **kwargs)
+        finally:
+            local.connecting = False
+
+    def reading(conn, *args, **kwargs):
+        if not getattr(local, 'connecting', False):
+            reads.append(''.join(traceback.format_stack(limit=8)))
+        return read_packet(conn, *args, **kwargs)
+
+    connection.connect, connection._read_packet = connecting, reading
+    test.addCleanup(setattr, connection, 'connect', connect)
+    test.addCleanup(setattr, connection, '_read_packet', read_packet)
+    return reads
+
+
+class QueriesSpecification(support.StoreSpecification):
+    """Each role's queries (keys, chunks, hints, buckets, the reconciler's) and
+    their answers."""
+
+    def setUp(self):
+        super().setUp()
+        self.engine, self.other = self.store.engines['p1'], self.store.engines['p2']
+        self.reads = pymysql_reads(self)
+
+    def tearDown(self):
+        if self.reads_by_pymysql_counted and self.reads:
+            self.fail('PyMySQL read %d packets of answers itself, the first here:\n%s'
+                      % (len(self.reads), self.reads[0]))
+
+    def coordinate(self, key, value=b'v', **fields):
+        return self.engine.coordinate(self.bucket, key, lambda held: Version.new(
+            {}, (self.engine.actor, len(held) + 1), value, 'text/plain', **fields))[1]
+
+    def test_keys_read_written_listed_and_marked_pending(self):
+        first = self.coordinate('k')
+        self.assertEqual([v.version_id for v in self.engine.read(self.bucket, 'k')], [first.version_id])
+        self.assertEqual(self.engine.finish_read(self.engine.send_read(self.bucket, 'k'))[0].value, b'v')
+        second = write('p2', held=[first])
+        self.assertTrue(self.engine.finish_apply(self.engine.send_apply(self.bucket, 'k', second,
+                                                                        [first.version_id])))
+        self.assertTrue(self.engine.apply(self.bucket, 'j', second))
+        self.assertEqual([(key, version_id) for key, version_id, _, _ in self.engine.scan(self.bucket, '', None, 10)],
+                         [('j', second.version_id.encode()), ('k', second.version_id.encode())])
+        # A transaction whose work fails is rolled back.
+        with self.assertRaises(ZeroDivisionError):
+            self.engine.coordinate(self.bucket, 'k', lambda held: 1 / 0)
+        self.engine.mark_pending(self.bucket, 'k', second.version_id)
+        self.assertEqual([m[:3] for m in self.engine.pending_markers(10, (self.bucket, '', ''))
+                          if m[0] == self.bucket], [(self.bucket, 'k', second.version_id)])
+        self.engine.clear_pending([(self.bucket, 'k', second.version_id)])
+        self.assertEqual(self.engine.pending_markers(10, (self.bucket, '', '')), [])
+        self.assertEqual(self.engine.delete_versions(self.bucket, 'k', [second.version_id, 'none']), 1)
+        self.assertEqual(self.engine.delete_versions(self.bucket, 'k', [second.version_id]), 0)
+        self.assertEqual(self.engine.read(self.bucket, 'k'), [])
+
+    def test_chunks_written_read_copied_and_collected(self):
+        version_id = 'c' * 32
+        for seq, data in enumerate((b'abc', b'de')):
+            self.engine.write_chunk(self.bucket, 'big', version_id, seq, data)
+        self.assertEqual(self.engine.chunks_held(version_id), 2)
+        big = self.coordinate('big', version_id=version_id, size=5, chunk_size=3)
+        held = self.engine.read(self.bucket, 'big')[0]
+        self.assertEqual(b''.join(self.engine.iter_value(held, 1, 3)), b'bcd')
+        self.assertTrue(self.other.apply(self.bucket, 'big', held))
+        self.assertEqual(self.other.read_chunk(version_id, 1), b'de')
+        self.engine.write_chunk(self.bucket, 'cut-off', 'd' * 32, 0, b'an upload that died')
+        self.assertEqual(self.engine.collect_chunks(2 ** 62, 1000)[0], 1)   # that one only
+        self.assertEqual((self.engine.chunks_held('d' * 32), self.engine.chunks_held(big.version_id)), (0, 2))
+        self.other.delete_chunks(version_id)
+        self.assertEqual(self.other.chunks_held(version_id), 0)
+
+    def test_hints_stored_read_counted_and_deleted(self):
+        version = write('p3')
+        self.assertTrue(self.engine.store_hint('p3', self.bucket, 'h', version))
+        self.assertEqual([v.version_id for v in self.engine.read_hints(self.bucket, 'h')], [version.version_id])
+        hints = [h for h in self.engine.hints_for('p3', 1000) if h[0] == self.bucket]
+        self.assertEqual([(b, k, v.version_id) for b, k, v, _ in hints], [(self.bucket, 'h', version.version_id)])
+        self.assertEqual(self.engine.hint_counts()['p3'][0], len(self.engine.hints_for('p3', 1000)))
+        self.assertIn((self.bucket, 'h'), self.engine.hinted_keys())
+        self.engine.delete_hint('p3', self.bucket, 'h', version.version_id)
+        self.assertEqual(self.engine.read_hints(self.bucket, 'h'), [])
+
+    def test_bucket_records_written_copied_and_dropped(self):
+        self.assertTrue(self.engine.write_bucket(self.bucket, {'n': 3}))
+        self.assertFalse(self.engine.write_bucket(self.bucket, {'n': 2}))
+        self.assertEqual(self.engine.read_bucket(self.bucket), {'n': 2})
+        self.assertIn(self.bucket, self.engine.bucket_names())
+        properties, modified = self.engine.bucket_records()[self.bucket]
+        self.assertTrue(self.other.put_bucket_record(self.bucket, properties, modified))
+        self.assertFalse(self.other.put_bucket_record(self.bucket, '{}', modified))
+        self.assertEqual(self.other.read_bucket(self.bucket), {'n': 2})
+        version = self.coordinate('k')
+        self.engine.mark_pending(self.bucket, 'k', version.version_id)
+        self.engine.drop_keys(self.bucket)
+        self.engine.drop_bucket(self.bucket)
+        self.assertNotIn(self.bucket, self.engine.bucket_names())
+        self.assertEqual([m for m in self.engine.pending_markers(10) if m[0] == self.bucket], [])
+
+    def test_the_reconcilers_queries(self):
+        items = [(self.bucket, 'k%d' % i, write('p2')) for i in range(3)]
+        keys_before = self.engine.count_keys()
+        self.engine.insert_many(items[:2])
+        self.assertEqual(self.engine.apply_many(items[1:]), [False, True])   # k1 held already
+        self.assertEqual(self.engine.count_keys(), keys_before + 3)
+        found = self.engine.read_many([(b, k) for b, k, _ in items], values=False)
+        self.assertEqual({k: [v.version_id for v in found[(self.bucket, k)]] for _, k, _ in items},
+                         {k: [v.version_id] for _, k, v in items})
+        point = key_point(self.bucket, 'k0')
+        self.assertEqual(self.engine.range_digests(point, point + 1, 2)[0][0], 1)
+        self.assertEqual([(b, k) for b, k, _ in self.engine.scan_points(point, point + 1)], [(self.bucket, 'k0')])
+        tombstone = write('p2', held=[items[0][2]])
+        tombstone.deleted, tombstone.modified = True, 1
+        self.engine.apply(self.bucket, 'k0', tombstone)
+        self.assertIn((1, self.bucket, 'k0', tombstone.version_id), self.engine.tombstones(2, 1000))
+        self.engine.set_metadata({'job': self.bucket})
+        self.assertEqual(self.engine.get_metadata(['job', 'none']), {'job': self.bucket})
+        lock = self.engine.try_lock(self.bucket)
+        self.assertIsNotNone(lock)
+        self.assertIsNone(self.engine.try_lock(self.bucket))
+        self.engine.unlock(lock)
+        self.engine.unlock(self.engine.try_lock(self.bucket))
+        actor = self.engine.actor
+        self.assertNotEqual(self.engine.new_incarnation(), actor)
+
+
+class TestQueriesOnSQLite(support.OnSQLite, QueriesSpecification, unittest.TestCase):
+    reads_by_pymysql_counted = False
+
+
+class TestQueriesOnMariaDB(support.OnMariaDB, QueriesSpecification, unittest.TestCase):
+    reads_by_pymysql_counted = True
+
+
+class TestPoolCounts(support.OnMariaDB, support.StoreSpecification, unittest.TestCase):
+    """What a partition's pool reports: connections idle, and taken (by a query
+    sent and not yet read, or a cursor in use)."""
+
+    def test_connections_idle_and_in_use(self):
+        engine = self.store.engines['p1']
+        engine.read(self.bucket, 'k')
+        idle = engine.pool.counts()['idle']
+        self.assertEqual(engine.pool.counts(), {'idle': idle, 'in_use': 0})
+        sent = engine.send_read(self.bucket, 'k')
+        self.assertEqual(engine.pool.counts(), {'idle': idle - 1, 'in_use': 1})
+        with engine._cursor():
+            self.assertEqual(engine.pool.counts(), {'idle': max(idle - 2, 0), 'in_use': 2})
+        engine.finish_read(sent)
+        self.assertEqual(engine.pool.counts()['in_use'], 0)
+        engine.abandon_query(engine.send_read(self.bucket, 'k'))
+        self.assertEqual(engine.pool.counts()['in_use'], 0)
 
 
 class TestApplyOnSQLite(support.OnSQLite, ApplySpecification, unittest.TestCase):

@@ -3,11 +3,19 @@ real server: the rows are the values PyMySQL itself reads, of every type, in
 every length encoding and across 16 MiB packets; every answer of a
 multi-statement is read; errors, timeouts and killed connections are
 PyMySQL's exceptions.
+
+What mysqlwire relies on of PyMySQL beyond its public API
+(mysqlwire.PYMYSQL_INTERNALS), each checked as it is used (TestPyMySQLInternals):
+these fail first when a PyMySQL release changes one of them.
 """
+import io
+import select
+import socket
 import time
 import unittest
 
 import pymysql
+from pymysql.constants import COMMAND, FIELD_TYPE
 
 from kvstore.engines import mysqlwire
 from test.mariadb import shared_cluster
@@ -26,7 +34,9 @@ def pymysql_rows(conn, sql):
         return [tuple(row) for row in cursor.fetchall()]
 
 
-class TestReadingAnswers(unittest.TestCase):
+class OnAServer(unittest.TestCase):
+    """Connections to the first server of the shared cluster, closed after each test."""
+
     @classmethod
     def setUpClass(cls):
         cls.server = shared_cluster()[0]
@@ -37,6 +47,73 @@ class TestReadingAnswers(unittest.TestCase):
         self.addCleanup(conn.close)
         return conn
 
+
+class TestPyMySQLInternals(OnAServer):
+    """mysqlwire.PYMYSQL_INTERNALS, each as mysqlwire uses it."""
+
+    def test_a_connection_has_every_attribute_relied_on(self):
+        conn = self.connect()
+        self.assertEqual([name for name in mysqlwire.PYMYSQL_INTERNALS if not hasattr(conn, name)], [])
+        self.assertIsInstance(conn._sock, socket.socket)
+        self.assertIsInstance(conn._rfile, io.BufferedReader)   # read1
+        # What a column's values are made of (mysqlwire._decoder).
+        self.assertEqual((conn.use_unicode, conn.encoding), (True, 'utf8'))
+        self.assertEqual(conn.decoders[FIELD_TYPE.LONGLONG]('12'), 12)
+
+    def test_execute_command_sends_a_query_and_reads_nothing(self):
+        conn = self.connect()
+        self.assertIsNone(conn._execute_command(COMMAND.COM_QUERY, "SELECT x'61'"))
+        self.assertEqual(conn._next_seq_id, 1)   # the sequence number of the answer's first packet
+        self.assertTrue(select.select([conn._sock], [], [], 5)[0])   # the answer waits, unread
+        self.assertEqual(mysqlwire.read_rows(conn), [(b'a',)])
+
+    def test_current_timeout_is_the_sockets_timeout(self):
+        conn = self.connect(read_timeout=7, write_timeout=3)
+        self.assertEqual(conn._read_timeout, 7)
+        conn._execute_command(COMMAND.COM_QUERY, 'DO 1')   # PyMySQL writes with its write timeout
+        self.assertEqual((conn._current_timeout, conn._sock.gettimeout()), (3, 3))
+        mysqlwire.read_rows(conn)                         # mysqlwire reads with the read timeout
+        self.assertEqual((conn._current_timeout, conn._sock.gettimeout()), (7, 7))
+        conn._execute_command(COMMAND.COM_QUERY, 'DO 1')
+        self.assertEqual(conn._sock.gettimeout(), 3)
+        mysqlwire.read_rows(conn)
+        self.assertEqual(conn._sock.gettimeout(), 7)
+
+    def test_a_closed_connection_sends_nothing(self):
+        conn = self.connect()
+        conn._force_close()
+        self.assertEqual((conn._sock, conn._rfile), (None, None))
+        with self.assertRaises(pymysql.err.InterfaceError):
+            conn._execute_command(COMMAND.COM_QUERY, 'DO 1')
+
+    def test_escape_makes_sql_values_read_back_unchanged(self):
+        conn = self.connect()
+        values = (b"\x00\x1f\xff'\\", "it's \\ \u00fc %s", 5, -2 ** 63, None)
+        self.assertEqual(rows_of(conn, mysqlwire.bind(conn, 'SELECT %s, %s, %s, %s, %s', values)), [values])
+
+
+class TestCursor(OnAServer):
+    """mysqlwire.Cursor: the engines' DB-API calls, every answer read by mysqlwire."""
+
+    def test_executemany_inserts_every_row_in_statements_of_bounded_length(self):
+        cursor = mysqlwire.Cursor(self.connect())
+        cursor.execute('CREATE DATABASE IF NOT EXISTS mysqlwire_test')
+        cursor.execute('CREATE TEMPORARY TABLE mysqlwire_test.t (n INT PRIMARY KEY, v LONGBLOB)')
+        cursor.execute('USE mysqlwire_test')
+        rows = [(n, b'%05d' % n * 1000) for n in range(300)]   # 1.5 MB of values: two statements
+        cursor.executemany('INSERT INTO t (n, v) VALUES (%s, %s)', rows)
+        self.assertTrue(0 < cursor.rowcount < 300)   # the last statement's
+        cursor.execute('SELECT n, v FROM t ORDER BY n')
+        self.assertEqual(cursor.fetchall(), rows)
+        cursor.executemany('DELETE FROM t WHERE n = %s', [(n,) for n in range(0, 300, 2)])   # one by one
+        self.assertEqual(cursor.rowcount, 1)
+        cursor.execute('SELECT COUNT(*) FROM t')
+        self.assertEqual(cursor.fetchone(), (150,))
+        cursor.execute('DELETE FROM t WHERE n < %s', (100,))
+        self.assertEqual((cursor.rowcount, cursor.fetchall()), (50, []))
+
+
+class TestReadingAnswers(OnAServer):
     def test_rows_are_the_bytes_pymysql_reads_at_each_length_encoding(self):
         conn = self.connect()
         # 250 and below take one length byte; 251 means NULL; 252/253 prefix

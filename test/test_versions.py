@@ -38,7 +38,8 @@ class TestVersionNew(unittest.TestCase):
         self.assertEqual(version.clock, {'p2': 4})
         self.assertEqual(version.dot, ('p1', 7))
         self.assertFalse(version.deleted)
-        self.assertEqual(version.etag, '"2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"')
+        self.assertEqual(version.digest, '2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824')
+        self.assertEqual(version.etag, '"%s"' % version.version_id)   # a version's own, not its bytes'
         self.assertEqual(version.full_clock, {'p1': 7, 'p2': 4})
 
     def test_every_new_version_has_its_own_id(self):

@@ -1,51 +1,158 @@
-"""Reading a query's answers off a PyMySQL connection, lean.
+"""MariaDB's queries over a PyMySQL connection: sent, and every answer read, here.
 
-PyMySQL builds an object for every packet and parses every column's
-description in full: for the store's point read that was a third of the
-client's CPU per query (bench/README.md).  This reads the text protocol's
-answers directly: of a column's description it takes the type and the
-character set (at fixed places from its end), and converts values as
-PyMySQL does (its decoders; binary strings stay bytes, as the store's hot
-queries return them).  PyMySQL still connects, authenticates and sends
-(Connection._execute_command); errors are PyMySQL's own exceptions.
+PyMySQL connects, authenticates and sets the session up (autocommit, the
+character set).  After that every query the engines make goes through this
+module, on the hot paths (a key's read, a replica's write, a listing) and on
+the cold ones (hints, chunks, buckets, the reconciler's queries) alike.
+
+PyMySQL's public API cannot carry the store's queries: it sends a query and
+reads its answer in one call (Connection.query, Cursor.execute), while a
+coordinator sends its query to every replica first and reads the answers as
+they arrive (send_query, finish_query).  So a query is sent with PyMySQL's
+Connection._execute_command and its answers read here, off the connection's
+socket.  Reading here is also lean: PyMySQL builds an object for every packet
+and parses every column's description in full (for the store's point read a
+third of the client's CPU per query, bench/README.md); this takes of a
+column's description the type and the character set (at fixed places from
+its end) and converts values as PyMySQL does (its decoders; binary strings
+stay bytes).  Errors are PyMySQL's own exceptions.
 """
+import re
+
 from pymysql import converters, err
 from pymysql.connections import TEXT_TYPES
-from pymysql.constants import FIELD_TYPE
+from pymysql.constants import COMMAND, FIELD_TYPE
+
+# What is relied on of a PyMySQL Connection beyond its public API.
+# requirements.txt pins the releases tried with them, and
+# test/test_mysqlwire.py (TestPyMySQLInternals) fails first when a release
+# changes any of them:
+#   _execute_command(COMMAND.COM_QUERY, sql)  sends a query and reads nothing;
+#                       raises InterfaceError on a closed connection
+#   _sock               its socket (None once closed): readiness, timeouts
+#   _rfile              the socket's buffered reader (read1)
+#   _next_seq_id        the sequence number the next packet read must carry
+#   _read_timeout       the read timeout it was opened with
+#   _current_timeout    the timeout set on _sock now (PyMySQL switches it
+#                       between its read and write timeouts)
+#   _force_close()      closes it without a word to the server
+# and of its non-underscored internals: escape() (a value as SQL), decoders,
+# encoding, use_unicode; pymysql.connections.TEXT_TYPES,
+# pymysql.err.raise_mysql_exception, pymysql.converters.through.
+PYMYSQL_INTERNALS = ('_execute_command', '_sock', '_rfile', '_next_seq_id', '_read_timeout',
+                     '_current_timeout', '_force_close')
 
 BINARY = 63                 # the character set of binary strings
 MAX_PACKET = 0xffffff
 MORE_RESULTS_EXIST = 0x08   # SERVER_MORE_RESULTS_EXISTS in a status word's low byte
 LOST = 2013                 # CR_SERVER_LOST, as PyMySQL reports it
+MAX_STATEMENT = 1024000     # executemany's longest multi-row INSERT (PyMySQL's max_stmt_length)
+INSERT_VALUES = re.compile(r'(.*\bVALUES\s*)(\([^()]*\))(.*)\Z', re.IGNORECASE | re.DOTALL)
+
+
+def send(conn, sql):
+    """Send sql, one query (several statements: a multi-statement), and
+    return without waiting for its answers: read them with read_answers()."""
+    conn._execute_command(COMMAND.COM_QUERY, sql)
+
+
+def bind(conn, statement, args):
+    """statement with its %s placeholders replaced by args, as SQL values."""
+    return statement % tuple(map(conn.escape, args))
+
+
+def socket_of(conn):
+    """The socket conn's answers arrive on; None once it is closed."""
+    return conn._sock
+
+
+class Cursor:
+    """The DB-API calls the engines make (execute, executemany, fetchall,
+    fetchone, rowcount) on a PyMySQL connection, through send and read_answers."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.rows, self.rowcount = [], -1
+
+    def bind(self, statement, args):
+        return bind(self.conn, statement, args)
+
+    def execute(self, statement, args=None):
+        """Run statement (args: its placeholders' values; None: it has none)."""
+        send(self.conn, statement if args is None else self.bind(statement, args))
+        self.rows, self.rowcount = read_answers(self.conn)
+
+    def executemany(self, statement, rows):
+        """statement once for each of rows; an INSERT's VALUES (...) as multi-row
+        INSERTs of up to MAX_STATEMENT characters, as PyMySQL's executemany."""
+        insert = INSERT_VALUES.match(statement)
+        if not insert:
+            for row in rows:
+                self.execute(statement, row)
+            return
+        head, values, tail = insert.groups()
+        batch, size = [], len(head) + len(tail)
+        for row in rows:
+            value = self.bind(values, row)
+            if batch and size + len(value) + 1 > MAX_STATEMENT:
+                self.execute(head + ','.join(batch) + tail)
+                batch, size = [], len(head) + len(tail)
+            batch.append(value)
+            size += len(value) + 1
+        if batch:
+            self.execute(head + ','.join(batch) + tail)
+
+    def fetchall(self):
+        return self.rows
+
+    def fetchone(self):
+        """The first row (the engines read one row of an answer at most)."""
+        return self.rows[0] if self.rows else None
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
 
 
 def read_rows(conn):
+    """The rows of the answers to the query last sent on conn (read_answers)."""
+    return read_answers(conn)[0]
+
+
+def read_answers(conn):
     """Read every answer to the query last sent on conn (a multi-statement or
-    compound statement gives several) and return the rows (tuples) of the
-    last one that is a result set, [] if none is."""
-    if getattr(conn, '_current_timeout', None) != conn._read_timeout:
+    compound statement gives several): (the rows, tuples, of the last one that
+    is a result set, [] if none is; the rows the last write changed)."""
+    if conn._current_timeout != conn._read_timeout:
         conn._sock.settimeout(conn._read_timeout)
         conn._current_timeout = conn._read_timeout
-    conn._result = None   # nothing of PyMySQL's own is left to read before the next query
     packets = Packets(conn)
-    rows, more = [], True
+    rows, changed, more = [], 0, True
     while more:
         answer, more = _result(packets)
-        if answer is not None:
+        if isinstance(answer, list):
             rows = answer
+        else:
+            changed = answer
     if packets.pos != len(packets.data):   # the server says nothing unasked
         conn._force_close()
         raise err.InternalError('Unexpected bytes after the last answer')
-    return rows
+    return rows, changed
 
 
 def _result(packets):
-    """One answer: (its rows, whether more answers follow)."""
+    """One answer: (its rows, or the number of rows it changed; whether more
+    answers follow)."""
     first = packets.next()
     if first[0] == 0x00:     # OK: affected rows, insert id, then the status word
-        _, i = _length(first, 1)
+        changed, i = _length(first, 1)
         _, i = _length(first, i)
-        return None, first[i] & MORE_RESULTS_EXIST
+        return changed, first[i] & MORE_RESULTS_EXIST
     if first[0] == 0xff:
         err.raise_mysql_exception(first)
     columns, _ = _length(first, 0)

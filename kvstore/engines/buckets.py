@@ -1,0 +1,73 @@
+"""Buckets: their records (properties), and dropping a bucket's keys.
+
+A part of SQLEngine (sql.py), on its plumbing (_cursor, _execute, _transaction).
+"""
+import json
+import time
+
+from kvstore.engines.rows import as_text
+
+
+class Buckets:
+    """Bucket records, and the keys of a bucket as a whole."""
+
+    def drop_keys(self, bucket):
+        """Remove every version of a bucket's keys, the hints held for them, the
+        chunks of their large values and their pending markers (which would
+        have sync.py push the dropped versions back)."""
+        with self._cursor() as cursor:
+            self._execute(cursor, 'DELETE FROM objects WHERE bucket = ?', (bucket.encode(),))
+            self._execute(cursor, 'DELETE FROM pending WHERE bucket = ?', (bucket.encode(),))
+            self._execute(cursor, 'DELETE FROM hints WHERE bucket = ?', (bucket.encode(),))
+            self._execute(cursor, 'DELETE FROM chunks WHERE bucket = ?', (bucket.encode(),))
+
+    def bucket_names(self):
+        with self._cursor() as cursor:
+            self._execute(cursor, 'SELECT name FROM buckets')
+            names = {as_text(row[0]) for row in cursor.fetchall()}
+            self._execute(cursor, 'SELECT DISTINCT bucket FROM objects WHERE deleted = 0')
+            return names | {as_text(row[0]) for row in cursor.fetchall()}
+
+    def read_bucket(self, name):
+        with self._cursor() as cursor:
+            self._execute(cursor, 'SELECT properties FROM buckets WHERE name = ?', (name.encode(),))
+            row = cursor.fetchone()
+            return json.loads(row[0]) if row else None
+
+    def write_bucket(self, name, properties):
+        """Store a bucket's properties; True when the bucket record is new."""
+        def work(cursor):
+            self._execute(cursor, 'SELECT properties FROM buckets WHERE name = ?' + self.lock_clause,
+                          (name.encode(),))
+            existed = cursor.fetchone() is not None
+            self._execute(cursor, 'DELETE FROM buckets WHERE name = ?', (name.encode(),))
+            self._execute(cursor, 'INSERT INTO buckets (name, properties, modified) VALUES (?, ?, ?)',
+                          (name.encode(), json.dumps(properties, sort_keys=True).encode(),
+                           time.time_ns() // 1000))
+            return not existed
+        return self._transaction(work)
+
+    def drop_bucket(self, name):
+        with self._cursor() as cursor:
+            self._execute(cursor, 'DELETE FROM buckets WHERE name = ?', (name.encode(),))
+
+    def bucket_records(self):
+        """{bucket: (properties JSON text, modified)} of the records held here."""
+        with self._cursor() as cursor:
+            self._execute(cursor, 'SELECT name, properties, modified FROM buckets')
+            return {as_text(n): (as_text(p), int(m)) for n, p, m in cursor.fetchall()}
+
+    def put_bucket_record(self, name, properties, modified):
+        """Store a bucket record copied from another partition unless the one
+        held here is as new: True when it was stored."""
+        def work(cursor):
+            self._execute(cursor, 'SELECT modified FROM buckets WHERE name = ?' + self.lock_clause,
+                          (name.encode(),))
+            row = cursor.fetchone()
+            if row is not None and int(row[0]) >= modified:
+                return False
+            self._execute(cursor, 'DELETE FROM buckets WHERE name = ?', (name.encode(),))
+            self._execute(cursor, 'INSERT INTO buckets (name, properties, modified) VALUES (?, ?, ?)',
+                          (name.encode(), properties.encode(), modified))
+            return True
+        return self._transaction(work)

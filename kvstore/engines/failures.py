@@ -1,0 +1,23 @@
+"""What a partition's failure means: PartitionError and its reasons."""
+
+
+class PartitionError(Exception):
+    """A partition could not do what was asked (down, unreachable, failing).
+
+    `unavailable` is False for failures that say nothing of the partition's
+    health (a lock conflict, a full disk, a corrupt chunk, data the schema
+    cannot hold): those do not mark it down.
+    """
+
+    def __init__(self, partition, reason, unavailable=True):
+        super().__init__('%s: %s' % (partition, reason))
+        self.partition = partition
+        self.reason = reason
+        self.unavailable = unavailable
+
+
+FULL = 'full'                    # the partition's disk or table is full
+LOCK_CONFLICT = 'lock conflict'
+CORRUPT = 'corrupt data'
+BAD_DATA = 'bad data'            # the data written does not fit the schema
+HEALTHY_FAILURES = (FULL, LOCK_CONFLICT, CORRUPT, BAD_DATA)

@@ -1,0 +1,207 @@
+"""A key's versions: reads, coordinated writes, a replica's writes, listings.
+
+A part of SQLEngine (sql.py), on its plumbing (_cursor, _execute, _transaction).
+"""
+import functools
+import json
+import time
+
+from kvstore.coordinator.ring import key_point
+from kvstore.coordinator.versions import encode_version_clock, reconcile
+from kvstore.engines.failures import PartitionError
+from kvstore.engines.rows import COLUMNS, as_text, listed_version, prefix_end, row_to_version
+
+
+class Keys:
+    """Reads and writes of a key's versions, and listings of a bucket's keys."""
+
+    # How the hot paths (a key's versions) select and read back a version;
+    # MySQLEngine packs the columns into one.  A coordinator decides from
+    # everything but the value, which it need not read.
+    held_columns = COLUMNS
+    held_columns_without_value = COLUMNS.replace(' value,', " x'',")
+
+    def _held_version(self, row):
+        return row_to_version(row, self)
+
+    def _held(self, cursor, bucket, key, lock=True, values=True):
+        self._execute(cursor, self._held_query(lock, values), (bucket.encode(), key.encode()))
+        return [self._held_version(row) for row in cursor.fetchall()]
+
+    def _held_query(self, lock=True, values=True):
+        return ('SELECT ' + (self.held_columns if values else self.held_columns_without_value)
+                + ' FROM objects WHERE bucket = ? AND key_name = ?' + (self.lock_clause if lock else ''))
+
+    def _store(self, cursor, bucket, key, drop_ids, version, if_absent=False):
+        """Drop the versions drop_ids, add version (if_absent: unless it is there)."""
+        b, k = bucket.encode(), key.encode()
+        for version_id in drop_ids:
+            self._execute(cursor, 'DELETE FROM objects WHERE bucket = ? AND key_name = ? AND version_id = ?',
+                          (b, k, version_id.encode()))
+        if version is not None:
+            self._execute(cursor, 'INSERT INTO objects (bucket, key_name, ' + COLUMNS + ', point)'
+                          ' VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)'
+                          + (self.if_absent_clause if if_absent else ''),
+                          (b, k) + self._version_columns(version) + (key_point(bucket, key),))
+
+    @staticmethod
+    def _version_columns(version):
+        """A version as the values of COLUMNS."""
+        return (version.version_id.encode(), encode_version_clock(version), int(version.deleted),
+                version.content_type.encode(), version.digest.encode(), version.modified, version.value,
+                version.size, version.chunk_size,
+                json.dumps(version.metadata, sort_keys=True).encode() if version.metadata else b'')
+
+    def read(self, bucket, key):
+        return self.finish_read(self.send_read(bucket, key))
+
+    # Reads in two halves, so that one thread can have several partitions
+    # working at once: send_X sends the query, finish_X(sent) reads the answer
+    # (abandon_query(sent) if it will not be read).
+    def send_query(self, statement, args):
+        """Here (SQLite, a local file) the query runs at once."""
+        with self._cursor() as cursor:
+            self._execute(cursor, statement, args)
+            return cursor.fetchall()
+
+    def finish_query(self, sent):
+        return sent
+
+    def abandon_query(self, sent):
+        pass
+
+    def send_read(self, bucket, key):
+        return self.send_query(self._held_query(lock=False), (bucket.encode(), key.encode()))
+
+    def finish_read(self, sent):
+        return [self._held_version(row) for row in self.finish_query(sent)]
+
+    def coordinate(self, bucket, key, decide):
+        """Lock the key, let decide(held) make the new version, store it."""
+        def work(cursor):
+            held = self._held(cursor, bucket, key, values=False)
+            version = decide(held)
+            if version.chunk_count:
+                self._execute(cursor, 'SELECT COUNT(*) FROM chunks WHERE version_id = ?',
+                              (version.version_id.encode(),))
+                if int(cursor.fetchone()[0]) != version.chunk_count:
+                    raise PartitionError(self.name, 'chunks of the value are missing (removed before the '
+                                         'upload ended?)', unavailable=False)
+            self._store(cursor, bucket, key, [v.version_id for v in held if version.supersedes(v)], version)
+            return held, version
+        return self._transaction(work)
+
+    def mark_pending(self, bucket, key, version_id):
+        """Mark a version this partition holds as not yet on every replica."""
+        def mark():
+            with self._cursor() as cursor:
+                self._execute(cursor, 'INSERT INTO pending (bucket, key_name, version_id, created)'
+                              ' VALUES (?, ?, ?, ?)',
+                              (bucket.encode(), key.encode(), version_id.encode(), time.time_ns() // 1000))
+        self._retrying(mark)
+
+    def clear_pending(self, markers):
+        """Drop the pending markers [(bucket, key, version_id)]: one autocommit
+        DELETE each, so that none holds a lock while waiting for another."""
+        with self._cursor() as cursor:
+            self._each(cursor, 'DELETE FROM pending WHERE bucket = ? AND key_name = ? AND version_id = ?',
+                       [(b.encode(), k.encode(), v.encode()) for b, k, v in markers])
+
+    def apply(self, bucket, key, version, superseded=None):
+        """Take in a version written elsewhere; keep siblings it does not supersede.
+
+        superseded: the ids of the versions the coordinator replaced with it.
+        The replica then locks the key's rows, drops those, adds the version
+        and commits, without deciding anything (_replace; MySQL: one round
+        trip, send_apply).  Without superseded (read repair, hints), the
+        read-decide-write below.
+        """
+        self.copy_chunks(bucket, key, version)
+        if superseded is not None:
+            held_ids = self._transaction(lambda cursor: self._replace(cursor, bucket, key, version, superseded))
+            return self._keep_applied(bucket, key, version, superseded, held_ids)
+
+        def work(cursor):
+            held = self._held(cursor, bucket, key)
+            drop_ids, store = reconcile(held, version)
+            self._store(cursor, bucket, key, drop_ids, version if store else None)
+            return store or (version.version_id in {v.version_id for v in held} - set(drop_ids))
+        return self._transaction(work)
+
+    def _replace(self, cursor, bucket, key, version, superseded):
+        """Lock the key's rows (first, as the coordinator does: writers of one
+        key then queue rather than deadlock on InnoDB's gap locks), drop the
+        superseded, add the version: the ids held before."""
+        self._execute(cursor, self._locked_ids_query, (bucket.encode(), key.encode()))
+        held_ids = [as_text(row[0]) for row in cursor.fetchall()]
+        self._store(cursor, bucket, key, superseded, version, if_absent=True)
+        return held_ids
+
+    @property
+    def _locked_ids_query(self):
+        return 'SELECT version_id FROM objects WHERE bucket = ? AND key_name = ?' + self.lock_clause
+
+    def _keep_applied(self, bucket, key, version, superseded, held_ids):
+        """After _replace: True if the version stays.  When the replica held
+        only what the coordinator replaced, it now holds just the version.
+        Otherwise writes of the key crossed on the way (a newer version was
+        here, or a sibling): what it holds now is read and reconciled, and each
+        row to drop, superseded by one that stays, goes without a lock."""
+        if set(held_ids) <= set(superseded) | {version.version_id}:
+            return True
+        held = self.read(bucket, key)
+        drop_ids = reconcile(held, version)[0]
+        if drop_ids:
+            with self._cursor() as cursor:
+                self._store(cursor, bucket, key, drop_ids, None)
+        return version.version_id in {v.version_id for v in held} - set(drop_ids)
+
+    # A replica's write in two halves too, so that one thread can send the
+    # version to every replica before waiting for any.  Here send_apply does
+    # it all at once: the datastore writes such replicas from threads instead.
+    sends_apart = False
+
+    def send_apply(self, bucket, key, version, superseded):
+        return self.apply(bucket, key, version, superseded)
+
+    def finish_apply(self, sent):
+        return sent
+
+    def answer_socket(self, sent):
+        """The socket a sent query's answer arrives on; None when it is here."""
+        return None
+
+    def scan(self, bucket, prefix, after, limit):
+        """Up to `limit` version rows of keys > after that start with prefix, in
+        key byte order: [(key, version_id, deleted, Version with its value left
+        out)].  Tombstones included, so that the caller can tell a deleted key
+        from a stale replica's copy.  The Version is built only when asked for
+        (a call): a listing needs it only where replicas disagree."""
+        return self.finish_scan(self.send_scan(bucket, prefix, after, limit))
+
+    def send_scan(self, bucket, prefix, after, limit):
+        b_prefix = prefix.encode()
+        clauses, args = ['bucket = ?', 'key_name >= ?'], [bucket.encode(), b_prefix]
+        if after is not None:
+            clauses.append('key_name > ?')
+            args.append(after.encode())
+        end = prefix_end(b_prefix)
+        if end is not None:
+            clauses.append('key_name < ?')
+            args.append(end)
+        return self.send_query('SELECT ' + self.scan_columns + ' FROM objects WHERE ' + ' AND '.join(clauses)
+                               + ' ORDER BY key_name LIMIT ?', args + [limit])
+
+    def finish_scan(self, sent):
+        rows = [self._scanned(row) for row in self.finish_query(sent)]
+        return [(key.decode(), version_id, deleted, functools.partial(listed_version, version_id, deleted, clock,
+                                                                      modified))
+                for key, version_id, deleted, clock, modified in rows]
+
+    # The columns a listing reads; MySQLEngine packs them into one.
+    scan_columns = 'key_name, version_id, deleted, clock, modified'
+
+    @staticmethod
+    def _scanned(row):
+        return row
+

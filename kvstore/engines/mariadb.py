@@ -1,0 +1,272 @@
+"""MariaDB: a partition in one database of a MariaDB server.
+
+Every query's answer is read by mysqlwire (the one reader, on hot and cold
+paths alike); PyMySQL connects, escapes values and carries the bytes.
+"""
+import contextlib
+import select
+
+import pymysql
+
+from kvstore.engines import mysqlwire
+from kvstore.engines.failures import BAD_DATA, FULL, LOCK_CONFLICT, PartitionError
+from kvstore.engines.rows import COLUMNS, as_text, row_to_version
+from kvstore.engines.sql import SQLEngine
+
+# MySQL errors worth retrying a transaction for: deadlock, lock wait timeout.
+RETRYABLE_MYSQL = (1213, 1205)
+# MySQL errors of a full partition: table full, disk full, out of space.
+MYSQL_FULL = (1114, 1021, 1030)
+# MySQL errors the request's own data causes (a value too long for its column,
+# out of range, not valid for it): the partition is as healthy as before.
+MYSQL_BAD_DATA = (1048, 1264, 1265, 1292, 1366, 1406)
+
+
+class Sent:
+    """A MySQL query sent and not yet answered: the connection its answers
+    come on, and what it was sent for."""
+    __slots__ = ('conn', 'request')
+
+    def __init__(self, conn, request=None):
+        self.conn, self.request = conn, request
+
+
+class BatchingCursor(mysqlwire.Cursor):
+    """A MySQL write transaction in as few round trips as it can take.
+
+    Statements that return nothing are held back and sent with the next one
+    that does, or with the COMMIT, as one multi-statement: START TRANSACTION
+    travels with the first (locking) read, and the writes with the COMMIT:
+    two round trips instead of five.  A replica's write, built here and sent
+    whole (statements(), inside one compound statement), takes one.
+    """
+
+    def __init__(self, conn):
+        super().__init__(conn)
+        self._held = ['START TRANSACTION']
+        self.connection = self   # SQLEngine._transaction commits through it, as on sqlite3's cursors
+
+    def execute(self, statement, args=None):
+        if not statement.lstrip().upper().startswith('SELECT'):
+            self.hold(statement, args)
+            return
+        self._send(statement if args is None else self.bind(statement, args))
+
+    def hold(self, statement, args=None):
+        """Send statement with the next batch, or with the others as one
+        (statements()).  Only the batch's last result set can be fetched."""
+        self._held.append(statement if args is None else self.bind(statement, args))
+
+    def executemany(self, statement, rows):
+        self._send()
+        super().executemany(statement, rows)
+
+    def _send(self, last=None):
+        """Send the held statements (and last); keep last's rows to fetch."""
+        statements = self._held + ([last] if last else [])
+        self._held = []
+        if statements:
+            super().execute(';\n'.join(statements))
+
+    def statements(self):
+        """What is held and COMMIT: the SQL to send as one query."""
+        return self._held + ['COMMIT']
+
+    def commit(self):
+        self._held.append('COMMIT')
+        self._send()
+
+    def rollback(self):
+        self._held = []
+        super().execute('ROLLBACK')
+
+
+class MySQLEngine(SQLEngine):
+    """A partition in one MySQL/MariaDB database."""
+    placeholder = '%s'
+    lock_clause = ' FOR UPDATE'
+    if_absent_clause = ' ON DUPLICATE KEY UPDATE version_id = version_id'
+    insert_if_absent = 'INSERT IGNORE'
+    db_errors = (pymysql.Error,)
+
+    def __init__(self, name, host, port, user, password, database, connect_timeout, read_timeout):
+        self.params = dict(host=host, port=port, user=user, password=password,
+                           connect_timeout=connect_timeout, read_timeout=read_timeout,
+                           write_timeout=read_timeout, autocommit=True, charset='utf8mb4',
+                           ssl_disabled=True, client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS)
+        self.database = database
+        super().__init__(name)
+
+    def _connect(self):
+        try:
+            return pymysql.connect(database=self.database, **self.params)
+        except pymysql.OperationalError as e:
+            if e.args[0] != 1049:  # unknown database: a fresh server, or it was dropped
+                raise
+        self._schema_ready = False   # new tables, and a new incarnation (_open)
+        conn = pymysql.connect(**self.params)
+        cursor = mysqlwire.Cursor(conn)
+        cursor.execute('CREATE DATABASE IF NOT EXISTS `%s`' % self.database.replace('`', '``'))
+        cursor.execute('USE `%s`' % self.database.replace('`', '``'))
+        return conn
+
+    _new_cursor = mysqlwire.Cursor
+
+    def _begin(self, cursor):
+        return BatchingCursor(cursor.conn)
+
+    def _each(self, cursor, statement, rows):
+        statement = self._sql(statement)
+        for start in range(0, len(rows), 100):
+            batch = rows[start:start + 100]
+            cursor.execute(';\n'.join(cursor.bind(statement, row) for row in batch))
+
+    # A query in two halves (mysqlwire.send, mysqlwire.read_rows), so that one
+    # thread can have several partitions working at once.
+    def send_query(self, statement, args):
+        return self._send(lambda conn: mysqlwire.bind(conn, self._sql(statement), args))
+
+    def _send(self, statement, request=None):
+        """Send statement(conn), SQL, as one query; finish_query reads every
+        answer and returns the rows of the last result set."""
+        try:
+            conn = self.pool.take()
+        except self.db_errors as e:
+            raise self._failure(e) from None
+        with self._dropped_on_failure(conn):
+            mysqlwire.send(conn, statement(conn))
+        return Sent(conn, request)
+
+    def finish_query(self, sent):
+        # Read once: the connection goes back to the pool (or is dropped), and
+        # abandon_query then has nothing to close.
+        conn, sent.conn = sent.conn, None
+        with self._dropped_on_failure(conn):
+            rows = mysqlwire.read_rows(conn)
+        self.pool.release(conn)
+        return rows
+
+    sends_apart = True
+
+    def send_apply(self, bucket, key, version, superseded):
+        if version.chunk_size:   # its chunks are copied first, in this call
+            return self.apply(bucket, key, version, superseded)
+
+        def statement(conn):
+            # _replace as one compound statement (MariaDB's BEGIN NOT ATOMIC),
+            # answered only once it has committed: a multi-statement answers
+            # statement by statement, so its socket would turn readable at
+            # once.  The answer is the ids the locking read found.
+            batch = BatchingCursor(conn)
+            batch.hold(self._sql('SELECT GROUP_CONCAT(version_id) INTO held FROM objects'
+                                 ' WHERE bucket = ? AND key_name = ?' + self.lock_clause),
+                       (bucket.encode(), key.encode()))
+            self._store(batch, bucket, key, superseded, version, if_absent=True)
+            return 'BEGIN NOT ATOMIC DECLARE held LONGBLOB; %s; SELECT held; END' % ';\n'.join(batch.statements())
+        return self._send(statement, (bucket, key, version, superseded))
+
+    def finish_apply(self, sent):
+        if not isinstance(sent, Sent):
+            return sent
+        bucket, key, version, superseded = sent.request
+        try:
+            held = self.finish_query(sent)[0][0]
+            held_ids = as_text(held).split(',') if held else []
+        except PartitionError as e:
+            if e.reason != LOCK_CONFLICT:
+                raise
+            return self.apply(bucket, key, version, superseded)   # retried, with backoff
+        return self._keep_applied(bucket, key, version, superseded, held_ids)
+
+    def answer_socket(self, sent):
+        return mysqlwire.socket_of(sent.conn) if isinstance(sent, Sent) and sent.conn else None
+
+    @contextlib.contextmanager
+    def _dropped_on_failure(self, conn):
+        """A connection that failed mid-query is not reused; a database error
+        becomes a PartitionError."""
+        try:
+            yield
+        except self.db_errors as e:
+            self.pool.discard(conn)
+            raise self._failure(e) from None
+        except BaseException:
+            self.pool.discard(conn)
+            raise
+
+    def abandon_query(self, sent):
+        """A sent query that will not be read: its connection cannot be reused."""
+        if isinstance(sent, Sent) and sent.conn:
+            self.pool.discard(sent.conn)
+            sent.conn = None
+
+    @staticmethod
+    def _stale(conn):
+        """An idle connection has nothing to read unless the server closed it
+        (a restart, a kill): then it is dropped before a request fails on it."""
+        sock = mysqlwire.socket_of(conn)
+        return sock is None or bool(select.select([sock], [], [], 0)[0])
+
+    # Reading an answer costs per column (a description, a value), more than
+    # per byte: the columns other than the value travel as one, separated by 0x1f (which no
+    # column can hold: hex, numbers, JSON with control characters escaped, and
+    # media types).
+    held_columns = 'CONCAT_WS(0x1f, %s), value' % COLUMNS.replace(', value', '')
+    held_columns_without_value = held_columns.replace(', value', ", x''")
+    # A listing reads one column a row, for the same reason.  The key goes last, as
+    # it alone may hold a 0x1f byte (a clock is JSON, which escapes it).
+    scan_columns = 'CONCAT_WS(0x1f, version_id, deleted, clock, modified, key_name)'
+
+    @staticmethod
+    def _scanned(row):
+        version_id, deleted, clock, modified, key = row[0].split(b'\x1f', 4)
+        return key, version_id, int(deleted), clock, modified
+
+    def _held_version(self, row):
+        fields = row[0].split(b'\x1f')
+        fields[2] = int(fields[2])   # deleted, a number like the others
+        return row_to_version(fields[:6] + [row[1]] + fields[6:], self)
+
+    def _describe(self, error):
+        code = error.args[0] if error.args and isinstance(error.args[0], int) else None
+        if code in RETRYABLE_MYSQL:
+            return LOCK_CONFLICT
+        if code in MYSQL_FULL:
+            return FULL
+        if code in MYSQL_BAD_DATA:
+            return BAD_DATA
+        if not code:
+            return 'connection lost'
+        if isinstance(error, pymysql.OperationalError):
+            return 'unreachable or failing (MySQL error %s)' % code
+        return 'MySQL error %s' % code
+
+    # -- reconciliation (sync.py) -----------------------------------------------
+    digest_hash_sql = ('CAST(CONV(LEFT(MD5(CONCAT(bucket, 0x00, key_name, 0x00, version_id)), 15), 16, 10)'
+                       ' AS UNSIGNED)')
+    digest_xor_sql = 'BIT_XOR'
+    divide_sql = ' DIV '
+
+    def try_lock(self, name):
+        """GET_LOCK on a connection of its own, named after the database (the
+        lock is server-wide); the server releases it if the connection dies."""
+        lock = ('%s.%s' % (self.database, name))[-64:]
+        conn = None
+        try:
+            conn = self._connect()
+            cursor = mysqlwire.Cursor(conn)
+            cursor.execute('SELECT GET_LOCK(%s, 0)', (lock,))
+            taken = cursor.fetchone()[0] == 1
+        except self.db_errors as e:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            raise PartitionError(self.name, self._describe(e)) from None
+        if not taken:
+            conn.close()
+            return None
+        return conn
+
+    def unlock(self, handle):
+        with contextlib.suppress(Exception):
+            handle.close()   # the server releases the lock with the connection

@@ -1,0 +1,162 @@
+"""What the reconciler (sync.py) asks of a partition: range digests, scans of
+the ring, many keys at once, pending markers, tombstones, counts.
+
+A part of SQLEngine (sql.py), on its plumbing (_cursor, _execute, _transaction).
+"""
+from kvstore.coordinator.ring import RING_SIZE, key_point
+from kvstore.coordinator.versions import reconcile
+from kvstore.engines.rows import COLUMNS, as_text, row_to_version
+
+
+class Reconciliation:
+    """The reconciler's queries."""
+
+    # Ranges are of ring points: lo <= point < hi, with hi at most RING_SIZE.
+    digest_hash_sql = None   # SQL: a row's 60-bit hash (row_hash), per engine
+    digest_xor_sql = None    # SQL: the aggregate XORing them
+    divide_sql = None        # SQL: integer division
+
+    def _point_range(self, lo, hi):
+        if hi >= RING_SIZE:   # 2**63 does not fit a BIGINT parameter
+            return 'point >= ?', [lo]
+        return 'point >= ? AND point < ?', [lo, hi]
+
+    def range_digests(self, lo, hi, parts=1):
+        """[(row count, XOR of row_hash)] of `parts` equal slices of [lo, hi), in
+        order.  Replicas holding the same versions of the same keys have equal
+        digests; the engine computes them without sending rows."""
+        width = min(max(1, -(-(hi - lo) // parts)), RING_SIZE - 1)   # a BIGINT parameter
+        where, args = self._point_range(lo, hi)
+        with self._cursor() as cursor:
+            self._execute(cursor, 'SELECT (point - ?)' + self.divide_sql + '?, COUNT(*), '
+                          + self.digest_xor_sql + '(' + self.digest_hash_sql + ')'
+                          ' FROM objects WHERE ' + where + ' GROUP BY 1', [lo, width] + args)
+            slices = [[0, 0] for _ in range(parts)]
+            for i, count, xor in cursor.fetchall():
+                found = slices[min(int(i), parts - 1)]   # the last point of the ring, with width clamped
+                found[0] += int(count)
+                found[1] ^= int(xor)
+        return [tuple(found) for found in slices]
+
+    def range_digest(self, lo, hi):
+        return self.range_digests(lo, hi, 1)[0]
+
+    def scan_points(self, lo, hi, limit=None):
+        """Version rows (values left out) with lo <= point < hi, in ring order:
+        [(bucket, key, Version)]."""
+        where, args = self._point_range(lo, hi)
+        statement = ('SELECT bucket, key_name, ' + COLUMNS.replace('value', "x''") + ' FROM objects'
+                     ' WHERE ' + where + ' ORDER BY point, bucket, key_name, version_id')
+        if limit is not None:
+            statement += ' LIMIT ?'
+            args.append(limit)
+        with self._cursor() as cursor:
+            self._execute(cursor, statement, args)
+            return [(as_text(row[0]), as_text(row[1]), row_to_version(row[2:], self)) for row in cursor.fetchall()]
+
+    def read_many(self, keys, values=True):
+        """{(bucket, key): [Version]} for many keys at once (values left out
+        unless values)."""
+        keys = list(dict.fromkeys(keys))
+        found = {k: [] for k in keys}
+        columns = COLUMNS if values else COLUMNS.replace('value', "x''")
+        with self._cursor() as cursor:
+            for start in range(0, len(keys), 100):
+                chunk = keys[start:start + 100]
+                self._execute(cursor, 'SELECT bucket, key_name, ' + columns + ' FROM objects WHERE '
+                              + ' OR '.join(['(bucket = ? AND key_name = ?)'] * len(chunk)),
+                              [part for bucket, key in chunk for part in (bucket.encode(), key.encode())])
+                for row in cursor.fetchall():
+                    found[(as_text(row[0]), as_text(row[1]))].append(row_to_version(row[2:], self))
+        return found
+
+    def apply_many(self, items):
+        """apply() each (bucket, key, version) of items in one transaction: [stored]."""
+        order = sorted(range(len(items)), key=lambda i: (items[i][0], items[i][1]))
+        for bucket, key, version in items:
+            self.copy_chunks(bucket, key, version)
+
+        def work(cursor):
+            stored = [False] * len(items)
+            for i in order:
+                bucket, key, version = items[i]
+                drop_ids, keep = reconcile(self._held(cursor, bucket, key), version)
+                self._store(cursor, bucket, key, drop_ids, version if keep else None)
+                stored[i] = keep
+            return stored
+        return self._transaction(work) if items else []
+
+    def insert_many(self, items):
+        """Store [(bucket, key, version)] of keys this partition holds no version
+        of, inline values only, in one transaction of multi-row INSERTs: a bulk
+        load (tests, imports), with exactly the rows apply() would write."""
+        statement = self._sql('INSERT INTO objects (bucket, key_name, ' + COLUMNS + ', point) VALUES (%s)'
+                              % ', '.join(['?'] * (COLUMNS.count(',') + 4)))
+        rows = [(b.encode(), k.encode()) + self._version_columns(v) + (key_point(b, k),) for b, k, v in items]
+        self._transaction(lambda cursor: cursor.executemany(statement, rows))
+
+    def delete_versions(self, bucket, key, version_ids):
+        """Remove these versions of a key (and no other); how many were there."""
+        removed = 0
+        with self._cursor() as cursor:
+            for version_id in version_ids:
+                self._execute(cursor, 'DELETE FROM objects WHERE bucket = ? AND key_name = ?'
+                              ' AND version_id = ?', (bucket.encode(), key.encode(), version_id.encode()))
+                removed += max(cursor.rowcount, 0)
+        return removed
+
+    @staticmethod
+    def _after(columns, values):
+        """SQL and arguments for (columns) > (values), spelled out for index use."""
+        clauses, args = [], []
+        for i, column in enumerate(columns):
+            clauses.append(' AND '.join(['%s = ?' % c for c in columns[:i]] + ['%s > ?' % column]))
+            args.extend(values[:i + 1])
+        return '(' + ' OR '.join('(%s)' % c for c in clauses) + ')', args
+
+    def pending_markers(self, limit, after=None):
+        """Up to limit pending markers in key order, after the (bucket, key,
+        version_id) cursor: [(bucket, key, version_id, created)]."""
+        where, args = ('', [])
+        if after is not None:
+            clause, args = self._after(('bucket', 'key_name', 'version_id'), [a.encode() for a in after])
+            where = ' WHERE ' + clause
+        with self._cursor() as cursor:
+            self._execute(cursor, 'SELECT bucket, key_name, version_id, created FROM pending' + where +
+                          ' ORDER BY bucket, key_name, version_id LIMIT ?', args + [limit])
+            return [(as_text(b), as_text(k), as_text(v), int(c)) for b, k, v, c in cursor.fetchall()]
+
+    def pending_count(self):
+        with self._cursor() as cursor:
+            self._execute(cursor, 'SELECT COUNT(*) FROM pending')
+            return int(cursor.fetchone()[0])
+
+    def tombstones(self, before, limit, after=None):
+        """Up to limit tombstones modified before `before`, oldest first, after the
+        (modified, bucket, key, version_id) cursor: [(modified, bucket, key, version_id)]."""
+        clauses, args = ['deleted = 1', 'modified < ?'], [before]
+        if after is not None:
+            clause, more = self._after(('modified', 'bucket', 'key_name', 'version_id'),
+                                       [after[0]] + [a.encode() for a in after[1:]])
+            clauses.append(clause)
+            args += more
+        with self._cursor() as cursor:
+            self._execute(cursor, 'SELECT modified, bucket, key_name, version_id FROM objects WHERE '
+                          + ' AND '.join(clauses) +
+                          ' ORDER BY modified, bucket, key_name, version_id LIMIT ?', args + [limit])
+            return [(int(m), as_text(b), as_text(k), as_text(v)) for m, b, k, v in cursor.fetchall()]
+
+    def count_keys(self):
+        """How many distinct keys (tombstoned ones included) this partition holds."""
+        with self._cursor() as cursor:
+            self._execute(cursor, 'SELECT COUNT(*) FROM (SELECT DISTINCT bucket, key_name FROM objects) k')
+            return int(cursor.fetchone()[0])
+
+    def usage(self):
+        """{keys, bytes, pending} held here: distinct keys (tombstoned ones
+        included), the bytes of their versions' values, pending markers."""
+        with self._cursor() as cursor:
+            self._execute(cursor, 'SELECT (SELECT COUNT(*) FROM (SELECT DISTINCT bucket, key_name FROM objects) k),'
+                          ' (SELECT COALESCE(SUM(size), 0) FROM objects), (SELECT COUNT(*) FROM pending)')
+            keys, size, pending = cursor.fetchone()
+            return {'keys': int(keys), 'bytes': int(size), 'pending': int(pending)}

@@ -1,0 +1,53 @@
+"""The tables of a partition, and versions as their rows."""
+import json
+import os
+import uuid
+
+from kvstore.coordinator.versions import Version, decode_version_clock
+
+SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                           'database_definition.sql')
+COLUMNS = 'version_id, clock, deleted, content_type, digest, modified, value, size, chunk_size, metadata'
+INCARNATION = 'incarnation'   # the metadata row naming the partition's incarnation
+
+
+def new_incarnation_id():
+    return uuid.uuid4().hex[:12]
+
+
+def schema_statements():
+    with open(SCHEMA_PATH, encoding='utf-8') as f:
+        text = '\n'.join(line.split('--')[0] for line in f)
+    return [s.strip() for s in text.split(';') if s.strip()]
+
+
+def prefix_end(prefix):
+    """The smallest byte string greater than every string starting with prefix."""
+    stripped = prefix.rstrip(b'\xff')
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+def row_to_version(row, source=None):
+    """A Version from the columns of COLUMNS; source: the engine its chunks are on."""
+    version_id, clock, deleted, content_type, digest, modified, value, size, chunk_size, metadata = row
+    seen, dot = decode_version_clock(clock)
+    return Version(version_id=as_text(version_id), clock=seen, dot=dot,
+                   size=int(size), chunk_size=int(chunk_size),
+                   metadata=json.loads(metadata) if metadata else {},
+                   chunk_source=source if chunk_size else None,
+                   deleted=bool(deleted), content_type=as_text(content_type),
+                   value=bytes(value), digest=as_text(digest), modified=int(modified))
+
+
+def listed_version(version_id, deleted, clock, modified):
+    """Just enough of a version to tell which supersedes which (scan())."""
+    seen, dot = decode_version_clock(clock)
+    return Version(version_id=as_text(version_id), clock=seen, dot=dot, deleted=bool(deleted),
+                   content_type='', value=b'', digest='', modified=int(modified))
+
+
+def as_text(value):
+    """A column's value as text: MariaDB's binary columns come back as bytes."""
+    return value.decode() if isinstance(value, (bytes, bytearray)) else value

@@ -1,0 +1,184 @@
+"""SQLEngine: the SQL both engines share, and how it runs.
+
+Its methods are grouped by role in mixins (keys.py, chunks.py, hints.py,
+buckets.py, reconcile.py); this class holds what they all use: a partition's
+connections, cursors, write transactions and their retries, what a database
+error means, the schema and the partition's incarnation and metadata.
+The dialects (sqlite.py, mariadb.py) say how to connect and lock.
+"""
+import contextlib
+import logging
+import random
+import time
+
+from kvstore.engines.buckets import Buckets
+from kvstore.engines.chunks import Chunks
+from kvstore.engines.failures import HEALTHY_FAILURES, LOCK_CONFLICT, PartitionError
+from kvstore.engines.hints import Hints
+from kvstore.engines.keys import Keys
+from kvstore.engines.pool import Pool
+from kvstore.engines.reconcile import Reconciliation
+from kvstore.engines.rows import INCARNATION, as_text, new_incarnation_id, schema_statements
+
+log = logging.getLogger('kvstore.engines')
+TRANSACTION_ATTEMPTS = 10
+
+
+class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation):
+    """The SQL both engines share.  Subclasses set how to connect and lock."""
+    placeholder = '?'
+    lock_clause = ''
+    if_absent_clause = ' ON CONFLICT DO NOTHING'
+    insert_if_absent = 'INSERT OR IGNORE'
+    db_errors = ()
+
+    def __init__(self, name):
+        self.name = name
+        self._schema_ready = False
+        self._actor = None
+        self.pool = Pool(self._open, self.db_errors, self._stale)
+
+    @property
+    def actor(self):
+        """The actor of the writes this partition coordinates: its name and
+        incarnation, "p1.3f9a0c2d41b7".  The incarnation is minted when the
+        partition's tables are created, so a partition that comes back empty
+        (a new disk, its file or database recreated) never reuses a dot it
+        issued before; new_incarnation() mints another after a restore."""
+        if self._actor is None:
+            with self._cursor():
+                pass   # opening the first connection reads it (_open)
+        return self._actor
+
+    # -- what subclasses provide
+    def _connect(self):
+        raise NotImplementedError
+
+    def _begin(self, cursor):
+        """Start a write transaction; may return a cursor to use in its place."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _new_cursor(conn):
+        return conn.cursor()
+
+    @staticmethod
+    def _stale(conn):
+        return False
+
+    # -- plumbing
+    def _sql(self, statement):
+        return statement if self.placeholder == '?' else statement.replace('?', self.placeholder)
+
+    @contextlib.contextmanager
+    def _cursor(self):
+        """A cursor in autocommit mode; errors become PartitionError."""
+        try:
+            with self.pool.connection() as conn:
+                cursor = self._new_cursor(conn)
+                try:
+                    yield cursor
+                finally:
+                    cursor.close()
+        except self.db_errors as e:
+            raise self._failure(e) from None
+
+    def _failure(self, error):
+        """The PartitionError a database error means."""
+        log.info('partition %s failed: %s', self.name, error)
+        reason = self._describe(error)
+        return PartitionError(self.name, reason, reason not in HEALTHY_FAILURES)
+
+    def _describe(self, error):
+        return type(error).__name__
+
+    def _execute(self, cursor, statement, args=()):
+        cursor.execute(self._sql(statement), args)
+
+    def _each(self, cursor, statement, rows):
+        """Run statement once per row of arguments (MySQL: in one round trip)."""
+        for row in rows:
+            self._execute(cursor, statement, row)
+
+    def _transaction(self, work):
+        """Run work(cursor) in one write transaction, retrying lock conflicts."""
+        def attempt():
+            with self._cursor() as cursor:
+                cursor = self._begin(cursor) or cursor
+                try:
+                    result = work(cursor)
+                except BaseException:
+                    cursor.connection.rollback()
+                    raise
+                cursor.connection.commit()
+                return result
+        return self._retrying(attempt)
+
+    @staticmethod
+    def _retrying(attempt):
+        for tried in range(TRANSACTION_ATTEMPTS):
+            try:
+                return attempt()
+            except PartitionError as e:
+                if e.reason != LOCK_CONFLICT or tried == TRANSACTION_ATTEMPTS - 1:
+                    raise
+                # InnoDB's gap locks make writers of neighbouring new keys
+                # deadlock now and then: back off, at random, and try again.
+                time.sleep(random.uniform(0.002, 0.01) * 2 ** min(tried, 5))
+
+    def _open(self):
+        """A new connection; the first one also creates any missing tables and
+        reads the partition's incarnation (minting it for new tables)."""
+        conn = self._connect()
+        if not self._schema_ready:
+            cursor = self._new_cursor(conn)
+            for statement in schema_statements():
+                cursor.execute(statement)
+            cursor.execute(self._sql(self.insert_if_absent + ' INTO metadata (name, value) VALUES (?, ?)'),
+                           (INCARNATION.encode(), new_incarnation_id().encode()))
+            cursor.execute(self._sql('SELECT value FROM metadata WHERE name = ?'), (INCARNATION.encode(),))
+            self._actor = '%s.%s' % (self.name, as_text(cursor.fetchone()[0]))
+            cursor.close()
+            self._schema_ready = True
+        return conn
+
+    def new_incarnation(self):
+        """Mint a new incarnation, for a partition restored from a backup or
+        rolled back: the dots it issued since may be missing from it, and it
+        must not issue them again.  Front ends read the incarnation when they
+        open the partition: restart them (or do this before they start).
+        Returns the new actor."""
+        incarnation = new_incarnation_id()
+        self.set_metadata({INCARNATION: incarnation})
+        self._actor = '%s.%s' % (self.name, incarnation)
+        return self._actor
+
+    def get_metadata(self, names):
+        """{name: value} of the metadata rows that exist among names."""
+        names = list(names)
+        with self._cursor() as cursor:
+            self._execute(cursor, 'SELECT name, value FROM metadata WHERE name IN (%s)'
+                          % ', '.join(['?'] * len(names)), [n.encode() for n in names])
+            return {as_text(n): as_text(v) for n, v in cursor.fetchall()}
+
+    def set_metadata(self, values):
+        """Write {name: value} metadata rows in one transaction."""
+        def work(cursor):
+            for name, value in sorted(values.items()):
+                if len(value.encode()) > 4096:
+                    raise ValueError('metadata %s is longer than 4096 bytes' % name)
+                self._execute(cursor, 'DELETE FROM metadata WHERE name = ?', (name.encode(),))
+                self._execute(cursor, 'INSERT INTO metadata (name, value) VALUES (?, ?)',
+                              (name.encode(), value.encode()))
+        self._transaction(work)
+
+    def close(self):
+        self.pool.close()
+
+    def try_lock(self, name):
+        """Take the advisory lock `name` without waiting: a handle, or None when
+        another process holds it.  Held until unlock() or the process dies."""
+        raise NotImplementedError
+
+    def unlock(self, handle):
+        raise NotImplementedError
