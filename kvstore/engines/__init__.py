@@ -12,6 +12,7 @@ in how they connect, how a write transaction locks, and the placeholder.
     bucket records: bucket_names(), read_bucket(), write_bucket(), drop_bucket()
     reconciliation (sync.py): range_digests(), scan_points(), read_many(), apply_many(),
         pending_markers(), tombstones(), metadata, advisory locks
+    what a partition holds (GET /cluster): count_keys(), usage()
 
 The modules, one role each:
     failures.py   PartitionError and what a failure means (FULL, BAD_DATA, ...)
