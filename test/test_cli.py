@@ -251,4 +251,6 @@ class TestKv(unittest.TestCase):
         self.assertEqual(len(document['owners']), 3)
         out, _ = self.kv('locate', self.bucket, 'k')
         self.assertIn('owners     %s' % ' '.join(document['owners']), out.decode())
-        self.assertIn(hashlib.sha256(b'v').hexdigest(), out.decode())
+        [version] = document['replicas'][document['owners'][0]]['versions']
+        self.assertEqual(version['sha256'], hashlib.sha256(b'v').hexdigest())
+        self.assertIn(version['etag'], out.decode())
