@@ -71,8 +71,8 @@ def process_tree(pid):
 
 def reap_stale_runs():
     """Kill what a run that died without cleaning up (SIGKILL) left behind."""
-    from test.mariadb import _pid_alive as pid_alive, _reap_stale_dirs
-    _reap_stale_dirs()  # the harness's servers whose owner is gone
+    from test.mariadb_processes import pid_alive, reap_stale_dirs
+    reap_stale_dirs()  # the harness's servers whose owner is gone
     tmp = tempfile.gettempdir()
     for entry in sorted(os.listdir(tmp)):
         if not entry.startswith(TEMP_PREFIX):
@@ -169,8 +169,8 @@ class Process:
 
 def free_port():
     """A free TCP port on 127.0.0.1, below the ephemeral range: the harness's."""
-    from test.mariadb import _pick_port
-    return _pick_port()
+    from test.mariadb_processes import pick_port
+    return pick_port()
 
 
 def http_request(port, method, path, body=None, headers=None, timeout=30):

@@ -25,7 +25,7 @@ from test import support
 from test.mariadb import shared_cluster
 from test.server import StoreServer
 from test.test_server import CONFIGURATION, request
-from test.test_sync import FAST, config_of, holdings, sync_once
+from test.sync_support import FAST, config_of, holdings, sync_once
 from kvstore.coordinator.versions import Version
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

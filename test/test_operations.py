@@ -25,7 +25,7 @@ from kvstore.coordinator.ring import RING_SIZE
 from test import support
 from test.mariadb import shared_cluster
 from test.server import REPO, StoreServer
-from test.test_sync import holdings
+from test.sync_support import holdings
 
 CHECK_CONFIGURATION = 'from kvstore import configuration; configuration.load()'
 

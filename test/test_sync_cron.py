@@ -17,7 +17,7 @@ import sync
 from kvstore.coordinator.versions import Version
 from kvstore.reconciler.history import last_runs
 from test import support
-from test.test_sync import HERE, SyncCase, config_of, holdings, run_command, sync_once, write_config
+from test.sync_support import HERE, SyncCase, config_of, holdings, run_command, sync_once, write_config
 
 CRONTAB = os.path.join(HERE, 'crontab.example')
 UNITS = [os.path.join(HERE, 'deploy', 'kvstore-sync.' + kind) for kind in ('service', 'timer')]
