@@ -17,7 +17,8 @@ from kvstore.reconciler.history import last_runs
 USAGE_SECONDS = 60.0     # how long GET /cluster reuses its count of keys, bytes and pending markers
 
 
-def iso_time(seconds):
+def iso_time(seconds=None):
+    """Seconds since the epoch (default: now) in ISO 8601, UTC."""
     return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(seconds))
 
 

@@ -5,7 +5,8 @@ import json
 import time
 
 from kvstore.engines import PartitionError
-from kvstore.reconciler.results import JOBS, iso_time
+from kvstore.coordinator.status import iso_time
+from kvstore.reconciler.results import JOBS
 
 RECORD_PREFIX = 'sync.last.'
 RECORD_LIMIT = 4096     # bytes a metadata value may hold
