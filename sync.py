@@ -58,8 +58,7 @@ try:
     from kvstore.engines import PartitionError
     from kvstore.reconciler.lock import ClusterLock
     from kvstore.reconciler.metering import Progress
-    from kvstore.coordinator.status import iso_time
-    from kvstore.reconciler.results import CONVERGED, ERROR, JOBS, STATUS_WORDS, WORK_LEFT, exit_status, tell
+    from kvstore.reconciler.results import CONVERGED, ERROR, JOBS, STATUS_WORDS, WORK_LEFT, exit_status, iso_time, tell
     from kvstore.reconciler.runner import run, unreachable
 except ImportError as e:   # exit 2, not Python's 1 (which means "work left" here)
     sys.stderr.write('sync: %s (run it with the project\'s virtualenv: .venv/bin/python sync.py)\n' % e)

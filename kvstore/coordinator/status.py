@@ -17,8 +17,7 @@ from kvstore.reconciler.history import last_runs
 USAGE_SECONDS = 60.0     # how long GET /cluster reuses its count of keys, bytes and pending markers
 
 
-def iso_time(seconds=None):
-    """Seconds since the epoch (default: now) in ISO 8601, UTC."""
+def iso_time(seconds):
     return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(seconds))
 
 

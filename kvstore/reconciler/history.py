@@ -5,8 +5,7 @@ import json
 import time
 
 from kvstore.engines import PartitionError
-from kvstore.coordinator.status import iso_time
-from kvstore.reconciler.results import JOBS
+from kvstore.reconciler.results import JOBS, iso_time
 
 RECORD_PREFIX = 'sync.last.'
 RECORD_LIMIT = 4096     # bytes a metadata value may hold
