@@ -38,7 +38,8 @@ from kvstore.coordinator.placement import Placement
 from kvstore.coordinator.reads import Read, Reader
 from kvstore.coordinator.replicas import Replicas
 from kvstore.coordinator.settling import Settling
-from kvstore.coordinator.status import ClusterStatus, iso_time
+from kvstore.coordinator.status import ClusterStatus
+from kvstore.coordinator.versions import iso_time
 from kvstore.coordinator.views import ViewConflict, ViewRecords, newest_view, ring_digest
 from kvstore.coordinator.writes import Receipt, Writer
 from kvstore.engines import open_engine

@@ -42,7 +42,7 @@ Exit status: 0 converged (nothing was left undone), 1 work left (a partition
 was down, hints wait for their owner, a rebalance is unfinished), 2 error
 (among them a configuration none of whose partitions can be reached).  Every
 line it prints starts with the time (ISO 8601, UTC), for its log; each job's
-result is also recorded in the partitions (kvstore/reconciler/history.py).
+result is also recorded in the partitions (kvstore/coordinator/sync_runs.py).
 
 This file is the command; the jobs are in kvstore/reconciler/.
 """
@@ -58,7 +58,9 @@ try:
     from kvstore.engines import PartitionError
     from kvstore.reconciler.lock import ClusterLock
     from kvstore.reconciler.metering import Progress
-    from kvstore.reconciler.results import CONVERGED, ERROR, JOBS, STATUS_WORDS, WORK_LEFT, exit_status, iso_time, tell
+    from kvstore.coordinator.versions import iso_time
+    from kvstore.coordinator.sync_runs import JOBS
+    from kvstore.reconciler.results import CONVERGED, ERROR, STATUS_WORDS, WORK_LEFT, exit_status, tell
     from kvstore.reconciler.runner import run, unreachable
 except ImportError as e:   # exit 2, not Python's 1 (which means "work left" here)
     sys.stderr.write('sync: %s (run it with the project\'s virtualenv: .venv/bin/python sync.py)\n' % e)

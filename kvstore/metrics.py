@@ -209,9 +209,9 @@ def partition_reads(datastore):
 
 def sync_last_runs(datastore):
     """{job: (when it ended, in Unix seconds, succeeded)} of sync.py's last
-    runs, as kvstore.reconciler.history records them (none before it exists)."""
+    runs, as kvstore.coordinator.sync_runs records them."""
     try:
-        from kvstore.reconciler.history import last_runs
+        from kvstore.coordinator.sync_runs import last_runs
     except ImportError:
         return {}
     return {job: (run['timestamp'], run['ok']) for job, run in last_runs(datastore).items()}

@@ -314,10 +314,10 @@ class TestMetricsInProcess(InProcess):
         self.assertEqual({p: (calls[p][0] - scrape_cost[p][0], calls[p][1] - scrape_cost[p][1])
                           for p in self.partitions}, {p: (1 if p in owners else 0, 0) for p in self.partitions})
 
-    @unittest.skipUnless(importlib.util.find_spec('kvstore.reconciler.history'),
+    @unittest.skipUnless(importlib.util.find_spec('kvstore.coordinator.sync_runs'),
                          'sync.py records its runs from the reconciler split (#15) on')
     def test_the_last_run_of_each_sync_job_as_recorded_in_the_partitions(self):
-        from kvstore.reconciler.history import record_runs
+        from kvstore.coordinator.sync_runs import record_runs
         from kvstore.reconciler.results import JobResult
         finished = round(time.time() - 3600, 3)
         record_runs(self.store, [JobResult('hints', {}, {}, False, 'delivered 0 hints'),

@@ -1,6 +1,6 @@
 """sync.py as it is installed: the line of crontab.example run as cron runs it,
 configurations it must refuse, dry runs, and each job's last result recorded
-in the partitions (kvstore/reconciler/history.py).  Real MariaDB partitions
+in the partitions (kvstore/coordinator/sync_runs.py).  Real MariaDB partitions
 from the shared cluster, sync.py run as a command."""
 import configparser
 import getpass
@@ -15,7 +15,7 @@ import time
 
 import sync
 from kvstore.coordinator.versions import Version
-from kvstore.reconciler.history import last_runs
+from kvstore.coordinator.sync_runs import last_runs
 from test import support
 from test.sync_support import HERE, SyncCase, config_of, holdings, run_command, sync_once, write_config
 

@@ -12,13 +12,10 @@ import time
 
 from kvstore.coordinator.ring import RING_SIZE, Ring, key_point
 from kvstore.coordinator.views import ring_digest
-from kvstore.reconciler.history import last_runs
+from kvstore.coordinator.sync_runs import last_runs
+from kvstore.coordinator.versions import iso_time
 
 USAGE_SECONDS = 60.0     # how long GET /cluster reuses its count of keys, bytes and pending markers
-
-
-def iso_time(seconds):
-    return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(seconds))
 
 
 class ClusterStatus:

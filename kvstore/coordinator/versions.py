@@ -116,6 +116,11 @@ def decode_context(text, partitions, bucket, key):
 
 # --- versions --------------------------------------------------------------
 
+def iso_time(seconds=None):
+    """Seconds since the epoch (default: now) in ISO 8601, UTC."""
+    return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(seconds))
+
+
 @dataclasses.dataclass
 class Version:
     """One version of a key: a value, or a tombstone when deleted.

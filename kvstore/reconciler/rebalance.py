@@ -6,7 +6,8 @@ import time
 from kvstore.engines import PartitionError
 from kvstore.reconciler.antientropy import ranges_outside, scan_pages
 from kvstore.reconciler.repair import anti_entropy
-from kvstore.reconciler.results import JobResult, iso_time, tell, waiting_text
+from kvstore.coordinator.versions import iso_time
+from kvstore.reconciler.results import JobResult, tell, waiting_text
 
 PROGRESS_SECONDS = 2.0      # how often a rebalance records its progress
 

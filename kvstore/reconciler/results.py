@@ -1,8 +1,6 @@
 """What a reconciler run reports: one JobResult per job, and the run's exit status."""
 import dataclasses
-import time
 
-JOBS = ('hints', 'rebalance', 'repair', 'gc')   # the order `all` runs them in
 CONVERGED, WORK_LEFT, ERROR = 0, 1, 2
 STATUS_WORDS = {CONVERGED: 'converged', WORK_LEFT: 'work left', ERROR: 'error'}
 
@@ -36,8 +34,3 @@ def tell(dry_run, count, done, would):
     would are %d templates."""
     return (would if dry_run else done) % count
 
-
-def iso_time(seconds=None):
-    """Seconds since the epoch (default: now) in ISO 8601, UTC: the time on
-    the reconciler's lines and records."""
-    return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(seconds))

@@ -1,5 +1,5 @@
 """One reconciler run: record the configured view, then run the jobs in JOBS
-order over one Datastore, and record how each ended (history.py)."""
+order over one Datastore, and record how each ended (kvstore/coordinator/sync_runs.py)."""
 import logging
 import os
 
@@ -7,12 +7,12 @@ from datastore import ViewConflict
 from kvstore.engines import PartitionError
 from kvstore.reconciler.gc import collect_garbage
 from kvstore.reconciler.hints import deliver_hints
-from kvstore.reconciler.history import record_runs
+from kvstore.coordinator.sync_runs import JOBS, record_runs
 from kvstore.reconciler.metering import Meter, Progress
 from kvstore.reconciler.partitions import Partitions
 from kvstore.reconciler.rebalance import rebalance
 from kvstore.reconciler.repair import repair
-from kvstore.reconciler.results import JOBS, JobResult
+from kvstore.reconciler.results import JobResult
 
 log = logging.getLogger('kvstore.sync')
 

@@ -5,8 +5,9 @@ import json
 import time
 
 from kvstore.engines import PartitionError
-from kvstore.reconciler.results import JOBS, iso_time
+from kvstore.coordinator.versions import iso_time
 
+JOBS = ('hints', 'rebalance', 'repair', 'gc')   # sync.py's jobs, in the order `all` runs them
 RECORD_PREFIX = 'sync.last.'
 RECORD_LIMIT = 4096     # bytes a metadata value may hold
 TEXT_LIMIT = 500        # characters kept of a summary or an error
