@@ -6,7 +6,7 @@ how far into the listing the page is.
 """
 import collections
 
-from datastore import MAX_LIST_LIMIT
+from kvstore.coordinator.listing import MAX_LIST_LIMIT
 
 
 def page_before(datastore, bucket, prefix, before, limit):
