@@ -358,10 +358,12 @@ def reset_if_worker_dies(env):
 
 
 def _set_linger(fd, value):
-    sock = socket.socket(fileno=fd)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, value)
-    except OSError:
-        pass   # the router already went away
-    finally:
-        sock.detach()
+    # setsockopt(2) itself: a socket object made for the call would first ask
+    # the descriptor its family and type (a tenth of a GET's CPU, profiled).
+    # A failure (the router already went away) is ignored.
+    _libc_setsockopt(fd, socket.SOL_SOCKET, socket.SO_LINGER, value, len(value))
+
+
+_libc_setsockopt = ctypes.CDLL(None, use_errno=True).setsockopt
+_libc_setsockopt.restype = ctypes.c_int
+_libc_setsockopt.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
