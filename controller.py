@@ -308,9 +308,6 @@ class Key:
         web.header('Last-Modified', last_modified(version))
         caching_headers(bucket, current)
         if Preconditions.from_environ(web.ctx.env).evaluate(current, safe=True, etag_of=etag_of) == NOT_MODIFIED:
-            if raw:
-                # RFC 9110 8.6: the length a 200 would have had.
-                web.header('Content-Length', str(version.size))
             return not_modified()
         if raw:
             web.header('Vary', 'Accept')  # a document gets it from the negotiation
