@@ -146,6 +146,14 @@ def server(app, run, user):
     from granian.server import Server
 
     class Master(Server):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # Granian stops the whole server when a worker it started less
+            # than 5.5 s ago dies again (a "crash loop"): two workers killed
+            # in a row (out of memory, kill -9) would close every client's
+            # connection.  A worker that dies is started again, always.
+            self.respawned_wrks = NoCrashLoops()
+
         def signal_handler_reload(self, *args, **kwargs):
             # nginx's and HAProxy's way: a configuration that cannot be
             # served is refused, and the workers serving the old one go on.
@@ -173,6 +181,13 @@ def server(app, run, user):
     if user and user.pw_uid != 0:
         master.on_startup(lambda: drop_privileges(user, run))
     return master
+
+
+class NoCrashLoops(dict):
+    """Granian's record of when it restarted each worker, kept empty."""
+
+    def __setitem__(self, key, value):
+        pass
 
 
 def main(argv):

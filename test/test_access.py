@@ -3,7 +3,7 @@ what a browser may do, tried as an attacker would.
 
 Most tests speak to the application in process (WebTest) over SQLite
 partitions; TestRealServer repeats the attacks a page can make against the
-real server (serve.py under uWSGI) with http.client.
+real server (serve.py under Granian) with http.client.
 """
 import hashlib
 import http.server

@@ -1,5 +1,5 @@
 """The kv command (kvstore/cli/) as a user runs it: the installed
-.venv/bin/kv, a subprocess, against the real server (serve.py under uWSGI)
+.venv/bin/kv, a subprocess, against the real server (serve.py under Granian)
 with tokens configured."""
 import hashlib
 import json

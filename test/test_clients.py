@@ -1,4 +1,4 @@
-"""The clients people use, against the real server (serve.py under uWSGI, as
+"""The clients people use, against the real server (serve.py under Granian, as
 `make run` starts it) over four SQLite partitions: streaming uploads from
 `requests` and `http.client`, curl, a client that waits for `100 Continue`,
 and a download cut off and resumed with `Range` and `If-Range`.

@@ -253,7 +253,7 @@ class TestBadConfigurations(ConfigurationTestCase):
 
 
 class TestServerRefusesABadConfiguration(ConfigurationTestCase):
-    """serve.py checks the configuration before uWSGI starts any worker: it
+    """serve.py checks the configuration before Granian starts any worker: it
     exits with status 2 and one clear line."""
 
     def test_serve_exits_with_one_line_naming_the_bad_field(self):

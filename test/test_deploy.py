@@ -81,7 +81,7 @@ class TestBehindNginx(unittest.TestCase):
         self.assertEqual(response.getheader('X-Content-Type-Options'), 'nosniff')
 
     def test_a_head_too_large_for_the_store_gets_an_answer(self):
-        # uWSGI's router drops such a head without a word; nginx answers it.
+        # nginx answers a head too large for it.
         # nginx answers as soon as the head outgrows its buffers and closes:
         # the head goes a piece at a time, and stops once the answer is there.
         context = ssl.create_default_context()

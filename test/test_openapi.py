@@ -2,7 +2,7 @@
 
 The description must name exactly the routes and methods controller.py
 serves.  Schemathesis then generates requests from it, valid ones and ones
-that break it on purpose, against the real server (serve.py under uWSGI
+that break it on purpose, against the real server (serve.py under Granian
 over SQLite partitions): whatever a client sends, the answer is never a 5xx
 other than 503/507, comes in time, and every error is an error document.
 """

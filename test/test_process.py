@@ -179,6 +179,17 @@ class TestSignals(unittest.TestCase):
         os.kill(self.server.process.pid, signal.SIGHUP)
         self.assertTrue(wait_until(lambda: (self.index() or {}).get('r') == 1, 30))
 
+    def test_workers_killed_one_after_another_are_started_again(self):
+        # The same worker killed three times, each within seconds of its
+        # start: the master starts it again each time and goes on serving.
+        for _ in range(3):
+            victim = self.server.worker_pids()[0]
+            os.kill(victim, signal.SIGKILL)
+            self.assertTrue(wait_until(lambda: victim not in self.server.worker_pids()
+                                       and len(self.server.worker_pids()) == self.server.workers, 15))
+        self.assertIsNone(self.server.process.poll(), self.server.log())
+        self.assertTrue(wait_until(lambda: self.server.answers(), 15), self.server.log())
+
     def index(self):
         conn = self.server.connect()
         try:
