@@ -46,8 +46,8 @@ log = logging.getLogger('kvstore.serve')
 def store_application():
     """What each worker serves: the store, behind the gateway."""
     import controller
-    from kvstore import configuration
-    return gateway(controller.create_application(), configuration.load())
+    application = controller.create_application()
+    return gateway(application, application.datastore.config)
 
 
 def gateway(application, config=None):
@@ -64,6 +64,7 @@ def gateway(application, config=None):
 
 
 def exit_with_master():
+    """A thread that ends this process once its parent, the master, has exited."""
     master = os.getppid()
     try:
         handle = os.pidfd_open(master)
@@ -170,7 +171,7 @@ def server(app, run, user):
         workers=int(os.environ.get('WORKERS', '4')),
         blocking_threads=1, websockets=False, respawn_failed_workers=True, respawn_interval=0.5,
         workers_kill_timeout=STOP_SECONDS,
-        # Connections idle between requests are closed after 2 s.
+        # A request head must arrive whole within 10 s (hyper's timer).
         http1_settings=HTTP1Settings(keep_alive=True, header_read_timeout=10000),
         log_dictconfig={
             'formatters': {'generic': {'()': 'logging.Formatter', 'fmt': LOG_FORMAT},
