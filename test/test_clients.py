@@ -252,7 +252,7 @@ class TestClients(unittest.TestCase):
         # once the store starts reading the body).
         answers = self.refused_put(key_path('refused-expect'), b'Expect: 100-continue\r\n')
         self.assertEqual([status for status, _, _ in answers], [413], answers)
-        self.assert_too_large(answers[1])
+        self.assert_too_large(answers[0])
 
     # -- a download cut off and resumed ---------------------------------------------
 
