@@ -140,8 +140,9 @@ class TestSupervised(unittest.TestCase):
         self.assertTrue(wait_until(self.served, 60), 'the supervised server never answered')
         master = children(self.supervisord.pid)
         self.assertEqual(len(master), 1)
+        # WORKERS workers, each started once the master listens.
+        self.assertTrue(wait_until(lambda: len(children(master[0])) == 2, 30), children(master[0]))
         workers = children(master[0])
-        self.assertEqual(len(workers), 2)   # WORKERS
         os.kill(master[0], signal.SIGKILL)
         # Nothing of it lives on beside the master started next.
         self.assertTrue(wait_until(lambda: not any(pid_alive(pid) for pid in workers), 5),

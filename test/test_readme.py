@@ -4,7 +4,7 @@ In a fenced block of either document, a line that starts with `$ ` is a shell
 command and the lines after it, up to the next `$ ` line or the end of the
 block, are what it printed.  Each document's commands run in order, in a
 scratch directory, against a fresh server started as `make run` starts it
-(test/server.py: serve.py under uWSGI) over the embedded default
+(test/server.py: serve.py under Granian) over the embedded default
 configuration, on a free port: the only change made to a command is that port
 for the documents' 8080 (and the scratch directory for /tmp/, so that runs do
 not share files).  Each output must be the one printed, except for what the
@@ -69,7 +69,7 @@ TOKENS = [
     ('seconds', 'any', r'(?<= in )\d+\.\d+s\b', None),
     ('acknowledged', 'any', r'(?<="acknowledged": )\[[^\]]*\]', r'\[[^\]]*\]'),
     ('owners', 'any', r'(?<="owners_acknowledged": )\d+', r'\d+'),
-    ('length', 'length', r'(?<=^Content-Length: )\d+', r'\d+'),
+    ('length', 'length', r'(?<=^[Cc]ontent-[Ll]ength: )\d+', r'\d+'),
     ('cut', 'any', r'…', r'[\s\S]*?'),
 ]
 TOKEN = re.compile('|'.join('(?P<%s>%s)' % (name.replace('-', '_'), found)
