@@ -37,6 +37,7 @@ STORE = 'the store'                              # what serve.py serves without 
 METRICS_DIRECTORY = 'metrics'                    # in the run directory
 METRICS_VARIABLE = 'PROMETHEUS_MULTIPROC_DIR'    # prometheus_client's
 STOP_SECONDS = 10
+MASTER = None                                    # the master's pid (workers are forked from it)
 LOG_FORMAT = '%(asctime)s [%(process)d] %(name)s %(levelname)s %(message)s'
 # Granian's access log, in the words test/test_framing.py reads.
 ACCESS_FORMAT = '%(addr)s %(method)s %(path)s => %(status)d in %(dt_ms).1f ms (%(protocol)s %(status)d)'
@@ -51,25 +52,25 @@ def store_application():
 
 
 def gateway(application, config=None):
-    """A WSGI application as the ASGI one Granian runs, in a worker that
-    exits when its master dies (a SIGKILLed master otherwise left its workers
-    behind, holding the port, partition connections and gossip, beside the
-    master a supervisor started next)."""
+    """A WSGI application as the ASGI one Granian runs."""
     from kvstore.http import framing
     from kvstore.http.gateway import Gateway
-    exit_with_master()
     timeout, rate = (config.body_timeout, config.min_body_rate) if config else (5.0, 1024)
     log.info('worker ready')
     return Gateway(application, int(os.environ.get('THREADS', '4')), lambda: framing.BodyPace(timeout, rate))
 
 
 def exit_with_master():
-    """A thread that ends this process once its parent, the master, has exited."""
-    master = os.getppid()
+    """(In a worker, first thing) a thread that ends this process once the
+    master has exited: a SIGKILLed master otherwise left its workers behind,
+    holding the port, partition connections and gossip, beside the master a
+    supervisor started next."""
     try:
-        handle = os.pidfd_open(master)
+        handle = os.pidfd_open(MASTER)
     except ProcessLookupError:
         os._exit(1)   # the master died already
+    if os.getppid() != MASTER:
+        os._exit(1)   # (and its pid was taken again)
 
     def watch():
         select.select([handle], [], [])   # readable once the master has exited
@@ -87,6 +88,7 @@ def wsgi_application(target):
 
 def load(target):
     """(In each worker) the application Granian serves."""
+    exit_with_master()
     return store_application() if target == STORE else wsgi_application(target)
 
 
@@ -201,6 +203,8 @@ def main(argv):
     if app == STORE:
         check_configuration()
     user = check_user()
+    global MASTER
+    MASTER = os.getpid()
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     run = run_directory()
     count_in(os.path.join(run, METRICS_DIRECTORY))

@@ -254,6 +254,30 @@ class TestSignals(unittest.TestCase):
         self.assertTrue(wait_until(lambda: (self.index() or {}).get('r') == 1, 30))
 
 
+class TestMasterKilledWhileWorkersLoad(unittest.TestCase):
+    def test_workers_still_loading_exit_with_their_master(self):
+        directory = tempfile.mkdtemp(prefix='kvstore-slow-')
+        self.addCleanup(shutil.rmtree, directory, True)
+        with open(os.path.join(directory, 'slow.py'), 'w') as f:
+            f.write('import time\n'
+                    'time.sleep(3)   # a worker loading a large application\n'
+                    'def application(environ, start_response):\n'
+                    '    start_response("200 OK", [("Content-Type", "text/plain")])\n'
+                    '    return [b"ok"]\n')
+        env = dict(os.environ, BIND='127.0.0.1:%d' % free_port(), WORKERS='2', PYTHONPATH=directory,
+                   RUN_AS=os.environ.get('RUN_AS', 'root'))
+        process = subprocess.Popen([sys.executable, os.path.join(REPO, 'serve.py'), 'slow:application'], env=env,
+                                   cwd=directory, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        self.addCleanup(kill_group, process.pid)
+        self.assertTrue(wait_until(lambda: len(children(process.pid)) == 2, 30))
+        workers = children(process.pid)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        self.assertTrue(wait_until(lambda: not any(pid_alive(pid) for pid in workers), 10),
+                        'workers of the killed master live on')
+
+
 @unittest.skipUnless(os.geteuid() == 0, 'only root can start the server as root')
 class TestStartedAsRoot(unittest.TestCase):
     def run_serve(self, env, app=None):
