@@ -22,6 +22,7 @@ import urllib.parse
 from kvstore import configuration
 import controller
 from kvstore.coordinator import gossip
+from kvstore.http import access, mediatypes
 from test import support
 from test.server import StoreServer
 
@@ -285,6 +286,61 @@ class TestTokens(SQLiteApp):
 
 # -- browsers ------------------------------------------------------------------------
 
+# What browsers read as a value's type, as the WHATWG Fetch standard (and
+# web-platform-tests' fetch/content-type) have it: [header, the type a browser takes].
+BROWSER_READINGS = [
+    ('text/plain; a=b, text/html', 'text/html'),
+    ('image/png; a=b, text/html', 'text/html'),
+    ('audio/x;a=b,image/svg+xml', 'image/svg+xml'),
+    ('text/html, text/plain', 'text/plain'),
+    ('text/plain, */*', 'text/plain'),
+    ('text/plain, bogus', 'text/plain'),
+    ('text/html;charset="a,b", text/plain', 'text/plain'),
+    ('text/plain;charset="a,b"', 'text/plain'),
+    (' TEXT/Plain ;\tcharset=utf-8', 'text/plain'),
+    ('text/plain;', 'text/plain'),
+    ('text/plain;x="\\"\\",text/html"', 'text/plain'),
+    ('*/*', None),
+    ('text / plain', None),
+    ('text/', None),
+    ('text', None),
+    ('', None),
+]
+
+
+class TestMediaTypes(unittest.TestCase):
+    """mediatypes.py reads a Content-Type as a browser does, and the store
+    keeps only one whose reading no one can disagree with."""
+
+    def test_the_type_a_browser_takes(self):
+        for header, essence in BROWSER_READINGS:
+            media_type = mediatypes.extract(header)
+            self.assertEqual(media_type and media_type.essence, essence, header)
+
+    def test_one_type_or_none(self):
+        for header in ('text/plain; a=b, text/html', 'image/png; a=b, text/html', 'audio/x;a=b,image/svg+xml',
+                       'text/plain, */*', 'text/plain,', ',text/plain', '*/*', 'text/ plain', 'te xt/plain',
+                       'text/plain\x00'):
+            self.assertIsNone(mediatypes.single_type(header), header)
+        for header, essence in (('text/plain;charset="a,b"', 'text/plain'), ('image/PNG', 'image/png'),
+                                ('application/json; charset=utf-8', 'application/json'),
+                                ('text/plain; bare; =x; a="\\q"', 'text/plain')):
+            self.assertEqual(mediatypes.single_type(header).essence, essence, header)
+
+    def test_parameters(self):
+        media_type = mediatypes.parse('Text/HTML;Charset="utf-8\\\\";charset=latin1; q=; z="a;b" x; bad name=1')
+        self.assertEqual(media_type.essence, 'text/html')
+        self.assertEqual(media_type.parameters, {'charset': 'utf-8\\', 'z': 'a;b'})
+
+    def test_the_sandbox_is_decided_on_the_type_a_browser_takes(self):
+        for header in ('text/plain', 'image/png; x=y', 'audio/ogg', 'video/mp4', 'application/json; charset=utf-8'):
+            self.assertTrue(access.is_safe_type(header), header)
+        for header in ('text/plain; a=b, text/html', 'image/png; a=b, text/html', 'audio/x;a=b,image/svg+xml',
+                       'text/html', 'text/plain-html', 'image/svg+xml', '*/*', 'multipart/byteranges; boundary=x',
+                       'text/plain, text/plain'):
+            self.assertFalse(access.is_safe_type(header), header)
+
+
 class TestBrowsers(SQLiteApp):
     store_sections = {'access': {'allowed_hosts': 'kv.example.com, 10.1.2.3:8080'}}
 
@@ -379,6 +435,27 @@ class TestBrowsers(SQLiteApp):
         missing = self.app.get('/nowhere', status=404)
         self.assertEqual(missing.headers['X-Content-Type-Options'], 'nosniff')
 
+    def test_a_content_type_a_browser_reads_as_another_type_is_refused(self):
+        script = b'<script>fetch("/buckets/victim?force=true", {method: "DELETE"})</script>'
+        for i, content_type in enumerate(('text/plain; a=b, text/html', 'image/png; a=b, text/html',
+                                          'audio/x;a=b,image/svg+xml', 'text/plain, */*', '*/*', 'text/plain,')):
+            self.assertError(self.put('k%d' % i, body=script, content_type=content_type), 400, 'bad_header')
+            self.assertTrue(self.absent('k%d' % i), content_type)
+        self.assertEqual(self.put('q', content_type='text/plain; charset="a,b"').status_int, 201)
+
+    def test_a_value_stored_with_several_types_is_served_sandboxed(self):
+        # Stored before such types were refused: a browser takes the last.
+        script = b'<script>fetch("/buckets/victim?force=true", {method: "DELETE"})</script>'
+        for i, content_type in enumerate(('text/plain; a=b, text/html', 'image/png; a=b, text/html',
+                                          'audio/x;a=b,image/svg+xml')):
+            self.store.put(self.bucket, 'k%d' % i, script, content_type)
+            path = '/buckets/%s/keys/k%d' % (self.bucket, i)
+            served = self.app.get(path)
+            self.assertEqual((served.body, served.headers['Content-Type']), (script, content_type))
+            self.assertEqual(served.headers.get('Content-Security-Policy'), 'sandbox', content_type)
+            ranged = self.app.get(path, headers={'Range': 'bytes=0-1,3-4'}, status=206)
+            self.assertEqual(ranged.headers.get('Content-Security-Policy'), 'sandbox', content_type)
+
     def test_a_foreign_host_is_misdirected(self):
         for host in ('evil.example', 'evil.example:80', 'localhost:81', '127.0.0.2:80', '10.1.2.3:80'):
             response = self.app.get('/buckets', headers={'Host': host}, status='*')
@@ -458,49 +535,83 @@ class TestRealServer(unittest.TestCase):
     def test_a_page_on_another_origin_in_a_real_browser_changes_nothing(self):
         # Headless Chromium opens a page of another site that POSTs a form, a
         # no-cors text/plain fetch and forged gossip to the store.
-        browser = shutil.which('chromium') or shutil.which('chromium-browser')
-        if browser is None:
-            raise unittest.SkipTest('chromium is not installed (make browser, or apt-get install chromium)')
         store = 'http://127.0.0.1:%d' % self.server.port
         now = time.time()
         forged = json.dumps({'partitions': {'p1': {'state': 'down', 'since': now, 'observed': now,
                                                    'last_error': 'forged'}}})
-        page = ('''<form id="f" method="POST" action="%(store)s/buckets/victim/keys/from-form">
+        seen = in_chromium(lambda site: '''<form id="f" method="POST" action="%(store)s/buckets/victim/keys/from-form">
 <input name="value" value="planted"></form><script>
 const post = (path, body) => fetch("%(store)s" + path, {method: "POST", mode: "no-cors",
     headers: {"Content-Type": "text/plain"}, body: body}).catch(() => null);
 Promise.all([post("/buckets/victim/keys/from-fetch", "planted"), post("/cluster/gossip", %(forged)s)])
   .then(() => fetch("/ran")).finally(() => document.getElementById("f").submit());
-</script>''' % {'store': store, 'forged': json.dumps(forged)}).encode()
-        seen = []
-
-        class AttackerSite(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                seen.append(self.path)
-                self.send_response(200)
-                self.send_header('Content-Type', 'text/html')
-                self.send_header('Content-Length', str(len(page)))
-                self.end_headers()
-                self.wfile.write(page)
-
-            def log_message(self, *args):
-                pass
-
-        site = http.server.ThreadingHTTPServer(('127.0.0.1', 0), AttackerSite)
-        threading.Thread(target=site.serve_forever, daemon=True).start()
-        profile = tempfile.mkdtemp(prefix='kvstore-chromium-')
-        try:
-            # localhost, not 127.0.0.1: another site, not only another origin.
-            subprocess.run([browser, '--headless', '--no-sandbox', '--disable-gpu', '--user-data-dir=' + profile,
-                            '--virtual-time-budget=5000', '--dump-dom',
-                            'http://localhost:%d/attack.html' % site.server_address[1]],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
-        finally:
-            site.shutdown()
-            site.server_close()
-            shutil.rmtree(profile, ignore_errors=True)
+</script>''' % {'store': store, 'forged': json.dumps(forged)})
         self.assertIn('/ran', seen, 'the page ran its script')
         for key in ('from-form', 'from-fetch'):
             self.assertEqual(self.request('GET', '/buckets/victim/keys/' + key)[0].status, 404, key)
         response, text = self.request('GET', '/cluster')
         self.assertEqual({p['state'] for p in strict_json(text)['partitions']}, {'up'})
+
+    def test_a_stored_value_runs_no_script_in_a_real_browser(self):
+        # Values whose Content-Type a browser reads as HTML or SVG (the last
+        # type of several), each framed by another site's page: a script in
+        # them would run on the store's origin, force-delete a bucket and
+        # tell the page.
+        self.assertEqual(self.request('PUT', '/buckets/kept/keys/k', b'v')[0].status, 201)
+        store = 'http://127.0.0.1:%d' % self.server.port
+        types = ('text/plain; a=b, text/html', 'image/png; a=b, text/html', 'audio/x;a=b,image/svg+xml',
+                 'text/html', 'image/svg+xml')
+
+        def attack(site):
+            frames = []
+            for i, content_type in enumerate(types):
+                script = ('fetch("/buckets/kept?force=true", {method: "DELETE"}).finally(() => '
+                          'fetch("%s/ran/%d", {mode: "no-cors"}))' % (site, i))
+                value = ('<svg xmlns="http://www.w3.org/2000/svg"><script>%s</script></svg>' % script
+                         if 'svg' in content_type else '<html><script>%s</script></html>' % script)
+                response, _ = self.request('PUT', '/buckets/pages/keys/v%d' % i, value.encode(),
+                                           {'Content-Type': content_type})
+                self.assertIn(response.status, (201, 400), content_type)
+                frames.append('<iframe src="%s/buckets/pages/keys/v%d"></iframe>' % (store, i))
+            return '%s<script>fetch("/loaded")</script>' % ''.join(frames)
+        seen = in_chromium(attack)
+        self.assertIn('/loaded', seen, 'the page ran its script')
+        self.assertEqual([path for path in seen if path.startswith('/ran')], [])
+        self.assertEqual(self.request('GET', '/buckets/kept/keys/k')[0].status, 200)
+
+
+def in_chromium(page):
+    """The paths headless Chromium asked of another site (http://localhost:port,
+    another site than 127.0.0.1) while showing its page: page(site) is its HTML."""
+    browser = shutil.which('chromium') or shutil.which('chromium-browser')
+    if browser is None:
+        raise unittest.SkipTest('chromium is not installed (make browser, or apt-get install chromium)')
+    seen, html = [], []
+
+    class AttackerSite(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            body = html[0] if self.path == '/attack.html' else b''
+            self.send_response(200)
+            self.send_header('Content-Type', 'text/html')
+            self.send_header('Content-Length', str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    site = http.server.ThreadingHTTPServer(('127.0.0.1', 0), AttackerSite)
+    origin = 'http://localhost:%d' % site.server_address[1]
+    html.append(page(origin).encode())
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    profile = tempfile.mkdtemp(prefix='kvstore-chromium-')
+    try:
+        subprocess.run([browser, '--headless', '--no-sandbox', '--disable-gpu', '--user-data-dir=' + profile,
+                        '--virtual-time-budget=5000', '--dump-dom', origin + '/attack.html'],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+    finally:
+        site.shutdown()
+        site.server_close()
+        shutil.rmtree(profile, ignore_errors=True)
+    return seen

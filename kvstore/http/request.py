@@ -4,12 +4,11 @@ import io
 import json
 import urllib.parse
 
-import mimeparse
 import web
 
 from kvstore.coordinator.versions import BadContext, decode_context
 from kvstore.errors import BadRequest, BodyTooLarge, TooLarge
-from kvstore.http import framing
+from kvstore.http import framing, mediatypes
 from kvstore.http.metadata import check_field_value
 
 FORM_TYPES = ('application/x-www-form-urlencoded', 'multipart/form-data')
@@ -119,10 +118,11 @@ def request_value():
         if value is None:
             raise BadRequest('bad_body', 'a form must carry the value in a field named "value"')
         return (value if isinstance(value, bytes) else value.encode('utf-8')), 'text/plain; charset=utf-8'
-    try:
-        mimeparse.parse_mime_type(content_type)
-    except mimeparse.MimeTypeParseException:
-        raise BadRequest('bad_header', 'Content-Type is not a media type')
+    if mediatypes.single_type(content_type) is None:
+        # A browser splits at commas and takes the last type that parses: a value
+        # stored as `text/plain, text/html` would be HTML to it.
+        raise BadRequest('bad_header', 'Content-Type must be exactly one media type (type/subtype and '
+                         'parameters, no comma outside a quoted string), as browsers read it')
     check_field_value('Content-Type', content_type)
     if len(content_type.encode('utf-8')) > MAX_CONTENT_TYPE_BYTES:
         raise BadRequest('bad_header', 'Content-Type takes at most %d bytes' % MAX_CONTENT_TYPE_BYTES)
