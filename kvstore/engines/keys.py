@@ -76,10 +76,14 @@ class Keys:
     def finish_read(self, sent):
         return [self._held_version(row) for row in self.finish_query(sent)]
 
-    def coordinate(self, bucket, key, decide):
-        """Lock the key, let decide(held) make the new version, store it."""
+    def coordinate(self, bucket, key, decide, epoch=None):
+        """Lock the key, let decide(held) make the new version, store it.
+        epoch: the view the front end placed the key by (a conditional write):
+        NewerView if a newer one is recorded here (sql.py, check_view)."""
         def work(cursor):
             held = self._held(cursor, bucket, key, values=False)
+            if epoch is not None:
+                self.check_view(cursor, epoch)
             version = decide(held)
             if version.chunk_count:
                 self._execute(cursor, 'SELECT COUNT(*) FROM chunks WHERE version_id = ?',

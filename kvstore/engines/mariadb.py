@@ -85,6 +85,7 @@ class MySQLEngine(SQLEngine):
     """A partition in one MySQL/MariaDB database."""
     placeholder = '%s'
     lock_clause = ' FOR UPDATE'
+    share_lock_clause = ' LOCK IN SHARE MODE'
     if_absent_clause = ' ON DUPLICATE KEY UPDATE version_id = version_id'
     insert_if_absent = 'INSERT IGNORE'
     db_errors = (pymysql.Error,)
