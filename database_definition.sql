@@ -47,6 +47,14 @@ CREATE TABLE IF NOT EXISTS buckets (
     modified     BIGINT          NOT NULL
 );
 
+-- Buckets deleted with force: versions of their keys modified at or before
+-- `dropped` (microseconds) are refused wherever they arrive from (a replica's
+-- write in flight, a hint, read repair, sync.py), so the keys stay deleted.
+CREATE TABLE IF NOT EXISTS bucket_fences (
+    bucket       VARBINARY(63)   NOT NULL PRIMARY KEY,
+    dropped      BIGINT          NOT NULL
+);
+
 -- Facts about the partition itself (schema version, ring epoch).
 CREATE TABLE IF NOT EXISTS metadata (
     name         VARBINARY(64)   NOT NULL PRIMARY KEY,

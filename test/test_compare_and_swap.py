@@ -6,9 +6,12 @@ majority of the owners hold; when that owner cannot be reached it is refused
 with 503.  pr and pw count owners only, never fallbacks.
 """
 import json
+import threading
 import urllib.parse
 
+import sync
 from test import support
+from test.sync_support import SyncCase, sync_once
 from test.test_failures import FAST, FailureCase, server_of
 
 
@@ -126,3 +129,51 @@ class TestPrimaryQuorums(CompareAndSwapCase):
             self.assertEqual(response.json['parameter'], 'pr')
         self.app.put('/buckets/%s' % self.bucket, json.dumps({'pw': 4}),
                      headers={'Content-Type': 'application/json'}, status=400)
+
+
+class TestConditionalWritesDuringAViewChange(SyncCase):
+    """A partition added: one front end still on the four-partition ring, one
+    restarted with the fifth, the new view recorded (sync.py's first step).
+    They give some keys different first owners; compare-and-swap must still
+    let exactly one writer of an ETag through."""
+
+    ROUNDS = 60
+
+    def test_two_front_ends_on_different_rings_acknowledge_one_writer_of_an_etag(self):
+        self.assertEqual(sync_once(self.config)[2], sync.CONVERGED)   # epoch 1: the four partitions
+        five = dict(self.partitions, p5=dict(self.partitions['p1'],
+                                             database=self.partitions['p1']['database'] + '_p5'))
+        old, new = self.store, self.open(five)
+        old_app, new_app = support.web_app(old), support.web_app(new)
+        keys = [k for k in ('cas%d' % i for i in range(2000))
+                if old.ring.preference_list(self.bucket, k, 3)[0] != new.ring.preference_list(self.bucket, k, 3)[0]]
+        keys = keys[:self.ROUNDS]
+        self.assertEqual(len(keys), self.ROUNDS)
+        self.assertEqual(new.record_view()[0]['state'], 'rebalancing')
+
+        forked, statuses = [], []
+        for key in keys:
+            url = '/buckets/%s/keys/%s' % (self.bucket, key)
+            etag = old_app.put(url + '?w=3', b'0', headers={'Content-Type': 'text/plain'}).headers['ETag']
+            start, answers = threading.Barrier(2), {}
+
+            def write(name, app):
+                start.wait()
+                answers[name] = app.put(url, name.encode(), headers={'Content-Type': 'text/plain',
+                                                                     'If-Match': etag}, status='*').status_int
+            threads = [threading.Thread(target=write, args=(name, app))
+                       for name, app in (('old', old_app), ('new', new_app))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            statuses.append(sorted(answers.values()))
+            if sorted(answers.values()) == [200, 200]:
+                forked.append(key)
+            for app in (old_app, new_app):
+                # Never siblings: the key holds the one acknowledged write.
+                self.assertEqual(app.get(url + '?r=3', status='*').status_int, 200, key)
+        self.assertEqual(forked, [], statuses)
+        for answer in statuses:
+            self.assertEqual(answer.count(200), 1, statuses)
+            self.assertEqual(answer.count(412) + answer.count(503), 1, statuses)

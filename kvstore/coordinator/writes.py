@@ -15,7 +15,7 @@ from kvstore.coordinator.integrity import Hasher
 from kvstore.coordinator.replication import Replication
 from kvstore.coordinator.validation import quorums
 from kvstore.coordinator.versions import Version, context_of, live, next_dot, prune
-from kvstore.engines import BAD_DATA, FULL, PartitionError
+from kvstore.engines import BAD_DATA, FULL, NewerView, PartitionError
 from kvstore.errors import BadRequest, InsufficientStorage, NotFound, TooManySiblings, Unavailable
 
 
@@ -30,6 +30,15 @@ class Receipt:
     coordinator: str
     hints: dict               # {replica that was down: partition holding its hint}
     down: dict                # {replica that could not be written: reason}
+
+
+def refuse_bad_writes(failures):
+    """Failures that are the write's fault (400) or a full disk's (507), not a partition's health."""
+    if BAD_DATA in failures.values():
+        raise BadRequest('bad_data', 'the write holds data too large or malformed for the store '
+                         '(a header, a metadata or context field)')
+    if FULL in failures.values():
+        raise InsufficientStorage('no replica of the key has room for the write', failed=failures)
 
 
 class Writer:
@@ -87,6 +96,19 @@ class Writer:
         make(seen context, dot) builds the new version; coordinators: the
         partitions it may be coordinated by (None: the key's owners, in order).
         A conditional one is only ever coordinated by the key's first owner."""
+        try:
+            return self._write(bucket, key, context, check, w, make, coordinators, conditional, pw)
+        except NewerView:
+            # A conditional write's decider records a newer view than this front
+            # end knew: read the views again and decide with their rings.
+            self.placement.forget_previous_rings()
+        try:
+            return self._write(bucket, key, context, check, w, make, coordinators, conditional, pw)
+        except NewerView as e:
+            raise Unavailable('the views recorded on the partitions changed while the write was '
+                              'decided, or could not be read: try again', failed={e.partition: str(e)})
+
+    def _write(self, bucket, key, context, check, w, make, coordinators, conditional, pw):
         started = time.monotonic()
         props = self.buckets.properties_cached(bucket)
         w, pw = quorums(self.config, props, w=w, pw=pw)
@@ -94,10 +116,16 @@ class Writer:
             context = None   # every write supersedes all the coordinator holds
         preference, fallbacks = self.placement.of(bucket, key)
         self.placement.adopt_previous_owners(bucket, key, preference)   # during a view change
+        epoch = None
         if conditional:
-            coordinators = self.decider.prepare(bucket, key, preference, coordinators)
-        coordinator, held, version, failures = self._coordinate(
-            bucket, key, coordinators or preference, context, check, make, conditional and preference[0])
+            coordinators, epoch = self.decider.prepare(bucket, key, preference, coordinators)
+        if conditional and len(coordinators) > 1:   # during a view change (decider.py)
+            coordinator, held, version, failures = self._decide_everywhere(
+                bucket, key, coordinators, epoch, context, check, make)
+        else:
+            coordinator, held, version, failures = self._coordinate(
+                bucket, key, coordinators or preference, context, check, make, conditional and preference[0],
+                epoch)
         replication = Replication(self.replicas, self.handoff, self.settling, bucket, key, coordinator, version,
                                   held, preference, fallbacks, failures)
         acknowledged, hints, down = replication.run(w, started)
@@ -115,28 +143,42 @@ class Writer:
                        preference_list=preference, acknowledged=acknowledged,
                        coordinator=coordinator, hints=hints, down=down)
 
-    def _coordinate(self, bucket, key, candidates, context, check, make, decider):
+    def _coordinate(self, bucket, key, candidates, context, check, make, decider, epoch=None):
         """Have the first of candidates that answers decide the write and store
         its version: (that coordinator, the versions it held, the version,
         {candidate that failed: reason}).  decider: the first owner, for a
-        conditional write (else False)."""
+        conditional write (else False); epoch: the view it was placed by."""
         failures = {}
         for coordinator in candidates:
             try:
                 held, version = self.replicas.call(coordinator, 'coordinate', bucket, key,
-                                                   self._decision(coordinator, context, check, make))
+                                                   self._decision(coordinator, context, check, make), epoch)
                 return coordinator, held, version, failures
             except PartitionError as e:
                 failures[coordinator] = e.reason
-        if BAD_DATA in failures.values():
-            raise BadRequest('bad_data', 'the write holds data too large or malformed for the store '
-                             '(a header, a metadata or context field)')
-        if FULL in failures.values():
-            raise InsufficientStorage('no replica of the key has room for the write', failed=failures)
+        refuse_bad_writes(failures)
         if decider:
             raise Unavailable('a conditional write is decided by the key\'s first owner, %s, which '
                               'did not answer; it may have been applied there' % decider, failed=failures)
         raise Unavailable('no replica of the key could take the write', failed=failures)
+
+    def _decide_everywhere(self, bucket, key, deciders, epoch, context, check, make):
+        """_coordinate for a conditional write with several deciders: decided
+        under all their locks, numbered by the first (the configured first owner)."""
+        coordinator = deciders[0]
+        try:
+            # A large value's chunks are on the first; the others check for them too.
+            probe = make({}, (self.replicas.engines[coordinator].actor, 0))
+            for other in deciders[1:]:
+                self.replicas.call(other, 'copy_chunks', bucket, key, probe)
+            held, version = self.decider.coordinate(deciders, epoch, bucket, key,
+                                                    self._decision(coordinator, context, check, make))
+        except PartitionError as e:
+            refuse_bad_writes({e.partition: e.reason})
+            raise Unavailable('a conditional write is decided by the key\'s first owners in the rings '
+                              'that may place it, %s; %s did not answer: it may have been applied'
+                              % (', '.join(deciders), e.partition), failed={e.partition: e.reason})
+        return coordinator, held, version, {}
 
     def _decision(self, coordinator, context, check, make):
         """decide(held) for engine.coordinate: check the versions the

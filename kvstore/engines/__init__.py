@@ -5,7 +5,8 @@ rings, quorums or HTTP.  SQLite and MariaDB share the SQL; they differ only
 in how they connect, how a write transaction locks, and the placeholder.
 
     read(bucket, key)                -> [Version]
-    coordinate(bucket, key, decide)  -> (held, new version)  locked read-decide-write
+    coordinate(bucket, key, decide, epoch) -> (held, new version)  locked read-decide-write
+                                     (epoch: refuse, NewerView, if a newer view is recorded)
     apply(bucket, key, version)      -> True if stored          a replica takes a version
     scan(bucket, prefix, after, limit) -> [(key, Version)]      byte order, no values
     hints: store_hint(), read_hints(), hints_for(), delete_hint(), hint_counts()
@@ -25,14 +26,14 @@ The modules, one role each:
     mysqlwire.py  MariaDB's queries sent and every answer read (PyMySQL connects)
 """
 from kvstore.engines.failures import (BAD_DATA, CORRUPT, FULL, HEALTHY_FAILURES, LOCK_CONFLICT,
-                                      PartitionError)
+                                      NewerView, PartitionError)
 from kvstore.engines.mariadb import MySQLEngine
 from kvstore.engines.pool import Pool
 from kvstore.engines.rows import COLUMNS, INCARNATION
 from kvstore.engines.sql import SQLEngine
 from kvstore.engines.sqlite import SQLiteEngine
 
-__all__ = ['BAD_DATA', 'CORRUPT', 'FULL', 'HEALTHY_FAILURES', 'LOCK_CONFLICT', 'PartitionError',
+__all__ = ['BAD_DATA', 'CORRUPT', 'FULL', 'HEALTHY_FAILURES', 'LOCK_CONFLICT', 'NewerView', 'PartitionError',
            'COLUMNS', 'INCARNATION', 'Pool', 'SQLEngine', 'SQLiteEngine', 'MySQLEngine', 'open_engine']
 
 

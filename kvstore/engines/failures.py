@@ -16,6 +16,16 @@ class PartitionError(Exception):
         self.unavailable = unavailable
 
 
+class NewerView(Exception):
+    """A conditional write's decider records a newer view (epoch) than the one
+    the front end placed the key by: it must read the views again."""
+
+    def __init__(self, partition, epoch):
+        super().__init__('%s records view epoch %d' % (partition, epoch))
+        self.partition = partition
+        self.epoch = epoch
+
+
 FULL = 'full'                    # the partition's disk or table is full
 LOCK_CONFLICT = 'lock conflict'
 CORRUPT = 'corrupt data'

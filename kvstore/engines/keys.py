@@ -40,9 +40,15 @@ class Keys:
                           (b, k, version_id.encode()))
         if version is not None:
             self._execute(cursor, 'INSERT INTO objects (bucket, key_name, ' + COLUMNS + ', point)'
-                          ' VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)'
+                          ' SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?' + self.unfenced_clause
                           + (self.if_absent_clause if if_absent else ''),
-                          (b, k) + self._version_columns(version) + (key_point(bucket, key),))
+                          (b, k) + self._version_columns(version) + (key_point(bucket, key), b, version.modified))
+
+    # An INSERT ... SELECT of one row, unless a forced bucket delete fenced the
+    # version off (Buckets.drop_keys): its arguments are the bucket and the
+    # version's modification time.
+    unfenced_clause = (' WHERE NOT EXISTS (SELECT 1 FROM bucket_fences'
+                       ' WHERE bucket_fences.bucket = ? AND dropped >= ?)')
 
     @staticmethod
     def _version_columns(version):
@@ -76,11 +82,16 @@ class Keys:
     def finish_read(self, sent):
         return [self._held_version(row) for row in self.finish_query(sent)]
 
-    def coordinate(self, bucket, key, decide):
-        """Lock the key, let decide(held) make the new version, store it."""
+    def coordinate(self, bucket, key, decide, epoch=None):
+        """Lock the key, let decide(held) make the new version, store it.
+        epoch: the view the front end placed the key by (a conditional write):
+        NewerView if a newer one is recorded here (sql.py, check_view)."""
         def work(cursor):
             held = self._held(cursor, bucket, key, values=False)
+            if epoch is not None:
+                self.check_view(cursor, epoch)
             version = decide(held)
+            self._after_fence(cursor, bucket, version)
             if version.chunk_count:
                 self._execute(cursor, 'SELECT COUNT(*) FROM chunks WHERE version_id = ?',
                               (version.version_id.encode(),))

@@ -85,6 +85,8 @@ class MySQLEngine(SQLEngine):
     """A partition in one MySQL/MariaDB database."""
     placeholder = '%s'
     lock_clause = ' FOR UPDATE'
+    share_lock_clause = ' LOCK IN SHARE MODE'
+    unfenced_clause = ' FROM DUAL' + SQLEngine.unfenced_clause
     if_absent_clause = ' ON DUPLICATE KEY UPDATE version_id = version_id'
     insert_if_absent = 'INSERT IGNORE'
     db_errors = (pymysql.Error,)

@@ -7,13 +7,14 @@ error means, the schema and the partition's incarnation and metadata.
 The dialects (sqlite.py, mariadb.py) say how to connect and lock.
 """
 import contextlib
+import json
 import logging
 import random
 import time
 
 from kvstore.engines.buckets import Buckets
 from kvstore.engines.chunks import Chunks
-from kvstore.engines.failures import HEALTHY_FAILURES, LOCK_CONFLICT, PartitionError
+from kvstore.engines.failures import HEALTHY_FAILURES, LOCK_CONFLICT, NewerView, PartitionError
 from kvstore.engines.hints import Hints
 from kvstore.engines.keys import Keys
 from kvstore.engines.pool import Pool
@@ -22,12 +23,14 @@ from kvstore.engines.rows import INCARNATION, as_text, new_incarnation_id, schem
 
 log = logging.getLogger('kvstore.engines')
 TRANSACTION_ATTEMPTS = 10
+VIEW = 'view'   # the metadata row of the recorded view (coordinator/views.py)
 
 
 class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation):
     """The SQL both engines share.  Subclasses set how to connect and lock."""
     placeholder = '?'
     lock_clause = ''
+    share_lock_clause = ''   # SQLite's write transactions lock the whole file
     if_absent_clause = ' ON CONFLICT DO NOTHING'
     insert_if_absent = 'INSERT OR IGNORE'
     db_errors = ()
@@ -160,6 +163,17 @@ class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation):
             self._execute(cursor, 'SELECT name, value FROM metadata WHERE name IN (%s)'
                           % ', '.join(['?'] * len(names)), [n.encode() for n in names])
             return {as_text(n): as_text(v) for n, v in cursor.fetchall()}
+
+    def check_view(self, cursor, epoch):
+        """In a write transaction: NewerView if the view recorded here is newer
+        than epoch.  Its row stays share-locked until the commit, so sync.py
+        records a newer view only after the transaction (set_metadata waits)."""
+        self._execute(cursor, 'SELECT value FROM metadata WHERE name = ?' + self.share_lock_clause,
+                      (VIEW.encode(),))
+        rows = cursor.fetchall()
+        recorded = json.loads(as_text(rows[0][0]))['epoch'] if rows else 0
+        if recorded > epoch:
+            raise NewerView(self.name, recorded)
 
     def set_metadata(self, values):
         """Write {name: value} metadata rows in one transaction."""
