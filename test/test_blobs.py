@@ -239,7 +239,8 @@ class TestFullPartition(unittest.TestCase):
         cls.server = MariaDBServer(cls.directory.path, 'tiny', options=[
             '--innodb-data-file-path=ibdata1:24M', '--innodb-file-per-table=0']).start()
         fields = {'engine': 'mysql', 'host': cls.server.host, 'port': cls.server.port,
-                  'user': cls.server.user, 'password': cls.server.password, 'database': 'kv_full'}
+                  'user': cls.server.store_user, 'password': cls.server.store_password,
+                  'database': 'kv_full'}
         cls.store = support.open_store({'tiny': fields}, replicas=1, r=1, w=1, chunk_size=CHUNK,
                                        max_value_bytes=256 * 1024 * 1024)
         cls.app = support.web_app(cls.store)

@@ -24,6 +24,8 @@ def parser():
     common.add_argument('--progress', action=argparse.BooleanOptionalAction,
                         help='a progress bar on stderr for values (default: when stderr is a terminal)')
     common.add_argument('--timeout', type=float, help='seconds to wait for each answer or read (default 30)')
+    common.add_argument('--cacert', metavar='FILE', help='trust the CAs in FILE (PEM) for an https URL (default: '
+                        '$REQUESTS_CA_BUNDLE, $CURL_CA_BUNDLE, $SSL_CERT_FILE, else certifi\'s)')
     main_parser = argparse.ArgumentParser(prog='kv', parents=[common], description=__doc__.split('\n\n')[0],
                                           epilog='exit status: 0 ok, 1 not found, 2 usage, 3 conflict, '
                                                  '4 siblings, 5 unavailable, 6 auth, 7 refused, 8 local file')
@@ -79,7 +81,7 @@ def main(argv=None):
             print('kv: --%s must be at least 1' % name.replace('_', '-'), file=sys.stderr)
             return USAGE
     try:
-        return args.run(Client(args.url, args.token, args.timeout), args) or OK
+        return args.run(Client(args.url, args.token, args.timeout, settings.get('cacert')), args) or OK
     except Failure as failure:
         print('kv: %s' % failure.message, file=sys.stderr)
         return failure.status

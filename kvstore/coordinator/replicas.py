@@ -12,7 +12,7 @@ import sys
 import time
 
 from kvstore import metrics
-from kvstore.engines import PartitionError
+from kvstore.engines import REFUSED, PartitionError
 
 
 class Replicas:
@@ -29,7 +29,7 @@ class Replicas:
 
     def call(self, name, method, *args):
         """engine.method(*args) on one partition, through the failure detector."""
-        if not self.health.available(name):
+        if not self.health.available(name, method):
             metrics.replica_refused(name)
             raise PartitionError(name, 'down')
         try:
@@ -37,13 +37,13 @@ class Replicas:
         except PartitionError as e:
             if e.unavailable:
                 # Blame the partition that failed: copying chunks reads another.
-                self.health.failed(e.partition, e.reason)
+                self.health.failed(e.partition, e.reason, refused=method if e.reason.startswith(REFUSED) else None)
             raise
         finally:
             metrics.replica_called(name, method, sys.exc_info()[1])
             # Anything but a PartitionError (a refused precondition, say) means
             # the partition answered: that too ends a probe.
-            if sys.exc_info()[0] is not PartitionError and self.health.succeeded(name):
+            if sys.exc_info()[0] is not PartitionError and self.health.succeeded(name, method):
                 self.on_recovered(name)
 
     def finish(self, name, what, unread):

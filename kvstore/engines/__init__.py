@@ -25,7 +25,7 @@ The modules, one role each:
     mariadb.py    MySQLEngine (MariaDB), its batched write transactions
     mysqlwire.py  MariaDB's queries sent and every answer read (PyMySQL connects)
 """
-from kvstore.engines.failures import (BAD_DATA, CORRUPT, FULL, HEALTHY_FAILURES, LOCK_CONFLICT,
+from kvstore.engines.failures import (BAD_DATA, CORRUPT, FULL, HEALTHY_FAILURES, LOCK_CONFLICT, REFUSED,
                                       NewerView, PartitionError)
 from kvstore.engines.mariadb import MySQLEngine
 from kvstore.engines.pool import Pool
@@ -33,7 +33,8 @@ from kvstore.engines.rows import COLUMNS, INCARNATION
 from kvstore.engines.sql import SQLEngine
 from kvstore.engines.sqlite import SQLiteEngine
 
-__all__ = ['BAD_DATA', 'CORRUPT', 'FULL', 'HEALTHY_FAILURES', 'LOCK_CONFLICT', 'NewerView', 'PartitionError',
+__all__ = ['BAD_DATA', 'CORRUPT', 'FULL', 'HEALTHY_FAILURES', 'LOCK_CONFLICT', 'NewerView', 'REFUSED',
+           'PartitionError',
            'COLUMNS', 'INCARNATION', 'Pool', 'SQLEngine', 'SQLiteEngine', 'MySQLEngine', 'open_engine']
 
 

@@ -30,4 +30,8 @@ FULL = 'full'                    # the partition's disk or table is full
 LOCK_CONFLICT = 'lock conflict'
 CORRUPT = 'corrupt data'
 BAD_DATA = 'bad data'            # the data written does not fit the schema
+# The database user lacks a privilege the statement needs: the partition fails
+# every such statement until an operator fixes its grants, however well its
+# other calls answer (health.py keeps it down until the refused call succeeds).
+REFUSED = 'refused by its grants'
 HEALTHY_FAILURES = (FULL, LOCK_CONFLICT, CORRUPT, BAD_DATA)

@@ -4,12 +4,13 @@ Every query's answer is read by mysqlwire (the one reader, on hot and cold
 paths alike); PyMySQL connects, escapes values and carries the bytes.
 """
 import contextlib
+import re
 import select
 
 import pymysql
 
 from kvstore.engines import mysqlwire
-from kvstore.engines.failures import BAD_DATA, FULL, LOCK_CONFLICT, PartitionError
+from kvstore.engines.failures import BAD_DATA, FULL, LOCK_CONFLICT, REFUSED, PartitionError
 from kvstore.engines.rows import COLUMNS, as_text, row_to_version
 from kvstore.engines.sql import SQLEngine
 
@@ -20,6 +21,9 @@ MYSQL_FULL = (1114, 1021, 1030)
 # MySQL errors the request's own data causes (a value too long for its column,
 # out of range, not valid for it): the partition is as healthy as before.
 MYSQL_BAD_DATA = (1048, 1264, 1265, 1292, 1366, 1406)
+# MySQL errors of a privilege the user lacks (database, table, column, routine,
+# command denied): the partition's grants, not the request.
+MYSQL_DENIED = (1044, 1142, 1143, 1227, 1370)
 
 
 class Sent:
@@ -237,6 +241,10 @@ class MySQLEngine(SQLEngine):
             return FULL
         if code in MYSQL_BAD_DATA:
             return BAD_DATA
+        if code in MYSQL_DENIED:
+            # The statement denied, not the user and host the message names.
+            denied = re.match(r'\s*(\w+) command denied', str(error.args[1]) if len(error.args) > 1 else '')
+            return '%s (MySQL error %s%s)' % (REFUSED, code, ': %s denied' % denied.group(1) if denied else '')
         if not code:
             return 'connection lost'
         if isinstance(error, pymysql.OperationalError):

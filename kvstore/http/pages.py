@@ -196,12 +196,16 @@ def table(headings, rows):
 
 
 def number(value, shown=None):
+    """A number's cell; ? when it is unknown (null: a partition that did not answer)."""
     return '<td class="n">%s</td>' % esc('?' if value is None else shown or value)
 
 
 def size(count):
+    """A byte count for people (1.5 KiB); None when it is unknown."""
+    if count is None:
+        return None
     for unit in ('bytes', 'KiB', 'MiB', 'GiB'):
-        if count is None or count < 1024:
+        if count < 1024:
             break
         count /= 1024
     return '%s %s' % (count if isinstance(count, int) else '%.1f' % count, unit)
