@@ -13,7 +13,7 @@ import time
 from kvstore.coordinator.chunks import chunks_of, read_up_to
 from kvstore.coordinator.integrity import Hasher
 from kvstore.coordinator.replication import Replication
-from kvstore.coordinator.validation import quorums
+from kvstore.coordinator.validation import write_quorums
 from kvstore.coordinator.versions import Version, clock_limit, context_of, live, next_dot, prune
 from kvstore.engines import BAD_DATA, FULL, PartitionError
 from kvstore.errors import BadRequest, InsufficientStorage, NotFound, TooManySiblings, Unavailable
@@ -89,7 +89,7 @@ class Writer:
         A conditional one is only ever coordinated by the key's first owner."""
         started = time.monotonic()
         props = self.buckets.properties_cached(bucket)
-        w, pw = quorums(self.config, props, w=w, pw=pw)
+        w, pw = write_quorums(self.config, props, w, pw)
         if props['conflicts'] == 'lww':
             context = None   # every write supersedes all the coordinator holds
         preference, fallbacks = self.placement.of(bucket, key)
