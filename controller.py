@@ -150,8 +150,8 @@ class ClusterGossip:
         peers = store().gossip
         body = request_document(peers.max_bytes)
         env = web.ctx.env
-        gossip.verify(peers.secret, gossip.REQUEST, env.get('HTTP_X_GOSSIP_TIMESTAMP'),
-                      env.get('HTTP_X_GOSSIP_SIGNATURE'), body)
+        host, nonce = env.get('HTTP_HOST'), env.get('HTTP_X_GOSSIP_NONCE')
+        peers.admit(host, env.get('HTTP_X_GOSSIP_TIMESTAMP'), nonce, env.get('HTTP_X_GOSSIP_SIGNATURE'), body)
         try:
             view = parse_json(body)['partitions']
             if not isinstance(view, dict):
@@ -159,7 +159,7 @@ class ClusterGossip:
         except (ValueError, KeyError, TypeError):
             raise BadRequest('bad_body', 'gossip is a JSON object {"partitions": {name: observation}}')
         answer = respond('gossip', {'partitions': peers.receive(view)}, format_override='json')
-        for name, value in gossip.signed_headers(peers.secret, gossip.ANSWER, answer).items():
+        for name, value in gossip.signed_headers(peers.secret, gossip.ANSWER, host, answer, nonce).items():
             web.header(name, value)
         return answer
 

@@ -66,6 +66,7 @@ class StoreConfig:
     pr: int = 0
     pw: int = 0
     gossip_interval: float = 1.0
+    max_clock_skew: float = 60.0        # seconds a context's counter may be ahead of the clock (versions.py)
     body_timeout: float = 5.0           # seconds a request body may pause (framing.BodyPace)
     min_body_rate: int = 1024           # bytes a second a body averages after body_timeout; 0: no floor
     # [sync]: the reconciler (sync.py)
@@ -231,6 +232,7 @@ def parse(parser, source='configuration'):
         backoff=number('store', 'backoff', float, 1.0, 0.01),
         max_backoff=number('store', 'max_backoff', float, 30.0, 0.01),
         hint_window=number('store', 'hint_window', float, 86400.0, 1),
+        max_clock_skew=number('store', 'max_clock_skew', float, 60.0, 1),
         max_siblings=number('store', 'max_siblings', int, 16, 1),
         partitions=partitions, source=source,
         body_timeout=number('store', 'body_timeout', float, 5.0, 0.1, 3600),

@@ -64,14 +64,33 @@ class SQLiteApp(support.OnSQLite, support.StoreSpecification, unittest.TestCase)
 class TestForgedGossip(SQLiteApp):
     store_sections = {'cluster': {'secret': SECRET}}
 
-    def gossip(self, view, secret=SECRET, timestamp=None, status='*', body=None):
+    def gossip(self, view, secret=SECRET, timestamp=None, status='*', body=None, host='localhost:80', signed=None):
         body = body if body is not None else json.dumps({'partitions': view}).encode()
         headers = {'Content-Type': 'application/json'}
-        if secret is not None:
+        if signed is not None:
+            headers.update(signed)
+        elif secret is not None:
             timestamp = '%.3f' % (timestamp if timestamp is not None else time.time())
-            headers.update({gossip.TIMESTAMP: timestamp,
-                            gossip.SIGNATURE: gossip.signature(secret, gossip.REQUEST, timestamp, body)})
+            nonce = os.urandom(16).hex()
+            headers.update({gossip.TIMESTAMP: timestamp, gossip.NONCE: nonce, gossip.SIGNATURE: gossip.signature(
+                secret, gossip.REQUEST, host, timestamp, nonce, body)})
         return self.app.post('/cluster/gossip', body, headers=headers, status=status)
+
+    def test_a_message_is_taken_once_and_only_by_the_host_it_was_sent_to(self):
+        body = json.dumps({'partitions': self.down_view()}).encode()
+        for host in ('127.0.0.1:80', 'localhost:81'):   # sent to another front end
+            signed = gossip.signed_headers(SECRET, gossip.REQUEST, host, body)
+            self.assertError(self.gossip(None, body=body, signed=signed), 403, 'gossip_refused')
+        signed = gossip.signed_headers(SECRET, gossip.REQUEST, 'localhost:80', body)
+        taken = self.gossip(None, body=body, signed=signed)
+        self.assertEqual(taken.status_int, 200, taken.text)
+        gossip.verify(SECRET, gossip.ANSWER, 'localhost:80', taken.headers[gossip.TIMESTAMP], signed[gossip.NONCE],
+                      taken.headers[gossip.SIGNATURE], taken.body)
+        self.store.health.succeeded('p1')
+        replayed = self.gossip(None, body=body, signed=signed)
+        self.assertError(replayed, 403, 'gossip_refused')
+        self.assertIn('replay', replayed.json['message'])
+        self.assertUnchanged()
 
     def test_signed_gossip_nested_too_deeply_is_400_and_changes_nothing(self):
         body = ('{"partitions": %s}' % ('[' * 8000 + ']' * 8000)).encode()   # under the bound
@@ -133,8 +152,9 @@ class TestForgedGossip(SQLiteApp):
     def test_signed_sound_gossip_is_merged_and_the_answer_is_signed(self):
         response = self.gossip(self.down_view())
         self.assertEqual(response.status_int, 200, response.text)
-        gossip.verify(SECRET, gossip.ANSWER, response.headers[gossip.TIMESTAMP],
-                      response.headers[gossip.SIGNATURE], response.body)
+        with self.assertRaises(Exception):   # an answer is signed over its request's nonce
+            gossip.verify(SECRET, gossip.ANSWER, 'localhost:80', response.headers[gossip.TIMESTAMP], 'another',
+                          response.headers[gossip.SIGNATURE], response.body)
         self.assertEqual(self.cluster()['p1']['state'], 'down')
         self.store.health.succeeded('p1')
 
@@ -578,6 +598,34 @@ Promise.all([post("/buckets/victim/keys/from-fetch", "planted"), post("/cluster/
         self.assertIn('/loaded', seen, 'the page ran its script')
         self.assertEqual([path for path in seen if path.startswith('/ran')], [])
         self.assertEqual(self.request('GET', '/buckets/kept/keys/k')[0].status, 200)
+
+
+class TestGossipReplayedToEveryWorker(unittest.TestCase):
+    """A captured signed message, sent again and again within its window to a
+    front end of several worker processes: taken once, by one of them."""
+
+    def test_a_replayed_message_is_refused_by_every_worker(self):
+        server = StoreServer.running(CONFIGURATION + '\n[cluster]\nsecret = %s\n' % SECRET, workers=3, threads=2)
+        self.addCleanup(server.cleanup)
+        self.addCleanup(server.stop)
+        now = time.time()
+        body = json.dumps({'partitions': {'p1': {'state': 'up', 'since': now - 60, 'observed': now,
+                                                 'last_error': None}}}).encode()
+        headers = dict(gossip.signed_headers(SECRET, gossip.REQUEST, '127.0.0.1:%d' % server.port, body),
+                       **{'Content-Type': 'application/json'})
+        statuses = []
+        for _ in range(12):
+            conn = server.connect()
+            try:
+                conn.request('POST', '/cluster/gossip', body, headers)
+                response = conn.getresponse()
+                answer = json.loads(response.read())
+                statuses.append(response.status)
+                if response.status == 403:
+                    self.assertEqual(answer['code'], 'gossip_refused')
+            finally:
+                conn.close()
+        self.assertEqual(sorted(statuses), [200] + [403] * 11)
 
 
 def in_chromium(page):

@@ -321,7 +321,8 @@ class TestGossip(unittest.TestCase):
         """A front end's view, asked through (signed) gossip so that it probes nothing."""
         body = json.dumps({'partitions': {}}).encode()
         request = urllib.request.Request('http://127.0.0.1:%d/cluster/gossip' % port, data=body, headers=dict(
-            gossip.signed_headers(CLUSTER_SECRET, gossip.REQUEST, body), **{'Content-Type': 'application/json'}))
+            gossip.signed_headers(CLUSTER_SECRET, gossip.REQUEST, '127.0.0.1:%d' % port, body),
+            **{'Content-Type': 'application/json'}))
         with urllib.request.urlopen(request, timeout=5) as response:
             return json.loads(response.read())['partitions']
 

@@ -266,10 +266,8 @@ class GossipObserver(support.OnSQLite, support.StoreSpecification, unittest.Test
         observed = time.time() - 5
         body = json.dumps({'partitions': {'p2': {'state': 'down', 'since': observed, 'observed': observed,
                                                  'last_error': 'refused', 'observer': 'fe-2:8080/77'}}}).encode()
-        timestamp = '%.3f' % time.time()
-        self.app.post('/cluster/gossip', body, headers={
-            'Content-Type': 'application/json', gossip.TIMESTAMP: timestamp,
-            gossip.SIGNATURE: gossip.signature(SECRET, gossip.REQUEST, timestamp, body)})
+        self.app.post('/cluster/gossip', body, headers=dict(
+            gossip.signed_headers(SECRET, gossip.REQUEST, 'localhost:80', body), **{'Content-Type': 'application/json'}))
         p2 = {p['name']: p for p in self.app.get('/cluster').json['partitions']}['p2']
         self.assertEqual((p2['state'], p2['observer'], p2['last_error']), ('down', 'fe-2:8080/77', 'refused'))
         self.assertGreaterEqual(p2['observed_seconds_ago'], 5)

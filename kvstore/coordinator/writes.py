@@ -13,8 +13,8 @@ import time
 from kvstore.coordinator.chunks import chunks_of, read_up_to
 from kvstore.coordinator.integrity import Hasher
 from kvstore.coordinator.replication import Replication
-from kvstore.coordinator.validation import quorums
-from kvstore.coordinator.versions import Version, context_of, live, next_dot, prune
+from kvstore.coordinator.validation import write_quorums
+from kvstore.coordinator.versions import Version, clock_limit, context_of, live, next_dot, prune
 from kvstore.engines import BAD_DATA, FULL, NewerView, PartitionError
 from kvstore.errors import BadRequest, InsufficientStorage, NotFound, TooManySiblings, Unavailable
 
@@ -111,7 +111,7 @@ class Writer:
     def _write(self, bucket, key, context, check, w, make, coordinators, conditional, pw):
         started = time.monotonic()
         props = self.buckets.properties_cached(bucket)
-        w, pw = quorums(self.config, props, w=w, pw=pw)
+        w, pw = write_quorums(self.config, props, w, pw)
         if props['conflicts'] == 'lww':
             context = None   # every write supersedes all the coordinator holds
         preference, fallbacks = self.placement.of(bucket, key)
@@ -189,7 +189,7 @@ class Writer:
             if check:
                 check(live(held))
             seen = context if context is not None else context_of(held)
-            seen = prune(seen, engines, max(8, 2 * len(engines)))
+            seen = prune(seen, engines, clock_limit(engines), keep={v.dot[0] for v in held})
             version = make(seen, next_dot(engines[coordinator].actor, held, seen))
             kept = [v for v in held if not version.supersedes(v)]
             if len(kept) >= self.config.max_siblings:

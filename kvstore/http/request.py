@@ -74,7 +74,7 @@ def request_context(bucket, key):
     if not header:
         return None
     try:
-        return decode_context(header, store().engines, bucket, key)
+        return decode_context(header, store().engines, bucket, key, store().config.max_clock_skew)
     except BadContext as e:
         raise BadRequest('bad_context', str(e))
 
