@@ -249,3 +249,29 @@ class TestIdempotencyKeys(CompareAndSwapCase):
         key = created.headers['Location'].rsplit('/', 1)[1]
         self.send(self.app, 'DELETE', key, idempotency='"delete-1"', status=200)
         self.assertTrue(self.send(self.app, 'DELETE', key, idempotency='"delete-1"', status=200).json['replayed'])
+
+
+class TestIfUnmodifiedSince(CompareAndSwapCase):
+    """Dates are whole seconds: two writers holding the same Last-Modified,
+    writing within that second, must not both be answered 200."""
+
+    def test_two_writers_holding_one_last_modified_let_one_through(self):
+        outcomes = []
+        for i in range(10):
+            key = 'dated%d' % i
+            self.put(self.app, key, b'0')
+            date = self.app.get(self.url(key)).headers['Last-Modified']
+            outcomes.append(sorted(
+                self.app.put(self.url(key), value, headers={'Content-Type': 'text/plain',
+                                                             'If-Unmodified-Since': date}, status='*').status_int
+                for value in (b'1', b'2')))
+        self.assertEqual(outcomes, [[200, 412]] * 10)
+
+    def test_a_date_taken_after_the_last_write_still_lets_a_write_through(self):
+        self.put(self.app, 'k', b'0')
+        later = 'Fri, 31 Dec 2100 23:59:59 GMT'
+        self.app.put(self.url('k'), b'1', headers={'Content-Type': 'text/plain', 'If-Unmodified-Since': later},
+                     status=200)
+        self.app.put(self.url('k'), b'2', headers={'Content-Type': 'text/plain', 'If-Unmodified-Since': later},
+                     status=200)
+        self.assertEqual(self.app.get(self.url('k')).body, b'2')

@@ -15,7 +15,7 @@ from kvstore.coordinator.chunks import chunks_of, read_up_to
 from kvstore.coordinator.integrity import Hasher
 from kvstore.coordinator.replication import Replication
 from kvstore.coordinator.validation import quorums
-from kvstore.coordinator.versions import Version, context_of, live, next_dot, prune
+from kvstore.coordinator.versions import SHARED_SECOND, Version, context_of, live, next_dot, prune
 from kvstore.engines import BAD_DATA, FULL, NewerView, PartitionError, Recorded
 from kvstore.errors import (BadRequest, IdempotencyKeyReused, InsufficientStorage, NotFound, TooManySiblings,
                             Unavailable)
@@ -246,6 +246,8 @@ class Writer:
             seen = context if context is not None else context_of(held)
             seen = prune(seen, engines, max(8, 2 * len(engines)))
             version = make(seen, next_dot(engines[coordinator].actor, held, seen))
+            if any(v.modified // 10 ** 6 >= version.modified // 10 ** 6 for v in held):
+                version.metadata = dict(version.metadata, **{SHARED_SECOND: True})
             kept = [v for v in held if not version.supersedes(v)]
             if len(kept) >= self.config.max_siblings:
                 raise TooManySiblings(
