@@ -11,6 +11,8 @@ kvstore/http modules; storage decisions belong to the datastore.
 Serve it with `make run` (serve.py: uWSGI), or `python controller.py
 [host:port]` for a development server (cheroot).
 """
+import hashlib
+import json
 import logging
 import os
 import sys
@@ -18,7 +20,7 @@ import uuid
 
 import web
 
-from datastore import MAX_LIST_LIMIT, Datastore
+from datastore import MAX_LIST_LIMIT, Datastore, IdempotencyKey
 from kvstore import configuration, metrics
 from kvstore.coordinator import gossip, status
 from kvstore.coordinator.paging import page_before
@@ -34,7 +36,7 @@ from kvstore.http.metadata import request_metadata
 from kvstore.http.negotiation import accepts_stored_type, document_type, error_response, respond
 from kvstore.http.preconditions import NOT_MODIFIED, Preconditions
 from kvstore.http.request import (body_may_be_large, is_form, parse_json, query, query_flag, refuse_partial_body,
-                                  request_context,
+                                  request_context, request_idempotency_key,
                                   request_document, request_quorums, request_value, store)
 from kvstore.http.values import context_header, receipt_document, siblings_response, value_document, value_response
 
@@ -257,7 +259,9 @@ class Keys:
         return respond('keys', doc, headers={'Link': ', '.join(links)} if links else None)
 
     def POST(self, bucket):
-        key = uuid.uuid4().hex
+        # A retry with the same Idempotency-Key names the same key, and finds its record there.
+        idempotency_key = request_idempotency_key()
+        key = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32] if idempotency_key else uuid.uuid4().hex
         return write_key(bucket, key, create_only=True, server_chosen=True)
 
     @staticmethod
@@ -343,10 +347,22 @@ class Key:
         preconditions = Preconditions.from_environ(web.ctx.env)
         w, pw = request_quorums('w', 'pw')
         receipt = store().delete(bucket, key, context=request_context(bucket, key), check=preconditions.check_write,
-                                 w=w, pw=pw, conditional=preconditions.present)
+                                 w=w, pw=pw, conditional=preconditions.present, idempotency=request_idempotency())
         doc = receipt_document(bucket, key, receipt)
         doc['deleted'] = True
         return respond('receipt', doc, headers=context_header(bucket, key, receipt))
+
+
+def request_idempotency(content_type='', metadata=None):
+    """The request's IdempotencyKey (None without the header): its key, and
+    what the request asks for besides its body, which a retry repeats."""
+    key = request_idempotency_key()
+    if key is None:
+        return None
+    env = web.ctx.env
+    asked = [web.ctx.method, content_type, metadata or {}] + [env.get('HTTP_' + name) for name in (
+        'IF_MATCH', 'IF_NONE_MATCH', 'IF_UNMODIFIED_SINCE', 'X_CONTEXT')]
+    return IdempotencyKey(key, json.dumps(asked, sort_keys=True))
 
 
 def write_key(bucket, key, create_only, server_chosen=False):
@@ -376,7 +392,8 @@ def write_key(bucket, key, create_only, server_chosen=False):
     # needs the key's first owner to decide it.
     conditional = preconditions.present or (create_only and not server_chosen)
     receipt = store().put(bucket, key, value, content_type, context=context, check=check, w=w, pw=pw,
-                          metadata=metadata, expected=expected, conditional=conditional)
+                          metadata=metadata, expected=expected, conditional=conditional,
+                          idempotency=request_idempotency(content_type, metadata))
     headers = context_header(bucket, key, receipt)
     if not is_form():   # RFC 9110 9.3.4: the stored bytes are the form's field, not the request's
         headers['ETag'] = receipt.version.etag

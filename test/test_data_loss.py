@@ -223,6 +223,7 @@ class MariaDBPartitionLoss(unittest.TestCase):
         backup = self.dump_p1()
         expected = dict.fromkeys(keys, b'first')   # the last acknowledged write's value; None: deleted
         uncertain = set()                           # keys whose last write failed: it may have been applied
+        not_found = []                              # deletes answered "no such key" for a key that exists
         stop, rng = threading.Event(), random.Random(17)
 
         def write():
@@ -242,6 +243,8 @@ class MariaDBPartitionLoss(unittest.TestCase):
                             else:
                                 self.store.delete(self.bucket, key, context=context, w=3)
                     except NotFound:
+                        if expected[key] is not None and key not in uncertain:
+                            not_found.append((key, expected[key]))
                         continue
                     except Unavailable:
                         uncertain.add(key)
@@ -264,6 +267,7 @@ class MariaDBPartitionLoss(unittest.TestCase):
             if status == sync.CONVERGED:
                 break
         self.assertEqual(status, sync.CONVERGED, [r.summary for r in results.values()])
+        self.assertEqual(not_found, [], 'a delete did not find a key whose write was acknowledged')
         for key in set(keys) - uncertain:
             found = self.values(self.store, key)
             if expected[key] is None:
@@ -326,16 +330,22 @@ class TestChunkGarbageAndUploads(unittest.TestCase):
             """A client's body that stalls after its first chunk while gc runs."""
             def __init__(self):
                 self.parts = [b'a' * 1024, b'b' * 1024, b'c' * 100]
+                self.collected = None   # gc's result, once it ran
 
             def read(self, size):
                 if len(self.parts) == 1:   # two chunks stored, the third not yet read
                     time.sleep(1.2)
-                    sync_once(config, 'gc')
+                    self.collected = sync_once(config, 'gc')[0]['gc'].counts
                 return self.parts.pop(0) if self.parts else b''
+        body = Slow()
         try:
-            self.store.put(self.bucket, 'big', Slow(), 'application/octet-stream', w=1)
+            self.store.put(self.bucket, 'big', body, 'application/octet-stream', w=1)
         except Unavailable:
-            return   # refused: nothing acknowledged
+            # Refused because gc took the first chunks: nothing acknowledged, nothing readable.
+            self.assertGreater(body.collected['chunked_versions_removed'], 0, body.collected)
+            self.assertEqual(self.store.get(self.bucket, 'big').current, [])
+            return
+        self.assertIsNotNone(body.collected)
         version = self.store.get(self.bucket, 'big').current[0]
         self.assertEqual(len(b''.join(self.store.open_value(version))), 2148)
 

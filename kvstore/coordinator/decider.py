@@ -47,7 +47,7 @@ class ConditionalDecider:
                 names.append(first)
         return names, getattr(rings, 'epoch', 0)
 
-    def coordinate(self, deciders, epoch, bucket, key, decide):
+    def coordinate(self, deciders, epoch, bucket, key, decide, idempotency=None):
         """engine.coordinate on every decider at once: each locks the key (in
         name order), decide(what they hold, resolved) runs once, in the last,
         and its version is stored on each as their transactions commit, the
@@ -61,7 +61,7 @@ class ConditionalDecider:
                 if i + 1 < len(order):
                     return lock(i + 1)[1]
                 return decide(resolve(collected))
-            return self.replicas.call(order[i], 'coordinate', bucket, key, decide_here, epoch)
+            return self.replicas.call(order[i], 'coordinate', bucket, key, decide_here, epoch, idempotency)
         _, version = lock(0)
         held = {v.version_id: v for versions in collected for v in versions}
         return list(held.values()), version

@@ -143,6 +143,9 @@ def iso_time(seconds=None):
     return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(seconds))
 
 
+SHARED_SECOND = 'shared_second'   # metadata: the version replaced one written in the same second
+
+
 @dataclasses.dataclass
 class Version:
     """One version of a key: a value, or a tombstone when deleted.
@@ -177,6 +180,15 @@ class Version:
                    digest=digest or hashlib.sha256(value).hexdigest(),
                    modified=time.time_ns() // 1000, size=len(value) if size is None else size,
                    chunk_size=chunk_size, metadata=metadata or {}, chunk_source=chunk_source)
+
+    @property
+    def date(self):
+        """When it was written, in whole seconds, as the HTTP date conditions
+        compare it: a second later if another version of the key was written
+        in the same second (SHARED_SECOND), since a date cannot tell the two
+        apart: If-Unmodified-Since with that second then fails, If-Modified-Since
+        does not answer 304."""
+        return self.modified // 1_000_000 + (1 if self.metadata.get(SHARED_SECOND) else 0)
 
     @property
     def chunk_count(self):

@@ -37,7 +37,7 @@ class Buckets:
         return self._transaction(work)
 
     def _drop_rows(self, cursor, b):
-        for table in ('objects', 'pending', 'hints', 'chunks'):
+        for table in ('objects', 'pending', 'hints', 'chunks', 'idempotency'):
             self._execute(cursor, 'DELETE FROM %s WHERE bucket = ?' % table, (b,))
 
     def _after_fence(self, cursor, bucket, version):

@@ -26,6 +26,16 @@ class NewerView(Exception):
         self.epoch = epoch
 
 
+class Recorded(Exception):
+    """A write sent with an idempotency key was decided before: its record
+    (idempotency.py) and the versions the partition holds."""
+
+    def __init__(self, record, held):
+        super().__init__('the write was recorded before')
+        self.record = record
+        self.held = held
+
+
 FULL = 'full'                    # the partition's disk or table is full
 LOCK_CONFLICT = 'lock conflict'
 CORRUPT = 'corrupt data'

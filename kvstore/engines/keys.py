@@ -82,16 +82,24 @@ class Keys:
     def finish_read(self, sent):
         return [self._held_version(row) for row in self.finish_query(sent)]
 
-    def coordinate(self, bucket, key, decide, epoch=None):
+    def coordinate(self, bucket, key, decide, epoch=None, idempotency=None):
         """Lock the key, let decide(held) make the new version, store it.
         epoch: the view the front end placed the key by (a conditional write):
-        NewerView if a newer one is recorded here (sql.py, check_view)."""
+        NewerView if a newer one is recorded here (sql.py, check_view).
+        idempotency: (key, fingerprint, window seconds) of a write sent with an
+        Idempotency-Key: Recorded if it was decided here before, else its
+        outcome is recorded with the version (idempotency.py)."""
         def work(cursor):
             held = self._held(cursor, bucket, key, values=False)
             if epoch is not None:
                 self.check_view(cursor, epoch)
+            if idempotency is not None:
+                self._replay_if_recorded(cursor, bucket, key, idempotency, held)
             version = decide(held)
             self._after_fence(cursor, bucket, version)
+            if idempotency is not None:
+                self._record_outcome(cursor, bucket, key, idempotency, version,
+                                     not any(not v.deleted for v in held))
             if version.chunk_count:
                 self._execute(cursor, 'SELECT COUNT(*) FROM chunks WHERE version_id = ?',
                               (version.version_id.encode(),))

@@ -1,7 +1,7 @@
 """SQLEngine: the SQL both engines share, and how it runs.
 
 Its methods are grouped by role in mixins (keys.py, chunks.py, hints.py,
-buckets.py, reconcile.py); this class holds what they all use: a partition's
+buckets.py, reconcile.py, idempotency.py); this class holds what they all use: a partition's
 connections, cursors, write transactions and their retries, what a database
 error means, the schema and the partition's incarnation and metadata.
 The dialects (sqlite.py, mariadb.py) say how to connect and lock.
@@ -16,6 +16,7 @@ from kvstore.engines.buckets import Buckets
 from kvstore.engines.chunks import Chunks
 from kvstore.engines.failures import HEALTHY_FAILURES, LOCK_CONFLICT, NewerView, PartitionError
 from kvstore.engines.hints import Hints
+from kvstore.engines.idempotency import Idempotency
 from kvstore.engines.keys import Keys
 from kvstore.engines.pool import Pool
 from kvstore.engines.reconcile import Reconciliation
@@ -26,7 +27,7 @@ TRANSACTION_ATTEMPTS = 10
 VIEW = 'view'   # the metadata row of the recorded view (coordinator/views.py)
 
 
-class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation):
+class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation, Idempotency):
     """The SQL both engines share.  Subclasses set how to connect and lock."""
     placeholder = '?'
     lock_clause = ''

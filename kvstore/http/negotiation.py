@@ -24,6 +24,7 @@ STATUS = {
     'bucket_not_empty': '409 Conflict',
     'too_many_siblings': '409 Conflict',
     'precondition_failed': '412 Precondition Failed',
+    'idempotency_key_reused': '422 Unprocessable Content',
     'value_too_large': '413 Content Too Large',
     'body_too_large': '413 Content Too Large',
     'uri_too_long': '414 URI Too Long',

@@ -80,8 +80,7 @@ class Preconditions:
         safe: the request is a GET or HEAD.
         etag_of: a version's ETag in the selected representation (default: the raw value's).
         """
-        modified = max((v.modified for v in current), default=None)
-        modified = modified // 1_000_000 if modified is not None else None  # HTTP dates have seconds
+        modified = max((v.date for v in current), default=None)   # HTTP dates have seconds
         etags = [etag_of(v) if etag_of else v.etag for v in current]
         return self.evaluate_validators(etags, modified, safe)
 

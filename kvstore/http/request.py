@@ -2,6 +2,7 @@
 quorums and causal context it asks for."""
 import io
 import json
+import re
 import urllib.parse
 
 import web
@@ -140,3 +141,23 @@ def body_may_be_large():
     declared = env.get('CONTENT_LENGTH')
     return (not declared or not declared.isdigit() or int(declared) > store().config.chunk_size
             or env.get('HTTP_EXPECT', '').lower() == '100-continue')
+
+
+IDEMPOTENCY_KEY_LENGTH = 255
+_SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')
+_TOKEN = re.compile(r'[\x21\x23-\x5b\x5d-\x7e]+')
+
+
+def request_idempotency_key():
+    """The Idempotency-Key header (the IETF httpapi draft: a Structured Field
+    string, "…"; a bare token is taken too), or None."""
+    raw = web.ctx.env.get('HTTP_IDEMPOTENCY_KEY')
+    if raw is None:
+        return None
+    raw = raw.strip(' \t')
+    quoted, bare = _SF_STRING.fullmatch(raw), _TOKEN.fullmatch(raw)
+    key = re.sub(r'\\(.)', r'\1', quoted.group(1)) if quoted else raw if bare else None
+    if not key or len(key) > IDEMPOTENCY_KEY_LENGTH:
+        raise BadRequest('bad_idempotency_key', 'Idempotency-Key is a quoted string of 1 to %d printable ASCII '
+                         'characters' % IDEMPOTENCY_KEY_LENGTH)
+    return key

@@ -53,6 +53,8 @@ def receipt_document(bucket, key, receipt):
                preference_list=receipt.preference_list, acknowledged=receipt.acknowledged,
                coordinator=receipt.coordinator, hints=receipt.hints, down=receipt.down,
                owners_acknowledged=len(receipt.acknowledged), fallbacks_acknowledged=len(receipt.hints))
+    if receipt.replayed:   # the outcome of an earlier attempt with the same Idempotency-Key
+        doc['replayed'] = True
     return doc
 
 
