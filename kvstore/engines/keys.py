@@ -108,7 +108,7 @@ class Keys:
                                          'upload ended?)', unavailable=False)
             self._store(cursor, bucket, key, [v.version_id for v in held if version.supersedes(v)], version)
             return held, version
-        return self._transaction(work)
+        return self._transaction(work, [(bucket, key)])
 
     def mark_pending(self, bucket, key, version_id):
         """Mark a version this partition holds as not yet on every replica."""
@@ -137,7 +137,8 @@ class Keys:
         """
         self.copy_chunks(bucket, key, version)
         if superseded is not None:
-            held_ids = self._transaction(lambda cursor: self._replace(cursor, bucket, key, version, superseded))
+            held_ids = self._transaction(lambda cursor: self._replace(cursor, bucket, key, version, superseded),
+                                         [(bucket, key)])
             return self._keep_applied(bucket, key, version, superseded, held_ids)
 
         def work(cursor):
@@ -145,7 +146,7 @@ class Keys:
             drop_ids, store = reconcile(held, version)
             self._store(cursor, bucket, key, drop_ids, version if store else None)
             return store or (version.version_id in {v.version_id for v in held} - set(drop_ids))
-        return self._transaction(work)
+        return self._transaction(work, [(bucket, key)])
 
     def _replace(self, cursor, bucket, key, version, superseded):
         """Lock the key's rows (first, as the coordinator does: writers of one

@@ -4,6 +4,7 @@ Every query's answer is read by mysqlwire (the one reader, on hot and cold
 paths alike); PyMySQL connects, escapes values and carries the bytes.
 """
 import contextlib
+import hashlib
 import re
 import select
 
@@ -43,11 +44,18 @@ class BatchingCursor(mysqlwire.Cursor):
     travels with the first (locking) read, and the writes with the COMMIT:
     two round trips instead of five.  A replica's write, built here and sent
     whole (statements(), inside one compound statement), takes one.
+
+    locks: the names of the user locks (GET_LOCK) of the keys it writes.  Such
+    a transaction is READ COMMITTED: its locking reads take no gap locks (gap
+    locks made writers of neighbouring new keys deadlock), and the key's own
+    lock, taken before it starts and released after it ends, queues writers
+    of one key, even of a key no row stands for yet.
     """
 
-    def __init__(self, conn):
+    def __init__(self, conn, locks=()):
         super().__init__(conn)
-        self._held = ['START TRANSACTION']
+        self._held = key_transaction_start(locks)
+        self._release = key_transaction_end(locks)
         self.connection = self   # SQLEngine._transaction commits through it, as on sqlite3's cursors
 
     def execute(self, statement, args=None):
@@ -73,16 +81,35 @@ class BatchingCursor(mysqlwire.Cursor):
             super().execute(';\n'.join(statements))
 
     def statements(self):
-        """What is held and COMMIT: the SQL to send as one query."""
-        return self._held + ['COMMIT']
+        """What is held, COMMIT and the keys' locks released: the SQL to send as one query."""
+        return self._held + ['COMMIT'] + self._release
 
     def commit(self):
-        self._held.append('COMMIT')
+        self._held += ['COMMIT'] + self._release
         self._send()
 
     def rollback(self):
         self._held = []
-        super().execute('ROLLBACK')
+        super().execute(';\n'.join(['ROLLBACK'] + self._release))
+
+
+# How long a writer waits for a key's user lock: longer than any client waits
+# for an answer (read_timeout), so that GET_LOCK never gives up (returning 0,
+# unnoticed in a multi-statement); the client gives up first and drops the
+# connection, which releases whatever it held.
+KEY_LOCK_WAIT = 3600
+
+
+def key_transaction_start(locks):
+    if not locks:
+        return ['START TRANSACTION']
+    return ['SET TRANSACTION ISOLATION LEVEL READ COMMITTED',
+            'DO ' + ', '.join("GET_LOCK('%s', %d)" % (name, KEY_LOCK_WAIT) for name in locks),
+            'START TRANSACTION']
+
+
+def key_transaction_end(locks):
+    return ['DO ' + ', '.join("RELEASE_LOCK('%s')" % name for name in locks)] if locks else []
 
 
 class MySQLEngine(SQLEngine):
@@ -118,8 +145,15 @@ class MySQLEngine(SQLEngine):
 
     _new_cursor = mysqlwire.Cursor
 
-    def _begin(self, cursor):
-        return BatchingCursor(cursor.conn)
+    def _begin(self, cursor, keys=()):
+        return BatchingCursor(cursor.conn, self._key_locks(keys))
+
+    def _key_locks(self, keys):
+        """The user locks of keys [(bucket, key)], in one order for every writer
+        (hex names: nothing to escape).  User locks are server-wide: the name
+        says whose database it is."""
+        return sorted({hashlib.md5(b'\0'.join((self.database.encode(), bucket.encode(), key.encode())))
+                       .hexdigest() for bucket, key in keys})
 
     def _each(self, cursor, statement, rows):
         statement = self._sql(statement)
@@ -163,7 +197,7 @@ class MySQLEngine(SQLEngine):
             # answered only once it has committed: a multi-statement answers
             # statement by statement, so its socket would turn readable at
             # once.  The answer is the ids the locking read found.
-            batch = BatchingCursor(conn)
+            batch = BatchingCursor(conn, self._key_locks([(bucket, key)]))
             batch.hold(self._sql('SELECT GROUP_CONCAT(version_id) INTO held FROM objects'
                                  ' WHERE bucket = ? AND key_name = ?' + self.lock_clause),
                        (bucket.encode(), key.encode()))

@@ -58,8 +58,9 @@ class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation, Idempotency):
     def _connect(self):
         raise NotImplementedError
 
-    def _begin(self, cursor):
-        """Start a write transaction; may return a cursor to use in its place."""
+    def _begin(self, cursor, keys=()):
+        """Start a write transaction; may return a cursor to use in its place.
+        keys: the (bucket, key) pairs whose versions it writes."""
         raise NotImplementedError
 
     @staticmethod
@@ -104,11 +105,12 @@ class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation, Idempotency):
         for row in rows:
             self._execute(cursor, statement, row)
 
-    def _transaction(self, work):
-        """Run work(cursor) in one write transaction, retrying lock conflicts."""
+    def _transaction(self, work, keys=()):
+        """Run work(cursor) in one write transaction, retrying lock conflicts.
+        keys: the (bucket, key) pairs whose versions it writes (see _begin)."""
         def attempt():
             with self._cursor() as cursor:
-                cursor = self._begin(cursor) or cursor
+                cursor = self._begin(cursor, keys) or cursor
                 try:
                     result = work(cursor)
                 except BaseException:
