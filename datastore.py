@@ -228,7 +228,7 @@ class Datastore:
         return self.status.cluster_status()
 
     def readiness(self):
-        return self.status.readiness()
+        return self.status.readiness_cached()
 
     def keys_per_partition(self):
         return self.status.keys_per_partition()

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,8 @@ import threading
 import time
 import unittest
 import urllib.parse
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from kvstore import configuration
 import controller
@@ -262,6 +265,45 @@ class TestTokens(SQLiteApp):
         self.assertEqual(answers[:len(answers) // 2], answers[len(answers) // 2:])
         self.assertEqual(self.call('GET', '/buckets/%s/keys/k' % b, 'admin').body, b'v')
         self.assertEqual(self.call('GET', '/buckets/%s' % missing, 'admin').status_int, 404)
+
+    def test_a_preflight_says_nothing_of_a_bucket_and_the_request_meets_its_rules(self):
+        b, _ = self.routes()
+        rules = [{'origins': [APP], 'methods': ['PUT'], 'headers': ['content-type', 'authorization'], 'max_age': 60}]
+        self.assertEqual(self.call('PUT', '/buckets/' + b, 'admin', json.dumps({'cors': rules}).encode(),
+                                   headers={'Content-Type': 'application/json'}).status_int, 200)
+        answers = []
+        for bucket in (b, support.unique('m')):
+            for origin in (APP, EVIL):
+                response = self.call('OPTIONS', '/buckets/%s/keys/k' % bucket, headers={
+                    'Origin': origin, 'Access-Control-Request-Method': 'PUT',
+                    'Access-Control-Request-Headers': 'authorization, content-type'})
+                answers.append((response.status_int, sorted((k, v.replace(origin, 'O'))
+                                                            for k, v in response.headers.items()), response.body))
+        self.assertEqual(answers[1:], answers[:1] * 3)
+        # The request itself meets the bucket's rules: origin, method and headers.
+        path = '/buckets/%s/keys/k' % b
+        allowed = self.call('PUT', path, 'writer', b'v', headers={'Origin': APP, 'Content-Type': 'application/json'})
+        self.assertEqual(allowed.status_int, 200, allowed.text)
+        self.assertEqual(allowed.headers['Access-Control-Allow-Origin'], APP)
+        for origin, method, headers in ((EVIL, 'PUT', {}), (APP, 'DELETE', {}), (APP, 'PUT', {'X-Meta-A': '1'}),
+                                        (APP, 'PUT', {'Cache-Control': 'no-store'})):
+            refused = self.call(method, path, 'writer', b'x' if method == 'PUT' else b'',
+                                headers=dict(headers, Origin=origin))
+            self.assertError(refused, 403, 'cross_site_refused')
+        self.assertEqual(self.call('GET', path, 'reader').body, b'v')
+
+    def test_ready_asks_the_partitions_at_most_once_a_second_whoever_asks(self):
+        def calls():
+            text = self.call('GET', '/metrics', 'admin').text
+            return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+                       if s.name == 'kvstore_replica_calls_total')
+        first, second = calls(), calls()
+        started = time.monotonic()
+        for _ in range(50):
+            self.assertEqual(self.call('GET', '/ready').status_int, 200)
+        seconds = time.monotonic() - started
+        asked = calls() - 2 * second + first   # less the scrape's own calls (as many as the one before)
+        self.assertLessEqual(asked, len(self.partitions) * (int(seconds) + 2), '%d calls in %.1f s' % (asked, seconds))
 
     def test_patterns_and_the_bucket_list(self):
         for bucket in ('shared-a', 'mine-a', 'other-a'):
@@ -542,6 +584,17 @@ class TestRealServer(unittest.TestCase):
         self.assertEqual(response.status, 421)
         self.assertEqual(json.loads(text)['code'], 'misdirected_request')
         self.assertEqual(self.request('GET', '/buckets')[0].status, 200)
+
+    def test_a_request_without_a_host_is_400(self):
+        for head in (b'GET /buckets HTTP/1.1\r\nConnection: close\r\n\r\n', b'GET /buckets HTTP/1.0\r\n\r\n',
+                     b'GET /buckets HTTP/1.1\r\nHost :\r\nConnection: close\r\n\r\n',
+                     b'PUT /buckets/victim/keys/hostless HTTP/1.1\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx'):
+            with socket.create_connection(('127.0.0.1', self.server.port), timeout=10) as sock:
+                sock.sendall(head)
+                answer = support.read_head(sock)
+            self.assertIsNotNone(answer, head)
+            self.assertEqual(answer[0], 400, head)
+        self.assertEqual(self.request('GET', '/buckets/victim/keys/hostless')[0].status, 404)
 
     def test_stored_html_comes_sandboxed(self):
         page = b'<script>fetch("/buckets/victim?force=true", {method: "DELETE"})</script>'

@@ -215,6 +215,25 @@ class TestKv(unittest.TestCase):
         # --token overrides KV_TOKEN.
         self.kv('put', self.bucket, 'k', '-', '--token', 'tok-admin', input=b'w', token='reader')
 
+    def test_a_token_read_from_a_file_stays_out_of_the_process_list(self):
+        token_file = self.path('token', b'tok-admin\n')
+        for option in (['--token', '@' + token_file], ['--token-file', token_file]):
+            process = subprocess.Popen([KV, 'put', self.bucket, 'k', '-'] + option, stdin=subprocess.PIPE,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                       env={k: v for k, v in os.environ.items() if k != 'KV_TOKEN'} | {
+                                           'KV_URL': self.url})
+            try:
+                with open('/proc/%d/cmdline' % process.pid, 'rb') as f:
+                    self.assertNotIn(b'tok-admin', f.read())   # what ps shows
+                _, err = process.communicate(b'from a file', timeout=60)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+            self.assertEqual(process.returncode, 0, err)
+            self.assertEqual(self.kv('get', self.bucket, 'k')[0], b'from a file')
+        _, err = self.kv('get', self.bucket, 'k', '--token', '@' + self.path('missing'), token=None, expect=8)
+        self.assertIn('token file', err)
+
     def test_a_server_that_is_down_exits_5(self):
         _, err = self.kv('get', self.bucket, 'k', url='http://127.0.0.1:%d' % support.free_port(), expect=5)
         self.assertIn('cannot reach', err)

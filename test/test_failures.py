@@ -410,6 +410,8 @@ class TestReadiness(FailureCase):
         self.assertTrue(self.app.get('/ready').json['ready'])   # 3 of 4 answer: R = W = 2
         server_of(self.cluster, 'p2').kill()
         server_of(self.cluster, 'p3').kill()
+        # /ready asks the partitions at most once a second (status.READY_SECONDS).
+        support.wait_until(lambda: self.app.get('/ready', status='*').status_int == 503, timeout=10)
         response = self.app.get('/ready', status=503)
         self.assertEqual(response.json['partitions']['p4'], 'up')
         self.assertNotEqual(response.json['partitions']['p1'], 'up')
