@@ -33,12 +33,13 @@ from kvstore.http.caching import (bucket_etag, caching_headers, last_modified, n
                                   repr_digest)
 from kvstore.http.links import bucket_path, key_path, listing_path
 from kvstore.http.metadata import request_metadata
-from kvstore.http.negotiation import accepts_stored_type, document_type, error_response, respond
+from kvstore.http.negotiation import accepts_stored_type, document_type, error_response, prefers, respond
 from kvstore.http.preconditions import NOT_MODIFIED, Preconditions
 from kvstore.http.request import (body_may_be_large, is_form, parse_json, query, query_flag, refuse_partial_body,
                                   request_context, request_idempotency_key,
                                   request_document, request_quorums, request_value, store)
-from kvstore.http.values import context_header, receipt_document, siblings_response, value_document, value_response
+from kvstore.http.values import (context_header, listed_key, receipt_document, siblings_response, value_document,
+                                 value_response)
 
 log = logging.getLogger('kvstore.controller')
 web.config.debug = os.environ.get('WEBPY_ENV') == 'development'
@@ -68,6 +69,7 @@ BUCKET_PROPERTIES = {
     'cors': access.CORS_PROPERTY,
 }
 LIMIT_DIGITS = len(str(MAX_LIST_LIMIT))
+MAX_DELIMITER_CHARS = 64   # S3 takes any; "/" is the one in use
 
 
 class Index:
@@ -168,7 +170,10 @@ class ClusterGossip:
 
 class Buckets:
     def GET(self):
-        return respond('buckets', {'buckets': [b for b in store().bucket_names() if access.may_read(b)]})
+        names = [b for b in store().bucket_names() if access.may_read(b)]
+        if Preconditions.from_environ(web.ctx.env).evaluate_untagged() == NOT_MODIFIED:
+            return not_modified()
+        return respond('buckets', {'buckets': names})
 
 
 class Bucket:
@@ -234,28 +239,39 @@ class Bucket:
 
 class Keys:
     def GET(self, bucket):
-        prefix = query('prefix') or ''
+        prefix, delimiter = query('prefix') or '', self.delimiter()
         limit = self.limit()
         after, before = self.cursor_key('cursor'), self.cursor_key('before')
         if after is not None and before is not None:
             raise BadRequest('bad_parameter', 'a page is after a cursor or before one, not both', parameter='before')
-        if before is None:
-            page = store().list_keys(bucket, prefix=prefix, limit=limit, after=after)
-            keys, next_after, earlier = page.keys, page.next_after, after is not None
+        if before is not None:   # the page before: found from the start, then listed as a page after
+            after, earlier = page_before(store(), bucket, prefix, before, limit, delimiter)
         else:
-            keys, earlier = page_before(store(), bucket, prefix, before, limit)
-            next_after = keys[-1] if keys else None
-        if not keys and after is None and before is None and store().bucket_properties(bucket) is None:
+            earlier = after is not None
+        # A browser's page shows each key's size, type and date.
+        details = query_flag('details') or prefers('text/html')
+        page = store().list_keys(bucket, prefix=prefix, limit=limit, after=after, delimiter=delimiter,
+                                 details=details)
+        entries = sorted(page.keys + page.prefixes)
+        if not entries and after is None and before is None and store().bucket_properties(bucket) is None:
             raise NotFound('no bucket %r' % bucket)
-        doc = {'bucket': bucket, 'prefix': prefix, 'limit': limit, 'keys': keys, 'next_cursor': None,
+        if Preconditions.from_environ(web.ctx.env).evaluate_untagged() == NOT_MODIFIED:
+            return not_modified()
+        doc = {'bucket': bucket, 'prefix': prefix, 'limit': limit, 'keys': page.keys, 'next_cursor': None,
                'previous_cursor': None}
+        if delimiter:
+            doc.update(delimiter=delimiter, common_prefixes=page.prefixes)
+        if details:
+            doc['details'] = [listed_key(key, page.versions[key]) for key in page.keys]
         links = []
-        if next_after is not None:
-            doc['next_cursor'] = encode_token(next_after.encode('utf-8'))
-            links.append('<%s>; rel="next"' % listing_path(bucket, prefix, limit, cursor=doc['next_cursor']))
-        if earlier and keys:
-            doc['previous_cursor'] = encode_token(keys[0].encode('utf-8'))
-            links.append('<%s>; rel="prev"' % listing_path(bucket, prefix, limit, before=doc['previous_cursor']))
+        if page.next_after is not None:
+            doc['next_cursor'] = encode_token(page.next_after.encode('utf-8'))
+            links.append('<%s>; rel="next"' % listing_path(bucket, prefix, limit, cursor=doc['next_cursor'],
+                                                           delimiter=delimiter))
+        if earlier and entries:
+            doc['previous_cursor'] = encode_token(entries[0].encode('utf-8'))
+            links.append('<%s>; rel="prev"' % listing_path(bucket, prefix, limit, before=doc['previous_cursor'],
+                                                           delimiter=delimiter))
         return respond('keys', doc, headers={'Link': ', '.join(links)} if links else None)
 
     def POST(self, bucket):
@@ -272,6 +288,14 @@ class Keys:
         if not (raw.isascii() and raw.isdigit() and len(raw) <= LIMIT_DIGITS) or not 1 <= int(raw) <= MAX_LIST_LIMIT:
             raise BadRequest('bad_parameter', 'limit must be 1 to %d' % MAX_LIST_LIMIT, parameter='limit')
         return int(raw)
+
+    @staticmethod
+    def delimiter():
+        raw = query('delimiter') or None
+        if raw is not None and len(raw) > MAX_DELIMITER_CHARS:
+            raise BadRequest('bad_parameter', 'a delimiter is at most %d characters' % MAX_DELIMITER_CHARS,
+                             parameter='delimiter')
+        return raw
 
     @staticmethod
     def cursor_key(name):

@@ -152,9 +152,10 @@ class Datastore:
 
     # -- listings and buckets -------------------------------------------------
 
-    def list_keys(self, bucket, prefix='', limit=1000, after=None):
-        """A KeyPage of live keys in byte order, merged across every partition."""
-        return self.listing.list_keys(bucket, prefix, limit, after)
+    def list_keys(self, bucket, prefix='', limit=1000, after=None, delimiter=None, details=False):
+        """A KeyPage of live keys in byte order, merged across every partition
+        (with a delimiter, and the common prefixes; details: and their versions)."""
+        return self.listing.list_keys(bucket, prefix, limit, after, delimiter, details)
 
     def has_keys(self, bucket):
         return self.listing.has_keys(bucket)

@@ -98,6 +98,20 @@ def replica_timed_out(partition):
     replica_call(partition, 'timeout')
 
 
+REPLICA_OUTCOMES = ('ok', 'error', 'timeout', 'refused')
+
+
+def known_partitions(names):
+    """Every labelled series of the partitions a front end knows of, at 0
+    until it counts (Prometheus' guidelines): an alert on an error rate sees 0,
+    not no series at all."""
+    for name in names:
+        for outcome in REPLICA_OUTCOMES:
+            if (name, outcome) not in REPLICA_SERIES:
+                REPLICA_SERIES[name, outcome] = REPLICA_CALLS.labels(name, outcome)
+        HINTS_STORED.labels(name)
+
+
 def replica_call(partition, outcome):
     # Each (partition, outcome) looked up once: labels() costs as much as inc().
     counter = REPLICA_SERIES.get((partition, outcome))
@@ -157,6 +171,7 @@ def instrumented(wsgi, route):
 
 def exposition(datastore):
     """(body, content type) of GET /metrics."""
+    known_partitions(datastore.engines)   # in this worker's files too, before they are read
     counted = MultiProcessCollector(None) if os.environ.get('PROMETHEUS_MULTIPROC_DIR') else COUNTED
     return generate_latest(Scrape(counted, FrontEndView(datastore))), CONTENT_TYPE
 

@@ -137,6 +137,20 @@ class TestKv(unittest.TestCase):
                 input=str(int(out) + 1).encode())
         self.assertEqual(self.kv('get', self.bucket, 'counter')[0], b'8')
 
+    def test_the_read_modify_write_loop_starts_with_the_key_s_first_write(self):
+        state = self.path('state')
+        self.kv('get', self.bucket, 'fresh', '--context-file', state, expect=1)   # no value yet: F says so
+        self.kv('put', self.bucket, 'fresh', '-', '--context-file', state, '--if-unchanged', input=b'1')
+        self.assertEqual(self.kv('get', self.bucket, 'fresh')[0], b'1')
+        # Another loop that read the key as absent loses: the key has a value now.
+        other = self.path('other')
+        self.kv('get', self.bucket, 'late', '--context-file', other, expect=1)
+        self.kv('put', self.bucket, 'late', '-', input=b'first')
+        _, err = self.kv('put', self.bucket, 'late', '-', '--context-file', other, '--if-unchanged',
+                         input=b'second', expect=3)
+        self.assertIn('precondition_failed', err)
+        self.assertEqual(self.kv('get', self.bucket, 'late')[0], b'first')
+
     def test_if_match_and_create(self):
         etag = self.kv('put', self.bucket, 'k', '-', '--create', input=b'one')[0].decode().strip()
         self.kv('put', self.bucket, 'k', '-', '--create', input=b'two', expect=3)

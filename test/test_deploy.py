@@ -1,4 +1,6 @@
-"""deploy/nginx.conf as shipped: TLS in front of a real server."""
+"""deploy/nginx.conf as shipped: TLS in front of a real server; deploy/kvstore.service
+verified."""
+import configparser
 import http.client
 import os
 import shutil
@@ -6,6 +8,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import unittest
 
@@ -146,3 +149,29 @@ class TestBehindNginx(unittest.TestCase):
             self.assertEqual((status, out), (0, b''), '%s: %s' % (variable, stderr))
         status, _, stderr = self.kv('get', 'kv-tls', 'k', '--cacert', os.path.join(self.run_dir, 'missing.pem'))
         self.assertEqual(status, 8, stderr)
+
+
+class TestSystemdUnit(unittest.TestCase):
+    """deploy/kvstore.service, as far as a machine without systemd running can
+    check it: systemd-analyze verify, and that the one place it lets the server
+    write is where its header tells SQLite partitions to go."""
+
+    def test_the_unit_verifies_and_sqlite_goes_where_it_may_write(self):
+        with open(os.path.join(REPO, 'deploy', 'kvstore.service')) as f:
+            text = f.read()
+        unit = configparser.ConfigParser(interpolation=None, strict=False)
+        unit.read_string(text)
+        service = unit['Service']
+        self.assertEqual((service['ProtectSystem'], service['ReadWritePaths']), ('strict', '/var/lib/kvstore'))
+        self.assertEqual(service['StateDirectory'], 'kvstore')   # made, owned by User=, at each start
+        self.assertIn('path = /var/lib/kvstore/p1.sqlite3', text)
+        if not shutil.which('systemd-analyze'):
+            self.skipTest('systemd-analyze is not installed')
+        directory = tempfile.mkdtemp(prefix='kvstore-unit-')
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, 'kvstore.service')
+        with open(path, 'w') as f:   # an interpreter that exists here
+            f.write(text.replace('/opt/kvstore/.venv/bin/python', sys.executable))
+        checked = subprocess.run(['systemd-analyze', 'verify', '--man=no', path], capture_output=True, text=True,
+                                 timeout=60)
+        self.assertEqual((checked.returncode, checked.stdout + checked.stderr), (0, ''))

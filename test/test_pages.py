@@ -152,7 +152,7 @@ class PagesOnSQLite(support.OnSQLite, support.StoreSpecification, unittest.TestC
         for key in HOSTILE:
             self.put(key, body=key.encode())
         listing = self.app.get('/buckets/%s/keys' % self.bucket, headers=HTML)
-        for header, value in (('Content-Security-Policy', 'sandbox'), ('X-Content-Type-Options', 'nosniff')):
+        for header, value in (('Content-Security-Policy', 'sandbox allow-forms'), ('X-Content-Type-Options', 'nosniff')):
             self.assertEqual(listing.headers[header], value)
         for key in HOSTILE:
             self.assertInert(Page(listing.text), key)
@@ -375,10 +375,10 @@ class InABrowser(Browser, unittest.TestCase):
         cls.find_browser()
         cls.server = StoreServer.running(CONFIGURATION, workers=1, threads=4)
 
-    def put(self, key, body=b'v', content_type='text/plain'):
+    def put(self, key, body=b'v', content_type='text/plain', bucket='pages'):
         conn = self.server.connect()
         try:
-            conn.request('PUT', '/buckets/pages/keys/' + urllib.parse.quote(key, safe=''), body,
+            conn.request('PUT', '/buckets/%s/keys/' % bucket + urllib.parse.quote(key, safe=''), body,
                          {'Content-Type': content_type})
             self.assertEqual(conn.getresponse().status, 201)
         finally:
@@ -408,6 +408,36 @@ class InABrowser(Browser, unittest.TestCase):
         # The ring is drawn: its arcs are green (every partition is up).
         green = sum(1 for pixel in pixels if pixel == (0x2e, 0x8b, 0x57))
         self.assertGreater(green, 10000, 'the ring of arcs is on the screenshot')
+
+
+    def test_a_person_browses_keys_by_folder_with_their_details_and_searches_on_a_phone(self):
+        for key, body, content_type in (('photos/2024/paris/eiffel tower.jpg', PNG, 'image/png'),
+                                        ('photos/2024/rome.jpg', PNG, 'image/png'),
+                                        ('photos/readme.txt', b'what is here', 'text/plain'),
+                                        ('photos/2023/' + 'a-very-long-file-name-' * 6 + '.txt', b'x', 'text/plain')):
+            self.put(key, body, content_type, bucket='browsed')
+        top = Page(self.chromium('/buckets/browsed/keys?prefix=photos/&delimiter=/', '--dump-dom'))
+        folders = [href for href in top.hrefs() if 'delimiter=' in href and 'prefix=photos%2F20' in href]
+        self.assertEqual(sorted(urllib.parse.parse_qs(urllib.parse.urlsplit(h).query)['prefix'][0] for h in folders),
+                         ['photos/2023/', 'photos/2024/'])
+        self.assertIn('12 bytes', top.text())   # readme.txt's size,
+        self.assertIn('text/plain', top.text())  # type
+        form = [attrs for tag, attrs in top.tags if tag == 'form']
+        self.assertEqual(form, [{'method': 'get', 'action': '/buckets/browsed/keys', 'role': 'search'}])
+        self.assertIn(('input', {'type': 'search', 'name': 'prefix', 'value': 'photos/'}), top.tags)
+        # The folder one level down, as its link leads, and the search's answer (a GET of the form).
+        down = Page(self.chromium(next(h for h in folders if '2024' in h), '--dump-dom'))
+        self.assertEqual(down.linked(['paris/', 'rome.jpg']), ['paris/', 'rome.jpg'])
+        searched = Page(self.chromium('/buckets/browsed/keys?prefix=photos%2F2024%2Fr&delimiter=%2F', '--dump-dom'))
+        self.assertEqual(searched.linked(['rome.jpg']), ['rome.jpg'])
+        self.screenshot('keys-by-folder.png', '/buckets/browsed/keys?prefix=photos/&delimiter=/')
+        # On a phone's width nothing is cut off at the right edge (a table too wide would be).
+        for name, path in (('keys-phone.png', '/buckets/browsed/keys?prefix=photos/2023/&delimiter=/'),
+                           ('cluster-phone.png', '/cluster')):
+            width, height, pixels = self.screenshot(name, path, size=(390, 844))
+            self.assertEqual(width, 390)
+            edge = [pixels[y * width + x] for y in range(height) for x in range(width - 6, width)]
+            self.assertEqual(set(edge), {(255, 255, 255)}, '%s: the page is wider than the screen' % name)
 
 
 class ClusterPageWhilePartitionsFail(Browser, unittest.TestCase):

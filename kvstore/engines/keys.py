@@ -215,11 +215,11 @@ class Keys:
     def finish_scan(self, sent):
         rows = [self._scanned(row) for row in self.finish_query(sent)]
         return [(key.decode(), version_id, deleted, functools.partial(listed_version, version_id, deleted, clock,
-                                                                      modified))
-                for key, version_id, deleted, clock, modified in rows]
+                                                                      modified, size, content_type))
+                for key, version_id, deleted, clock, modified, size, content_type in rows]
 
     # The columns a listing reads; MySQLEngine packs them into one.
-    scan_columns = 'key_name, version_id, deleted, clock, modified'
+    scan_columns = 'key_name, version_id, deleted, clock, modified, size, content_type'
 
     @staticmethod
     def _scanned(row):

@@ -254,13 +254,14 @@ class MySQLEngine(SQLEngine):
     held_columns = 'CONCAT_WS(0x1f, %s), value' % COLUMNS.replace(', value', '')
     held_columns_without_value = held_columns.replace(', value', ", x''")
     # A listing reads one column a row, for the same reason.  The key goes last, as
-    # it alone may hold a 0x1f byte (a clock is JSON, which escapes it).
-    scan_columns = 'CONCAT_WS(0x1f, version_id, deleted, clock, modified, key_name)'
+    # it alone may hold a 0x1f byte (a clock is JSON, which escapes it; a media
+    # type holds no control character).
+    scan_columns = 'CONCAT_WS(0x1f, version_id, deleted, clock, modified, size, content_type, key_name)'
 
     @staticmethod
     def _scanned(row):
-        version_id, deleted, clock, modified, key = row[0].split(b'\x1f', 4)
-        return key, version_id, int(deleted), clock, modified
+        version_id, deleted, clock, modified, size, content_type, key = row[0].split(b'\x1f', 6)
+        return key, version_id, int(deleted), clock, modified, size, content_type
 
     def _held_version(self, row):
         fields = row[0].split(b'\x1f')

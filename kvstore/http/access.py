@@ -273,7 +273,8 @@ def secure_response():
     web.header('X-Content-Type-Options', 'nosniff')
     content_type = next((v for k, v in web.ctx.headers if k.lower() == 'content-type'), None)
     if content_type is not None and not is_safe_type(content_type):
-        web.header('Content-Security-Policy', 'sandbox')
+        # The store's own pages (negotiation.render_page) may submit their GET form.
+        web.header('Content-Security-Policy', 'sandbox allow-forms' if web.ctx.get('own_page') else 'sandbox')
     origin = web.ctx.get('cors_origin')
     if origin:
         web.header('Access-Control-Allow-Origin', origin)

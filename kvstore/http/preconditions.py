@@ -9,6 +9,7 @@ import datetime
 from kvstore.errors import BadRequest, PreconditionFailed
 
 PASS, NOT_MODIFIED = 'pass', 'not modified'
+UNTAGGED = ''   # the current ETag of a resource that has none: equal to no tag a client sends
 
 
 def _etags(header):
@@ -103,6 +104,11 @@ class Preconditions:
             if modified <= self.if_modified_since:
                 return NOT_MODIFIED
         return PASS
+
+    def evaluate_untagged(self):
+        """evaluate() for a GET of a resource that exists without an ETag (a
+        listing): "*" matches it, no entity-tag does (RFC 9110 13.1.1, 13.1.2)."""
+        return self.evaluate_validators([UNTAGGED], None, safe=True)
 
     def check_write(self, current):
         """For the datastore: refuse the write unless the preconditions hold."""
