@@ -14,6 +14,8 @@ import time
 from kvstore import metrics
 from kvstore.engines import REFUSED, PartitionError
 
+POLL_SLICE = 0.01   # seconds a wait for answers goes without looking again (_answered)
+
 
 class Replicas:
     def __init__(self, engines, health, executor, timeout, read_timeout, on_recovered):
@@ -169,13 +171,21 @@ class Replicas:
     def _answered(self, sent, deadline):
         """The partitions whose answers to sent queries have arrived (or whose
         connections failed), waiting for the first until deadline (a
-        monotonic time)."""
-        poller, partitions = select.poll(), {}
-        for p, unread in sent.items():
-            sock = self.engines[p].answer_socket(unread)
-            if sock is None:
-                return [p]
-            partitions[sock.fileno()] = p
-            poller.register(sock, select.POLLIN)
-        events = poller.poll(max(0.0, deadline - time.monotonic()) * 1000)
-        return [partitions[fd] for fd, _ in events]
+        monotonic time).  When a connection carries the answers of several
+        requests' replica writes (kvstore/engines/coalescing.py), another
+        thread may read them, and answer this one, just before this one
+        begins to wait: then it looks again every POLL_SLICE."""
+        while True:
+            poller, partitions, shared = select.poll(), {}, False
+            for p, unread in sent.items():
+                engine = self.engines[p]
+                sock = engine.answer_socket(unread)
+                if sock is None:
+                    return [p]
+                partitions[sock.fileno()] = p
+                poller.register(sock, select.POLLIN)
+                shared = shared or engine.answer_shared(unread)
+            left = deadline - time.monotonic()
+            events = poller.poll(max(0.0, min(left, POLL_SLICE) if shared else left) * 1000)
+            if events or not shared or left <= POLL_SLICE:
+                return [partitions[fd] for fd, _ in events]

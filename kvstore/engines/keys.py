@@ -191,6 +191,10 @@ class Keys:
         """The socket a sent query's answer arrives on; None when it is here."""
         return None
 
+    def answer_shared(self, sent):
+        """Whether other threads may read the answer on answer_socket(sent)."""
+        return False
+
     def scan(self, bucket, prefix, after, limit):
         """Up to `limit` version rows of keys > after that start with prefix, in
         key byte order: [(key, version_id, deleted, Version with its value left

@@ -11,6 +11,7 @@ import select
 import pymysql
 
 from kvstore.engines import mysqlwire
+from kvstore.engines.coalescing import ApplyQueue, Ticket
 from kvstore.engines.failures import BAD_DATA, FULL, LOCK_CONFLICT, REFUSED, PartitionError
 from kvstore.engines.rows import COLUMNS, as_text, row_to_version
 from kvstore.engines.sql import SQLEngine
@@ -28,12 +29,11 @@ MYSQL_DENIED = (1044, 1142, 1143, 1227, 1370)
 
 
 class Sent:
-    """A MySQL query sent and not yet answered: the connection its answers
-    come on, and what it was sent for."""
-    __slots__ = ('conn', 'request')
+    """A MySQL query sent and not yet answered: the connection its answers come on."""
+    __slots__ = ('conn',)
 
-    def __init__(self, conn, request=None):
-        self.conn, self.request = conn, request
+    def __init__(self, conn):
+        self.conn = conn
 
 
 class BatchingCursor(mysqlwire.Cursor):
@@ -129,6 +129,7 @@ class MySQLEngine(SQLEngine):
                            ssl_disabled=True, client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS)
         self.database = database
         super().__init__(name)
+        self._applies = ApplyQueue(name, self._send_applies, self._read_applies, self.pool.discard)
 
     def _connect(self):
         try:
@@ -166,7 +167,7 @@ class MySQLEngine(SQLEngine):
     def send_query(self, statement, args):
         return self._send(lambda conn: mysqlwire.bind(conn, self._sql(statement), args))
 
-    def _send(self, statement, request=None):
+    def _send(self, statement):
         """Send statement(conn), SQL, as one query; finish_query reads every
         answer and returns the rows of the last result set."""
         try:
@@ -175,7 +176,7 @@ class MySQLEngine(SQLEngine):
             raise self._failure(e) from None
         with self._dropped_on_failure(conn):
             mysqlwire.send(conn, statement(conn))
-        return Sent(conn, request)
+        return Sent(conn)
 
     def finish_query(self, sent):
         # Read once: the connection goes back to the pool (or is dropped), and
@@ -191,27 +192,39 @@ class MySQLEngine(SQLEngine):
     def send_apply(self, bucket, key, version, superseded):
         if version.chunk_size:   # its chunks are copied first, in this call
             return self.apply(bucket, key, version, superseded)
+        return self._applies.send((bucket, key, version, superseded), len(version.value))
 
+    def _send_applies(self, requests):
+        """Send replica writes [(bucket, key, version, superseded)] as one
+        transaction (coalescing.py): _replace for each, in one compound
+        statement (MariaDB's BEGIN NOT ATOMIC), answered only once it has
+        committed (a multi-statement answers statement by statement, so its
+        socket would turn readable at once).  The answer: the ids each
+        locking read found.  The connection it went on."""
         def statement(conn):
-            # _replace as one compound statement (MariaDB's BEGIN NOT ATOMIC),
-            # answered only once it has committed: a multi-statement answers
-            # statement by statement, so its socket would turn readable at
-            # once.  The answer is the ids the locking read found.
-            batch = BatchingCursor(conn, self._key_locks([(bucket, key)]))
-            batch.hold(self._sql('SELECT GROUP_CONCAT(version_id) INTO held FROM objects'
-                                 ' WHERE bucket = ? AND key_name = ?' + self.lock_clause),
-                       (bucket.encode(), key.encode()))
-            self._store(batch, bucket, key, superseded, version, if_absent=True)
-            return 'BEGIN NOT ATOMIC DECLARE held LONGBLOB; %s; SELECT held; END' % ';\n'.join(batch.statements())
-        return self._send(statement, (bucket, key, version, superseded))
+            batch = BatchingCursor(conn, self._key_locks([(b, k) for b, k, _, _ in requests]))
+            for i, (bucket, key, version, superseded) in enumerate(requests):
+                batch.hold(self._sql('SELECT GROUP_CONCAT(version_id) INTO held%d FROM objects'
+                                     ' WHERE bucket = ? AND key_name = ?' % i + self.lock_clause),
+                           (bucket.encode(), key.encode()))
+                self._store(batch, bucket, key, superseded, version, if_absent=True)
+            held = ', '.join('held%d' % i for i in range(len(requests)))
+            return 'BEGIN NOT ATOMIC DECLARE %s LONGBLOB; %s; SELECT %s; END' % (
+                held, ';\n'.join(batch.statements()), held)
+        return self._send(statement).conn
+
+    def _read_applies(self, conn, count):
+        with self._dropped_on_failure(conn):
+            [row] = mysqlwire.read_rows(conn)
+        self.pool.release(conn)
+        return [as_text(held).split(',') if held else [] for held in row[:count]]
 
     def finish_apply(self, sent):
-        if not isinstance(sent, Sent):
+        if not isinstance(sent, Ticket):
             return sent
         bucket, key, version, superseded = sent.request
         try:
-            held = self.finish_query(sent)[0][0]
-            held_ids = as_text(held).split(',') if held else []
+            held_ids = self._applies.finish(sent)
         except PartitionError as e:
             if e.reason != LOCK_CONFLICT:
                 raise
@@ -219,7 +232,15 @@ class MySQLEngine(SQLEngine):
         return self._keep_applied(bucket, key, version, superseded, held_ids)
 
     def answer_socket(self, sent):
-        return mysqlwire.socket_of(sent.conn) if isinstance(sent, Sent) and sent.conn else None
+        if isinstance(sent, Ticket):
+            batch = self._applies.socket_batch(sent)
+            conn = batch.conn if batch is not None else None
+        else:
+            conn = sent.conn if isinstance(sent, Sent) else None
+        return mysqlwire.socket_of(conn) if conn else None
+
+    def answer_shared(self, sent):
+        return isinstance(sent, Ticket) and self._applies.shared(sent)
 
     @contextlib.contextmanager
     def _dropped_on_failure(self, conn):
@@ -236,7 +257,9 @@ class MySQLEngine(SQLEngine):
 
     def abandon_query(self, sent):
         """A sent query that will not be read: its connection cannot be reused."""
-        if isinstance(sent, Sent) and sent.conn:
+        if isinstance(sent, Ticket):
+            self._applies.abandon(sent)
+        elif isinstance(sent, Sent) and sent.conn:
             self.pool.discard(sent.conn)
             sent.conn = None
 
