@@ -73,7 +73,7 @@ clean:
 	rm -rf $(VENV) data/ .test-results.xml
 
 # The benchmark (bench/run.py, issue 6): private mariadbd servers, the store
-# under uWSGI as `make run` serves it, wrk, a web.py hello world and etcd.
+# under Granian as `make run` serves it, wrk, a web.py hello world and etcd.
 # Writes bench/results/.  Arguments: make bench BENCH_ARGS='--quick'
 # (or --only 'C-*', --scaling, --profile; see bench/README.md).
 .PHONY: bench

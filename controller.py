@@ -27,8 +27,8 @@ from kvstore.coordinator.paging import page_before
 from kvstore.coordinator.integrity import expected_digests
 from kvstore.coordinator.versions import decode_token, encode_context, encode_token
 from kvstore.errors import AlreadyExists, BadRequest, Forbidden, NotAcceptable, NotFound, StoreError, Unavailable
-from kvstore.http import access, framing
-from kvstore.http.application import Application, ClosingResponse, finish_response
+from kvstore.http import access
+from kvstore.http.application import Application, finish_response
 from kvstore.http.caching import (bucket_etag, caching_headers, last_modified, not_modified, record_etag,
                                   repr_digest)
 from kvstore.http.links import bucket_path, key_path, listing_path
@@ -336,10 +336,6 @@ class Key:
         web.header('Last-Modified', last_modified(version))
         caching_headers(bucket, current)
         if Preconditions.from_environ(web.ctx.env).evaluate(current, safe=True, etag_of=etag_of) == NOT_MODIFIED:
-            if raw:
-                # RFC 9110 8.6: the length a 200 would have had.  Without a length
-                # uWSGI's router cannot keep the connection alive.
-                web.header('Content-Length', str(version.size))
             return not_modified()
         if raw:
             web.header('Vary', 'Accept')  # a document gets it from the negotiation
@@ -450,18 +446,7 @@ def create_application(datastore=None):
     app.add_processor(attach_store)
     app.add_processor(admit)
     datastore.gossip.start()
-    handler = metrics.instrumented(app.wsgifunc(), policy.route)
-
-    def wsgi(environ, start_response):
-        framing.answer_in_http11(environ)
-        restore = framing.reset_if_worker_dies(environ)
-        try:
-            response = handler(environ, start_response)
-        except BaseException:
-            restore()
-            raise
-        return ClosingResponse(response, restore)
-
+    wsgi = metrics.instrumented(app.wsgifunc(), policy.route)
     wsgi.datastore = datastore
     wsgi.webapp = app
     return wsgi

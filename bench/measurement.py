@@ -109,8 +109,8 @@ def wait_quiet(groups_fn, max_wait):
 
 def process_split(each):
     """How the server's CPU divided among its busiest processes, in percent
-    (the workers, and uWSGI's HTTP router; a gunicorn worker keeps the
-    connections it accepted)."""
+    (the workers; a Granian or gunicorn worker keeps the connections it
+    accepted)."""
     total = sum(each.values())
     if total <= 0 or len(each) < 2:
         return None

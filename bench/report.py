@@ -38,7 +38,7 @@ def machine_facts():
     return dict(
         date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC'),
         nproc=command_output(['nproc']), cpu=cpu, free=command_output(['free', '-h'], strip=False),
-        commit=commit, kernel=platform.release(), python=sys.version.split()[0], uwsgi=importlib.metadata.version('pyuwsgi'),
+        commit=commit, kernel=platform.release(), python=sys.version.split()[0], granian=importlib.metadata.version('granian'),
         webpy=getattr(web, '__version__', '?'),
         etcd=command_output(['etcd', '--version']).splitlines()[0] if shutil.which('etcd') else '(not installed)',
         wrk=wrk_version.split(' Copyright')[0])
@@ -141,7 +141,7 @@ def facts_section(facts, settings):
              '- date: %s' % facts['date'],
              '- kvstore commit: %s' % facts.get('commit', '?'),
              '- `nproc`: %s (%s), kernel %s' % (facts['nproc'], facts['cpu'], facts['kernel']),
-             '- Python %s, uWSGI %s, web.py %s' % (facts['python'], facts.get('uwsgi', '?'), facts['webpy']),
+             '- Python %s, Granian %s, web.py %s' % (facts['python'], facts.get('granian', '?'), facts['webpy']),
              '- MariaDB: %s' % (mariadb.get('version', '(not started)')),
              '- etcd: %s' % facts['etcd'],
              '- wrk: %s' % facts['wrk'],
@@ -162,7 +162,7 @@ LEGEND = """\
 How to read it:
 
 - **CPU ms/req** is the CPU time (user + system, from `/proc/<pid>/stat`) that
-  the server (uWSGI's master, router and workers, or etcd) and the databases (every
+  the server (Granian's master and workers, or etcd) and the databases (every
   mariadbd) spent during the row, divided by the requests answered.  With two
   cores shared by everything, it is the number to compare; req/s follows from
   it once the cores are full.  For `pymysql` it is mariadbd's CPU per query;
@@ -188,8 +188,8 @@ How to read it:
   hypervisor, as steal time) took more than %.2f cores (measured from
   /proc/stat): its numbers are suspect.
 - **worker split**: the share of the server's CPU each process took,
-  busiest first (under uWSGI the workers and the HTTP router; the router
-  hands each request to a free worker).  Under gunicorn gthread a worker
+  busiest first (under Granian the workers, each holding the connections
+  it accepted).  Under gunicorn gthread a worker
   keeps the keep-alive connections it accepted, and wrk opens all its
   connections at once: often one worker wins nearly all of them and the
   other idles.  Such a row is run again (up to

@@ -5,7 +5,7 @@ One run starts everything it measures, on this machine only (loopback):
 
   * four private mariadbd servers (test/mariadb.py), a temporary
     configuration with them as partitions (N=3, R=2, W=2), and the store
-    under uWSGI exactly as `make run` serves it (python serve.py, with BIND,
+    under Granian exactly as `make run` serves it (python serve.py, with BIND,
     WORKERS, THREADS and STORE_CONFIG), or under gunicorn gthread
     (--server gunicorn, bench/gunicorn.conf.py) for comparison;
   * a data set written straight through the engine layer, the very rows
@@ -70,8 +70,8 @@ def _parser():
                         help='GET r=1 with 10k and 1M keys (4 partitions) and with 2, 4, 8 partitions')
     parser.add_argument('--scaling-keys', default='10000,1000000')
     parser.add_argument('--scaling-partitions', default='2,4,8')
-    parser.add_argument('--server', choices=('uwsgi', 'gunicorn'), default='uwsgi',
-                        help='uwsgi: serve.py, as make run does (default); gunicorn: gthread, for comparison')
+    parser.add_argument('--server', choices=('serve', 'gunicorn'), default='serve',
+                        help='serve: serve.py (Granian), as make run does (default); gunicorn: gthread, for comparison')
     parser.add_argument('--workers', type=int, default=4, help='WORKERS: worker processes (default 4)')
     parser.add_argument('--threads', type=int, default=4, help='THREADS: threads per worker (default 4)')
     parser.add_argument('--warmup', type=int, default=2, help='seconds of unmeasured load before a row')

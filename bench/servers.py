@@ -1,6 +1,6 @@
 """What a run starts, and stops again whatever happens: private mariadbd
-servers (test/mariadb.py), the store under uWSGI as `make run` serves it (or
-under gunicorn gthread), the hello world and the floor under the same
+servers (test/mariadb.py), the store under Granian as `make run` serves it
+(or under gunicorn gthread), the hello world and the floor under the same
 settings, and etcd.  A run SIGKILLed midway is cleaned up by the next one."""
 import base64
 import configparser
@@ -352,11 +352,11 @@ def server_setting(args):
     if args.server == 'gunicorn':
         return 'gunicorn --config bench/gunicorn.conf.py, WORKERS=%d THREADS=%d (gthread)' % (
             args.workers, args.threads)
-    return 'python serve.py (uWSGI HTTP router), WORKERS=%d THREADS=%d' % (args.workers, args.threads)
+    return 'python serve.py (Granian), WORKERS=%d THREADS=%d' % (args.workers, args.threads)
 
 
 def start_server(run, name, config_path, args, app=None, probe='/'):
-    """The store as `make run` serves it (serve.py: uWSGI), or under gunicorn
+    """The store as `make run` serves it (serve.py: Granian), or under gunicorn
     gthread (--server gunicorn) for comparison, with the settings in the env.
 
     XDG_RUNTIME_DIR is pointed at the run's temporary directory, so that

@@ -1,11 +1,9 @@
-"""The real server for tests: serve.py (uWSGI) started the way `make run`
+"""The real server for tests: serve.py (Granian) started the way `make run`
 starts it, in a process group of its own, over a configuration of the test's."""
 import http.client
-import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,7 +45,7 @@ def children(pid):
 
 
 class StoreServer:
-    """serve.py's master, its HTTP router and its workers.
+    """serve.py's master and its workers.
 
     configuration: the text of the store's configuration file, written with
     the server's data under a temporary directory (its working directory's
@@ -61,7 +59,6 @@ class StoreServer:
             f.write(configuration)
         self.port = free_port()
         self.log_path = os.path.join(self.directory, 'server.log')
-        self.stats_path = os.path.join(self.directory, 'stats.sock')
         self.workers, self.threads = workers, threads
         self.environment = environment or {}   # more of serve.py's environment (ACCESS_LOG)
         self.process = None
@@ -83,7 +80,7 @@ class StoreServer:
         # Tests run as root on CI; serve.py then wants to be told which user to be.
         env = dict(os.environ, RUN_AS=os.environ.get('RUN_AS', 'root'), **self.environment)
         env.update(STORE_CONFIG=self.config_path, BIND='127.0.0.1:%d' % self.port,
-                   WORKERS=str(self.workers), THREADS=str(self.threads), STATS=self.stats_path)
+                   WORKERS=str(self.workers), THREADS=str(self.threads))
         with open(self.log_path, 'wb') as log:
             self.process = subprocess.Popen(
                 serve_command(), cwd=self.directory, env=env,
@@ -102,11 +99,11 @@ class StoreServer:
             time.sleep(0.05)
 
     def apps_loaded(self):
-        """How many workers have loaded the application (lazy-apps: each its own).
-        A SIGTERM while one is still loading hangs uWSGI's graceful shutdown."""
+        """How many workers have loaded the application (serve.py logs each).
+        A SIGTERM while one is still loading makes it wait for the load."""
         try:
             with open(self.log_path, 'rb') as f:
-                return f.read().count(b"WSGI app 0 (mountpoint='') ready")
+                return f.read().count(b'kvstore.serve INFO worker ready')
         except OSError:
             return 0
 
@@ -120,22 +117,21 @@ class StoreServer:
         finally:
             conn.close()
 
-    def stats(self):
-        """uWSGI's stats document, or None while it does not answer."""
-        try:
-            with socket.socket(socket.AF_UNIX) as sock:
-                sock.settimeout(5)
-                sock.connect(self.stats_path)
-                data = b''.join(iter(lambda: sock.recv(65536), b''))
-            return json.loads(data)
-        except (OSError, ValueError):
-            return None
-
     def worker_pids(self):
-        """The worker processes (not the HTTP router) that are running now."""
-        self.pids.update(children(self.process.pid))
-        stats = self.stats() or {'workers': []}
-        return sorted(w['pid'] for w in stats['workers'] if w['pid'] and pid_alive(w['pid']))
+        """The worker processes that are running now: the master's children."""
+        pids = children(self.process.pid)
+        self.pids.update(pids)
+        return [pid for pid in pids if pid_alive(pid)]
+
+    def served(self):
+        """{worker pid: requests it has answered}, from the access log (ACCESS_LOG)."""
+        counts = {}
+        with open(self.log_path, encoding='utf-8', errors='replace') as f:
+            for line in f:
+                if ' granian.access ' in line:
+                    pid = int(line.split('[', 1)[1].split(']', 1)[0])
+                    counts[pid] = counts.get(pid, 0) + 1
+        return counts
 
     def stop(self):
         """SIGTERM, then SIGKILL after 10 s.  Returns (graceful, pids still alive)."""

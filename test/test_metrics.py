@@ -1,6 +1,6 @@
 """GET /metrics: Prometheus' text format, read with prometheus_client's own parser.
 
-The real server (serve.py under uWSGI, four workers) is sent a known set of
+The real server (serve.py under Granian, four workers) is sent a known set of
 requests over many connections, so that several workers answer them, and
 its counts are compared with what the client saw.  Beside three SQLite
 partitions it has one, `gone`, whose MySQL server is not there (a closed
@@ -66,7 +66,8 @@ class TestMetricsOfTheRealServer(unittest.TestCase):
     def setUpClass(cls):
         partitions = {name: {'engine': 'sqlite', 'path': 'data/%s.sqlite3' % name} for name in SQLITE}
         partitions['gone'] = gone_partition()
-        cls.server = StoreServer.running(support.config_text(partitions), workers=cls.WORKERS, threads=2)
+        cls.server = StoreServer.running(support.config_text(partitions), workers=cls.WORKERS, threads=2,
+                                         environment={'ACCESS_LOG': '1'})
 
     @classmethod
     def tearDownClass(cls):
@@ -143,15 +144,14 @@ class TestMetricsOfTheRealServer(unittest.TestCase):
 
     def test_counts_of_every_worker_add_up_to_the_requests_sent(self):
         before = self.scrape()
-        served_before = {w['pid']: w['requests'] for w in self.server.stats()['workers']}
+        served_before = self.server.served()
         sent = self.served(self.traffic(support.unique()))
         after = self.scrape()
         counted = collections.Counter(self.http_counts(after))
         counted.subtract(self.http_counts(before))
         self.assertEqual({k: v for k, v in counted.items() if v}, dict(sent))
         self.assertIn(('key', 'PATCH', '501'), sent)   # a method no resource takes (RFC 9110 15.6.2)
-        answered = [pid for pid, n in ((w['pid'], w['requests']) for w in self.server.stats()['workers'])
-                    if n > served_before.get(pid, 0)]
+        answered = [pid for pid, n in self.server.served().items() if n > served_before.get(pid, 0)]
         self.assertGreaterEqual(len(answered), 2, 'several workers answered')
         # The latency histogram counts each request once, in its +Inf bucket too.
         puts = sum(n for (route, method, _), n in sent.items() if (route, method) == ('key', 'PUT'))
@@ -228,7 +228,7 @@ class TestMetricsOfTheRealServer(unittest.TestCase):
         self.assertEqual(self.http_counts(self.scrape()), before)
 
 
-# -- in one process (no uWSGI), through WebTest ----------------------------------------
+# -- in one process (no Granian), through WebTest ----------------------------------------
 
 class InProcess(unittest.TestCase):
     """The application over three SQLite partitions and `gone`."""

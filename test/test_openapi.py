@@ -91,8 +91,7 @@ def json_texts(depth):
 
 # A context: base64url of JSON of any shape (a plain clock, a clock bound to a
 # key or to something else), or text of no shape.  All the
-# headers stay well under the 64 KiB uWSGI's router takes (it resets the
-# connection of a larger request head).
+# headers stay well under the 400 KiB request head Granian reads.
 context = strategies.one_of(
     json_texts(10000).map(lambda text: base64.urlsafe_b64encode(text.encode()).decode().rstrip('=')),
     strategies.dictionaries(strategies.text(max_size=50), strategies.integers(-1, 2 ** 70), max_size=300).map(

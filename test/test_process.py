@@ -141,7 +141,7 @@ class TestSupervised(unittest.TestCase):
         master = children(self.supervisord.pid)
         self.assertEqual(len(master), 1)
         workers = children(master[0])
-        self.assertGreaterEqual(len(workers), 3)   # two workers and the HTTP router
+        self.assertEqual(len(workers), 2)   # WORKERS
         os.kill(master[0], signal.SIGKILL)
         # Nothing of it lives on beside the master started next.
         self.assertTrue(wait_until(lambda: not any(pid_alive(pid) for pid in workers), 5),
@@ -188,20 +188,73 @@ class TestSignals(unittest.TestCase):
         self.server.process.wait(20)
 
     def test_sighup_reloads_the_configuration(self):
-        def index():
-            conn = self.server.connect()
-            try:
-                conn.request('GET', '/')
-                return json.loads(conn.getresponse().read())
-            except (OSError, ValueError):
-                return None
-            finally:
-                conn.close()
-        self.assertEqual(index()['r'], 2)
+        self.assertEqual(self.index()['r'], 2)
         with open(self.server.config_path, 'w') as f:
             f.write(CONFIGURATION.replace('r = 2', 'r = 1'))
         os.kill(self.server.process.pid, signal.SIGHUP)
-        self.assertTrue(wait_until(lambda: (index() or {}).get('r') == 1, 30))
+        self.assertTrue(wait_until(lambda: (self.index() or {}).get('r') == 1, 30))
+
+    def index(self):
+        conn = self.server.connect()
+        try:
+            conn.request('GET', '/')
+            return json.loads(conn.getresponse().read())
+        except (OSError, ValueError):
+            return None
+        finally:
+            conn.close()
+
+    def test_sighup_with_a_bad_configuration_keeps_serving_the_old_one_and_says_why(self):
+        # nginx's and HAProxy's way: check first, keep the old one when the new one is bad.
+        self.assertEqual(self.index()['r'], 2)
+        with open(self.server.config_path, 'w') as f:
+            f.write(CONFIGURATION.replace('r = 2', 'r = many'))
+        os.kill(self.server.process.pid, signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: 'not reloaded' in self.server.log(), 10), self.server.log())
+        self.assertIn('r', self.server.log().split('not reloaded', 1)[1].split('\n', 1)[0])
+        for _ in range(20):   # every worker still serves the old configuration
+            self.assertEqual((self.index() or {}).get('r'), 2, self.server.log())
+        self.assertIsNone(self.server.process.poll())
+        # Mended, the next SIGHUP reloads it.
+        with open(self.server.config_path, 'w') as f:
+            f.write(CONFIGURATION.replace('r = 2', 'r = 1'))
+        os.kill(self.server.process.pid, signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: (self.index() or {}).get('r') == 1, 30))
+
+    def test_sighup_answers_every_request_in_flight(self):
+        # Nine writes under way (their bodies half sent) when SIGHUP comes:
+        # each is answered by the worker that took it, and stored.
+        conns = []
+        for i in range(9):
+            conn = self.server.connect(timeout=30)
+            conn.putrequest('PUT', '/buckets/b/keys/in-flight-%d' % i)
+            conn.putheader('Content-Type', 'text/plain')
+            conn.putheader('Content-Length', '10')
+            conn.endheaders()
+            conn.send(b'01234')
+            conns.append(conn)
+        time.sleep(0.5)   # the requests are with the workers now
+        with open(self.server.config_path, 'w') as f:
+            f.write(CONFIGURATION.replace('r = 2', 'r = 1'))
+        os.kill(self.server.process.pid, signal.SIGHUP)
+        time.sleep(0.5)
+        statuses = []
+        for conn in conns:
+            conn.send(b'56789')
+        for conn in conns:
+            try:
+                statuses.append(conn.getresponse().status)
+            except (OSError, http.client.HTTPException) as e:
+                statuses.append(repr(e))
+            conn.close()
+        self.assertEqual(statuses, [201] * 9)
+        for i in range(9):
+            conn = self.server.connect()
+            conn.request('GET', '/buckets/b/keys/in-flight-%d' % i)
+            response = conn.getresponse()
+            self.assertEqual((response.status, response.read()), (200, b'0123456789'))
+            conn.close()
+        self.assertTrue(wait_until(lambda: (self.index() or {}).get('r') == 1, 30))
 
 
 @unittest.skipUnless(os.geteuid() == 0, 'only root can start the server as root')

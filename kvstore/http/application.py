@@ -45,13 +45,9 @@ def drain_request_body():
 
 def finish_response(body):
     drain_request_body()
-    # RFC 9110 6.6.1: an origin server with a clock sends Date (uWSGI does
-    # not).  Set last: an error document starts its headers afresh.
+    # RFC 9110 6.6.1: an origin server with a clock sends Date.  Set last: an
+    # error document starts its headers afresh.
     web.header('Date', current_http_date())
-    if ('HTTP_TRANSFER_ENCODING' in web.ctx.env and 'uwsgi.version' in web.ctx.env
-            and not any(k.lower() == 'connection' for k, _ in web.ctx.headers)):
-        # uWSGI's router closes the connection after a chunked request: say so.
-        web.header('Connection', 'close')
     access.secure_response()
     # web.py answers HEAD with GET: same headers, no body.
     return b'' if web.ctx.method == 'HEAD' else body
@@ -98,20 +94,3 @@ def request_path():
     %C3%BF), which no bucket name or key accepts: 400 bad_bucket or bad_key."""
     path = web.ctx.env.get('PATH_INFO', '')
     return path if path.isascii() else path.encode('latin-1').decode('utf-8', 'surrogateescape')
-
-
-class ClosingResponse:
-    """A WSGI response that calls on_close once the server is done with it."""
-
-    def __init__(self, response, on_close):
-        self.response, self.on_close = response, on_close
-
-    def __iter__(self):
-        return iter(self.response)
-
-    def close(self):
-        try:
-            if hasattr(self.response, 'close'):
-                self.response.close()
-        finally:
-            self.on_close()

@@ -82,9 +82,7 @@ def request_context(bucket, key):
 
 def request_body(limit, too_large):
     """The request body as a stream of at most limit bytes (framing.RequestBody)."""
-    config = store().config
-    body = web.ctx.request_body = framing.RequestBody(web.ctx.env, limit, too_large, config.body_timeout,
-                                                      config.min_body_rate)
+    body = web.ctx.request_body = framing.RequestBody(web.ctx.env, limit, too_large)
     return body
 
 
