@@ -9,7 +9,7 @@ those hold.
 import threading
 import time
 
-from kvstore.coordinator.ring import Ring
+from kvstore.coordinator.ring import Ring, ring_of
 from kvstore.coordinator.versions import resolve
 from kvstore.coordinator.views import newest_view
 
@@ -64,7 +64,7 @@ class Placement:
                 newest, mine, rings = newest_view(views), self.views.ring_description(), []
                 if newest:
                     others = [newest['ring']] + ([newest['previous']] if newest['state'] != 'complete' else [])
-                    rings = [(Ring(r['partitions'], r['vnodes']), r['replicas'])
+                    rings = [(ring_of(r), r['replicas'])
                              for r in others if r and r != mine]
             self.previous_rings_cache = (time.monotonic() + VIEW_CACHE_SECONDS, rings)
             return rings
