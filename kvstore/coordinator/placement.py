@@ -9,7 +9,7 @@ those hold.
 import threading
 import time
 
-from kvstore.coordinator.ring import Ring
+from kvstore.coordinator.ring import Ring, ring_of
 from kvstore.coordinator.versions import resolve
 from kvstore.coordinator.views import newest_view
 
@@ -71,7 +71,7 @@ class Placement:
                 newest, mine, rings = newest_view(views), self.views.ring_description(), Rings()
                 if newest:
                     others = [newest['ring']] + ([newest['previous']] if newest['state'] != 'complete' else [])
-                    rings = Rings([(Ring(r['partitions'], r['vnodes']), r['replicas'])
+                    rings = Rings([(ring_of(r), r['replicas'])
                                    for r in others if r and r != mine], newest['epoch'])
             self.previous_rings_cache = (time.monotonic() + VIEW_CACHE_SECONDS, rings)
             return rings
