@@ -262,6 +262,8 @@ def size(count):
     """A byte count for people (1.5 KiB); None when it is unknown."""
     if count is None:
         return None
+    if count == 1:
+        return '1 byte'
     for unit in ('bytes', 'KiB', 'MiB', 'GiB'):
         if count < 1024:
             break
