@@ -11,6 +11,8 @@ kvstore/http modules; storage decisions belong to the datastore.
 Serve it with `make run` (serve.py: uWSGI), or `python controller.py
 [host:port]` for a development server (cheroot).
 """
+import hashlib
+import json
 import logging
 import os
 import sys
@@ -18,7 +20,7 @@ import uuid
 
 import web
 
-from datastore import MAX_LIST_LIMIT, Datastore
+from datastore import MAX_LIST_LIMIT, Datastore, IdempotencyKey
 from kvstore import configuration, metrics
 from kvstore.coordinator import gossip, status
 from kvstore.coordinator.paging import page_before
@@ -31,12 +33,13 @@ from kvstore.http.caching import (bucket_etag, caching_headers, last_modified, n
                                   repr_digest)
 from kvstore.http.links import bucket_path, key_path, listing_path
 from kvstore.http.metadata import request_metadata
-from kvstore.http.negotiation import accepts_stored_type, document_type, error_response, respond
+from kvstore.http.negotiation import accepts_stored_type, document_type, error_response, prefers, respond
 from kvstore.http.preconditions import NOT_MODIFIED, Preconditions
 from kvstore.http.request import (body_may_be_large, is_form, parse_json, query, query_flag, refuse_partial_body,
-                                  request_context,
+                                  request_context, request_idempotency_key,
                                   request_document, request_quorums, request_value, store)
-from kvstore.http.values import context_header, receipt_document, siblings_response, value_document, value_response
+from kvstore.http.values import (context_header, listed_key, receipt_document, siblings_response, value_document,
+                                 value_response)
 
 log = logging.getLogger('kvstore.controller')
 web.config.debug = os.environ.get('WEBPY_ENV') == 'development'
@@ -66,6 +69,7 @@ BUCKET_PROPERTIES = {
     'cors': access.CORS_PROPERTY,
 }
 LIMIT_DIGITS = len(str(MAX_LIST_LIMIT))
+MAX_DELIMITER_CHARS = 64   # S3 takes any; "/" is the one in use
 
 
 class Index:
@@ -150,8 +154,8 @@ class ClusterGossip:
         peers = store().gossip
         body = request_document(peers.max_bytes)
         env = web.ctx.env
-        gossip.verify(peers.secret, gossip.REQUEST, env.get('HTTP_X_GOSSIP_TIMESTAMP'),
-                      env.get('HTTP_X_GOSSIP_SIGNATURE'), body)
+        host, nonce = env.get('HTTP_HOST'), env.get('HTTP_X_GOSSIP_NONCE')
+        peers.admit(host, env.get('HTTP_X_GOSSIP_TIMESTAMP'), nonce, env.get('HTTP_X_GOSSIP_SIGNATURE'), body)
         try:
             view = parse_json(body)['partitions']
             if not isinstance(view, dict):
@@ -159,14 +163,17 @@ class ClusterGossip:
         except (ValueError, KeyError, TypeError):
             raise BadRequest('bad_body', 'gossip is a JSON object {"partitions": {name: observation}}')
         answer = respond('gossip', {'partitions': peers.receive(view)}, format_override='json')
-        for name, value in gossip.signed_headers(peers.secret, gossip.ANSWER, answer).items():
+        for name, value in gossip.signed_headers(peers.secret, gossip.ANSWER, host, answer, nonce).items():
             web.header(name, value)
         return answer
 
 
 class Buckets:
     def GET(self):
-        return respond('buckets', {'buckets': [b for b in store().bucket_names() if access.may_read(b)]})
+        names = [b for b in store().bucket_names() if access.may_read(b)]
+        if Preconditions.from_environ(web.ctx.env).evaluate_untagged() == NOT_MODIFIED:
+            return not_modified()
+        return respond('buckets', {'buckets': names})
 
 
 class Bucket:
@@ -232,32 +239,45 @@ class Bucket:
 
 class Keys:
     def GET(self, bucket):
-        prefix = query('prefix') or ''
+        prefix, delimiter = query('prefix') or '', self.delimiter()
         limit = self.limit()
         after, before = self.cursor_key('cursor'), self.cursor_key('before')
         if after is not None and before is not None:
             raise BadRequest('bad_parameter', 'a page is after a cursor or before one, not both', parameter='before')
-        if before is None:
-            page = store().list_keys(bucket, prefix=prefix, limit=limit, after=after)
-            keys, next_after, earlier = page.keys, page.next_after, after is not None
+        if before is not None:   # the page before: found from the start, then listed as a page after
+            after, earlier = page_before(store(), bucket, prefix, before, limit, delimiter)
         else:
-            keys, earlier = page_before(store(), bucket, prefix, before, limit)
-            next_after = keys[-1] if keys else None
-        if not keys and after is None and before is None and store().bucket_properties(bucket) is None:
+            earlier = after is not None
+        # A browser's page shows each key's size, type and date.
+        details = query_flag('details') or prefers('text/html')
+        page = store().list_keys(bucket, prefix=prefix, limit=limit, after=after, delimiter=delimiter,
+                                 details=details)
+        entries = sorted(page.keys + page.prefixes)
+        if not entries and after is None and before is None and store().bucket_properties(bucket) is None:
             raise NotFound('no bucket %r' % bucket)
-        doc = {'bucket': bucket, 'prefix': prefix, 'limit': limit, 'keys': keys, 'next_cursor': None,
+        if Preconditions.from_environ(web.ctx.env).evaluate_untagged() == NOT_MODIFIED:
+            return not_modified()
+        doc = {'bucket': bucket, 'prefix': prefix, 'limit': limit, 'keys': page.keys, 'next_cursor': None,
                'previous_cursor': None}
+        if delimiter:
+            doc.update(delimiter=delimiter, common_prefixes=page.prefixes)
+        if details:
+            doc['details'] = [listed_key(key, page.versions[key]) for key in page.keys]
         links = []
-        if next_after is not None:
-            doc['next_cursor'] = encode_token(next_after.encode('utf-8'))
-            links.append('<%s>; rel="next"' % listing_path(bucket, prefix, limit, cursor=doc['next_cursor']))
-        if earlier and keys:
-            doc['previous_cursor'] = encode_token(keys[0].encode('utf-8'))
-            links.append('<%s>; rel="prev"' % listing_path(bucket, prefix, limit, before=doc['previous_cursor']))
+        if page.next_after is not None:
+            doc['next_cursor'] = encode_token(page.next_after.encode('utf-8'))
+            links.append('<%s>; rel="next"' % listing_path(bucket, prefix, limit, cursor=doc['next_cursor'],
+                                                           delimiter=delimiter))
+        if earlier and entries:
+            doc['previous_cursor'] = encode_token(entries[0].encode('utf-8'))
+            links.append('<%s>; rel="prev"' % listing_path(bucket, prefix, limit, before=doc['previous_cursor'],
+                                                           delimiter=delimiter))
         return respond('keys', doc, headers={'Link': ', '.join(links)} if links else None)
 
     def POST(self, bucket):
-        key = uuid.uuid4().hex
+        # A retry with the same Idempotency-Key names the same key, and finds its record there.
+        idempotency_key = request_idempotency_key()
+        key = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32] if idempotency_key else uuid.uuid4().hex
         return write_key(bucket, key, create_only=True, server_chosen=True)
 
     @staticmethod
@@ -268,6 +288,14 @@ class Keys:
         if not (raw.isascii() and raw.isdigit() and len(raw) <= LIMIT_DIGITS) or not 1 <= int(raw) <= MAX_LIST_LIMIT:
             raise BadRequest('bad_parameter', 'limit must be 1 to %d' % MAX_LIST_LIMIT, parameter='limit')
         return int(raw)
+
+    @staticmethod
+    def delimiter():
+        raw = query('delimiter') or None
+        if raw is not None and len(raw) > MAX_DELIMITER_CHARS:
+            raise BadRequest('bad_parameter', 'a delimiter is at most %d characters' % MAX_DELIMITER_CHARS,
+                             parameter='delimiter')
+        return raw
 
     @staticmethod
     def cursor_key(name):
@@ -339,10 +367,22 @@ class Key:
         preconditions = Preconditions.from_environ(web.ctx.env)
         w, pw = request_quorums('w', 'pw')
         receipt = store().delete(bucket, key, context=request_context(bucket, key), check=preconditions.check_write,
-                                 w=w, pw=pw, conditional=preconditions.present)
+                                 w=w, pw=pw, conditional=preconditions.present, idempotency=request_idempotency())
         doc = receipt_document(bucket, key, receipt)
         doc['deleted'] = True
         return respond('receipt', doc, headers=context_header(bucket, key, receipt))
+
+
+def request_idempotency(content_type='', metadata=None):
+    """The request's IdempotencyKey (None without the header): its key, and
+    what the request asks for besides its body, which a retry repeats."""
+    key = request_idempotency_key()
+    if key is None:
+        return None
+    env = web.ctx.env
+    asked = [web.ctx.method, content_type, metadata or {}] + [env.get('HTTP_' + name) for name in (
+        'IF_MATCH', 'IF_NONE_MATCH', 'IF_UNMODIFIED_SINCE', 'X_CONTEXT')]
+    return IdempotencyKey(key, json.dumps(asked, sort_keys=True))
 
 
 def write_key(bucket, key, create_only, server_chosen=False):
@@ -372,7 +412,8 @@ def write_key(bucket, key, create_only, server_chosen=False):
     # needs the key's first owner to decide it.
     conditional = preconditions.present or (create_only and not server_chosen)
     receipt = store().put(bucket, key, value, content_type, context=context, check=check, w=w, pw=pw,
-                          metadata=metadata, expected=expected, conditional=conditional)
+                          metadata=metadata, expected=expected, conditional=conditional,
+                          idempotency=request_idempotency(content_type, metadata))
     headers = context_header(bucket, key, receipt)
     if not is_form():   # RFC 9110 9.3.4: the stored bytes are the form's field, not the request's
         headers['ETag'] = receipt.version.etag

@@ -47,6 +47,32 @@ CREATE TABLE IF NOT EXISTS buckets (
     modified     BIGINT          NOT NULL
 );
 
+-- Buckets deleted with force: versions of their keys modified at or before
+-- `dropped` (microseconds) are refused wherever they arrive from (a replica's
+-- write in flight, a hint, read repair, sync.py), so the keys stay deleted.
+CREATE TABLE IF NOT EXISTS bucket_fences (
+    bucket       VARBINARY(63)   NOT NULL PRIMARY KEY,
+    dropped      BIGINT          NOT NULL
+);
+
+-- The outcomes of writes sent with an Idempotency-Key, on the partition that
+-- decided them, written with their version: a retry with the same key gets
+-- the first attempt's outcome.  sync.py's gc removes them after their window.
+CREATE TABLE IF NOT EXISTS idempotency (
+    bucket          VARBINARY(63)   NOT NULL,
+    key_name        VARBINARY(1024) NOT NULL,
+    idempotency_key VARBINARY(255)  NOT NULL,
+    fingerprint     VARBINARY(64)   NOT NULL,  -- sha256 of what the request asked for, hex
+    version_id      VARBINARY(32)   NOT NULL,
+    digest          VARBINARY(64)   NOT NULL,
+    modified        BIGINT          NOT NULL,
+    deleted         SMALLINT        NOT NULL,
+    created_key     SMALLINT        NOT NULL,  -- the write created the key (201)
+    recorded        BIGINT          NOT NULL,  -- microseconds since the epoch
+    PRIMARY KEY (bucket, key_name, idempotency_key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_recorded ON idempotency (recorded);
+
 -- Facts about the partition itself (schema version, ring epoch).
 CREATE TABLE IF NOT EXISTS metadata (
     name         VARBINARY(64)   NOT NULL PRIMARY KEY,

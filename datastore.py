@@ -41,11 +41,11 @@ from kvstore.coordinator.settling import Settling
 from kvstore.coordinator.status import ClusterStatus
 from kvstore.coordinator.versions import iso_time
 from kvstore.coordinator.views import ViewConflict, ViewRecords, newest_view, ring_digest
-from kvstore.coordinator.writes import Receipt, Writer
+from kvstore.coordinator.writes import IdempotencyKey, Receipt, Writer
 from kvstore.engines import open_engine
 
 # What the controller, sync.py and the tests import from here.
-__all__ = ['Datastore', 'Read', 'Receipt', 'KeyPage', 'ViewConflict', 'MAX_LIST_LIMIT',
+__all__ = ['Datastore', 'IdempotencyKey', 'Read', 'Receipt', 'KeyPage', 'ViewConflict', 'MAX_LIST_LIMIT',
            'DEFAULT_BUCKET_PROPERTIES', 'iso_time', 'key_is_live', 'read_up_to']
 
 
@@ -74,7 +74,7 @@ class Datastore:
         self.chunks = Chunks(config, self.replicas)
         self.settling = Settling(self.replicas)
         self.writer = Writer(config, self.replicas, self.owners, self.buckets, self.chunks,
-                             ConditionalDecider(self.replicas, self.reader), self.handoff, self.settling)
+                             ConditionalDecider(self.replicas, self.reader, self.owners), self.handoff, self.settling)
         self.status = ClusterStatus(config, self.replicas, self.views, self.gossip)
 
     @classmethod
@@ -123,16 +123,19 @@ class Datastore:
         return self.reader.get(bucket, key, r=r, pr=pr)
 
     def put(self, bucket, key, value, content_type, context=None, check=None, w=None,
-            metadata=None, expected=None, conditional=False, pw=None):
-        """Store a value (bytes or a stream) and answer with its Receipt (see Writer.put)."""
+            metadata=None, expected=None, conditional=False, pw=None, idempotency=None):
+        """Store a value (bytes or a stream) and answer with its Receipt (see
+        Writer.put; idempotency: an IdempotencyKey)."""
         self.check_key(bucket, key)
         return self.writer.put(bucket, key, value, content_type, context=context, check=check, w=w,
-                               metadata=metadata, expected=expected, conditional=conditional, pw=pw)
+                               metadata=metadata, expected=expected, conditional=conditional, pw=pw,
+                               idempotency=idempotency)
 
-    def delete(self, bucket, key, context=None, check=None, w=None, conditional=False, pw=None):
+    def delete(self, bucket, key, context=None, check=None, w=None, conditional=False, pw=None, idempotency=None):
         """Write a tombstone; NotFound when there is no live version."""
         self.check_key(bucket, key)
-        return self.writer.delete(bucket, key, context=context, check=check, w=w, conditional=conditional, pw=pw)
+        return self.writer.delete(bucket, key, context=context, check=check, w=w, conditional=conditional, pw=pw,
+                                  idempotency=idempotency)
 
     def open_value(self, version, first=0, last=None):
         """The bytes first..last (inclusive) of a version, as an iterator of chunks."""
@@ -149,9 +152,10 @@ class Datastore:
 
     # -- listings and buckets -------------------------------------------------
 
-    def list_keys(self, bucket, prefix='', limit=1000, after=None):
-        """A KeyPage of live keys in byte order, merged across every partition."""
-        return self.listing.list_keys(bucket, prefix, limit, after)
+    def list_keys(self, bucket, prefix='', limit=1000, after=None, delimiter=None, details=False):
+        """A KeyPage of live keys in byte order, merged across every partition
+        (with a delimiter, and the common prefixes; details: and their versions)."""
+        return self.listing.list_keys(bucket, prefix, limit, after, delimiter, details)
 
     def has_keys(self, bucket):
         return self.listing.has_keys(bucket)
@@ -225,7 +229,7 @@ class Datastore:
         return self.status.cluster_status()
 
     def readiness(self):
-        return self.status.readiness()
+        return self.status.readiness_cached()
 
     def keys_per_partition(self):
         return self.status.keys_per_partition()

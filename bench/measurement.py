@@ -157,7 +157,7 @@ class Target:
     url: str
     server: callable          # () -> pids of the server (its process tree, etcd)
     db: callable = lambda: []  # () -> pids of the databases
-    deadlocks: callable = None  # () -> InnoDB deadlocks so far, summed over the databases
+    counters: callable = None  # () -> the databases' status counters so far (servers.mariadb_status)
 
 
 def row_connections(args, row):
@@ -187,6 +187,17 @@ def _wrk_measured(row, connections, result, spent, wrk_ms, attempt):
         attempt=attempt, bytes=result['bytes'], split=process_split(spent['server_each']))
 
 
+def counted(after, before, requests):
+    """A row's deadlocks, and statements and commits per request, from the
+    databases' status counters."""
+    if after is None:
+        return dict(deadlocks=None, statements_per_req=None, commits_per_req=None)
+    delta = {name: after[name] - before[name] for name in after}
+    per_request = lambda n: n / requests if requests else None
+    return dict(deadlocks=delta['Innodb_deadlocks'], statements_per_req=per_request(delta['Questions']),
+                commits_per_req=per_request(delta['Com_commit']))
+
+
 def _wrk_attempt(run, args, row, target, env, connections, attempt):
     """One measured wrk run of a row (after its warm-up), its numbers."""
     groups = lambda: {'server': target.server(), 'db': target.db()}
@@ -194,17 +205,18 @@ def _wrk_attempt(run, args, row, target, env, connections, attempt):
     wait_quiet(groups, args.quiet_wait)
     if args.warmup:
         run_wrk(run, target.url, row.script, env, args.warmup, connections, args.wrk_cpu)
-    deadlocks_before = target.deadlocks() if target.deadlocks else None
+    counters_before = target.counters() if target.counters else None
     before = CPUSnapshot(groups())
     result, wrk_ms = run_wrk(run, target.url, row.script, env, args.duration, connections, args.wrk_cpu)
     spent = CPUSnapshot(groups()).since(before)
     measured = _wrk_measured(row, connections, result, spent, wrk_ms, attempt)
-    measured['deadlocks'] = target.deadlocks() - deadlocks_before if target.deadlocks else None
+    measured.update(counted(target.counters() if target.counters else None, counters_before, measured['requests']))
     log('%-12s %8.0f req/s  p50 %7.2f ms  p99 %7.2f ms  errors %d  CPU %.3f ms/req '
-        '(server %.3f, db %.3f)  wrk %.0f%%  others %.2f cores',
+        '(server %.3f, db %.3f)  wrk %.0f%%  others %.2f cores  statements/req %.2f  deadlocks %s',
         row.name, measured['rps'], measured['p50_ms'], measured['p99_ms'], measured['errors'],
         measured['cpu_ms_per_req'] or 0, measured['server_ms_per_req'] or 0,
-        measured['db_ms_per_req'] or 0, measured['wrk_cpu_pct'] or 0, measured['other_cores'])
+        measured['db_ms_per_req'] or 0, measured['wrk_cpu_pct'] or 0, measured['other_cores'],
+        measured['statements_per_req'] or 0, measured['deadlocks'])
     return measured
 
 

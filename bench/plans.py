@@ -5,13 +5,14 @@ import datetime
 from bench.common import BIG_BUCKET, BUCKET, KEY_FORMAT, KIB, MIB, THETA, BenchError, log
 from bench.measurement import Target, measure_pymysql, measure_wrk, profile_store, wait_idle
 from bench.report import machine_facts, merge_previous, write_results, write_scaling
-from bench.servers import (drop_database, http_request, innodb_deadlocks, mariadb_facts, process_tree,
+from bench.servers import (drop_database, http_request, mariadb_facts, mariadb_status, process_tree,
                            server_setting, start_cluster, start_etcd, start_server, write_sqlite_config,
                            write_store_config)
-from bench.workloads import (bulk_load, etcd_load, key_law_env, main_rows, put_load, row_named,
-                             select_rows)
+from bench.workloads import (bulk_load, etcd_load, key_law_env, main_rows, put_load, queries_per_request,
+                             row_named, select_rows)
 
 DATABASE = 'kvbench'
+QUERIES_BUCKET = 'bench-queries'   # the keys queries_per_request writes
 
 
 class MainRun:
@@ -58,9 +59,13 @@ class MainRun:
         server.stop()
 
     def measure_store(self):
+        self.facts['queries'] = queries_per_request(self.config_path, self.cluster, QUERIES_BUCKET)
+        log('one request at a time: round trips, statements, commits, db CPU ms, front end CPU ms: %s',
+            ';  '.join('%s %.2f, %.2f, %.2f, %.3f, %.3f' % ((name,) + counts)
+                       for name, counts in self.facts['queries'].items()))
         store = start_server(self.run, 'store', self.config_path, self.args)
         target = Target(store.url + '/', lambda: process_tree(store.pid), self.db_pids,
-                        lambda: innodb_deadlocks(self.cluster, 4))
+                        lambda: mariadb_status(self.cluster, 4))
         self.measure_rows('store', target)
         if self.args.profile:
             self.profile_store(target, store.pid)

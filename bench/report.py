@@ -78,12 +78,13 @@ def _results_line(r, results, by_name):
     if r['system'] == 'pymysql':
         server = '(client %s)' % fmt(r.get('client_ms_per_req'), 3)
     split = split_text(r) if r['system'] != 'etcd' else '–'
-    return '| %s%s | %s | %d | %s | %s | %s | %s | %s | **%s** | %s | %s | %s | %s | %s | %s | %s | %s |' % (
+    return '| %s%s | %s | %d | %s | %s | %s | %s | %s | **%s** | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |' % (
         r['name'], flag, r['what'], r['connections'], fmt(r['rps'], 0), fmt(r['p50_ms']), fmt(r['p99_ms']),
         fmt(r['p999_ms']), r['errors'], fmt(r['cpu_ms_per_req'], 3), server,
         fmt(r['db_ms_per_req'], 3), split,
         ('%.0f%%' % r['wrk_cpu_pct']) if r.get('wrk_cpu_pct') is not None else '–',
         r['deadlocks'] if r.get('deadlocks') is not None else '–',
+        fmt(r.get('statements_per_req'), 2), fmt(r.get('commits_per_req'), 2),
         ratio(r['rps'], hello['rps']) if hello and r is not hello else '–',
         ratio(r['rps'], etcd['rps']) if etcd else '–',
         ratio(r['cpu_ms_per_req'], etcd['cpu_ms_per_req']) if etcd else '–')
@@ -92,9 +93,9 @@ def _results_line(r, results, by_name):
 def results_table(results):
     by_name = {r['name']: r for r in results}
     lines = ['| row | workload | conns | req/s | p50 ms | p99 ms | p99.9 ms | errors | CPU ms/req '
-             '(server + db) | server | db | worker split | wrk CPU | dead-locks | req/s ÷ hello | req/s ÷ etcd '
-             '| CPU ÷ etcd |',
-             '|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|']
+             '(server + db) | server | db | worker split | wrk CPU | dead-locks | statements/req | commits/req '
+             '| req/s ÷ hello | req/s ÷ etcd | CPU ÷ etcd |',
+             '|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|']
     lines += [_results_line(r, results, by_name) for r in results]
     return '\n'.join(lines)
 
@@ -118,9 +119,25 @@ def scaling_table(results):
     return '\n'.join(lines)
 
 
+def queries_section(queries):
+    """What one request costs, one at a time (workloads.queries_per_request)."""
+    if not queries:
+        return []
+    return (['## What one request costs, one at a time', '',
+             'Counted in process (the datastore without its HTTP layer), one request at a time on 300 keys of a',
+             'bucket of their own: the queries the engines send (round trips), the statements and commits the',
+             'databases count (`Questions`, `Com_commit`, summed over every partition, background work',
+             'included), and the CPU of the databases and of the front end per request.', '',
+             '| request | round trips | statements | commits | db CPU ms | front end CPU ms |',
+             '|---|--:|--:|--:|--:|--:|']
+            + ['| %s | %.2f | %.2f | %.2f | %.3f | %.3f |' % ((name,) + tuple(counts))
+               for name, counts in queries.items()]
+            + [''])
+
+
 def facts_section(facts, settings):
     mariadb = facts.get('mariadb') or {}
-    lines = ['## Machine', '',
+    lines = queries_section(facts.get('queries')) + ['## Machine', '',
              '- date: %s' % facts['date'],
              '- kvstore commit: %s' % facts.get('commit', '?'),
              '- `nproc`: %s (%s), kernel %s' % (facts['nproc'], facts['cpu'], facts['kernel']),
@@ -133,9 +150,11 @@ def facts_section(facts, settings):
     lines += ['- %s: %s' % (k, v) for k, v in settings.items()]
     if mariadb:
         lines.append('- MariaDB servers (test/mariadb.py, then SET GLOBAL): innodb_buffer_pool_size %d MiB, '
-                     'innodb_log_file_size %d MiB, innodb_flush_log_at_trx_commit=%s, max_allowed_packet %d MiB'
+                     'innodb_log_file_size %d MiB, innodb_flush_log_at_trx_commit=%s, innodb_doublewrite=%s, '
+                     'log_bin=%s, max_allowed_packet %d MiB'
                      % (mariadb['buffer_pool'] // MIB, mariadb['log_file_size'] // MIB,
-                        mariadb['flush_log_at_trx_commit'], mariadb['max_allowed_packet'] // MIB))
+                        mariadb['flush_log_at_trx_commit'], mariadb.get('doublewrite', '?'),
+                        mariadb.get('log_bin', '?'), mariadb['max_allowed_packet'] // MIB))
     return '\n'.join(lines)
 
 
@@ -154,6 +173,11 @@ How to read it:
   expected content, e.g. an etcd range without `kvs`) plus socket errors.
 - **wrk CPU** is wrk's own CPU (one thread, pinned to one CPU) as a share of
   one core: far from 100 %% means wrk was not the bottleneck.
+- **dead-locks** are InnoDB's (`Innodb_deadlocks`) during the row, summed
+  over the databases: each one a transaction the store retried.
+  **statements/req** and **commits/req** are the databases' `Questions`
+  (every statement a client sent, each of a multi-statement's) and
+  `Com_commit`, over the row's requests.
 - **req/s ÷ hello** compares with the web.py hello world under the same
   server settings; **÷ etcd** with etcd's matching operation (range for
   GET, put for PUT, the same mixes, a 1000-key range for listing).
@@ -173,9 +197,10 @@ How to read it:
   %d %%).  It costs more than throughput: one worker's threads then contend for
   its GIL, so even the CPU per request rises.
 - 1 MiB rows use a quarter of the connections.
-- Durability differs: these MariaDB servers run with
-  innodb_flush_log_at_trx_commit=2 (no fsync per commit), etcd fsyncs its WAL
-  on every write.
+- Durability: these MariaDB servers run with innodb_flush_log_at_trx_commit=1,
+  as docs/OPERATIONS.md asks of production (each commit's redo log fsynced
+  before it returns, on each of the W replicas that acknowledge a write), no
+  binary log; etcd fsyncs its WAL on every write (docs/SPEED.md).
 """ % (DISTURBED_CORES, ONE_WORKER)
 
 

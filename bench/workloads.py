@@ -361,3 +361,52 @@ def etcd_load(port, bucket, count, value_bytes):
     if int(found.get('count', 0)) != count:
         raise BenchError('etcd holds %s keys of %s, not %d' % (found.get('count'), bucket, count))
     return time.monotonic() - started
+
+
+def queries_per_request(config_path, cluster, bucket, count=300):
+    """What one request costs, counted in process, one request at a time on
+    count keys of a bucket of its own, for a PUT (w=2) of a new key, one
+    overwriting it, a GET r=1 and a GET r=2: {operation: (round trips,
+    statements, commits, CPU ms of the databases, CPU ms of the front end)}
+    per request.  Round trips are the queries the engines send
+    (kvstore/engines/mysqlwire.send); statements and commits the databases'
+    Questions and Com_commit, read once the write's background work is done;
+    CPU from /proc (the databases, in clock ticks: hence so many requests) and
+    time.process_time (this process: the front end without its HTTP layer).  One request at a time, the CPU is steadier than
+    under wrk's load, and shares nothing with other requests."""
+    from bench.measurement import CPUSnapshot
+    from bench.servers import mariadb_status
+    from kvstore.engines import mysqlwire
+
+    sent = [0]
+    send = mysqlwire.send
+
+    def counting_send(conn, sql):
+        sent[0] += 1
+        return send(conn, sql)
+
+    put = lambda store, key: store.put(bucket, key, b'x' * KIB, CONTENT_TYPE, w=2)
+    operations = [('PUT w=2, new key', put), ('PUT w=2', put),
+                  ('GET r=1', lambda store, key: store.get(bucket, key, r=1)),
+                  ('GET r=2', lambda store, key: store.get(bucket, key, r=2))]
+    databases = {'db': [s.pid for s in cluster if s.pid]}
+    counted = {}
+    mysqlwire.send = counting_send
+    try:
+        with open_datastore(config_path) as store:
+            for name, operation in operations:
+                operation(store, key_name(count))   # connections opened, buckets cached
+                time.sleep(1.0)
+                before, sent[0] = mariadb_status(cluster, 4), 0
+                cpu, front = CPUSnapshot(databases), time.process_time()
+                for index in range(count):
+                    operation(store, key_name(index))
+                front, spent = time.process_time() - front, CPUSnapshot(databases).since(cpu)
+                time.sleep(1.0)   # pending markers dropped, replicas past W answered
+                after, trips = mariadb_status(cluster, 4), sent[0]
+                counted[name] = (trips / count, (after['Questions'] - before['Questions']) / count,
+                                 (after['Com_commit'] - before['Com_commit']) / count,
+                                 spent['db'] / count, front * 1000.0 / count)
+    finally:
+        mysqlwire.send = send
+    return counted

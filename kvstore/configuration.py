@@ -66,6 +66,7 @@ class StoreConfig:
     pr: int = 0
     pw: int = 0
     gossip_interval: float = 1.0
+    max_clock_skew: float = 60.0        # seconds a context's counter may be ahead of the clock (versions.py)
     body_timeout: float = 5.0           # seconds a request body may pause (framing.BodyPace)
     min_body_rate: int = 1024           # bytes a second a body averages after body_timeout; 0: no floor
     # [sync]: the reconciler (sync.py)
@@ -78,6 +79,9 @@ class StoreConfig:
     tokens: list = dataclasses.field(default_factory=list)
     allowed_hosts: list = dataclasses.field(default_factory=list)
     cluster_secret: str = None
+    # Where keys live (ring.py): 'balanced' (equal slots, shares within a few
+    # per cent) or 'vnodes' (the consistent-hash ring of earlier versions).
+    placement: str = 'balanced'
 
 
 def config_path():
@@ -122,6 +126,12 @@ def parse(parser, source='configuration'):
             fail(section, field, 'must be at least %s' % minimum)
         if maximum is not None and value > maximum:
             fail(section, field, 'must be at most %s' % maximum)
+        return value
+
+    def placement():
+        value = parser.get('store', 'placement', fallback='balanced').strip()
+        if value not in ('balanced', 'vnodes'):
+            fail('store', 'placement', '%r is not balanced or vnodes' % value)
         return value
 
     def peers():
@@ -226,11 +236,13 @@ def parse(parser, source='configuration'):
         # Under MariaDB's max_allowed_packet (16 MiB by default) with room to spare.
         chunk_size=number('store', 'chunk_size', int, 1024 ** 2, 1, 8 * 1024 ** 2),
         vnodes=number('store', 'vnodes', int, 64, 1),
+        placement=placement(),
         connect_timeout=number('store', 'connect_timeout', float, 0.5, 0.01),
         read_timeout=number('store', 'read_timeout', float, 1.0, 0.01),
         backoff=number('store', 'backoff', float, 1.0, 0.01),
         max_backoff=number('store', 'max_backoff', float, 30.0, 0.01),
         hint_window=number('store', 'hint_window', float, 86400.0, 1),
+        max_clock_skew=number('store', 'max_clock_skew', float, 60.0, 1),
         max_siblings=number('store', 'max_siblings', int, 16, 1),
         partitions=partitions, source=source,
         body_timeout=number('store', 'body_timeout', float, 5.0, 0.1, 3600),

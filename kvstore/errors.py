@@ -42,6 +42,11 @@ class TooManySiblings(StoreError):
     code = 'too_many_siblings'
 
 
+class IdempotencyKeyReused(StoreError):
+    """An Idempotency-Key sent again with a request that asks for something else."""
+    code = 'idempotency_key_reused'
+
+
 class PreconditionFailed(StoreError):
     code = 'precondition_failed'
 

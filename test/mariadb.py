@@ -53,14 +53,15 @@ __all__ = [
 class MariaDBCluster(object):
     """``count`` private servers named p1..pN in one temporary directory."""
 
-    def __init__(self, count=4):
+    def __init__(self, count=4, options=()):
+        """options: server options beyond the harness's (see MariaDBServer)."""
         if count < 1:
             raise ValueError('count must be at least 1')
         reap_stale_dirs()
         self.base_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX)
         with open(os.path.join(self.base_dir, 'owner.pid'), 'w') as f:
             f.write('%d\n' % os.getpid())
-        self.servers = [MariaDBServer(self.base_dir, 'p%d' % (i + 1))
+        self.servers = [MariaDBServer(self.base_dir, 'p%d' % (i + 1), options)
                         for i in range(count)]
         live_clusters.add(self)
 

@@ -1,7 +1,8 @@
 """One private mariadbd for the test suite (see mariadb.py): installed in a
 directory of its own, started on its own port on 127.0.0.1 with the user
 ``root`` and an empty password, stopped, killed, paused and restarted as a test
-needs.
+needs.  It also has the store's user (``store_user``), with exactly the grants
+docs/OPERATIONS.md gives (mariadb_grants.py), on every ``test_`` database.
 """
 
 import os
@@ -14,6 +15,7 @@ import time
 
 import pymysql
 
+from test.mariadb_grants import store_account, store_user_sql
 from test.mariadb_processes import TEMP_PREFIX, install_signal_handlers, live_servers, pick_port, release_port
 
 START_TIMEOUT = 30.0
@@ -53,7 +55,7 @@ CREATE USER IF NOT EXISTS 'root'@'127.0.0.1';
 GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION;
 CREATE USER IF NOT EXISTS 'root'@'localhost';
 GRANT ALL PRIVILEGES ON *.* TO 'root'@'localhost' WITH GRANT OPTION;
-"""
+""" + store_user_sql()
 
 
 class MariaDBError(RuntimeError):
@@ -194,6 +196,16 @@ class MariaDBServer(object):
     @property
     def password(self):
         return ''
+
+    @property
+    def store_user(self):
+        """The store's user, as the documentation creates it (the tests'
+        partitions connect as it; root is for the tests' own checks)."""
+        return store_account()[0]
+
+    @property
+    def store_password(self):
+        return store_account()[1]
 
     @property
     def pid(self):

@@ -3,7 +3,8 @@ notes as JSON: {"status", "notes": [{"note_id", "level", "summary"}]}, the
 follow-up requests REDbot makes (conditional, ranged, compressed) included.
 
 Run as a separate process (REDbot's event loop is global):
-    python test/redbot_lint.py URL ACCEPT
+    python test/redbot_lint.py URL ACCEPT [RANGE]
+(RANGE: a Range header to send, such as bytes=0-9,20-29.)
 """
 import json
 import sys
@@ -19,11 +20,11 @@ def flatten(notes):
         yield from flatten(note.subnotes or [])
 
 
-def main(url, accept):
+def main(url, accept, range_header=None):
     config = ConfigParser()
     config.read_dict({'redbot': {'enable_local_access': 'True'}})
     resource = HttpResource(config['redbot'])
-    resource.set_request(url, headers=[('Accept', accept)])
+    resource.set_request(url, headers=[('Accept', accept)] + ([('Range', range_header)] if range_header else []))
 
     @thor.events.on(resource)
     def check_done():
@@ -35,4 +36,4 @@ def main(url, accept):
 
 
 if __name__ == '__main__':
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])

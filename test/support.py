@@ -49,11 +49,12 @@ def sqlite_partitions(directory, count=4, first=1):
 
 def mariadb_partitions(cluster, database=None, count=None):
     """One partition per server of a MariaDB cluster, in a database of its own
-    (WEBPY_ENV=test adds the prefix test_)."""
+    (WEBPY_ENV=test adds the prefix test_), as the store's user with the
+    documented grants."""
     database = database or 'kv_' + uuid.uuid4().hex[:10]
     servers = cluster.servers[:count] if count else cluster.servers
-    return {'p%d' % (i + 1): {'engine': 'mysql', 'host': s.host, 'port': s.port, 'user': s.user,
-                              'password': s.password, 'database': database}
+    return {'p%d' % (i + 1): {'engine': 'mysql', 'host': s.host, 'port': s.port, 'user': s.store_user,
+                              'password': s.store_password, 'database': database}
             for i, s in enumerate(servers)}
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,9 +20,12 @@ import time
 import unittest
 import urllib.parse
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from kvstore import configuration
 import controller
 from kvstore.coordinator import gossip
+from kvstore.http import access, mediatypes
 from test import support
 from test.server import StoreServer
 
@@ -63,14 +67,33 @@ class SQLiteApp(support.OnSQLite, support.StoreSpecification, unittest.TestCase)
 class TestForgedGossip(SQLiteApp):
     store_sections = {'cluster': {'secret': SECRET}}
 
-    def gossip(self, view, secret=SECRET, timestamp=None, status='*', body=None):
+    def gossip(self, view, secret=SECRET, timestamp=None, status='*', body=None, host='localhost:80', signed=None):
         body = body if body is not None else json.dumps({'partitions': view}).encode()
         headers = {'Content-Type': 'application/json'}
-        if secret is not None:
+        if signed is not None:
+            headers.update(signed)
+        elif secret is not None:
             timestamp = '%.3f' % (timestamp if timestamp is not None else time.time())
-            headers.update({gossip.TIMESTAMP: timestamp,
-                            gossip.SIGNATURE: gossip.signature(secret, gossip.REQUEST, timestamp, body)})
+            nonce = os.urandom(16).hex()
+            headers.update({gossip.TIMESTAMP: timestamp, gossip.NONCE: nonce, gossip.SIGNATURE: gossip.signature(
+                secret, gossip.REQUEST, host, timestamp, nonce, body)})
         return self.app.post('/cluster/gossip', body, headers=headers, status=status)
+
+    def test_a_message_is_taken_once_and_only_by_the_host_it_was_sent_to(self):
+        body = json.dumps({'partitions': self.down_view()}).encode()
+        for host in ('127.0.0.1:80', 'localhost:81'):   # sent to another front end
+            signed = gossip.signed_headers(SECRET, gossip.REQUEST, host, body)
+            self.assertError(self.gossip(None, body=body, signed=signed), 403, 'gossip_refused')
+        signed = gossip.signed_headers(SECRET, gossip.REQUEST, 'localhost:80', body)
+        taken = self.gossip(None, body=body, signed=signed)
+        self.assertEqual(taken.status_int, 200, taken.text)
+        gossip.verify(SECRET, gossip.ANSWER, 'localhost:80', taken.headers[gossip.TIMESTAMP], signed[gossip.NONCE],
+                      taken.headers[gossip.SIGNATURE], taken.body)
+        self.store.health.succeeded('p1')
+        replayed = self.gossip(None, body=body, signed=signed)
+        self.assertError(replayed, 403, 'gossip_refused')
+        self.assertIn('replay', replayed.json['message'])
+        self.assertUnchanged()
 
     def test_signed_gossip_nested_too_deeply_is_400_and_changes_nothing(self):
         body = ('{"partitions": %s}' % ('[' * 8000 + ']' * 8000)).encode()   # under the bound
@@ -132,8 +155,9 @@ class TestForgedGossip(SQLiteApp):
     def test_signed_sound_gossip_is_merged_and_the_answer_is_signed(self):
         response = self.gossip(self.down_view())
         self.assertEqual(response.status_int, 200, response.text)
-        gossip.verify(SECRET, gossip.ANSWER, response.headers[gossip.TIMESTAMP],
-                      response.headers[gossip.SIGNATURE], response.body)
+        with self.assertRaises(Exception):   # an answer is signed over its request's nonce
+            gossip.verify(SECRET, gossip.ANSWER, 'localhost:80', response.headers[gossip.TIMESTAMP], 'another',
+                          response.headers[gossip.SIGNATURE], response.body)
         self.assertEqual(self.cluster()['p1']['state'], 'down')
         self.store.health.succeeded('p1')
 
@@ -242,6 +266,45 @@ class TestTokens(SQLiteApp):
         self.assertEqual(self.call('GET', '/buckets/%s/keys/k' % b, 'admin').body, b'v')
         self.assertEqual(self.call('GET', '/buckets/%s' % missing, 'admin').status_int, 404)
 
+    def test_a_preflight_says_nothing_of_a_bucket_and_the_request_meets_its_rules(self):
+        b, _ = self.routes()
+        rules = [{'origins': [APP], 'methods': ['PUT'], 'headers': ['content-type', 'authorization'], 'max_age': 60}]
+        self.assertEqual(self.call('PUT', '/buckets/' + b, 'admin', json.dumps({'cors': rules}).encode(),
+                                   headers={'Content-Type': 'application/json'}).status_int, 200)
+        answers = []
+        for bucket in (b, support.unique('m')):
+            for origin in (APP, EVIL):
+                response = self.call('OPTIONS', '/buckets/%s/keys/k' % bucket, headers={
+                    'Origin': origin, 'Access-Control-Request-Method': 'PUT',
+                    'Access-Control-Request-Headers': 'authorization, content-type'})
+                answers.append((response.status_int, sorted((k, v.replace(origin, 'O'))
+                                                            for k, v in response.headers.items()), response.body))
+        self.assertEqual(answers[1:], answers[:1] * 3)
+        # The request itself meets the bucket's rules: origin, method and headers.
+        path = '/buckets/%s/keys/k' % b
+        allowed = self.call('PUT', path, 'writer', b'v', headers={'Origin': APP, 'Content-Type': 'application/json'})
+        self.assertEqual(allowed.status_int, 200, allowed.text)
+        self.assertEqual(allowed.headers['Access-Control-Allow-Origin'], APP)
+        for origin, method, headers in ((EVIL, 'PUT', {}), (APP, 'DELETE', {}), (APP, 'PUT', {'X-Meta-A': '1'}),
+                                        (APP, 'PUT', {'Cache-Control': 'no-store'})):
+            refused = self.call(method, path, 'writer', b'x' if method == 'PUT' else b'',
+                                headers=dict(headers, Origin=origin))
+            self.assertError(refused, 403, 'cross_site_refused')
+        self.assertEqual(self.call('GET', path, 'reader').body, b'v')
+
+    def test_ready_asks_the_partitions_at_most_once_a_second_whoever_asks(self):
+        def calls():
+            text = self.call('GET', '/metrics', 'admin').text
+            return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+                       if s.name == 'kvstore_replica_calls_total')
+        first, second = calls(), calls()
+        started = time.monotonic()
+        for _ in range(50):
+            self.assertEqual(self.call('GET', '/ready').status_int, 200)
+        seconds = time.monotonic() - started
+        asked = calls() - 2 * second + first   # less the scrape's own calls (as many as the one before)
+        self.assertLessEqual(asked, len(self.partitions) * (int(seconds) + 2), '%d calls in %.1f s' % (asked, seconds))
+
     def test_patterns_and_the_bucket_list(self):
         for bucket in ('shared-a', 'mine-a', 'other-a'):
             self.call('PUT', '/buckets/%s' % bucket, 'admin')
@@ -284,6 +347,61 @@ class TestTokens(SQLiteApp):
 
 
 # -- browsers ------------------------------------------------------------------------
+
+# What browsers read as a value's type, as the WHATWG Fetch standard (and
+# web-platform-tests' fetch/content-type) have it: [header, the type a browser takes].
+BROWSER_READINGS = [
+    ('text/plain; a=b, text/html', 'text/html'),
+    ('image/png; a=b, text/html', 'text/html'),
+    ('audio/x;a=b,image/svg+xml', 'image/svg+xml'),
+    ('text/html, text/plain', 'text/plain'),
+    ('text/plain, */*', 'text/plain'),
+    ('text/plain, bogus', 'text/plain'),
+    ('text/html;charset="a,b", text/plain', 'text/plain'),
+    ('text/plain;charset="a,b"', 'text/plain'),
+    (' TEXT/Plain ;\tcharset=utf-8', 'text/plain'),
+    ('text/plain;', 'text/plain'),
+    ('text/plain;x="\\"\\",text/html"', 'text/plain'),
+    ('*/*', None),
+    ('text / plain', None),
+    ('text/', None),
+    ('text', None),
+    ('', None),
+]
+
+
+class TestMediaTypes(unittest.TestCase):
+    """mediatypes.py reads a Content-Type as a browser does, and the store
+    keeps only one whose reading no one can disagree with."""
+
+    def test_the_type_a_browser_takes(self):
+        for header, essence in BROWSER_READINGS:
+            media_type = mediatypes.extract(header)
+            self.assertEqual(media_type and media_type.essence, essence, header)
+
+    def test_one_type_or_none(self):
+        for header in ('text/plain; a=b, text/html', 'image/png; a=b, text/html', 'audio/x;a=b,image/svg+xml',
+                       'text/plain, */*', 'text/plain,', ',text/plain', '*/*', 'text/ plain', 'te xt/plain',
+                       'text/plain\x00'):
+            self.assertIsNone(mediatypes.single_type(header), header)
+        for header, essence in (('text/plain;charset="a,b"', 'text/plain'), ('image/PNG', 'image/png'),
+                                ('application/json; charset=utf-8', 'application/json'),
+                                ('text/plain; bare; =x; a="\\q"', 'text/plain')):
+            self.assertEqual(mediatypes.single_type(header).essence, essence, header)
+
+    def test_parameters(self):
+        media_type = mediatypes.parse('Text/HTML;Charset="utf-8\\\\";charset=latin1; q=; z="a;b" x; bad name=1')
+        self.assertEqual(media_type.essence, 'text/html')
+        self.assertEqual(media_type.parameters, {'charset': 'utf-8\\', 'z': 'a;b'})
+
+    def test_the_sandbox_is_decided_on_the_type_a_browser_takes(self):
+        for header in ('text/plain', 'image/png; x=y', 'audio/ogg', 'video/mp4', 'application/json; charset=utf-8'):
+            self.assertTrue(access.is_safe_type(header), header)
+        for header in ('text/plain; a=b, text/html', 'image/png; a=b, text/html', 'audio/x;a=b,image/svg+xml',
+                       'text/html', 'text/plain-html', 'image/svg+xml', '*/*', 'multipart/byteranges; boundary=x',
+                       'text/plain, text/plain'):
+            self.assertFalse(access.is_safe_type(header), header)
+
 
 class TestBrowsers(SQLiteApp):
     store_sections = {'access': {'allowed_hosts': 'kv.example.com, 10.1.2.3:8080'}}
@@ -373,11 +491,33 @@ class TestBrowsers(SQLiteApp):
             served = self.app.get('/buckets/%s/keys/%s' % (self.bucket, key))
             self.assertNotIn('Content-Security-Policy', served.headers)
             self.assertEqual(served.headers['X-Content-Type-Options'], 'nosniff')
-        # Documents too: the HTML rendering of a record holds stored text.
+        # Documents too: the HTML rendering of a record holds stored text (the
+        # store's own pages may submit their search form, a GET; never run a script).
         listing = self.app.get('/buckets/%s/keys' % self.bucket, headers={'Accept': 'text/html'})
-        self.assertEqual(listing.headers['Content-Security-Policy'], 'sandbox')
+        self.assertEqual(listing.headers['Content-Security-Policy'], 'sandbox allow-forms')
         missing = self.app.get('/nowhere', status=404)
         self.assertEqual(missing.headers['X-Content-Type-Options'], 'nosniff')
+
+    def test_a_content_type_a_browser_reads_as_another_type_is_refused(self):
+        script = b'<script>fetch("/buckets/victim?force=true", {method: "DELETE"})</script>'
+        for i, content_type in enumerate(('text/plain; a=b, text/html', 'image/png; a=b, text/html',
+                                          'audio/x;a=b,image/svg+xml', 'text/plain, */*', '*/*', 'text/plain,')):
+            self.assertError(self.put('k%d' % i, body=script, content_type=content_type), 400, 'bad_header')
+            self.assertTrue(self.absent('k%d' % i), content_type)
+        self.assertEqual(self.put('q', content_type='text/plain; charset="a,b"').status_int, 201)
+
+    def test_a_value_stored_with_several_types_is_served_sandboxed(self):
+        # Stored before such types were refused: a browser takes the last.
+        script = b'<script>fetch("/buckets/victim?force=true", {method: "DELETE"})</script>'
+        for i, content_type in enumerate(('text/plain; a=b, text/html', 'image/png; a=b, text/html',
+                                          'audio/x;a=b,image/svg+xml')):
+            self.store.put(self.bucket, 'k%d' % i, script, content_type)
+            path = '/buckets/%s/keys/k%d' % (self.bucket, i)
+            served = self.app.get(path)
+            self.assertEqual((served.body, served.headers['Content-Type']), (script, content_type))
+            self.assertEqual(served.headers.get('Content-Security-Policy'), 'sandbox', content_type)
+            ranged = self.app.get(path, headers={'Range': 'bytes=0-1,3-4'}, status=206)
+            self.assertEqual(ranged.headers.get('Content-Security-Policy'), 'sandbox', content_type)
 
     def test_a_foreign_host_is_misdirected(self):
         for host in ('evil.example', 'evil.example:80', 'localhost:81', '127.0.0.2:80', '10.1.2.3:80'):
@@ -446,6 +586,17 @@ class TestRealServer(unittest.TestCase):
         self.assertEqual(json.loads(text)['code'], 'misdirected_request')
         self.assertEqual(self.request('GET', '/buckets')[0].status, 200)
 
+    def test_a_request_without_a_host_is_400(self):
+        for head in (b'GET /buckets HTTP/1.1\r\nConnection: close\r\n\r\n', b'GET /buckets HTTP/1.0\r\n\r\n',
+                     b'GET /buckets HTTP/1.1\r\nHost :\r\nConnection: close\r\n\r\n',
+                     b'PUT /buckets/victim/keys/hostless HTTP/1.1\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx'):
+            with socket.create_connection(('127.0.0.1', self.server.port), timeout=10) as sock:
+                sock.sendall(head)
+                answer = support.read_head(sock)
+            self.assertIsNotNone(answer, head)
+            self.assertEqual(answer[0], 400, head)
+        self.assertEqual(self.request('GET', '/buckets/victim/keys/hostless')[0].status, 404)
+
     def test_stored_html_comes_sandboxed(self):
         page = b'<script>fetch("/buckets/victim?force=true", {method: "DELETE"})</script>'
         self.assertEqual(self.request('PUT', '/buckets/pages/keys/p', page, {'Content-Type': 'text/html'})[0].status,
@@ -458,49 +609,111 @@ class TestRealServer(unittest.TestCase):
     def test_a_page_on_another_origin_in_a_real_browser_changes_nothing(self):
         # Headless Chromium opens a page of another site that POSTs a form, a
         # no-cors text/plain fetch and forged gossip to the store.
-        browser = shutil.which('chromium') or shutil.which('chromium-browser')
-        if browser is None:
-            raise unittest.SkipTest('chromium is not installed (make browser, or apt-get install chromium)')
         store = 'http://127.0.0.1:%d' % self.server.port
         now = time.time()
         forged = json.dumps({'partitions': {'p1': {'state': 'down', 'since': now, 'observed': now,
                                                    'last_error': 'forged'}}})
-        page = ('''<form id="f" method="POST" action="%(store)s/buckets/victim/keys/from-form">
+        seen = in_chromium(lambda site: '''<form id="f" method="POST" action="%(store)s/buckets/victim/keys/from-form">
 <input name="value" value="planted"></form><script>
 const post = (path, body) => fetch("%(store)s" + path, {method: "POST", mode: "no-cors",
     headers: {"Content-Type": "text/plain"}, body: body}).catch(() => null);
 Promise.all([post("/buckets/victim/keys/from-fetch", "planted"), post("/cluster/gossip", %(forged)s)])
   .then(() => fetch("/ran")).finally(() => document.getElementById("f").submit());
-</script>''' % {'store': store, 'forged': json.dumps(forged)}).encode()
-        seen = []
-
-        class AttackerSite(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                seen.append(self.path)
-                self.send_response(200)
-                self.send_header('Content-Type', 'text/html')
-                self.send_header('Content-Length', str(len(page)))
-                self.end_headers()
-                self.wfile.write(page)
-
-            def log_message(self, *args):
-                pass
-
-        site = http.server.ThreadingHTTPServer(('127.0.0.1', 0), AttackerSite)
-        threading.Thread(target=site.serve_forever, daemon=True).start()
-        profile = tempfile.mkdtemp(prefix='kvstore-chromium-')
-        try:
-            # localhost, not 127.0.0.1: another site, not only another origin.
-            subprocess.run([browser, '--headless', '--no-sandbox', '--disable-gpu', '--user-data-dir=' + profile,
-                            '--virtual-time-budget=5000', '--dump-dom',
-                            'http://localhost:%d/attack.html' % site.server_address[1]],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
-        finally:
-            site.shutdown()
-            site.server_close()
-            shutil.rmtree(profile, ignore_errors=True)
+</script>''' % {'store': store, 'forged': json.dumps(forged)})
         self.assertIn('/ran', seen, 'the page ran its script')
         for key in ('from-form', 'from-fetch'):
             self.assertEqual(self.request('GET', '/buckets/victim/keys/' + key)[0].status, 404, key)
         response, text = self.request('GET', '/cluster')
         self.assertEqual({p['state'] for p in strict_json(text)['partitions']}, {'up'})
+
+    def test_a_stored_value_runs_no_script_in_a_real_browser(self):
+        # Values whose Content-Type a browser reads as HTML or SVG (the last
+        # type of several), each framed by another site's page: a script in
+        # them would run on the store's origin, force-delete a bucket and
+        # tell the page.
+        self.assertEqual(self.request('PUT', '/buckets/kept/keys/k', b'v')[0].status, 201)
+        store = 'http://127.0.0.1:%d' % self.server.port
+        types = ('text/plain; a=b, text/html', 'image/png; a=b, text/html', 'audio/x;a=b,image/svg+xml',
+                 'text/html', 'image/svg+xml')
+
+        def attack(site):
+            frames = []
+            for i, content_type in enumerate(types):
+                script = ('fetch("/buckets/kept?force=true", {method: "DELETE"}).finally(() => '
+                          'fetch("%s/ran/%d", {mode: "no-cors"}))' % (site, i))
+                value = ('<svg xmlns="http://www.w3.org/2000/svg"><script>%s</script></svg>' % script
+                         if 'svg' in content_type else '<html><script>%s</script></html>' % script)
+                response, _ = self.request('PUT', '/buckets/pages/keys/v%d' % i, value.encode(),
+                                           {'Content-Type': content_type})
+                self.assertIn(response.status, (201, 400), content_type)
+                frames.append('<iframe src="%s/buckets/pages/keys/v%d"></iframe>' % (store, i))
+            return '%s<script>fetch("/loaded")</script>' % ''.join(frames)
+        seen = in_chromium(attack)
+        self.assertIn('/loaded', seen, 'the page ran its script')
+        self.assertEqual([path for path in seen if path.startswith('/ran')], [])
+        self.assertEqual(self.request('GET', '/buckets/kept/keys/k')[0].status, 200)
+
+
+class TestGossipReplayedToEveryWorker(unittest.TestCase):
+    """A captured signed message, sent again and again within its window to a
+    front end of several worker processes: taken once, by one of them."""
+
+    def test_a_replayed_message_is_refused_by_every_worker(self):
+        server = StoreServer.running(CONFIGURATION + '\n[cluster]\nsecret = %s\n' % SECRET, workers=3, threads=2)
+        self.addCleanup(server.cleanup)
+        self.addCleanup(server.stop)
+        now = time.time()
+        body = json.dumps({'partitions': {'p1': {'state': 'up', 'since': now - 60, 'observed': now,
+                                                 'last_error': None}}}).encode()
+        headers = dict(gossip.signed_headers(SECRET, gossip.REQUEST, '127.0.0.1:%d' % server.port, body),
+                       **{'Content-Type': 'application/json'})
+        statuses = []
+        for _ in range(12):
+            conn = server.connect()
+            try:
+                conn.request('POST', '/cluster/gossip', body, headers)
+                response = conn.getresponse()
+                answer = json.loads(response.read())
+                statuses.append(response.status)
+                if response.status == 403:
+                    self.assertEqual(answer['code'], 'gossip_refused')
+            finally:
+                conn.close()
+        self.assertEqual(sorted(statuses), [200] + [403] * 11)
+
+
+def in_chromium(page):
+    """The paths headless Chromium asked of another site (http://localhost:port,
+    another site than 127.0.0.1) while showing its page: page(site) is its HTML."""
+    browser = shutil.which('chromium') or shutil.which('chromium-browser')
+    if browser is None:
+        raise unittest.SkipTest('chromium is not installed (make browser, or apt-get install chromium)')
+    seen, html = [], []
+
+    class AttackerSite(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            body = html[0] if self.path == '/attack.html' else b''
+            self.send_response(200)
+            self.send_header('Content-Type', 'text/html')
+            self.send_header('Content-Length', str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    site = http.server.ThreadingHTTPServer(('127.0.0.1', 0), AttackerSite)
+    origin = 'http://localhost:%d' % site.server_address[1]
+    html.append(page(origin).encode())
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    profile = tempfile.mkdtemp(prefix='kvstore-chromium-')
+    try:
+        subprocess.run([browser, '--headless', '--no-sandbox', '--disable-gpu', '--user-data-dir=' + profile,
+                        '--virtual-time-budget=5000', '--dump-dom', origin + '/attack.html'],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+    finally:
+        site.shutdown()
+        site.server_close()
+        shutil.rmtree(profile, ignore_errors=True)
+    return seen

@@ -4,6 +4,7 @@ and parameters of a request.  The rest of the specification: test_api_negotiatio
 (documents and errors), test_api_versions.py (contexts, siblings, conditional
 requests, ETags), test_api_metadata.py, test_api_buckets.py (buckets, listings).
 """
+import json
 import random
 import time
 import unittest
@@ -150,6 +151,21 @@ class ValueSpecification(ApiSpecification):
         self.assertEqual(self.put('k', params='?w=one').status_int, 200)
         for r in ('1', '2', '3', 'one', 'quorum', 'all'):
             self.assertEqual(self.get('k', params='?r=' + r).body, b'value')
+
+    def test_primary_quorums_above_r_and_w_raise_them_and_succeed_with_every_owner_up(self):
+        # As Riak does: W is raised to PW (and R to PR), so a write that every
+        # owner took is never answered 503 for the request's own numbers.
+        for i, params in enumerate(('?w=1&pw=3', '?w=1&pw=all', '?w=2&pw=3', '?w=one&pw=2')):
+            receipt = self.put('k%d' % i, b'stored', params=params)
+            self.assertIn(receipt.status_int, (200, 201), receipt.text)
+            self.assertGreaterEqual(receipt.json['owners_acknowledged'], int(params[-1]) if params[-1] != 'l' else 3)
+            self.assertEqual(self.get('k%d' % i, params='?r=1&pr=3').body, b'stored')
+        # A bucket's own primary quorums, above the configured W and R (2).
+        self.app.put('/buckets/' + self.bucket, json.dumps({'pw': 3, 'pr': 3}),
+                     headers={'Content-Type': 'application/json'})
+        for i in range(5):
+            self.assertEqual(self.put('b%d' % i, b'stored', params='?w=1').json['owners_acknowledged'], 3)
+            self.assertEqual(self.get('b%d' % i, params='?r=1').body, b'stored')
 
     def test_quorum_out_of_range_is_400_and_changes_nothing(self):
         self.put('k', b'kept')

@@ -134,6 +134,49 @@ class BucketSpecification(ApiSpecification):
         listed = self.app.get(KEYS % self.bucket).json['keys']
         self.assertEqual(listed, sorted(set(keys) - {'\x1f'}, key=lambda k: k.encode('utf-8')))
 
+    def test_a_delimiter_lists_the_keys_of_one_level_and_each_folder_once(self):
+        keys = ['a.txt', 'img/1.png', 'img/2.png', 'img/sub/3.png', 'img/sub/4.png', 'img0', 'notes/x', 'z',
+                'img/\U0010ffffx']
+        for key in keys:
+            self.put(key, b'x' * len(key))
+        top = self.app.get(KEYS % self.bucket + '?delimiter=/').json
+        self.assertEqual((top['keys'], top['common_prefixes'], top['delimiter']),
+                         (['a.txt', 'img0', 'z'], ['img/', 'notes/'], '/'))
+        level = self.app.get(KEYS % self.bucket + '?prefix=img/&delimiter=/').json
+        self.assertEqual((level['keys'], level['common_prefixes']),
+                         (['img/1.png', 'img/2.png', 'img/\U0010ffffx'], ['img/sub/']))
+        # Paged: a folder is one entry, and the page after it goes on past every key in it.
+        entries, cursors, url = [], [], KEYS % self.bucket + '?delimiter=/&limit=2'
+        while url:
+            page = self.app.get(url)
+            entries.append(sorted(page.json['keys'] + page.json['common_prefixes']))
+            cursor = page.json['next_cursor']
+            if cursor:
+                self.assertIn('delimiter=%2F', page.headers['Link'])
+                cursors.append(cursor)
+            url = KEYS % self.bucket + '?' + urllib.parse.urlencode(
+                {'delimiter': '/', 'limit': 2, 'cursor': cursor}) if cursor else None
+        self.assertEqual(entries, [['a.txt', 'img/'], ['img0', 'notes/'], ['z']])
+        # And back: the page before the last one, from its previous_cursor.
+        back = self.app.get(KEYS % self.bucket + '?' + urllib.parse.urlencode(
+            {'delimiter': '/', 'limit': 2, 'before': page.json['previous_cursor']})).json
+        self.assertEqual((back['keys'], back['common_prefixes']), (['img0'], ['notes/']))
+        self.assertError(self.app.get(KEYS % self.bucket + '?delimiter=' + 'x' * 65, status=400), 400,
+                         'bad_parameter')
+
+    def test_details_give_each_key_s_size_type_and_date(self):
+        self.put('a', b'12345')
+        self.app.put(KEY % (self.bucket, 'b'), b'<p>', headers={'Content-Type': 'text/html'})
+        listed = self.app.get(KEYS % self.bucket + '?details=true').json
+        self.assertEqual([{k: v for k, v in d.items() if k != 'last_modified'} for d in listed['details']],
+                         [{'key': 'a', 'size': 5, 'content_type': 'text/plain',
+                           'etag': self.app.get(KEY % (self.bucket, 'a')).headers['ETag']},
+                          {'key': 'b', 'size': 3, 'content_type': 'text/html',
+                           'etag': self.app.get(KEY % (self.bucket, 'b')).headers['ETag']}])
+        self.assertEqual(listed['details'][0]['last_modified'],
+                         self.app.get(KEY % (self.bucket, 'a')).headers['Last-Modified'])
+        self.assertNotIn('details', self.app.get(KEYS % self.bucket).json)
+
     def test_listing_parameters_are_checked(self):
         self.put('a')
         self.assertError(self.app.get(KEYS % self.bucket + '?limit=0', status=400), 400, 'bad_parameter')

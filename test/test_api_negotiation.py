@@ -95,6 +95,31 @@ class NegotiationSpecification(ApiSpecification):
         self.assertError(response, 405, 'method_not_allowed')
         self.assertEqual(response.headers['Allow'], 'GET, HEAD')
 
+    def test_a_method_no_resource_takes_is_501_and_one_this_resource_does_not_take_405(self):
+        # RFC 9110 15.6.2: 501 when the server does not recognise the method for any resource.
+        for method, path in (('FOO', '/buckets'), ('PATCH', '/buckets/b/keys/k'), ('TRACE', '/')):
+            response = self.app.request(path, method=method, status=501, expect_errors=True)
+            self.assertError(response, 501, 'method_not_implemented')
+            self.assertNotIn('Allow', response.headers)
+            self.assertEqual(response.headers['X-Content-Type-Options'], 'nosniff')
+        for method, path, allow in (('DELETE', '/', 'GET, HEAD'), ('POST', '/buckets', 'GET, HEAD'),
+                                    ('OPTIONS', '/cluster', 'GET, HEAD'), ('GET', '/cluster/gossip', 'POST')):
+            response = self.app.request(path, method=method, status=405)
+            self.assertError(response, 405, 'method_not_allowed')
+            self.assertEqual(response.headers['Allow'], allow)
+            self.assertEqual(response.headers['X-Content-Type-Options'], 'nosniff')
+
+    def test_listings_without_an_etag_honour_if_match_and_if_none_match_star(self):
+        # RFC 9110 13.1.1-2: they exist, so "*" matches them and no entity-tag does.
+        self.app.put('/buckets/%s/keys/k' % self.bucket, b'v', headers={'Content-Type': 'text/plain'})
+        for path in ('/buckets', '/buckets/%s/keys' % self.bucket):
+            failed = self.app.get(path, headers={'If-Match': '"anything"'}, status=412)
+            self.assertError(failed, 412, 'precondition_failed')
+            self.assertEqual(self.app.get(path, headers={'If-Match': '*'}).status_int, 200)
+            unchanged = self.app.get(path, headers={'If-None-Match': '*'}, status=304)
+            self.assertEqual(unchanged.body, b'')
+            self.assertEqual(self.app.get(path, headers={'If-None-Match': '"anything"'}).status_int, 200)
+
 
 class TestApiNegotiationOnSQLite(support.OnSQLite, NegotiationSpecification, unittest.TestCase):
     pass

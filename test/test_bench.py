@@ -17,8 +17,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROW_FIELDS = {'name', 'system', 'what', 'connections', 'seconds', 'requests', 'rps', 'p50_ms', 'p99_ms',
               'p999_ms', 'mean_ms', 'max_ms', 'errors', 'statuses', 'socket_errors', 'server_ms', 'db_ms',
               'cpu_ms_per_req', 'server_ms_per_req', 'db_ms_per_req', 'wrk_cpu_pct', 'machine_cores',
-              'other_cores', 'attempt', 'bytes', 'split', 'deadlocks', 'disturbed', 'one_worker', 'etcd',
-              'measured', 'commit'}
+              'other_cores', 'attempt', 'bytes', 'split', 'deadlocks', 'statements_per_req', 'commits_per_req',
+              'disturbed', 'one_worker', 'etcd', 'measured', 'commit'}
 
 
 @unittest.skipUnless(shutil.which('wrk'), 'wrk not installed (Debian: apt-get install wrk)')

@@ -5,6 +5,7 @@ memory, interrupted uploads and Expect run against the real server process;
 a MariaDB server with a fixed-size tablespace fills up for real.
 """
 import base64
+import gzip
 import hashlib
 import http.client
 import os
@@ -88,6 +89,19 @@ class BlobSpecification(support.StoreSpecification):
         stale = self.app.get(self.url(), headers={'Range': 'bytes=0-9', 'If-Range': '"old"'}, status=200)
         self.assertEqual(stale.body, body)
         self.assertEqual(self.app.get(self.url()).headers['Accept-Ranges'], 'bytes')
+
+    def test_several_ranges_of_an_encoded_value_carry_its_encoding_in_each_part(self):
+        # RFC 9110 14.1.2: the ranges are of the stored (gzip) bytes; the multipart is not gzip.
+        body = gzip.compress(pattern(300, 5))
+        self.app.put(self.url('gz'), body, headers={'Content-Type': 'text/plain', 'Content-Encoding': 'gzip'})
+        got = self.app.get(self.url('gz'), headers={'Range': 'bytes=0-9,20-29'}, status=206)
+        self.assertNotIn('Content-Encoding', got.headers)
+        boundary = got.headers['Content-Type'].partition('; boundary=')[2].encode()
+        heads = [part.partition(b'\r\n\r\n')[0] for part in got.body.split(b'--' + boundary)[1:-1]]
+        self.assertEqual(len(heads), 2)
+        for head in heads:
+            self.assertIn(b'\r\nContent-Encoding: gzip\r\n', head)
+        self.assertEqual(int(got.headers['Content-Length']), len(got.body))
 
     def test_several_ranges_come_as_multipart_byteranges(self):
         small, big = pattern(100, 3), pattern(3 * CHUNK + 100, 4)
@@ -239,7 +253,8 @@ class TestFullPartition(unittest.TestCase):
         cls.server = MariaDBServer(cls.directory.path, 'tiny', options=[
             '--innodb-data-file-path=ibdata1:24M', '--innodb-file-per-table=0']).start()
         fields = {'engine': 'mysql', 'host': cls.server.host, 'port': cls.server.port,
-                  'user': cls.server.user, 'password': cls.server.password, 'database': 'kv_full'}
+                  'user': cls.server.store_user, 'password': cls.server.store_password,
+                  'database': 'kv_full'}
         cls.store = support.open_store({'tiny': fields}, replicas=1, r=1, w=1, chunk_size=CHUNK,
                                        max_value_bytes=256 * 1024 * 1024)
         cls.app = support.web_app(cls.store)

@@ -137,6 +137,20 @@ class TestKv(unittest.TestCase):
                 input=str(int(out) + 1).encode())
         self.assertEqual(self.kv('get', self.bucket, 'counter')[0], b'8')
 
+    def test_the_read_modify_write_loop_starts_with_the_key_s_first_write(self):
+        state = self.path('state')
+        self.kv('get', self.bucket, 'fresh', '--context-file', state, expect=1)   # no value yet: F says so
+        self.kv('put', self.bucket, 'fresh', '-', '--context-file', state, '--if-unchanged', input=b'1')
+        self.assertEqual(self.kv('get', self.bucket, 'fresh')[0], b'1')
+        # Another loop that read the key as absent loses: the key has a value now.
+        other = self.path('other')
+        self.kv('get', self.bucket, 'late', '--context-file', other, expect=1)
+        self.kv('put', self.bucket, 'late', '-', input=b'first')
+        _, err = self.kv('put', self.bucket, 'late', '-', '--context-file', other, '--if-unchanged',
+                         input=b'second', expect=3)
+        self.assertIn('precondition_failed', err)
+        self.assertEqual(self.kv('get', self.bucket, 'late')[0], b'first')
+
     def test_if_match_and_create(self):
         etag = self.kv('put', self.bucket, 'k', '-', '--create', input=b'one')[0].decode().strip()
         self.kv('put', self.bucket, 'k', '-', '--create', input=b'two', expect=3)
@@ -214,6 +228,25 @@ class TestKv(unittest.TestCase):
         self.kv('status', token='reader', expect=6)
         # --token overrides KV_TOKEN.
         self.kv('put', self.bucket, 'k', '-', '--token', 'tok-admin', input=b'w', token='reader')
+
+    def test_a_token_read_from_a_file_stays_out_of_the_process_list(self):
+        token_file = self.path('token', b'tok-admin\n')
+        for option in (['--token', '@' + token_file], ['--token-file', token_file]):
+            process = subprocess.Popen([KV, 'put', self.bucket, 'k', '-'] + option, stdin=subprocess.PIPE,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                       env={k: v for k, v in os.environ.items() if k != 'KV_TOKEN'} | {
+                                           'KV_URL': self.url})
+            try:
+                with open('/proc/%d/cmdline' % process.pid, 'rb') as f:
+                    self.assertNotIn(b'tok-admin', f.read())   # what ps shows
+                _, err = process.communicate(b'from a file', timeout=60)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+            self.assertEqual(process.returncode, 0, err)
+            self.assertEqual(self.kv('get', self.bucket, 'k')[0], b'from a file')
+        _, err = self.kv('get', self.bucket, 'k', '--token', '@' + self.path('missing'), token=None, expect=8)
+        self.assertIn('token file', err)
 
     def test_a_server_that_is_down_exits_5(self):
         _, err = self.kv('get', self.bucket, 'k', url='http://127.0.0.1:%d' % support.free_port(), expect=5)

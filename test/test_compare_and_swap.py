@@ -6,9 +6,12 @@ majority of the owners hold; when that owner cannot be reached it is refused
 with 503.  pr and pw count owners only, never fallbacks.
 """
 import json
+import threading
 import urllib.parse
 
+import sync
 from test import support
+from test.sync_support import SyncCase, sync_once
 from test.test_failures import FAST, FailureCase, server_of
 
 
@@ -126,3 +129,149 @@ class TestPrimaryQuorums(CompareAndSwapCase):
             self.assertEqual(response.json['parameter'], 'pr')
         self.app.put('/buckets/%s' % self.bucket, json.dumps({'pw': 4}),
                      headers={'Content-Type': 'application/json'}, status=400)
+
+
+class TestConditionalWritesDuringAViewChange(SyncCase):
+    """A partition added: one front end still on the four-partition ring, one
+    restarted with the fifth, the new view recorded (sync.py's first step).
+    They give some keys different first owners; compare-and-swap must still
+    let exactly one writer of an ETag through."""
+
+    ROUNDS = 60
+
+    def test_two_front_ends_on_different_rings_acknowledge_one_writer_of_an_etag(self):
+        self.assertEqual(sync_once(self.config)[2], sync.CONVERGED)   # epoch 1: the four partitions
+        five = dict(self.partitions, p5=dict(self.partitions['p1'],
+                                             database=self.partitions['p1']['database'] + '_p5'))
+        old, new = self.store, self.open(five)
+        old_app, new_app = support.web_app(old), support.web_app(new)
+        keys = [k for k in ('cas%d' % i for i in range(2000))
+                if old.ring.preference_list(self.bucket, k, 3)[0] != new.ring.preference_list(self.bucket, k, 3)[0]]
+        keys = keys[:self.ROUNDS]
+        self.assertEqual(len(keys), self.ROUNDS)
+        self.assertEqual(new.record_view()[0]['state'], 'rebalancing')
+
+        forked, statuses = [], []
+        for key in keys:
+            url = '/buckets/%s/keys/%s' % (self.bucket, key)
+            etag = old_app.put(url + '?w=3', b'0', headers={'Content-Type': 'text/plain'}).headers['ETag']
+            start, answers = threading.Barrier(2), {}
+
+            def write(name, app):
+                start.wait()
+                answers[name] = app.put(url, name.encode(), headers={'Content-Type': 'text/plain',
+                                                                     'If-Match': etag}, status='*').status_int
+            threads = [threading.Thread(target=write, args=(name, app))
+                       for name, app in (('old', old_app), ('new', new_app))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            statuses.append(sorted(answers.values()))
+            if sorted(answers.values()) == [200, 200]:
+                forked.append(key)
+            for app in (old_app, new_app):
+                # Never siblings: the key holds the one acknowledged write.
+                self.assertEqual(app.get(url + '?r=3', status='*').status_int, 200, key)
+        self.assertEqual(forked, [], statuses)
+        for answer in statuses:
+            self.assertEqual(answer.count(200), 1, statuses)
+            self.assertEqual(answer.count(412) + answer.count(503), 1, statuses)
+
+
+class TestIdempotencyKeys(CompareAndSwapCase):
+    """Idempotency-Key (the IETF httpapi draft): a write repeated with the same
+    key and body gets the first attempt's outcome, from any front end, even
+    after other writes or an answer lost to a 503."""
+
+    def send(self, app, method, key, body=b'', idempotency='"op-1"', status='*', headers=None, params=''):
+        headers = dict({'Content-Type': 'text/plain', 'Idempotency-Key': idempotency}, **(headers or {}))
+        if method == 'DELETE':
+            return app.delete(self.url(key, params), headers=headers, status=status)
+        return getattr(app, method.lower())(self.url(key, params), body, headers=headers, status=status)
+
+    def values(self, key):
+        response = self.app.get(self.url(key, '?r=3'), status='*')
+        return [response.body] if response.status_int == 200 else response.status_int
+
+    def test_a_repeated_write_gets_the_first_outcome_from_any_front_end(self):
+        first = self.send(self.app, 'PUT', 'k', b'one', status=201)
+        _, other = self.second_front_end()
+        again = self.send(other, 'PUT', 'k', b'one', status=201)
+        self.assertEqual(again.headers['ETag'], first.headers['ETag'])
+        self.assertTrue(again.json['replayed'])
+        self.assertNotIn('replayed', first.json)
+        self.assertEqual(self.values('k'), [b'one'])
+        self.assertEqual(len(self.store.get(self.bucket, 'k', r=3).versions), 1)
+
+    def test_the_same_key_with_another_body_is_refused(self):
+        self.send(self.app, 'PUT', 'k', b'one', status=201)
+        refused = self.send(self.app, 'PUT', 'k', b'two', status=422)
+        self.assertEqual(refused.json['code'], 'idempotency_key_reused')
+        self.assertEqual(self.send(self.app, 'PUT', 'k', b'one', headers={'Content-Type': 'text/csv'},
+                                   status=422).json['code'], 'idempotency_key_reused')
+        self.assertEqual(self.values('k'), [b'one'])
+        for bad in ('""', '"%s"' % ('x' * 256), '"tab\there"', 'two words', '"unterminated'):
+            response = self.send(self.app, 'PUT', 'k', b'one', idempotency=bad, status=400)
+            self.assertEqual(response.json['code'], 'bad_idempotency_key', bad)
+
+    def test_a_compare_and_swap_retried_after_other_writes_is_not_applied_twice(self):
+        etag = self.put(self.app, 'counter', b'0').headers['ETag']
+        first = self.send(self.app, 'PUT', 'counter', b'1', headers={'If-Match': etag}, status=200)
+        self.if_match(self.app, 'counter', first.headers['ETag'], b'2', status=200)
+        # The retry of the first (its answer lost): its outcome, not a 412 that
+        # would have the client read 2 and write 3.
+        retry = self.send(self.app, 'PUT', 'counter', b'1', headers={'If-Match': etag}, status=200)
+        self.assertEqual(retry.headers['ETag'], first.headers['ETag'])
+        self.assertEqual(self.values('counter'), [b'2'])
+
+    def test_a_write_answered_503_but_applied_is_retried_once(self):
+        key = 'k'
+        owners = self.store.ring.preference_list(self.bucket, key, 3)
+        server_of(self.cluster, owners[2]).kill()
+        lost = self.send(self.app, 'PUT', key, b'once', params='?pw=3', status=503)
+        self.assertIn('may have been applied', lost.json['message'])
+        server_of(self.cluster, owners[2]).restart()
+        self.store.health.succeeded(owners[2])
+        retry = self.send(self.app, 'PUT', key, b'once', params='?pw=3', status=201)
+        self.assertTrue(retry.json['replayed'])
+        self.assertEqual(sorted(retry.json['acknowledged']), sorted(owners))
+        self.assertEqual(self.values(key), [b'once'])
+        self.assertEqual(len(self.store.get(self.bucket, key, r=3).versions), 1)
+
+    def test_a_create_with_a_server_chosen_key_and_a_delete_are_idempotent_too(self):
+        collection = '/buckets/%s/keys' % self.bucket
+        headers = {'Content-Type': 'text/plain', 'Idempotency-Key': '"create-1"'}
+        created = self.app.post(collection, b'x', headers=headers, status=201)
+        again = self.app.post(collection, b'x', headers=headers, status=201)
+        self.assertEqual(again.headers['Location'], created.headers['Location'])
+        self.assertEqual(len(self.app.get(collection).json['keys']), 1)
+        key = created.headers['Location'].rsplit('/', 1)[1]
+        self.send(self.app, 'DELETE', key, idempotency='"delete-1"', status=200)
+        self.assertTrue(self.send(self.app, 'DELETE', key, idempotency='"delete-1"', status=200).json['replayed'])
+
+
+class TestIfUnmodifiedSince(CompareAndSwapCase):
+    """Dates are whole seconds: two writers holding the same Last-Modified,
+    writing within that second, must not both be answered 200."""
+
+    def test_two_writers_holding_one_last_modified_let_one_through(self):
+        outcomes = []
+        for i in range(10):
+            key = 'dated%d' % i
+            self.put(self.app, key, b'0')
+            date = self.app.get(self.url(key)).headers['Last-Modified']
+            outcomes.append(sorted(
+                self.app.put(self.url(key), value, headers={'Content-Type': 'text/plain',
+                                                             'If-Unmodified-Since': date}, status='*').status_int
+                for value in (b'1', b'2')))
+        self.assertEqual(outcomes, [[200, 412]] * 10)
+
+    def test_a_date_taken_after_the_last_write_still_lets_a_write_through(self):
+        self.put(self.app, 'k', b'0')
+        later = 'Fri, 31 Dec 2100 23:59:59 GMT'
+        self.app.put(self.url('k'), b'1', headers={'Content-Type': 'text/plain', 'If-Unmodified-Since': later},
+                     status=200)
+        self.app.put(self.url('k'), b'2', headers={'Content-Type': 'text/plain', 'If-Unmodified-Since': later},
+                     status=200)
+        self.assertEqual(self.app.get(self.url('k')).body, b'2')

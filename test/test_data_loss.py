@@ -223,6 +223,7 @@ class MariaDBPartitionLoss(unittest.TestCase):
         backup = self.dump_p1()
         expected = dict.fromkeys(keys, b'first')   # the last acknowledged write's value; None: deleted
         uncertain = set()                           # keys whose last write failed: it may have been applied
+        not_found = []                              # deletes answered "no such key" for a key that exists
         stop, rng = threading.Event(), random.Random(17)
 
         def write():
@@ -242,6 +243,8 @@ class MariaDBPartitionLoss(unittest.TestCase):
                             else:
                                 self.store.delete(self.bucket, key, context=context, w=3)
                     except NotFound:
+                        if expected[key] is not None and key not in uncertain:
+                            not_found.append((key, expected[key]))
                         continue
                     except Unavailable:
                         uncertain.add(key)
@@ -264,6 +267,7 @@ class MariaDBPartitionLoss(unittest.TestCase):
             if status == sync.CONVERGED:
                 break
         self.assertEqual(status, sync.CONVERGED, [r.summary for r in results.values()])
+        self.assertEqual(not_found, [], 'a delete did not find a key whose write was acknowledged')
         for key in set(keys) - uncertain:
             found = self.values(self.store, key)
             if expected[key] is None:
@@ -326,16 +330,22 @@ class TestChunkGarbageAndUploads(unittest.TestCase):
             """A client's body that stalls after its first chunk while gc runs."""
             def __init__(self):
                 self.parts = [b'a' * 1024, b'b' * 1024, b'c' * 100]
+                self.collected = None   # gc's result, once it ran
 
             def read(self, size):
                 if len(self.parts) == 1:   # two chunks stored, the third not yet read
                     time.sleep(1.2)
-                    sync_once(config, 'gc')
+                    self.collected = sync_once(config, 'gc')[0]['gc'].counts
                 return self.parts.pop(0) if self.parts else b''
+        body = Slow()
         try:
-            self.store.put(self.bucket, 'big', Slow(), 'application/octet-stream', w=1)
+            self.store.put(self.bucket, 'big', body, 'application/octet-stream', w=1)
         except Unavailable:
-            return   # refused: nothing acknowledged
+            # Refused because gc took the first chunks: nothing acknowledged, nothing readable.
+            self.assertGreater(body.collected['chunked_versions_removed'], 0, body.collected)
+            self.assertEqual(self.store.get(self.bucket, 'big').current, [])
+            return
+        self.assertIsNotNone(body.collected)
         version = self.store.get(self.bucket, 'big').current[0]
         self.assertEqual(len(b''.join(self.store.open_value(version))), 2148)
 
@@ -429,3 +439,76 @@ class TestReconcilerFinishes(unittest.TestCase):
         self.assertEqual((status, results['gc'].counts['tombstones_reaped']), (sync.CONVERGED, 2),
                          results['gc'].summary)
         self.assertNotIn((self.bucket, 'k'), holdings(self.store))
+
+
+class TestForcedBucketDeleteStaysDeleted(unittest.TestCase):
+    """DELETE /buckets/b?force=true, on real MariaDB, while versions of the
+    bucket's keys are on their way: a hand-off holding a batch of hints, a
+    replica's write (a w=1 write's lazy copy), read repair, a hint stored,
+    sync.py's repair.  None may bring a key back once the delete returned."""
+
+    def setUp(self):
+        self.cluster = shared_cluster()
+        self.partitions = support.mariadb_partitions(self.cluster)
+        self.store = support.open_store(self.partitions)
+        self.addCleanup(self.store.close)
+        self.app = support.web_app(self.store)
+        self.bucket = support.unique()
+        self.keys = ['k%d' % i for i in range(40)]
+
+    def force_delete(self):
+        self.assertEqual(self.app.delete('/buckets/%s?force=true' % self.bucket).status_int, 200)
+
+    def assertStaysDeleted(self):
+        readable = [k for k in self.keys if self.store.get(self.bucket, k, r=3).current]
+        held = {p: [k for k in self.keys if engine.read(self.bucket, k)] for p, engine in self.store.engines.items()}
+        self.assertEqual(readable, [])
+        self.assertEqual({p: keys for p, keys in held.items() if keys}, {})
+        self.assertEqual(self.store.list_keys(self.bucket).keys, [])
+        self.assertEqual(sum(e.hint_counts().get(p, (0,))[0] for e in self.store.engines.values()
+                             for p in self.store.engines), 0)
+
+    def test_versions_in_flight_when_the_bucket_is_dropped_are_refused(self):
+        in_flight = {}
+        for key in self.keys:
+            self.store.put(self.bucket, key, b'v', 'text/plain', w=3)
+            owners = self.store.placement(self.bucket, key)[0]
+            in_flight[key] = (owners, self.store.engines[owners[0]].read(self.bucket, key)[0])
+        self.force_delete()
+        for i, (key, (owners, version)) in enumerate(in_flight.items()):
+            engine = self.store.engines[owners[i % 3]]
+            way = i % 4
+            if way == 0:     # a replica's write, as replication.py sends it (a w=1 write's lazy copy)
+                engine.finish_apply(engine.send_apply(self.bucket, key, version, []))
+            elif way == 1:   # read repair, a hint delivered
+                engine.apply(self.bucket, key, version)
+            elif way == 2:   # sync.py's repair and rebalance
+                engine.apply_many([(self.bucket, key, version)])
+            else:            # a write that stores a hint for an owner it could not reach
+                fallback = self.store.placement(self.bucket, key)[1][0]
+                self.store.engines[fallback].store_hint(owners[0], self.bucket, key, version)
+                self.store.hand_off(owners[0])
+        self.assertStaysDeleted()
+
+    def test_a_hand_off_holding_a_batch_of_hints_does_not_bring_keys_back(self):
+        target = 'p2'
+        self.store.health.failed(target, 'a test says so')   # the writes leave hints for it
+        for key in self.keys:
+            self.store.put(self.bucket, key, b'v', 'text/plain', w=2)
+        holders = [p for p, e in self.store.engines.items() if e.hint_counts().get(target)]
+        self.assertTrue(holders)
+        self.store.health.succeeded(target)
+        deliveries = self.store.handoff._deliver(holders[0], target, 500)
+        next(deliveries)   # the batch read, one hint delivered
+        self.force_delete()
+        for _ in deliveries:   # the rest of the batch, delivered after the delete returned
+            pass
+        self.store.hand_off(target)
+        self.assertStaysDeleted()
+
+    def test_a_bucket_recreated_after_the_drop_takes_new_writes(self):
+        self.store.put(self.bucket, 'k0', b'old', 'text/plain', w=3)
+        self.force_delete()
+        receipt = self.store.put(self.bucket, 'k0', b'new', 'text/plain', w=3)
+        self.assertEqual(sorted(receipt.acknowledged), sorted(receipt.preference_list))
+        self.assertEqual([v.value for v in self.store.get(self.bucket, 'k0', r=3).current], [b'new'])

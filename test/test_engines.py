@@ -258,3 +258,116 @@ class TestApplyOnMariaDB(support.OnMariaDB, ApplySpecification, unittest.TestCas
 
 class TestApplyInHalvesOnMariaDB(support.OnMariaDB, ApplySpecification, unittest.TestCase):
     halves = True
+
+
+class TestNeighbouringNewKeysOnMariaDB(support.OnMariaDB, support.StoreSpecification, unittest.TestCase):
+    """Many writers of neighbouring new keys at once, through the coordinator
+    and the replicas: InnoDB never has to break a deadlock (each one a
+    transaction retried with backoff), and every write lands."""
+    writers, keys_each = 24, 12
+
+    @staticmethod
+    def deadlocks():
+        from test.mariadb import shared_cluster
+        total = 0
+        for server in shared_cluster().servers:
+            conn = server.connect(autocommit=True)
+            try:
+                with conn.cursor() as cursor:
+                    cursor.execute("SHOW GLOBAL STATUS LIKE 'Innodb_deadlocks'")
+                    total += int(cursor.fetchone()[1])
+            finally:
+                conn.close()
+        return total
+
+    def test_writers_of_neighbouring_new_keys_never_deadlock(self):
+        keys = ['k%05d' % i for i in range(self.writers * self.keys_each)]
+        errors, start = [], threading.Barrier(self.writers)
+
+        def writer(mine):
+            try:
+                start.wait()
+                for key in mine:
+                    self.store.put(self.bucket, key, key.encode(), 'text/plain')
+            except Exception:
+                errors.append(traceback.format_exc())
+
+        before = self.deadlocks()
+        threads = [threading.Thread(target=writer, args=(keys[i::self.writers],)) for i in range(self.writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(errors, [])
+        self.assertEqual(self.deadlocks() - before, 0)
+        for key in keys:
+            self.assertEqual([v.value for v in self.store.get(self.bucket, key).current], [key.encode()])
+
+
+class TestCoalescedReplicaWritesOnMariaDB(support.OnMariaDB, support.StoreSpecification, unittest.TestCase):
+    """Replica writes a front end sends a partition while one of its writes
+    there is under way wait, and go together: one transaction, one commit."""
+
+    def setUp(self):
+        super().setUp()
+        self.engine = self.store.engines['p1']
+
+    def commits(self):
+        params = self.engine.params
+        conn = pymysql.connect(host=params['host'], port=params['port'], user=params['user'],
+                               password=params['password'], autocommit=True)
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute("SHOW GLOBAL STATUS LIKE 'Com_commit'")
+                return int(cursor.fetchone()[1])
+        finally:
+            conn.close()
+
+    def holds(self, key):
+        return sorted(v.version_id for v in self.engine.read(self.bucket, key))
+
+    def test_writes_sent_while_one_is_under_way_commit_together(self):
+        versions = {key: write('p2') for key in ('k1', 'k2', 'k3')}
+        before = self.commits()
+        sent = {key: self.engine.send_apply(self.bucket, key, version, []) for key, version in versions.items()}
+        # The last one's answer is read first: it reads the first batch's on the way.
+        self.assertTrue(self.engine.finish_apply(sent['k3']))
+        self.assertTrue(self.engine.finish_apply(sent['k1']))
+        self.assertTrue(self.engine.finish_apply(sent['k2']))
+        self.assertEqual(self.commits() - before, 2)   # k1 alone, then k2 and k3 together
+        for key, version in versions.items():
+            self.assertEqual(self.holds(key), [version.version_id])
+
+    def test_large_values_go_one_batch_each(self):
+        from kvstore.engines.coalescing import MAX_BATCH_BYTES
+        large = {key: Version.new({}, ('p2', i + 1), b'v' * (MAX_BATCH_BYTES // 2 + 1), 'text/plain')
+                 for i, key in enumerate(('l1', 'l2', 'l3'))}
+        before = self.commits()
+        sent = [self.engine.send_apply(self.bucket, key, version, []) for key, version in large.items()]
+        self.assertEqual([self.engine.finish_apply(s) for s in reversed(sent)], [True, True, True])
+        self.assertEqual(self.commits() - before, 3)
+        for key, version in large.items():
+            self.assertEqual(self.holds(key), [version.version_id])
+
+    def test_a_write_abandoned_before_it_went_is_not_sent(self):
+        first, second = write('p2'), write('p2')
+        sent = self.engine.send_apply(self.bucket, 'first', first, [])
+        waiting = self.engine.send_apply(self.bucket, 'second', second, [])
+        self.engine.abandon_query(waiting)
+        self.assertTrue(self.engine.finish_apply(sent))
+        self.assertEqual(self.holds('first'), [first.version_id])
+        self.assertEqual(self.holds('second'), [])
+        third = write('p2')
+        self.assertTrue(self.engine.finish_apply(self.engine.send_apply(self.bucket, 'third', third, [])))
+        self.assertEqual(self.holds('third'), [third.version_id])
+
+    def test_writes_of_one_key_in_one_batch_keep_what_neither_supersedes(self):
+        old = write('p2')
+        self.engine.apply(self.bucket, 'k', old)
+        new = write('p2', held=[old])
+        sibling = write('p3')
+        first = self.engine.send_apply(self.bucket, 'other', write('p2'), [])
+        sent = [self.engine.send_apply(self.bucket, 'k', new, [old.version_id]),
+                self.engine.send_apply(self.bucket, 'k', sibling, [])]
+        self.assertEqual([self.engine.finish_apply(s) for s in [first] + sent], [True, True, True])
+        self.assertEqual(self.holds('k'), sorted([new.version_id, sibling.version_id]))

@@ -321,7 +321,8 @@ class TestGossip(unittest.TestCase):
         """A front end's view, asked through (signed) gossip so that it probes nothing."""
         body = json.dumps({'partitions': {}}).encode()
         request = urllib.request.Request('http://127.0.0.1:%d/cluster/gossip' % port, data=body, headers=dict(
-            gossip.signed_headers(CLUSTER_SECRET, gossip.REQUEST, body), **{'Content-Type': 'application/json'}))
+            gossip.signed_headers(CLUSTER_SECRET, gossip.REQUEST, '127.0.0.1:%d' % port, body),
+            **{'Content-Type': 'application/json'}))
         with urllib.request.urlopen(request, timeout=5) as response:
             return json.loads(response.read())['partitions']
 
@@ -409,6 +410,8 @@ class TestReadiness(FailureCase):
         self.assertTrue(self.app.get('/ready').json['ready'])   # 3 of 4 answer: R = W = 2
         server_of(self.cluster, 'p2').kill()
         server_of(self.cluster, 'p3').kill()
+        # /ready asks the partitions at most once a second (status.READY_SECONDS).
+        support.wait_until(lambda: self.app.get('/ready', status='*').status_int == 503, timeout=10)
         response = self.app.get('/ready', status=503)
         self.assertEqual(response.json['partitions']['p4'], 'up')
         self.assertNotEqual(response.json['partitions']['p1'], 'up')

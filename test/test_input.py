@@ -6,6 +6,7 @@ import unittest
 
 import webtest
 
+from kvstore.coordinator.versions import context_binding
 from kvstore.errors import BadRequest
 from test import support
 
@@ -13,10 +14,12 @@ KEY = '/buckets/%s/keys/%s'
 DEEP = '[' * 100000 + ']' * 100000
 
 
-def token(clock):
-    """A context as the store encoded one before contexts were bound to their
-    key (a plain clock, still taken), for a clock of the test's choosing."""
-    return base64.urlsafe_b64encode(json.dumps(clock).encode()).decode().rstrip('=')
+def token(clock, bucket=None, key='k'):
+    """A context for a clock of the test's choosing: bound to bucket/key as the
+    store binds those it issues, or (no bucket) a plain clock, the form
+    contexts had before they were bound."""
+    document = clock if bucket is None else {'c': clock, 'k': context_binding(bucket, key)}
+    return base64.urlsafe_b64encode(json.dumps(document).encode()).decode().rstrip('=')
 
 
 class InputSpecification(support.StoreSpecification):
@@ -102,25 +105,63 @@ class ContextSpecification(InputSpecification):
         self.assertNothingStored()
 
     def test_a_context_naming_partitions_not_configured_is_400_and_stores_nothing(self):
-        for clock in ({'nowhere': 1}, {'p1': 1, 'p99': 2}, {'': 1}, {'.p1': 1}, {'p1x.1': 3}):
-            self.assertError(self.put('k', {'X-Context': token(clock)}, status=400), 400, 'bad_context')
+        for clock in ({'nowhere': 1}, {'p1': 1, 'p99': 2}, {'': 1}, {'.p1': 1}, {'p1x.1': 3}, {'p2.3f9a': 1}):
+            self.assertError(self.put('k', {'X-Context': token(clock, self.bucket)}, status=400), 400, 'bad_context')
         self.assertNothingStored()
         # Configured partitions, bare or with an incarnation, are taken.
-        written = self.put('k', {'X-Context': token({'p1': 4, 'p2.3f9a': 1})})
+        written = self.put('k', {'X-Context': token({'p1': 4, 'p2.3f9a0c2d41b7': 1}, self.bucket)})
         self.assertEqual(written.status_int, 201)
         self.assertGreaterEqual(written.json['clock']['p1'], 4)
-        self.assertEqual(written.json['clock']['p2.3f9a'], 1)
+        self.assertEqual(written.json['clock']['p2.3f9a0c2d41b7'], 1)
 
     def test_a_context_with_hundreds_of_actors_or_kilobytes_is_400_and_stores_nothing(self):
-        many = {'p1.%d' % i: 1 for i in range(256)}
-        self.assertError(self.put('k', {'X-Context': token(many)}, status=400), 400, 'bad_context')
+        many = {'p1.%012x' % i: 1 for i in range(256)}
+        self.assertError(self.put('k', {'X-Context': token(many, self.bucket)}, status=400), 400, 'bad_context')
         long_names = {'p1.' + 'x' * 2000: 1, 'p2.' + 'y' * 2000: 1}
-        self.assertError(self.put('k', {'X-Context': token(long_names)}, status=400), 400, 'bad_context')
-        self.assertError(self.put('k', {'X-Context': token({'p1': 10 ** 30})}, status=400), 400, 'bad_context')
+        self.assertError(self.put('k', {'X-Context': token(long_names, self.bucket)}, status=400), 400,
+                         'bad_context')
+        self.assertError(self.put('k', {'X-Context': token({'p1': 10 ** 30}, self.bucket)}, status=400), 400,
+                         'bad_context')
         self.assertNothingStored()
         # A later write without a context leaves nothing of them behind.
         written = self.put('k')
         self.assertLess(len(written.headers['X-Context']), 100)
+
+
+    def test_forged_actors_cannot_poison_a_key(self):
+        # Two writes whose contexts name forged actors of about 2,900 characters.
+        for actor in ('p1.' + 'a' * 2900, 'p2.' + 'b' * 2900):
+            self.assertError(self.put('k', {'X-Context': token({actor: 1}, self.bucket)}, status=400), 400,
+                             'bad_context')
+        self.assertNothingStored()
+        # A key such writes poisoned before they were refused (siblings whose
+        # clocks name them) is resolved by a read and a write of its context.
+        for actor in ('p1.' + 'a' * 2900, 'p2.' + 'b' * 2900):
+            self.store.put(self.bucket, 'k', b'v', 'text/plain', context={actor: 1})
+        siblings = self.app.get(KEY % (self.bucket, 'k'), status=300)
+        self.assertLess(len(siblings.headers['X-Context']), 200)
+        resolved = self.put('k', {'X-Context': siblings.headers['X-Context']})
+        self.assertEqual(resolved.status_int, 200, resolved.text)
+        self.assertLess(len(self.app.get(KEY % (self.bucket, 'k')).headers['X-Context']), 200)
+
+    def test_a_context_bound_to_no_key_or_from_the_future_is_400_and_replaces_nothing(self):
+        def clock_of(response):
+            context = response.headers['X-Context']
+            return json.loads(base64.urlsafe_b64decode(context + '=' * (-len(context) % 4)))['c']
+        first = self.put('k', body=b'zero').headers['X-Context']
+        for body in (b'one', b'two'):   # the same context: siblings
+            self.put('k', {'X-Context': first}, body=body)
+        siblings = self.app.get(KEY % (self.bucket, 'k'), status=300)
+        self.assertEqual(len(siblings.json['siblings']), 2)
+        # Another key written later through k's coordinator: its clock covers k's versions.
+        coordinator = self.store.ring.preference_list(self.bucket, 'k', 3)[0]
+        other = next(k for k in ('a%d' % i for i in range(200))
+                     if self.store.ring.preference_list(self.bucket, k, 3)[0] == coordinator)
+        plain = token(clock_of(self.put(other)))
+        ahead = {actor: count + 3600 * 10 ** 6 for actor, count in clock_of(siblings).items()}
+        for context in (plain, token(ahead, self.bucket)):
+            self.assertError(self.put('k', {'X-Context': context}, body=b'erased?', status=400), 400, 'bad_context')
+        self.assertEqual(len(self.app.get(KEY % (self.bucket, 'k'), status=300).json['siblings']), 2)
 
 
 class HeaderSpecification(InputSpecification):
@@ -163,6 +204,10 @@ class TestJsonOnSQLite(support.OnSQLite, JsonSpecification, unittest.TestCase):
 
 
 class TestContextOnSQLite(support.OnSQLite, ContextSpecification, unittest.TestCase):
+    pass
+
+
+class TestContextOnMariaDB(support.OnMariaDB, ContextSpecification, unittest.TestCase):
     pass
 
 

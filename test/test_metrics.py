@@ -150,7 +150,7 @@ class TestMetricsOfTheRealServer(unittest.TestCase):
         counted = collections.Counter(self.http_counts(after))
         counted.subtract(self.http_counts(before))
         self.assertEqual({k: v for k, v in counted.items() if v}, dict(sent))
-        self.assertIn(('key', 'PATCH', '405'), sent)
+        self.assertIn(('key', 'PATCH', '501'), sent)   # a method no resource takes (RFC 9110 15.6.2)
         answered = [pid for pid, n in self.server.served().items() if n > served_before.get(pid, 0)]
         self.assertGreaterEqual(len(answered), 2, 'several workers answered')
         # The latency histogram counts each request once, in its +Inf bucket too.
@@ -180,6 +180,14 @@ class TestMetricsOfTheRealServer(unittest.TestCase):
         # As the answering worker sees them (`gone` down once it has called it).
         up = {dict(k)['partition']: v for k, v in labelled(after, 'kvstore_partition_up').items()}
         self.assertEqual((up.pop('p1'), up.pop('p2'), up.pop('p3'), list(up)), (1, 1, 1, ['gone']))
+
+    def test_every_series_of_each_partition_is_there_at_zero_before_it_counts(self):
+        found = self.scrape()
+        partitions = SQLITE + ('gone',)
+        calls = {(dict(k)['partition'], dict(k)['outcome']) for k in labelled(found, 'kvstore_replica_calls_total')}
+        self.assertLessEqual({(p, o) for p in partitions for o in ('ok', 'error', 'timeout', 'refused')}, calls)
+        hints = {dict(k)['partition'] for k in labelled(found, 'kvstore_hints_stored_total')}
+        self.assertLessEqual(set(partitions), hints)
 
     def test_the_hints_written_for_a_partition_are_those_waiting_for_it(self):
         bucket = support.unique()

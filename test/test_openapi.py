@@ -24,6 +24,7 @@ from hypothesis import strategies
 from schemathesis.generation import GenerationMode
 
 import controller
+from test import support
 from test.server import REPO, StoreServer
 from test.test_server import CONFIGURATION
 from kvstore.coordinator.versions import context_binding
@@ -150,6 +151,16 @@ class TestDescriptionMatchesRoutes(unittest.TestCase):
             described[resource] = template
         self.assertEqual(set(described), {resource for _, resource in routes()},
                          'routes without a description')
+
+    def test_keys_are_described_as_long_as_the_store_takes_them(self):
+        # key_length: at most 1024 bytes of UTF-8 (docs/API.md), so at most 1024 characters.
+        limit = support.build_config(support.sqlite_partitions('/nonexistent')).key_length
+        spec = load_spec()
+        located = next(p for p in spec['paths']['/cluster/locate']['get']['parameters'] if p.get('name') == 'key')
+        for schema in (spec['components']['parameters']['Key']['schema'], located['schema']):
+            self.assertEqual(schema['maxLength'], limit)
+        with open(os.path.join(REPO, 'docs', 'API.md'), encoding='utf-8') as f:
+            self.assertIn('1 to `key_length` (default and maximum %d) bytes of UTF-8' % limit, f.read())
 
     def test_every_error_code_the_controller_maps_is_an_error_document(self):
         error = load_spec()['components']['schemas']['Error']

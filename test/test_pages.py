@@ -19,6 +19,8 @@ import zlib
 from kvstore.coordinator import gossip
 from kvstore.coordinator.ring import key_point
 from test import support
+from test.mariadb import shared_cluster
+from test.mariadb_grants import drop_user, without_privilege
 from test.server import REPO, StoreServer
 from test.test_access import SECRET, token_section
 from test.test_server import CONFIGURATION
@@ -150,7 +152,7 @@ class PagesOnSQLite(support.OnSQLite, support.StoreSpecification, unittest.TestC
         for key in HOSTILE:
             self.put(key, body=key.encode())
         listing = self.app.get('/buckets/%s/keys' % self.bucket, headers=HTML)
-        for header, value in (('Content-Security-Policy', 'sandbox'), ('X-Content-Type-Options', 'nosniff')):
+        for header, value in (('Content-Security-Policy', 'sandbox allow-forms'), ('X-Content-Type-Options', 'nosniff')):
             self.assertEqual(listing.headers[header], value)
         for key in HOSTILE:
             self.assertInert(Page(listing.text), key)
@@ -264,10 +266,8 @@ class GossipObserver(support.OnSQLite, support.StoreSpecification, unittest.Test
         observed = time.time() - 5
         body = json.dumps({'partitions': {'p2': {'state': 'down', 'since': observed, 'observed': observed,
                                                  'last_error': 'refused', 'observer': 'fe-2:8080/77'}}}).encode()
-        timestamp = '%.3f' % time.time()
-        self.app.post('/cluster/gossip', body, headers={
-            'Content-Type': 'application/json', gossip.TIMESTAMP: timestamp,
-            gossip.SIGNATURE: gossip.signature(SECRET, gossip.REQUEST, timestamp, body)})
+        self.app.post('/cluster/gossip', body, headers=dict(
+            gossip.signed_headers(SECRET, gossip.REQUEST, 'localhost:80', body), **{'Content-Type': 'application/json'}))
         p2 = {p['name']: p for p in self.app.get('/cluster').json['partitions']}['p2']
         self.assertEqual((p2['state'], p2['observer'], p2['last_error']), ('down', 'fe-2:8080/77', 'refused'))
         self.assertGreaterEqual(p2['observed_seconds_ago'], 5)
@@ -333,16 +333,14 @@ def png_pixels(path):
     return width, height, [tuple(row[i:i + 3]) for row in rows for i in range(0, stride, step)]
 
 
-class InABrowser(unittest.TestCase):
-    """Headless Chromium against serve.py: it follows the listing's links and
-    its screenshots of the cluster page and a listing are kept in test-artifacts/."""
+class Browser:
+    """Headless Chromium against cls.server (serve.py), its screenshots kept in test-artifacts/."""
 
     @classmethod
-    def setUpClass(cls):
+    def find_browser(cls):
         cls.browser = shutil.which('chromium') or shutil.which('chromium-browser')
         if cls.browser is None:
             raise unittest.SkipTest('chromium is not installed (make browser, or apt-get install chromium)')
-        cls.server = StoreServer.running(CONFIGURATION, workers=1, threads=4)
         cls.profile = tempfile.mkdtemp(prefix='kvstore-chromium-')
         os.makedirs(ARTIFACTS, exist_ok=True)
 
@@ -360,22 +358,31 @@ class InABrowser(unittest.TestCase):
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=60)
         return result.stdout.decode('utf-8')
 
-    def put(self, key, body=b'v', content_type='text/plain'):
+    def screenshot(self, name, path, size=(1200, 900)):
+        shot = os.path.join(ARTIFACTS, name)
+        if os.path.exists(shot):
+            os.remove(shot)
+        self.chromium(path, '--screenshot=' + shot, '--window-size=%d,%d' % size)
+        print('screenshot: %s' % shot)
+        return png_pixels(shot)
+
+
+class InABrowser(Browser, unittest.TestCase):
+    """It follows the listing's links; screenshots of the cluster page and a listing."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.find_browser()
+        cls.server = StoreServer.running(CONFIGURATION, workers=1, threads=4)
+
+    def put(self, key, body=b'v', content_type='text/plain', bucket='pages'):
         conn = self.server.connect()
         try:
-            conn.request('PUT', '/buckets/pages/keys/' + urllib.parse.quote(key, safe=''), body,
+            conn.request('PUT', '/buckets/%s/keys/' % bucket + urllib.parse.quote(key, safe=''), body,
                          {'Content-Type': content_type})
             self.assertEqual(conn.getresponse().status, 201)
         finally:
             conn.close()
-
-    def screenshot(self, name, path):
-        shot = os.path.join(ARTIFACTS, name)
-        if os.path.exists(shot):
-            os.remove(shot)
-        self.chromium(path, '--screenshot=' + shot, '--window-size=1200,900')
-        print('screenshot: %s' % shot)
-        return png_pixels(shot)
 
     def test_a_person_pages_through_a_listing_and_sees_the_ring(self):
         keys = sorted(['key-%02d' % i for i in range(5)] + list(HOSTILE))
@@ -401,3 +408,89 @@ class InABrowser(unittest.TestCase):
         # The ring is drawn: its arcs are green (every partition is up).
         green = sum(1 for pixel in pixels if pixel == (0x2e, 0x8b, 0x57))
         self.assertGreater(green, 10000, 'the ring of arcs is on the screenshot')
+
+
+    def test_a_person_browses_keys_by_folder_with_their_details_and_searches_on_a_phone(self):
+        for key, body, content_type in (('photos/2024/paris/eiffel tower.jpg', PNG, 'image/png'),
+                                        ('photos/2024/rome.jpg', PNG, 'image/png'),
+                                        ('photos/readme.txt', b'what is here', 'text/plain'),
+                                        ('photos/2023/' + 'a-very-long-file-name-' * 6 + '.txt', b'x', 'text/plain')):
+            self.put(key, body, content_type, bucket='browsed')
+        top = Page(self.chromium('/buckets/browsed/keys?prefix=photos/&delimiter=/', '--dump-dom'))
+        folders = [href for href in top.hrefs() if 'delimiter=' in href and 'prefix=photos%2F20' in href]
+        self.assertEqual(sorted(urllib.parse.parse_qs(urllib.parse.urlsplit(h).query)['prefix'][0] for h in folders),
+                         ['photos/2023/', 'photos/2024/'])
+        self.assertIn('12 bytes', top.text())   # readme.txt's size,
+        self.assertIn('text/plain', top.text())  # type
+        form = [attrs for tag, attrs in top.tags if tag == 'form']
+        self.assertEqual(form, [{'method': 'get', 'action': '/buckets/browsed/keys', 'role': 'search'}])
+        self.assertIn(('input', {'type': 'search', 'name': 'prefix', 'value': 'photos/'}), top.tags)
+        # The folder one level down, as its link leads, and the search's answer (a GET of the form).
+        down = Page(self.chromium(next(h for h in folders if '2024' in h), '--dump-dom'))
+        self.assertEqual(down.linked(['paris/', 'rome.jpg']), ['paris/', 'rome.jpg'])
+        searched = Page(self.chromium('/buckets/browsed/keys?prefix=photos%2F2024%2Fr&delimiter=%2F', '--dump-dom'))
+        self.assertEqual(searched.linked(['rome.jpg']), ['rome.jpg'])
+        self.screenshot('keys-by-folder.png', '/buckets/browsed/keys?prefix=photos/&delimiter=/')
+        # On a phone's width nothing is cut off at the right edge (a table too wide would be).
+        for name, path in (('keys-phone.png', '/buckets/browsed/keys?prefix=photos/2023/&delimiter=/'),
+                           ('cluster-phone.png', '/cluster')):
+            width, height, pixels = self.screenshot(name, path, size=(390, 844))
+            self.assertEqual(width, 390)
+            edge = [pixels[y * width + x] for y in range(height) for x in range(width - 6, width)]
+            self.assertEqual(set(edge), {(255, 255, 255)}, '%s: the page is wider than the screen' % name)
+
+
+class ClusterPageWhilePartitionsFail(Browser, unittest.TestCase):
+    """The cluster page over real MariaDB servers while one is down (killed),
+    one hangs (SIGSTOP) and one refuses writes by its grants: the page the
+    operator opens then answers, and its ring shows each in red."""
+
+    states = {'p1': 'refusing', 'p2': 'down', 'p3': 'paused'}
+
+    @classmethod
+    def setUpClass(cls):
+        cls.find_browser()
+        cls.cluster = shared_cluster()
+        cls.user = 'refusing_%d' % os.getpid()
+        partitions = support.mariadb_partitions(cls.cluster)
+        partitions['p1'].update(without_privilege(cls.cluster[0], cls.user, 'UPDATE'))
+        cls.server = StoreServer.running(support.config_text(partitions, connect_timeout=0.5, read_timeout=1.0,
+                                                             backoff=30, max_backoff=60),
+                                         workers=1, threads=4)
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        shared_cluster()   # restarts the killed server, resumes the paused one
+        drop_user(cls.cluster[0], cls.user)
+
+    def request(self, method, path, body=None):
+        conn = self.server.connect()
+        try:
+            conn.request(method, path, body, {'Content-Type': 'text/plain'} if body is not None else {})
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+    def test_the_cluster_page_answers_and_colours_each_failing_partition(self):
+        # Writes (refused by p1's grants), then reads (which find p2 and p3 failing) tell the front end.
+        for i in range(12):
+            self.assertEqual(self.request('PUT', '/buckets/failing/keys/k%d' % i, b'v')[0], 201)
+        self.cluster[1].kill()
+        self.cluster[2].pause()
+        for i in range(12):
+            self.request('GET', '/buckets/failing/keys/k%d?r=3' % i)
+        status, body = self.request('GET', '/cluster')
+        partitions = {p['name']: p for p in json.loads(body)['partitions']}
+        self.assertEqual({name: partitions[name]['state'] for name in self.states}, dict.fromkeys(self.states, 'down'))
+        self.assertIn('refused by its grants', partitions['p1']['last_error'])
+        dom = Page(self.chromium('/cluster', '--dump-dom'))
+        self.assertIn('The cluster', dom.text())
+        arcs = {attrs['stroke'] for tag, attrs in dom.tags if tag == 'path'}
+        self.assertEqual(arcs, {'#2e8b57', '#c0392b'})
+        self.assertIn('refused by its grants', dom.text())
+        width, height, pixels = self.screenshot('cluster-failing.png', '/cluster')
+        red = sum(1 for pixel in pixels if pixel == (0xc0, 0x39, 0x2b))
+        green = sum(1 for pixel in pixels if pixel == (0x2e, 0x8b, 0x57))
+        self.assertGreater(red, 2 * green, 'three partitions of four are red on the ring')

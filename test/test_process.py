@@ -151,6 +151,21 @@ class TestSupervised(unittest.TestCase):
         self.assertTrue(wait_until(self.served, 60), 'the port was not served again')
         self.assertNotEqual(children(self.supervisord.pid), master)
 
+    def test_supervisorctl_as_its_header_says_controls_it(self):
+        self.assertTrue(wait_until(self.served, 60), 'the supervised server never answered')
+        # The operator's shell has KVSTORE_RUN alone of supervisord's variables.
+        env = dict({k: v for k, v in os.environ.items() if not k.startswith('KVSTORE_')}, KVSTORE_RUN=self.run_dir)
+
+        def status():
+            return subprocess.run([sys.executable, '-m', 'supervisor.supervisorctl', '-c',
+                                   os.path.join(REPO, 'deploy', 'supervisord.conf'), 'status', 'kvstore'],
+                                  env=env, capture_output=True, text=True, timeout=30)
+        # RUNNING once it has lived startsecs.
+        self.assertTrue(wait_until(lambda: status().stdout.split()[:2] == ['kvstore', 'RUNNING'], 30),
+                        status().stdout + status().stderr)
+        with open(os.path.join(REPO, 'deploy', 'supervisord.conf')) as f:
+            self.assertIn('KVSTORE_RUN=/var/lib/kvstore/supervisor supervisorctl -c deploy/supervisord.conf', f.read())
+
 
 class TestSignals(unittest.TestCase):
     def setUp(self):

@@ -139,6 +139,50 @@ class TestViewChanges(SyncCase):
         for key, value in dict(latest, **written_by_old).items():
             self.assertEqual([v.value for v in front.get(self.bucket, key, r=3).current], [value], key)
 
+    def test_a_store_placed_by_the_vnode_ring_moves_to_the_balanced_placement_readable_throughout(self):
+        # The ring of earlier versions (placement = vnodes) is the recorded
+        # view; the balanced placement is a view change like any other.
+        keys = ['b%d' % i for i in range(1200)]
+        old = self.open(self.partitions, placement='vnodes')
+        self.put_all(keys, store=old, w=3)
+        self.assertEqual(sync_once(config_of(self.partitions, placement='vnodes'))[2], sync.CONVERGED)
+        front = self.open(self.partitions, r=1)   # balanced, the default
+        moved = [k for k in keys if set(front.ring.preference_list(self.bucket, k, 3))
+                 != set(old.ring.preference_list(self.bucket, k, 3))]
+        self.assertGreater(len(moved), 100)
+        stop, errors, reads = threading.Event(), [], [0]
+
+        def reader(seed):
+            rng = random.Random(seed)
+            while not stop.is_set():
+                key = rng.choice(moved)
+                try:
+                    got = [v.value for v in front.get(self.bucket, key).current]
+                except Exception as e:
+                    errors.append('%s: %r' % (key, e))
+                    continue
+                reads[0] += 1
+                if got != [key.encode()]:
+                    errors.append('%s read as %r' % (key, got))
+
+        threads = [threading.Thread(target=reader, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        try:
+            results, _, status = sync_once(config_of(self.partitions, {'sync_batch_size': 50}))
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        self.assertEqual(errors, [])
+        self.assertGreater(reads[0], 0)
+        self.assertEqual(status, sync.CONVERGED, {r.name: r.summary for r in results.values()})
+        self.assertEqual((results['rebalance'].counts['epoch'], results['rebalance'].counts['state']),
+                         (2, 'complete'))
+        self.assertConverged(front, keys, {k: k.encode() for k in keys})
+        self.assertEqual(sum(front.keys_per_partition().values()), 3 * len(keys))
+        self.assertEqual(front.rebalance_status()['configuration_matches'], True)
+
     def test_reads_fall_back_to_the_previous_owners_until_the_rebalance_is_complete(self):
         keys = ['f%d' % i for i in range(300)]
         self.put_all(keys, w=3)

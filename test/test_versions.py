@@ -12,8 +12,9 @@ import unittest
 
 import time
 
-from kvstore.coordinator.versions import (BadContext, Version, actor_partition, context_of, decode_context, decode_token,
-                      encode_context, next_dot, prune, reconcile, resolve)
+from kvstore.coordinator.versions import (BadContext, Version, actor_partition, context_binding, context_limit,
+                                          context_of, decode_context, decode_token, encode_context, next_dot, prune,
+                                          reconcile, resolve)
 
 
 def write(actor, held=(), context=None, value=b'v', content_type='text/plain'):
@@ -287,30 +288,42 @@ class TestContexts(unittest.TestCase):
     def test_decode_context_rejects_counters_that_are_not_positive_whole_numbers(self):
         for counter in (-1, 0, True, False, 1.5, '3', None, [1]):
             with self.assertRaises(BadContext, msg=repr(counter)):
-                decode_context(self.encoded({'p1': counter}), self.partitions, 'b', 'k')
+                decode_context(self.bound({'p1': counter}), self.partitions, 'b', 'k')
+
+    def test_decode_context_refuses_counters_from_the_future_beyond_the_allowed_skew(self):
+        now = time.time()
+        for ahead, taken in ((-3600, True), (0, True), (59, True), (61, False), (86400, False)):
+            text = self.bound({'p1.3f9a0c2d41b7': int((now + ahead) * 1e6), 'p2': 5})
+            if taken:
+                self.assertEqual(decode_context(text, self.partitions, 'b', 'k', max_skew=60, now=now)['p2'], 5)
+            else:
+                with self.assertRaisesRegex(BadContext, 'ahead', msg=ahead):
+                    decode_context(text, self.partitions, 'b', 'k', max_skew=60, now=now)
 
     def test_a_bad_context_is_a_value_error_with_a_message_for_people(self):
         with self.assertRaises(ValueError) as caught:
             decode_context('garbage', self.partitions, 'b', 'k')
         self.assertIn('context', str(caught.exception))
 
-    def test_decode_context_takes_configured_partitions_and_their_incarnations_only(self):
-        self.assertEqual(decode_context(self.encoded({'p1': 1, 'p2.3f9a': 2, 'p2.x.y': 3}), self.partitions, 'b', 'k'),
-                         {'p1': 1, 'p2.3f9a': 2, 'p2.x.y': 3})
-        for clock in ({'p4': 1}, {'': 1}, {'.p1': 1}, {'p1x': 1}, {'P1': 1}):
-            with self.assertRaises(BadContext, msg=repr(clock)):
-                decode_context(self.encoded(clock), self.partitions, 'b', 'k')
+    def test_decode_context_takes_actors_the_store_mints_for_configured_partitions_only(self):
+        minted = {'p1': 1, 'p2.3f9a0c2d41b7': 2, 'node-x_9.000000000000': 3}
+        self.assertEqual(decode_context(self.bound(minted), self.partitions, 'b', 'k'), minted)
+        for clock in ({'p4': 1}, {'': 1}, {'.p1': 1}, {'p1x': 1}, {'P1': 1}, {'p2.3f9a': 2}, {'p2.x.y': 3},
+                      {'p2.3F9A0C2D41B7': 1}, {'p2.3f9a0c2d41b7.1': 1}, {'p1.' + 'a' * 2900: 1}):
+            with self.assertRaises(BadContext, msg=repr(clock)[:40]):
+                decode_context(self.bound(clock), self.partitions, 'b', 'k')
 
     def test_decode_context_bounds_entries_characters_counters_and_nesting(self):
         # Twice the store's own bound of max(8, 2 x partitions) entries.
-        bound = {'p1.%d' % i: 1 for i in range(16)}
-        self.assertEqual(decode_context(self.encoded(bound), self.partitions, 'b', 'k'), bound)
+        bound = {'p1.%012x' % i: 1 for i in range(16)}
+        self.assertEqual(decode_context(self.bound(bound), self.partitions, 'b', 'k'), bound)
         nested = base64.urlsafe_b64encode(b'[' * 3000).decode()
-        for text in (self.encoded(dict(bound, p2=1)), self.encoded({'p1.' + 'x' * 4000: 1}),
-                     self.encoded({'p1': 2 ** 63}), nested):
+        for text in (self.bound(dict(bound, p2=1)), self.bound({'p1.' + 'x' * 4000: 1}),
+                     self.bound({'p1': 2 ** 63}), nested):
             with self.assertRaises(BadContext, msg=text[:40]):
-                decode_context(text, self.partitions, 'b', 'k')
-        self.assertEqual(decode_context(self.encoded({'p1': 2 ** 63 - 1}), self.partitions, 'b', 'k'), {'p1': 2 ** 63 - 1})
+                decode_context(text, self.partitions, 'b', 'k', now=2 ** 63)
+        self.assertEqual(decode_context(self.bound({'p1': 2 ** 63 - 1}), self.partitions, 'b', 'k', now=2 ** 63),
+                         {'p1': 2 ** 63 - 1})
 
     def test_a_context_is_bound_to_its_key(self):
         text = encode_context({'p1': 3}, 'b', 'k')
@@ -328,9 +341,30 @@ class TestContexts(unittest.TestCase):
             with self.assertRaises(BadContext, msg=repr(document)):
                 decode_context(self.encoded(document), self.partitions, 'b', 'k')
 
-    def test_a_plain_clock_context_from_before_contexts_were_bound_is_taken_for_any_key(self):
+    def test_a_plain_clock_context_bound_to_no_key_is_refused(self):
+        # The form contexts had before they were bound: a clock of another key
+        # would cover this key's versions.
         for bucket, key in (('b', 'k'), ('other', 'key')):
-            self.assertEqual(decode_context(self.encoded({'p1': 3}), self.partitions, bucket, key), {'p1': 3})
+            with self.assertRaisesRegex(BadContext, 'not one this store issued', msg=(bucket, key)):
+                decode_context(self.encoded({'p1': 3}), self.partitions, bucket, key)
+
+    def test_an_issued_context_holds_minted_actors_only_and_always_covers_the_versions(self):
+        forged = {'p1.' + 'a' * 2900: 7, 'p2.' + 'b' * 2900: 8, 'p1.x': 9}
+        a = Version.new(dict(forged, p3=1), ('p1.3f9a0c2d41b7', 3), b'a', 'text/plain')
+        self.assertEqual(context_of([a]), {'p1.3f9a0c2d41b7': 3, 'p3': 1})
+        # Well-formed forged actors with higher counters never push out a dot.
+        many = {'p%d.%012x' % (1 + i % 3, i): 10 ** 9 + i for i in range(40)}
+        siblings = [Version.new(many, ('p%d.3f9a0c2d41b7' % n, 5), b's', 'text/plain') for n in (1, 2, 3)]
+        context = context_of(siblings, self.partitions)
+        self.assertLessEqual(len(context), context_limit(self.partitions))
+        self.assertTrue(all(context.get(v.dot[0]) == 5 for v in siblings), context)
+        text = encode_context(context, 'b', 'k')
+        self.assertEqual(decode_context(text, self.partitions, 'b', 'k', now=2 * 10 ** 3), context)
+
+    @staticmethod
+    def bound(clock):
+        """A context bound to b/k holding a clock of the test's choosing."""
+        return TestContexts.encoded({'c': clock, 'k': context_binding('b', 'k')})
 
     @staticmethod
     def encoded(document):

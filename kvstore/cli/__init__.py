@@ -12,18 +12,22 @@ import os
 import sys
 
 from kvstore.cli import commands
-from kvstore.cli.client import DEFAULT_URL, OK, USAGE, Client, Failure
+from kvstore.cli.client import DEFAULT_URL, LOCAL, OK, USAGE, Client, Failure
 
 
 def parser():
     # Common options go before or after the command: defaults are filled in by main.
     common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
     common.add_argument('--url', help='the store (default: $KV_URL, else %s)' % DEFAULT_URL)
-    common.add_argument('--token', help='sent as Authorization: Bearer (default: $KV_TOKEN)')
+    common.add_argument('--token', help='sent as Authorization: Bearer; @FILE reads it from FILE, out of the '
+                                        'process list (default: --token-file, else $KV_TOKEN)')
+    common.add_argument('--token-file', metavar='FILE', help='read the token from FILE')
     common.add_argument('--json', action='store_true', help='print JSON documents')
     common.add_argument('--progress', action=argparse.BooleanOptionalAction,
                         help='a progress bar on stderr for values (default: when stderr is a terminal)')
     common.add_argument('--timeout', type=float, help='seconds to wait for each answer or read (default 30)')
+    common.add_argument('--cacert', metavar='FILE', help='trust the CAs in FILE (PEM) for an https URL (default: '
+                        '$REQUESTS_CA_BUNDLE, $CURL_CA_BUNDLE, $SSL_CERT_FILE, else certifi\'s)')
     main_parser = argparse.ArgumentParser(prog='kv', parents=[common], description=__doc__.split('\n\n')[0],
                                           epilog='exit status: 0 ok, 1 not found, 2 usage, 3 conflict, '
                                                  '4 siblings, 5 unavailable, 6 auth, 7 refused, 8 local file')
@@ -65,10 +69,21 @@ def parser():
     return main_parser
 
 
+def read_token(token):
+    """The token itself: @FILE is FILE's first line (as curl's --oauth2-bearer @file),
+    so that it does not show in the process list as an argument would."""
+    if token and token.startswith('@'):
+        with open(token[1:], encoding='utf-8') as f:
+            return f.readline().strip()
+    return token
+
+
 def main(argv=None):
     args = parser().parse_args(argv)
     settings = vars(args)
     settings.setdefault('url', os.environ.get('KV_URL') or DEFAULT_URL)
+    if 'token' not in settings and settings.get('token_file'):
+        settings['token'] = '@' + settings['token_file']
     settings.setdefault('token', os.environ.get('KV_TOKEN'))
     settings.setdefault('json', False)
     settings.setdefault('timeout', 30.0)
@@ -79,7 +94,12 @@ def main(argv=None):
             print('kv: --%s must be at least 1' % name.replace('_', '-'), file=sys.stderr)
             return USAGE
     try:
-        return args.run(Client(args.url, args.token, args.timeout), args) or OK
+        token = read_token(args.token)
+    except OSError as e:
+        print('kv: the token file cannot be read: %s' % e, file=sys.stderr)
+        return LOCAL
+    try:
+        return args.run(Client(args.url, token, args.timeout, settings.get('cacert')), args) or OK
     except Failure as failure:
         print('kv: %s' % failure.message, file=sys.stderr)
         return failure.status

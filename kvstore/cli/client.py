@@ -1,5 +1,6 @@
 """kv's HTTP side: one session with the store, and the exit status each outcome maps to."""
 import json
+import os
 import urllib.parse
 
 import requests
@@ -7,6 +8,9 @@ import requests
 DEFAULT_URL = 'http://127.0.0.1:8080'
 # Exit statuses (docs/CLI.md): 0 done, then one per outcome a script may act on.
 OK, NOT_FOUND, USAGE, CONFLICT, SIBLINGS, UNAVAILABLE, AUTH, REFUSED, LOCAL = range(9)
+# Where a CA bundle may be named, after --cacert (curl's name): requests' and
+# curl's variables, then OpenSSL's (a Session.send ignores them all by itself).
+CA_VARIABLES = ('REQUESTS_CA_BUNDLE', 'CURL_CA_BUNDLE', 'SSL_CERT_FILE')
 
 
 class Failure(Exception):
@@ -43,10 +47,11 @@ def key_path(bucket, key):
 class Client:
     """One session with the store: its URL, token and timeout."""
 
-    def __init__(self, url, token, timeout):
+    def __init__(self, url, token, timeout, cacert=None):
         self.base = url.rstrip('/')
         self.timeout = timeout
         self.session = requests.Session()
+        self.session.verify = trusted_cas(cacert)
         self.session.headers['User-Agent'] = 'kv'
         if token:
             self.session.headers['Authorization'] = 'Bearer ' + token
@@ -59,6 +64,9 @@ class Client:
         request.url = url   # as built: requests would turn %2E back into '.', then drop the segment
         try:
             response = self.session.send(request, timeout=self.timeout, **settings)
+        except requests.exceptions.SSLError as error:
+            raise Failure(UNAVAILABLE, 'cannot reach %s over TLS (%s): give the CA that signed its certificate '
+                          'with --cacert FILE or REQUESTS_CA_BUNDLE' % (self.base, tls_reason(error)))
         except requests.Timeout:
             raise Failure(UNAVAILABLE, '%s did not answer within %g s' % (self.base, self.timeout))
         except requests.ConnectionError as error:
@@ -69,6 +77,25 @@ class Client:
 
     def document(self, path, what, params=None):
         return self.request('GET', path, what, params=params, parts={'headers': {'Accept': 'application/json'}}).json()
+
+
+def trusted_cas(cacert):
+    """requests' verify: the CA bundle named by --cacert or the environment,
+    else True (certifi's).  Failure (exit 8) when the file named is missing."""
+    named = [(cacert, '--cacert')] + [(os.environ.get(name), '$' + name) for name in CA_VARIABLES]
+    path, source = next(((path, source) for path, source in named if path), (None, None))
+    if path is None:
+        return True
+    if not os.path.exists(path):
+        raise Failure(LOCAL, 'the CA bundle %s (%s) does not exist' % (path, source))
+    return path
+
+
+def tls_reason(error):
+    """What TLS said: the certificate verify failure, without requests' wrapping."""
+    while error.__context__ is not None:
+        error = error.__context__
+    return getattr(error, 'verify_message', None) or getattr(error, 'reason', None) or type(error).__name__
 
 
 def reason(error):

@@ -12,7 +12,7 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-from kvstore.cli.client import LOCAL, NOT_FOUND, REFUSED, SIBLINGS, UNAVAILABLE, USAGE, Failure, key_path
+from kvstore.cli.client import LOCAL, NOT_FOUND, REFUSED, SIBLINGS, UNAVAILABLE, USAGE, Failure, key_path, refusal
 
 CHUNK = 64 * 1024   # what a value moves by, both ways
 
@@ -37,9 +37,12 @@ def read_state(path, bucket, key):
     return state
 
 
-def write_state(path, bucket, key, context, etag):
-    replace_file(path, lambda f: f.write(json.dumps(
-        {'bucket': bucket, 'key': key, 'context': context, 'etag': etag}).encode() + b'\n'))
+def write_state(path, bucket, key, context, etag, absent=False):
+    """absent: the get found no live value (a put --if-unchanged then creates only)."""
+    state = {'bucket': bucket, 'key': key, 'context': context, 'etag': etag}
+    if absent:
+        state['absent'] = True
+    replace_file(path, lambda f: f.write(json.dumps(state).encode() + b'\n'))
 
 
 def replace_file(path, write):
@@ -71,9 +74,11 @@ def condition_headers(args):
         headers['X-Context'] = state['context']
     etag = args.if_match
     if args.if_unchanged:
-        if not state.get('etag'):
+        if state.get('absent'):
+            headers['If-None-Match'] = '*'   # the get found no live value: only if there is still none
+        elif not state.get('etag'):
             raise Failure(USAGE, '--if-unchanged needs a --context-file that kv get wrote for one live version')
-        etag = state['etag']
+        etag = state.get('etag')
     if etag:
         headers['If-Match'] = etag if etag == '*' or etag.startswith(('"', 'W/"')) else '"%s"' % etag
     return headers
@@ -86,10 +91,16 @@ def get(client, args):
     if args.json and not args.output:
         raise Failure(USAGE, 'get --json describes the value on stdout: give -o FILE for the value itself')
     params = {'r': args.r} if args.r else None
-    response = client.request('GET', key_path(args.bucket, args.key), what, ok=(200, 300), params=params,
+    response = client.request('GET', key_path(args.bucket, args.key), what,
+                              ok=(200, 300, 404) if args.context_file else (200, 300), params=params,
                               stream=True, parts={'headers': {'Accept': '*/*'}})
     with response:
         context = response.headers.get('X-Context')
+        if response.status_code == 404:
+            # The loop's first write: F says the key had no live value (and
+            # the context of its tombstone, if any), then exit 1 as ever.
+            write_state(args.context_file, args.bucket, args.key, context, None, absent=True)
+            raise refusal(response, what)
         if response.status_code == 300:
             return siblings(args, what, response.json(), context)
         etag = response.headers.get('ETag')

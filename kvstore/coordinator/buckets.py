@@ -99,9 +99,11 @@ class BucketRegistry:
         if failures:
             raise Unavailable('deleting a bucket needs every partition up', failed=failures)
 
+        dropped = time.time_ns() // 1000   # what was written before is fenced off (engines' drop_keys)
+
         def drop(p):
             if force:
-                call(p, 'drop_keys', bucket)
+                call(p, 'drop_keys', bucket, dropped)
             call(p, 'drop_bucket', bucket)
         done, failures = self.replicas.everywhere(drop)
         self._cache.pop(bucket, None)

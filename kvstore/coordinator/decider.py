@@ -5,6 +5,22 @@ first owner, under its lock on the key, after that owner took in what a
 majority of the owners hold: every front end then decides it in the same
 place, with the same versions, whatever it believes of the partitions'
 health.  When the first owner cannot be reached, the write is refused (503).
+
+During a view change front ends may place keys by different rings (one
+restarted with the new configuration, one not yet).  So a conditional write
+is decided under the lock of the key's first owner in every ring that may
+still place it (the configured one and those the recorded views name,
+placement.py): the write holds each of their locks at once, taken in name
+order so that writers never deadlock, decides once from everything they hold
+and stores its version on each.  Two front ends on different rings then
+always share one lock: the old ring's first owner while the new view is
+rebalancing (the new front ends still count the old ring), and the new
+ring's once an old front end has read the recorded view.  An old front end
+cannot go on unaware: under its lock each decider checks the view it records
+(engine check_view); a newer one refuses the write (NewerView), the front end
+reads the views again and decides anew; and sync.py's recording of a view
+waits for the conditional writes that hold that check's lock, so the
+rebalance that follows copies them to the new owners.
 """
 import time
 
@@ -14,15 +30,48 @@ from kvstore.errors import Unavailable
 
 
 class ConditionalDecider:
-    def __init__(self, replicas, reader):
+    def __init__(self, replicas, reader, placement):
         self.replicas = replicas
         self.reader = reader   # for read repair of the other owners
+        self.placement = placement
+
+    def deciders(self, bucket, key, preference):
+        """([the key's first owner in the configured ring, then in every other
+        ring that may still place it], the newest view epoch those rings come
+        from): see the module's docstring."""
+        rings = self.placement.previous_rings()
+        names = [preference[0]]
+        for ring, n in rings:
+            first = ring.preference_list(bucket, key, n)[0]
+            if first not in names and first in self.replicas.engines:
+                names.append(first)
+        return names, getattr(rings, 'epoch', 0)
+
+    def coordinate(self, deciders, epoch, bucket, key, decide, idempotency=None):
+        """engine.coordinate on every decider at once: each locks the key (in
+        name order), decide(what they hold, resolved) runs once, in the last,
+        and its version is stored on each as their transactions commit, the
+        last first.  Each refuses (NewerView) if it records a view newer than
+        epoch, under a lock that holds the view back until the commit.  Returns (every version any of them held, the version)."""
+        order, collected = sorted(deciders), []
+
+        def lock(i):
+            def decide_here(held):
+                collected.append(held)
+                if i + 1 < len(order):
+                    return lock(i + 1)[1]
+                return decide(resolve(collected))
+            return self.replicas.call(order[i], 'coordinate', bucket, key, decide_here, epoch, idempotency)
+        _, version = lock(0)
+        held = {v.version_id: v for versions in collected for v in versions}
+        return list(held.values()), version
 
     def prepare(self, bucket, key, preference, coordinators):
         """[the partition that decides a conditional write]: the key's first
         owner, once it holds every version a majority of the owners (itself
         included) holds.  Unavailable when it, or too many owners, cannot answer.
-        coordinators: the partitions the write may go to (None: any)."""
+        coordinators: the partitions the write may go to (None: any).
+        Returns (the deciders, the view epoch they come from): see deciders()."""
         first = preference[0]
         if coordinators and coordinators != [first]:
             raise Unavailable('a conditional write is decided by the key\'s first owner, %s, which '
@@ -43,7 +92,7 @@ class ConditionalDecider:
                     raise Unavailable('the key\'s first owner, %s, could not take the versions the '
                                       'other owners hold' % first, failed={first: e.reason})
         self.reader.repair(bucket, key, {p: held for p, held in replies.items() if p != first}, versions)
-        return [first]
+        return self.deciders(bucket, key, preference)
 
     def _read_majority(self, bucket, key, preference):
         """What a majority of the owners hold, the first owner's answer always

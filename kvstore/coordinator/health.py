@@ -28,6 +28,13 @@ def front_end_name():
             else '%s/%d' % (socket.gethostname(), os.getpid()))[:MAX_OBSERVER_CHARS]
 
 
+def call_kind(method):
+    """An engine method, the send_ half of a query as its finish_ half (where
+    its failure shows): finish_apply for send_apply.  (apply and finish_apply
+    are not the same statements: one may be refused, the other not.)"""
+    return 'finish_' + method[5:] if method and method.startswith('send_') else method
+
+
 class PartitionHealth:
     def __init__(self, name):
         self.name = name
@@ -39,6 +46,7 @@ class PartitionHealth:
         self.failures = 0             # consecutive
         self.retry_at = 0.0
         self.probing = False
+        self.refused = None           # the call its grants refused: only that call succeeding brings it back
 
     def view(self):
         return {'state': self.state, 'since': self.since, 'observed': self.observed,
@@ -53,11 +61,15 @@ class Health:
         self._lock = threading.Lock()
         self._partitions = {name: PartitionHealth(name) for name in names}
 
-    def available(self, name):
-        """May a request use this partition now?  Claims the probe of a suspect one."""
+    def available(self, name, call=None):
+        """May a request use this partition now for call (an engine method)?
+        Claims the probe of a suspect one.  A partition whose grants refused
+        a call still takes the others: only that call waits for the probe."""
         p = self._partitions[name]
         if p.state == UP:   # the common case, read without the lock
             return True
+        if p.refused:
+            return self._may_retry_refused(p, call)
         with self._lock:
             if p.state == UP:
                 return True
@@ -66,21 +78,37 @@ class Health:
             p.state, p.probing = SUSPECT, True
             return True
 
-    def succeeded(self, name):
-        """Record a success; True when the partition just came back up."""
+    def _may_retry_refused(self, p, call):
+        """Other calls go on; the refused one is tried again once a backoff
+        (without a probe to wait for: a sent query's answer may go unread)."""
+        if call_kind(call) != p.refused or call.startswith('finish_'):
+            return True   # finish_: its query was sent, its answer is read
+        with self._lock:
+            now = time.time()
+            if now < p.retry_at:
+                return False
+            p.retry_at = now + min(self.max_backoff, self.backoff * 2 ** (p.failures - 1))
+            return True
+
+    def succeeded(self, name, call=None):
+        """Record a success of call; True when the partition just came back up."""
         p = self._partitions[name]
         if p.state == UP and not p.failures and not p.probing:
             p.observed, p.observer = time.time(), self.name   # nothing else changes: no lock
             return False
         with self._lock:
             now = time.time()
+            if p.refused and call != p.refused:
+                return False   # its grants still refuse the call they refused, as far as we know
+            p.refused = None
             p.observed, p.observer, p.failures, p.probing = now, self.name, 0, False
             if p.state == UP:
                 return False
             p.state, p.since, p.retry_at = UP, now, 0.0
             return True
 
-    def failed(self, name, reason):
+    def failed(self, name, reason, refused=None):
+        """Record a failure; refused: the call its grants refused."""
         with self._lock:
             p = self._partitions[name]
             now = time.time()
@@ -90,7 +118,7 @@ class Health:
                 p.since = now
                 log.warning('partition %s is down: %s', name, reason)
             p.state, p.observed, p.last_error, p.probing = DOWN, now, str(reason)[:MAX_ERROR_CHARS], False
-            p.observer = self.name
+            p.observer, p.refused = self.name, call_kind(refused)
 
     def is_down(self, name):
         with self._lock:
@@ -116,6 +144,8 @@ class Health:
                     continue
                 if observed <= p.observed or state not in STATES:
                     continue
+                if state == UP and p.refused:
+                    continue   # a peer's other calls answered; this process's own probe decides
                 if state == UP and p.state != UP:
                     recovered.append(name)
                 if state == UP:

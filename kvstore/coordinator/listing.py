@@ -11,7 +11,9 @@ MAX_LIST_LIMIT = 10000
 @dataclasses.dataclass
 class KeyPage:
     keys: list
-    next_after: str           # the last key listed when more follow, else None
+    next_after: str           # the last entry listed (a key or a common prefix) when more follow, else None
+    prefixes: list = dataclasses.field(default_factory=list)   # the common prefixes (with a delimiter)
+    versions: dict = None     # {key: [its live Versions, values left out]} when asked for (details)
 
 
 def key_is_live(rows):
@@ -20,7 +22,28 @@ def key_is_live(rows):
     when they differ are the clocks decoded and compared."""
     if len({version_id for _, version_id, _, _ in rows}) == 1:
         return not rows[0][2]
-    return bool(live(resolve([[make() for _, _, _, make in rows]])))
+    return bool(live_versions(rows))
+
+
+def live_versions(rows):
+    """The live versions a key's rows leave (more than one: siblings)."""
+    if len({version_id for _, version_id, _, _ in rows}) == 1:
+        return [] if rows[0][2] else [rows[0][3]()]
+    return live(resolve([[make() for _, _, _, make in rows]]))
+
+
+def common_prefix(key, prefix, delimiter):
+    """The "folder" key is in below prefix: prefix and what follows up to the
+    first delimiter, that included (S3's CommonPrefixes); None when key is
+    listed itself."""
+    found = key.find(delimiter, len(prefix))
+    return None if found < 0 else key[:found + len(delimiter)]
+
+
+def past(folder):
+    """A scan position after the keys in folder but those that go on with
+    U+10FFFF (the last code point), which the listing reads and folds."""
+    return folder + '\U0010ffff'
 
 
 def require_coverage(failures, n):
@@ -36,20 +59,60 @@ class Listing:
         self.n = config.replicas
         self.replicas = replicas
 
-    def list_keys(self, bucket, prefix='', limit=1000, after=None):
-        """A page of live keys in byte order, merged across every partition.
+    def list_keys(self, bucket, prefix='', limit=1000, after=None, delimiter=None, details=False):
+        """A page of live keys in byte order, merged across every partition;
+        with a delimiter, the keys below prefix up to it and the common
+        prefixes (folders) beyond, each counted as one entry of the page.
 
-        Each partition returns its version rows in key order; a key is listed
-        when the versions of it that no other version supersedes include a live
-        one, so a stale replica cannot bring back a deleted key.  Rows are read
-        in batches: keys below the lowest last key of a full batch are complete.
+        after: the last entry of the page before (a key, or a common prefix:
+        the page goes on after every key in it).  details: the live versions
+        of each key listed, in versions.
         """
         check_bucket(bucket)
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise BadRequest('bad_parameter', 'limit must be 1 to %d' % MAX_LIST_LIMIT, parameter='limit')
+        if not delimiter:
+            return self._live_keys(bucket, prefix, limit, after, details)
+        entries, versions = [], {}
+        folder = after and common_prefix(after, prefix, delimiter)
+        scan_after = past(folder) if folder else after
+        while len(entries) <= limit:
+            page = self._live_keys(bucket, prefix, limit + 1 - len(entries), scan_after, details)
+            entered = None
+            for key in page.keys:
+                inside = common_prefix(key, prefix, delimiter)
+                if inside is None:
+                    entries.append((key, False))
+                    if details:
+                        versions[key] = page.versions[key]
+                elif inside != folder:
+                    entries.append((inside, True))
+                    folder = entered = inside
+                    break   # the rest of the folder is skipped, not read
+                if len(entries) > limit:
+                    break
+            if entered is not None:
+                scan_after = past(entered)
+            elif page.next_after is None:
+                break
+            else:
+                scan_after = page.next_after
+        more = len(entries) > limit
+        entries = entries[:limit]
+        return KeyPage(keys=[name for name, is_folder in entries if not is_folder],
+                       next_after=entries[-1][0] if more else None,
+                       prefixes=[name for name, is_folder in entries if is_folder],
+                       versions=versions if details else None)
+
+    def _live_keys(self, bucket, prefix, limit, after, details):
+        """Each partition returns its version rows in key order; a key is listed
+        when the versions of it that no other version supersedes include a live
+        one, so a stale replica cannot bring back a deleted key.  Rows are read
+        in batches: keys below the lowest last key of a full batch are complete.
+        """
         names = list(self.replicas.engines)
         batch = max(limit + 1, 64)
-        keys = []
+        keys, versions = [], {}
         while len(keys) <= limit:
             pages, failures = self.replicas.at_once(names, 'scan', bucket, prefix, after, batch)
             require_coverage(failures, self.n)
@@ -59,14 +122,21 @@ class Listing:
                 for row in rows:
                     if horizon is None or row[0] < horizon:
                         rows_of.setdefault(row[0], []).append(row)
-            keys.extend(key for key in sorted(rows_of) if key_is_live(rows_of[key]))
+            for key in sorted(rows_of):
+                if details:
+                    found = live_versions(rows_of[key])
+                    if found:
+                        keys.append(key)
+                        versions[key] = found
+                elif key_is_live(rows_of[key]):
+                    keys.append(key)
             if horizon is None:
                 break
             # The horizon key may have more rows beyond the batch: read it again.
             after = max(rows_of, default=horizon)
         more = len(keys) > limit
         keys = keys[:limit]
-        return KeyPage(keys=keys, next_after=keys[-1] if more else None)
+        return KeyPage(keys=keys, next_after=keys[-1] if more else None, versions=versions if details else None)
 
     def has_keys(self, bucket):
         return bool(self.list_keys(bucket, limit=1).keys)

@@ -9,16 +9,24 @@ import collections
 from kvstore.coordinator.listing import MAX_LIST_LIMIT
 
 
-def page_before(datastore, bucket, prefix, before, limit):
-    """(the last `limit` live keys with prefix that sort below `before`, whether more keys precede them)."""
+def page_before(datastore, bucket, prefix, before, limit, delimiter=None):
+    """(the entry after which the page of the last `limit` entries with prefix
+    that sort below `before` starts, None for the first; whether entries
+    precede that page).  Entries: live keys, with a delimiter common prefixes too."""
     window = collections.deque(maxlen=limit + 1)
     after = None
     while True:
-        page = datastore.list_keys(bucket, prefix=prefix, limit=MAX_LIST_LIMIT, after=after)
-        for key in page.keys:
-            if key >= before:   # str order is the listing's UTF-8 byte order
-                return list(window)[-limit:], len(window) > limit
-            window.append(key)
+        page = datastore.list_keys(bucket, prefix=prefix, limit=MAX_LIST_LIMIT, after=after, delimiter=delimiter)
+        for entry in sorted(page.keys + page.prefixes):
+            if entry >= before:   # str order is the listing's UTF-8 byte order
+                return start(window, limit)
+            window.append(entry)
         if page.next_after is None:
-            return list(window)[-limit:], len(window) > limit
+            return start(window, limit)
         after = page.next_after
+
+
+def start(window, limit):
+    """(the entry before the last `limit` of window, whether there is one)."""
+    earlier = len(window) > limit
+    return window[0] if earlier else None, earlier

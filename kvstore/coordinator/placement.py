@@ -9,11 +9,18 @@ those hold.
 import threading
 import time
 
-from kvstore.coordinator.ring import Ring
+from kvstore.coordinator.ring import Ring, ring_of
 from kvstore.coordinator.versions import resolve
 from kvstore.coordinator.views import newest_view
 
 VIEW_CACHE_SECONDS = 5.0   # how long the rings of the recorded views are trusted
+
+
+class Rings(list):
+    """[(Ring, replicas)] read from the recorded views, and the newest epoch among them."""
+    def __init__(self, rings=(), epoch=0):
+        super().__init__(rings)
+        self.epoch = epoch
 
 
 class Placement:
@@ -61,11 +68,11 @@ class Placement:
                 return rings
             views = self.views.read_views()
             if views:
-                newest, mine, rings = newest_view(views), self.views.ring_description(), []
+                newest, mine, rings = newest_view(views), self.views.ring_description(), Rings()
                 if newest:
                     others = [newest['ring']] + ([newest['previous']] if newest['state'] != 'complete' else [])
-                    rings = [(Ring(r['partitions'], r['vnodes']), r['replicas'])
-                             for r in others if r and r != mine]
+                    rings = Rings([(ring_of(r), r['replicas'])
+                                   for r in others if r and r != mine], newest['epoch'])
             self.previous_rings_cache = (time.monotonic() + VIEW_CACHE_SECONDS, rings)
             return rings
 

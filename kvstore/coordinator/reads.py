@@ -21,6 +21,7 @@ class Read:
     versions: list            # current versions, tombstones included, oldest first
     preference_list: list
     replicas: list            # partitions that answered
+    partitions: tuple = None  # the configured partitions' names: bounds the context
 
     @property
     def current(self):
@@ -29,7 +30,7 @@ class Read:
 
     @property
     def context(self):
-        return context_of(self.versions)
+        return context_of(self.versions, self.partitions)
 
 
 class Reader:
@@ -55,7 +56,8 @@ class Reader:
         self.repair(bucket, key, {p: held for p, held in replies.items() if p in preference}, versions)
         if len(versions) > 1 and props['conflicts'] == 'lww':
             versions = versions[-1:]   # the last writer wins
-        return Read(versions=versions, preference_list=preference, replicas=sorted(replies))
+        return Read(versions=versions, preference_list=preference, replicas=sorted(replies),
+                    partitions=tuple(self.replicas.engines))
 
     def _ask(self, bucket, key, preference, fallbacks, wanted):
         """The versions `wanted` replicas hold: the first owners at once, then

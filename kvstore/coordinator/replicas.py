@@ -12,7 +12,9 @@ import sys
 import time
 
 from kvstore import metrics
-from kvstore.engines import PartitionError
+from kvstore.engines import REFUSED, PartitionError
+
+POLL_SLICE = 0.01   # seconds a wait for answers goes without looking again (_answered)
 
 
 class Replicas:
@@ -29,7 +31,7 @@ class Replicas:
 
     def call(self, name, method, *args):
         """engine.method(*args) on one partition, through the failure detector."""
-        if not self.health.available(name):
+        if not self.health.available(name, method):
             metrics.replica_refused(name)
             raise PartitionError(name, 'down')
         try:
@@ -37,13 +39,13 @@ class Replicas:
         except PartitionError as e:
             if e.unavailable:
                 # Blame the partition that failed: copying chunks reads another.
-                self.health.failed(e.partition, e.reason)
+                self.health.failed(e.partition, e.reason, refused=method if e.reason.startswith(REFUSED) else None)
             raise
         finally:
             metrics.replica_called(name, method, sys.exc_info()[1])
             # Anything but a PartitionError (a refused precondition, say) means
             # the partition answered: that too ends a probe.
-            if sys.exc_info()[0] is not PartitionError and self.health.succeeded(name):
+            if sys.exc_info()[0] is not PartitionError and self.health.succeeded(name, method):
                 self.on_recovered(name)
 
     def finish(self, name, what, unread):
@@ -169,13 +171,21 @@ class Replicas:
     def _answered(self, sent, deadline):
         """The partitions whose answers to sent queries have arrived (or whose
         connections failed), waiting for the first until deadline (a
-        monotonic time)."""
-        poller, partitions = select.poll(), {}
-        for p, unread in sent.items():
-            sock = self.engines[p].answer_socket(unread)
-            if sock is None:
-                return [p]
-            partitions[sock.fileno()] = p
-            poller.register(sock, select.POLLIN)
-        events = poller.poll(max(0.0, deadline - time.monotonic()) * 1000)
-        return [partitions[fd] for fd, _ in events]
+        monotonic time).  When a connection carries the answers of several
+        requests' replica writes (kvstore/engines/coalescing.py), another
+        thread may read them, and answer this one, just before this one
+        begins to wait: then it looks again every POLL_SLICE."""
+        while True:
+            poller, partitions, shared = select.poll(), {}, False
+            for p, unread in sent.items():
+                engine = self.engines[p]
+                sock = engine.answer_socket(unread)
+                if sock is None:
+                    return [p]
+                partitions[sock.fileno()] = p
+                poller.register(sock, select.POLLIN)
+                shared = shared or engine.answer_shared(unread)
+            left = deadline - time.monotonic()
+            events = poller.poll(max(0.0, min(left, POLL_SLICE) if shared else left) * 1000)
+            if events or not shared or left <= POLL_SLICE:
+                return [partitions[fd] for fd, _ in events]

@@ -16,6 +16,7 @@ from kvstore.coordinator.sync_runs import last_runs
 from kvstore.coordinator.versions import iso_time
 
 USAGE_SECONDS = 60.0     # how long GET /cluster reuses its count of keys, bytes and pending markers
+READY_SECONDS = 1.0      # how long GET /ready, which anyone may ask, reuses its answer
 
 
 class ClusterStatus:
@@ -27,6 +28,8 @@ class ClusterStatus:
         self.shares = ring_shares(Ring.of(config))
         self._usage = (0.0, {})   # (when counted, usage())
         self._usage_lock = threading.Lock()
+        self._ready = (-READY_SECONDS, None)   # (when asked, monotonic; readiness())
+        self._ready_lock = threading.Lock()
 
     def cluster_status(self):
         """What this front end knows of the partitions, the ring, sync.py's runs and a rebalance."""
@@ -62,6 +65,15 @@ class ClusterStatus:
                 'rebalance': self.views.rebalance_status(),
                 'gossip': {'peers': ['%s:%d' % peer for peer in config.peers],
                            'interval': config.gossip_interval, 'rounds': self.gossip.rounds}}
+
+    def readiness_cached(self):
+        """readiness(), asked of the partitions at most once every
+        READY_SECONDS by this process: /ready needs no token, so its
+        queries must not be had for the asking."""
+        with self._ready_lock:
+            if time.monotonic() - self._ready[0] >= READY_SECONDS:
+                self._ready = (time.monotonic(), self.readiness())
+            return self._ready[1]
 
     def readiness(self):
         """(ready, {partition: 'up' or 'down'}): ready while enough partitions

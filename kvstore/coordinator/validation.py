@@ -30,6 +30,14 @@ def quorums(config, props, **requested):
             for name in requested]
 
 
+def write_quorums(config, props, w, pw):
+    """(w, pw) of a write (quorums), w raised to pw as Riak raises it: the
+    write waits for as many copies as it needs on owners, so a pw above w
+    never fails a write that every owner took."""
+    w, pw = quorums(config, props, w=w, pw=pw)
+    return max(w, pw), pw
+
+
 def check_bucket(bucket):
     if not BUCKET_NAME.match(bucket):
         raise BadRequest('bad_bucket', 'bucket names are 1 to 63 characters of a-z, 0-9, '

@@ -1,8 +1,9 @@
 """Versioning: vector clocks, versions of a key, and how replicas reconcile them.
 
 A clock maps an actor to a counter.  An actor is a partition's incarnation,
-"<partition>.<incarnation>" (see engines: an id minted when the partition's
-tables are created, and again after a restore), or a bare legacy "<partition>".  A version carries the
+"<partition>.<incarnation>" (see engines: an id of 12 hex digits minted when the
+partition's tables are created, and again after a restore), or a bare legacy
+"<partition>".  A version carries the
 clock it was written with; a replica keeps every version that no other version
 it holds descends from (siblings), so concurrent writes are never silently lost.
 """
@@ -12,6 +13,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import re
 import time
 import uuid
 
@@ -21,6 +23,13 @@ import uuid
 # BIGINT holds.
 MAX_CONTEXT_BYTES = 4096
 MAX_COUNTER = 2 ** 63 - 1
+# An actor as the store mints it (engines.rows.new_incarnation_id): anything
+# else in a clock was forged, and could grow a key's context past what a
+# client can send back.
+ACTOR = re.compile(r'[A-Za-z0-9_-]{1,64}(\.[0-9a-f]{12})?\Z')
+# Seconds a counter (a time in microseconds, next_dot) in a context may be
+# ahead of this front end's clock: [store] max_clock_skew.
+MAX_CLOCK_SKEW = 60.0
 
 
 class BadContext(ValueError):
@@ -32,6 +41,16 @@ class BadContext(ValueError):
 def actor_partition(actor):
     """The partition an actor (a clock's entry) belongs to: 'p1' for 'p1.3f9a' or 'p1'."""
     return actor.split('.', 1)[0]
+
+
+def clock_limit(partitions):
+    """Entries a version's clock keeps (prune)."""
+    return max(8, 2 * len(partitions))
+
+
+def context_limit(partitions):
+    """Entries a context may carry: a clock's, twice over (siblings merged)."""
+    return 2 * clock_limit(partitions)
 
 
 def merge(*clocks):
@@ -82,35 +101,38 @@ def _context_token(items, bucket, key):
     return encode_token(encode_clock({'c': dict(items), 'k': context_binding(bucket, key)}))
 
 
-def decode_context(text, partitions, bucket, key):
+def decode_context(text, partitions, bucket, key, max_skew=MAX_CLOCK_SKEW, now=None):
     """The clock of a context a client sent back with a write of this key.  It
-    must have been issued for this key (a context of another key would make
-    the write replace versions it never saw), its actors must belong to the
-    configured `partitions` (names), and be no more than twice as many as the
-    store keeps in a clock (datastore: max(8, 2 x partitions)): anything else
-    is BadContext, before it could be stored with a key for good.  A plain
-    clock, the form contexts had before they were bound to their key, is
-    taken as it is, unbound."""
+    must have been issued for this key (a context of another key, or a plain
+    clock bound to none, would make the write replace versions it never saw),
+    its actors must be ones the store mints for the configured `partitions`
+    (names), no more than context_limit of them, and its counters no further
+    ahead of the time (`now`, seconds) than max_skew seconds (a counter from the
+    future would have the key's next dots issued from it): anything else is
+    BadContext, before it could be stored with a key for good."""
     if len(text) > MAX_CONTEXT_BYTES:
         raise BadContext('a context has at most %d characters' % MAX_CONTEXT_BYTES)
     try:
-        clock = json.loads(decode_token(text))
+        context = json.loads(decode_token(text))
     except (ValueError, UnicodeError, RecursionError):
         raise BadContext('the context is not one this store issued')
-    if isinstance(clock, dict) and isinstance(clock.get('k'), str):
-        if set(clock) != {'c', 'k'}:
-            raise BadContext('the context is not one this store issued')
-        if clock['k'] != context_binding(bucket, key):
-            raise BadContext('this context belongs to another key')
-        clock = clock['c']
+    if not isinstance(context, dict) or set(context) != {'c', 'k'} or not isinstance(context['k'], str):
+        raise BadContext('the context is not one this store issued for a key (read the key again for one)')
+    if context['k'] != context_binding(bucket, key):
+        raise BadContext('this context belongs to another key')
+    clock = context['c']
     if not isinstance(clock, dict) or not all(
             isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_COUNTER
             for k, v in clock.items()):
         raise BadContext('the context is not one this store issued')
-    if not all(actor_partition(actor) in partitions for actor in clock):
-        raise BadContext('the context names partitions this store does not have')
-    if len(clock) > 2 * max(8, 2 * len(partitions)):
+    if not all(ACTOR.match(actor) and actor_partition(actor) in partitions for actor in clock):
+        raise BadContext('the context names actors this store did not mint')
+    if len(clock) > context_limit(partitions):
         raise BadContext('the context has more entries than this store keeps')
+    ahead = max(clock.values(), default=0) / 1e6 - (time.time() if now is None else now)
+    if ahead > max_skew:
+        raise BadContext('the context holds a counter %.0f s ahead of this front end\'s clock (at most %g s '
+                         'are allowed: [store] max_clock_skew)' % (ahead, max_skew))
     return clock
 
 
@@ -119,6 +141,9 @@ def decode_context(text, partitions, bucket, key):
 def iso_time(seconds=None):
     """Seconds since the epoch (default: now) in ISO 8601, UTC."""
     return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(seconds))
+
+
+SHARED_SECOND = 'shared_second'   # metadata: the version replaced one written in the same second
 
 
 @dataclasses.dataclass
@@ -155,6 +180,15 @@ class Version:
                    digest=digest or hashlib.sha256(value).hexdigest(),
                    modified=time.time_ns() // 1000, size=len(value) if size is None else size,
                    chunk_size=chunk_size, metadata=metadata or {}, chunk_source=chunk_source)
+
+    @property
+    def date(self):
+        """When it was written, in whole seconds, as the HTTP date conditions
+        compare it: a second later if another version of the key was written
+        in the same second (SHARED_SECOND), since a date cannot tell the two
+        apart: If-Unmodified-Since with that second then fails, If-Modified-Since
+        does not answer 304."""
+        return self.modified // 1_000_000 + (1 if self.metadata.get(SHARED_SECOND) else 0)
 
     @property
     def chunk_count(self):
@@ -197,10 +231,11 @@ def decode_version_clock(data):
     return stored['seen'], tuple(stored['dot'])
 
 
-def prune(clock, partitions, limit):
+def prune(clock, partitions, limit, keep=()):
     """Bound a clock's size: past `limit` entries, drop first those of partitions
     no longer configured, then a configured partition's older incarnations (all
-    its entries but the one with the highest counter), smallest counters first.
+    its entries but the one with the highest counter), smallest counters first;
+    never an actor in `keep` (the dots of the versions the clock must cover).
     Forgetting an entry can only make an old version look concurrent (a
     sibling), never make a write disappear or a newer version older: a new
     dot is numbered from the held versions' full clocks, not from this one."""
@@ -212,7 +247,8 @@ def prune(clock, partitions, limit):
         if (count, actor) > newest.get(partition, (0, '')):
             newest[partition] = (count, actor)
     removable = sorted((actor_partition(actor) in partitions, count, actor) for actor, count in clock.items()
-                       if actor_partition(actor) not in partitions or newest[actor_partition(actor)][1] != actor)
+                       if actor not in keep and (actor_partition(actor) not in partitions
+                                                 or newest[actor_partition(actor)][1] != actor))
     drop = {actor for _, _, actor in removable[:len(clock) - limit]}
     return {actor: count for actor, count in clock.items() if actor not in drop}
 
@@ -246,9 +282,17 @@ def live(versions):
     return [v for v in versions if not v.deleted]
 
 
-def context_of(versions):
-    """The merged clock of every version: what a client has 'seen'."""
-    return merge(*(v.full_clock for v in versions))
+def context_of(versions, partitions=None):
+    """The merged clock of every version: what a client has 'seen'.  Only
+    actors the store mints are kept (a clock stored before forged ones were
+    refused may name some), and with `partitions`, no more entries than a
+    context may carry (context_limit), the versions' own dots always among
+    them: a write with it supersedes every one of them."""
+    merged = {actor: count for actor, count in merge(*(v.full_clock for v in versions)).items()
+              if ACTOR.match(actor)}
+    if partitions is None:
+        return merged
+    return prune(merged, partitions, context_limit(partitions), keep={v.dot[0] for v in versions})
 
 
 def resolve(replies):

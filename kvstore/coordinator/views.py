@@ -1,7 +1,7 @@
 """Views: the rings keys are placed by, as the partitions record them.
 
 A view is the ring keys are placed by: the partitions with a weight above 0
-and their weights, vnodes and replicas.  sync.py records each new view as an
+and their weights, the replicas and the placement (ring.describe).  sync.py records each new view as an
 epoch in the metadata table of every partition ('view': epoch, ring, state;
 'view.previous': the ring before it) and marks it complete once every key is
 on exactly its new owners.  Front ends only read these records (placement.py
@@ -10,6 +10,8 @@ asks which rings other than their own may still place keys).
 import hashlib
 import json
 import time
+
+from kvstore.coordinator.ring import describe
 
 VIEW_NAMES = ('view', 'view.previous', 'view.progress', 'view.history')
 VIEW_HISTORY = 50   # epochs whose rings are remembered (by digest), to refuse going back
@@ -36,9 +38,9 @@ class ViewRecords:
         self.replicas = replicas
 
     def ring_description(self):
-        """The configured view, as recorded: {partitions: {name: weight}, vnodes, replicas}."""
-        return {'partitions': {p.name: p.weight for p in self.config.partitions if p.weight > 0},
-                'vnodes': self.config.vnodes, 'replicas': self.config.replicas}
+        """The configured view, as recorded: {partitions: {name: weight}, replicas,
+        placement} (ring.describe; vnodes instead of placement for a vnode ring)."""
+        return describe(self.config)
 
     def read_views(self):
         """{partition: the view it records, or None} over the partitions that answer."""

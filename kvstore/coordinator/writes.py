@@ -7,16 +7,20 @@ other replicas (replication.py).  A conditional write is decided by the key's
 first owner alone (decider.py).
 """
 import dataclasses
+import hashlib
 import io
 import time
 
 from kvstore.coordinator.chunks import chunks_of, read_up_to
 from kvstore.coordinator.integrity import Hasher
 from kvstore.coordinator.replication import Replication
-from kvstore.coordinator.validation import quorums
-from kvstore.coordinator.versions import Version, context_of, live, next_dot, prune
-from kvstore.engines import BAD_DATA, FULL, PartitionError
-from kvstore.errors import BadRequest, InsufficientStorage, NotFound, TooManySiblings, Unavailable
+from kvstore.coordinator.validation import write_quorums
+from kvstore.coordinator.versions import SHARED_SECOND, Version, clock_limit, context_of, live, next_dot, prune
+from kvstore.engines import BAD_DATA, FULL, NewerView, PartitionError, Recorded
+from kvstore.errors import (BadRequest, IdempotencyKeyReused, InsufficientStorage, NotFound, TooManySiblings,
+                            Unavailable)
+
+IDEMPOTENCY_WINDOW = 24 * 3600   # seconds a write's idempotency record is kept
 
 
 @dataclasses.dataclass
@@ -30,6 +34,30 @@ class Receipt:
     coordinator: str
     hints: dict               # {replica that was down: partition holding its hint}
     down: dict                # {replica that could not be written: reason}
+    replayed: bool = False    # the outcome of an earlier attempt with the same idempotency key
+
+
+@dataclasses.dataclass
+class IdempotencyKey:
+    """A write's Idempotency-Key, and what the request asked for but its body
+    (method, media type, metadata, conditions): with the body's digest, the
+    fingerprint that tells a retry from another write reusing the key."""
+    key: str
+    request: str
+
+    def for_body(self, digest):
+        """(key, fingerprint, window): what engine.coordinate records."""
+        fingerprint = hashlib.sha256(('%s\n%s' % (self.request, digest)).encode()).hexdigest()
+        return self.key, fingerprint, IDEMPOTENCY_WINDOW
+
+
+def refuse_bad_writes(failures):
+    """Failures that are the write's fault (400) or a full disk's (507), not a partition's health."""
+    if BAD_DATA in failures.values():
+        raise BadRequest('bad_data', 'the write holds data too large or malformed for the store '
+                         '(a header, a metadata or context field)')
+    if FULL in failures.values():
+        raise InsufficientStorage('no replica of the key has room for the write', failed=failures)
 
 
 class Writer:
@@ -44,10 +72,11 @@ class Writer:
         self.settling = settling
 
     def put(self, bucket, key, value, content_type, context=None, check=None, w=None,
-            metadata=None, expected=None, conditional=False, pw=None):
+            metadata=None, expected=None, conditional=False, pw=None, idempotency=None):
         """Store a value: bytes, or a stream to read (read(n)).  check(current live
         versions) may raise to refuse; expected: digests the body must match.
         conditional: check is a precondition of the client's (compare-and-swap).
+        idempotency: an IdempotencyKey (see write).
         A value larger than a chunk goes to its coordinator first (chunks.py)."""
         stream = io.BytesIO(value) if isinstance(value, (bytes, bytearray)) else value
         size = self.config.chunk_size
@@ -59,19 +88,21 @@ class Writer:
             self.chunks.check_size(hasher.size)
             hasher.verify()
             return self.write(bucket, key, context, check, w, lambda seen, dot: Version.new(
-                seen, dot, first, content_type, metadata=metadata), conditional=conditional, pw=pw)
+                seen, dot, first, content_type, metadata=metadata), conditional=conditional, pw=pw,
+                idempotency=idempotency and idempotency.for_body(hasher.hexdigest))
 
         preference, _ = self.placement.of(bucket, key)
-        candidates = preference[:1] if conditional else preference
+        candidates = preference[:1] if conditional or idempotency else preference
         coordinator, version_id = self.chunks.upload(candidates, bucket, key,
                                                      chunks_of(stream, (first, second), size), hasher)
         engine = self.replicas.engines[coordinator]
         return self.write(bucket, key, context, check, w, lambda seen, dot: Version.new(
             seen, dot, b'', content_type, metadata=metadata, version_id=version_id,
             digest=hasher.hexdigest, size=hasher.size, chunk_size=size, chunk_source=engine),
-            coordinators=[coordinator], conditional=conditional, pw=pw)
+            coordinators=[coordinator], conditional=conditional, pw=pw,
+            idempotency=idempotency and idempotency.for_body(hasher.hexdigest))
 
-    def delete(self, bucket, key, context=None, check=None, w=None, conditional=False, pw=None):
+    def delete(self, bucket, key, context=None, check=None, w=None, conditional=False, pw=None, idempotency=None):
         """Write a tombstone; NotFound when there is no live version."""
         def must_exist(current):
             if not current:
@@ -80,24 +111,60 @@ class Writer:
                 check(current)
         return self.write(bucket, key, context, must_exist, w,
                           lambda seen, dot: Version.new(seen, dot, b'', '', deleted=True),
-                          conditional=conditional, pw=pw)
+                          conditional=conditional, pw=pw, idempotency=idempotency and idempotency.for_body(''))
 
-    def write(self, bucket, key, context, check, w, make, coordinators=None, conditional=False, pw=None):
+    def write(self, bucket, key, context, check, w, make, coordinators=None, conditional=False, pw=None,
+              idempotency=None):
         """Coordinate a write, replicate it, and answer with its receipt.
         make(seen context, dot) builds the new version; coordinators: the
         partitions it may be coordinated by (None: the key's owners, in order).
-        A conditional one is only ever coordinated by the key's first owner."""
+        A conditional one is only ever coordinated by the key's first owner.
+        So is one with an idempotency key ((key, fingerprint, window)): its
+        outcome is recorded there with its version, and a retry with the same
+        key and fingerprint gets it again (replayed), with another fingerprint
+        422 (IdempotencyKeyReused)."""
+        args = (bucket, key, context, check, w, make, coordinators, conditional or idempotency is not None, pw,
+                idempotency)
+        try:
+            return self._write(*args)
+        except NewerView:
+            # A conditional write's decider records a newer view than this front
+            # end knew: read the views again and decide with their rings.
+            self.placement.forget_previous_rings()
+        try:
+            return self._write(*args)
+        except NewerView as e:
+            raise Unavailable('the views recorded on the partitions changed while the write was '
+                              'decided, or could not be read: try again', failed={e.partition: str(e)})
+
+    def _write(self, bucket, key, context, check, w, make, coordinators, conditional, pw, idempotency):
         started = time.monotonic()
         props = self.buckets.properties_cached(bucket)
-        w, pw = quorums(self.config, props, w=w, pw=pw)
+        w, pw = write_quorums(self.config, props, w, pw)
         if props['conflicts'] == 'lww':
             context = None   # every write supersedes all the coordinator holds
         preference, fallbacks = self.placement.of(bucket, key)
         self.placement.adopt_previous_owners(bucket, key, preference)   # during a view change
+        epoch = None
         if conditional:
-            coordinators = self.decider.prepare(bucket, key, preference, coordinators)
-        coordinator, held, version, failures = self._coordinate(
-            bucket, key, coordinators or preference, context, check, make, conditional and preference[0])
+            coordinators, epoch = self.decider.prepare(bucket, key, preference, coordinators)
+        recorded = None
+        try:
+            if conditional and len(coordinators) > 1:   # during a view change (decider.py)
+                coordinator, held, version, failures = self._decide_everywhere(
+                    bucket, key, coordinators, epoch, context, check, make, idempotency)
+            else:
+                coordinator, held, version, failures = self._coordinate(
+                    bucket, key, coordinators or preference, context, check, make, conditional and preference[0],
+                    epoch, idempotency)
+        except Recorded as e:
+            recorded = e.record
+            coordinator, held, version, failures = coordinators[0], e.held, self._replay(e, idempotency), {}
+            if version.version_id not in {v.version_id for v in held}:
+                # Superseded since by another write: the outcome is all there is to give.
+                return Receipt(version=version, created=e.record['created'], context=None, siblings=1,
+                               preference_list=preference, acknowledged=[coordinator], coordinator=coordinator,
+                               hints={}, down={}, replayed=True)
         replication = Replication(self.replicas, self.handoff, self.settling, bucket, key, coordinator, version,
                                   held, preference, fallbacks, failures)
         acknowledged, hints, down = replication.run(w, started)
@@ -109,34 +176,64 @@ class Writer:
                               failed=down, acknowledged=acknowledged, hints=hints)
         # The writer has seen its own version, but not siblings it left beside
         # it: no context then, so that its next write cannot supersede them unseen.
-        siblings = [v for v in held if not version.supersedes(v)]
-        return Receipt(version=version, created=not live(held),
+        siblings = [v for v in held if not version.supersedes(v) and v.version_id != version.version_id]
+        return Receipt(version=version, created=recorded['created'] if recorded else not live(held),
                        context=None if siblings else version.full_clock, siblings=len(siblings) + 1,
                        preference_list=preference, acknowledged=acknowledged,
-                       coordinator=coordinator, hints=hints, down=down)
+                       coordinator=coordinator, hints=hints, down=down, replayed=recorded is not None)
 
-    def _coordinate(self, bucket, key, candidates, context, check, make, decider):
+    @staticmethod
+    def _replay(recorded, idempotency):
+        """The version an earlier attempt with the same idempotency key stored
+        (the one held, else one rebuilt from its record);
+        IdempotencyKeyReused when that attempt asked for something else."""
+        record = recorded.record
+        if record['fingerprint'] != idempotency[1]:
+            raise IdempotencyKeyReused('the Idempotency-Key was used for another request to this key (other '
+                                       'method, body, media type, metadata or conditions)')
+        version = next((v for v in recorded.held if v.version_id == record['version_id']), None)
+        if version is None:
+            version = Version(version_id=record['version_id'], clock={}, dot=('', 0), deleted=record['deleted'],
+                              content_type='', value=b'', digest=record['digest'], modified=record['modified'])
+        return version
+
+    def _coordinate(self, bucket, key, candidates, context, check, make, decider, epoch=None, idempotency=None):
         """Have the first of candidates that answers decide the write and store
         its version: (that coordinator, the versions it held, the version,
         {candidate that failed: reason}).  decider: the first owner, for a
-        conditional write (else False)."""
+        conditional write (else False); epoch: the view it was placed by."""
         failures = {}
         for coordinator in candidates:
             try:
                 held, version = self.replicas.call(coordinator, 'coordinate', bucket, key,
-                                                   self._decision(coordinator, context, check, make))
+                                                   self._decision(coordinator, context, check, make), epoch,
+                                                   idempotency)
                 return coordinator, held, version, failures
             except PartitionError as e:
                 failures[coordinator] = e.reason
-        if BAD_DATA in failures.values():
-            raise BadRequest('bad_data', 'the write holds data too large or malformed for the store '
-                             '(a header, a metadata or context field)')
-        if FULL in failures.values():
-            raise InsufficientStorage('no replica of the key has room for the write', failed=failures)
+        refuse_bad_writes(failures)
         if decider:
             raise Unavailable('a conditional write is decided by the key\'s first owner, %s, which '
                               'did not answer; it may have been applied there' % decider, failed=failures)
         raise Unavailable('no replica of the key could take the write', failed=failures)
+
+    def _decide_everywhere(self, bucket, key, deciders, epoch, context, check, make, idempotency=None):
+        """_coordinate for a conditional write with several deciders: decided
+        under all their locks, numbered by the first (the configured first owner)."""
+        coordinator = deciders[0]
+        try:
+            # A large value's chunks are on the first; the others check for them too.
+            probe = make({}, (self.replicas.engines[coordinator].actor, 0))
+            for other in deciders[1:]:
+                self.replicas.call(other, 'copy_chunks', bucket, key, probe)
+            held, version = self.decider.coordinate(deciders, epoch, bucket, key,
+                                                    self._decision(coordinator, context, check, make), idempotency)
+        except PartitionError as e:
+            refuse_bad_writes({e.partition: e.reason})
+            raise Unavailable('a conditional write is decided by the key\'s first owners in the rings '
+                              'that may place it, %s; %s did not answer: it may have been applied'
+                              % (', '.join(deciders), e.partition), failed={e.partition: e.reason})
+        return coordinator, held, version, {}
 
     def _decision(self, coordinator, context, check, make):
         """decide(held) for engine.coordinate: check the versions the
@@ -147,8 +244,10 @@ class Writer:
             if check:
                 check(live(held))
             seen = context if context is not None else context_of(held)
-            seen = prune(seen, engines, max(8, 2 * len(engines)))
+            seen = prune(seen, engines, clock_limit(engines), keep={v.dot[0] for v in held})
             version = make(seen, next_dot(engines[coordinator].actor, held, seen))
+            if any(v.modified // 10 ** 6 >= version.modified // 10 ** 6 for v in held):
+                version.metadata = dict(version.metadata, **{SHARED_SECOND: True})
             kept = [v for v in held if not version.supersedes(v)]
             if len(kept) >= self.config.max_siblings:
                 raise TooManySiblings(

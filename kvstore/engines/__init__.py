@@ -5,7 +5,9 @@ rings, quorums or HTTP.  SQLite and MariaDB share the SQL; they differ only
 in how they connect, how a write transaction locks, and the placeholder.
 
     read(bucket, key)                -> [Version]
-    coordinate(bucket, key, decide)  -> (held, new version)  locked read-decide-write
+    coordinate(bucket, key, decide, epoch, idempotency) -> (held, new version)  locked read-decide-write
+                                     (epoch: refuse, NewerView, if a newer view is recorded;
+                                     idempotency: Recorded if the write was recorded before)
     apply(bucket, key, version)      -> True if stored          a replica takes a version
     scan(bucket, prefix, after, limit) -> [(key, Version)]      byte order, no values
     hints: store_hint(), read_hints(), hints_for(), delete_hint(), hint_counts()
@@ -19,20 +21,22 @@ The modules, one role each:
     rows.py       the schema's columns, versions as rows
     pool.py       a partition's idle connections
     sql.py        SQLEngine: connections, cursors, transactions, schema, metadata;
-                  its SQL by role in keys.py, chunks.py, hints.py, buckets.py, reconcile.py
+                  its SQL by role in keys.py, chunks.py, hints.py, buckets.py, reconcile.py,
+                  idempotency.py
     sqlite.py     SQLiteEngine
     mariadb.py    MySQLEngine (MariaDB), its batched write transactions
     mysqlwire.py  MariaDB's queries sent and every answer read (PyMySQL connects)
 """
-from kvstore.engines.failures import (BAD_DATA, CORRUPT, FULL, HEALTHY_FAILURES, LOCK_CONFLICT,
-                                      PartitionError)
+from kvstore.engines.failures import (BAD_DATA, CORRUPT, FULL, HEALTHY_FAILURES, LOCK_CONFLICT, REFUSED,
+                                      NewerView, PartitionError, Recorded)
 from kvstore.engines.mariadb import MySQLEngine
 from kvstore.engines.pool import Pool
 from kvstore.engines.rows import COLUMNS, INCARNATION
 from kvstore.engines.sql import SQLEngine
 from kvstore.engines.sqlite import SQLiteEngine
 
-__all__ = ['BAD_DATA', 'CORRUPT', 'FULL', 'HEALTHY_FAILURES', 'LOCK_CONFLICT', 'PartitionError',
+__all__ = ['BAD_DATA', 'CORRUPT', 'FULL', 'HEALTHY_FAILURES', 'LOCK_CONFLICT', 'NewerView', 'REFUSED',
+           'PartitionError', 'Recorded',
            'COLUMNS', 'INCARNATION', 'Pool', 'SQLEngine', 'SQLiteEngine', 'MySQLEngine', 'open_engine']
 
 

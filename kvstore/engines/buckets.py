@@ -11,15 +11,42 @@ from kvstore.engines.rows import as_text
 class Buckets:
     """Bucket records, and the keys of a bucket as a whole."""
 
-    def drop_keys(self, bucket):
+    def drop_keys(self, bucket, dropped=None):
         """Remove every version of a bucket's keys, the hints held for them, the
         chunks of their large values and their pending markers (which would
-        have sync.py push the dropped versions back)."""
-        with self._cursor() as cursor:
-            self._execute(cursor, 'DELETE FROM objects WHERE bucket = ?', (bucket.encode(),))
-            self._execute(cursor, 'DELETE FROM pending WHERE bucket = ?', (bucket.encode(),))
-            self._execute(cursor, 'DELETE FROM hints WHERE bucket = ?', (bucket.encode(),))
-            self._execute(cursor, 'DELETE FROM chunks WHERE bucket = ?', (bucket.encode(),))
+        have sync.py push the dropped versions back), and fence the bucket off:
+        from then on a version of its keys modified at or before `dropped`
+        (microseconds; at least every version held here) is refused wherever it
+        comes from (keys.py, _store; hints.py), as one written before the drop.
+        One transaction: a write of the bucket that commits here first is
+        removed, one that comes after meets the fence.  Without `dropped`, the
+        rows only (as a partition that lost them: the tests)."""
+        b = bucket.encode()
+
+        def work(cursor):
+            if dropped is None:
+                return self._drop_rows(cursor, b)
+            fence = dropped
+            for table in ('bucket_fences', 'objects', 'hints'):
+                column = 'dropped' if table == 'bucket_fences' else 'modified'
+                self._execute(cursor, 'SELECT MAX(%s) FROM %s WHERE bucket = ?' % (column, table), (b,))
+                fence = max(fence, int(cursor.fetchall()[0][0] or 0))
+            self._execute(cursor, 'DELETE FROM bucket_fences WHERE bucket = ?', (b,))
+            self._execute(cursor, 'INSERT INTO bucket_fences (bucket, dropped) VALUES (?, ?)', (b, fence))
+            self._drop_rows(cursor, b)
+        return self._transaction(work)
+
+    def _drop_rows(self, cursor, b):
+        for table in ('objects', 'pending', 'hints', 'chunks', 'idempotency'):
+            self._execute(cursor, 'DELETE FROM %s WHERE bucket = ?' % table, (b,))
+
+    def _after_fence(self, cursor, bucket, version):
+        """A new version coordinated here is dated after the bucket's fence, if
+        any (a front end whose clock is behind the one that dropped it)."""
+        self._execute(cursor, 'SELECT dropped FROM bucket_fences WHERE bucket = ?', (bucket.encode(),))
+        rows = cursor.fetchall()
+        if rows and version.modified <= int(rows[0][0]):
+            version.modified = int(rows[0][0]) + 1
 
     def bucket_names(self):
         with self._cursor() as cursor:

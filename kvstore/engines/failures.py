@@ -16,8 +16,32 @@ class PartitionError(Exception):
         self.unavailable = unavailable
 
 
+class NewerView(Exception):
+    """A conditional write's decider records a newer view (epoch) than the one
+    the front end placed the key by: it must read the views again."""
+
+    def __init__(self, partition, epoch):
+        super().__init__('%s records view epoch %d' % (partition, epoch))
+        self.partition = partition
+        self.epoch = epoch
+
+
+class Recorded(Exception):
+    """A write sent with an idempotency key was decided before: its record
+    (idempotency.py) and the versions the partition holds."""
+
+    def __init__(self, record, held):
+        super().__init__('the write was recorded before')
+        self.record = record
+        self.held = held
+
+
 FULL = 'full'                    # the partition's disk or table is full
 LOCK_CONFLICT = 'lock conflict'
 CORRUPT = 'corrupt data'
 BAD_DATA = 'bad data'            # the data written does not fit the schema
+# The database user lacks a privilege the statement needs: the partition fails
+# every such statement until an operator fixes its grants, however well its
+# other calls answer (health.py keeps it down until the refused call succeeds).
+REFUSED = 'refused by its grants'
 HEALTHY_FAILURES = (FULL, LOCK_CONFLICT, CORRUPT, BAD_DATA)

@@ -18,8 +18,9 @@ class Hints:
             self._execute(cursor, 'DELETE FROM hints WHERE target = ? AND bucket = ? AND key_name = ?'
                           ' AND version_id = ?', pk)
             self._execute(cursor, 'INSERT INTO hints (target, bucket, key_name, ' + COLUMNS + ', created)'
-                          ' VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
-                          pk[:3] + self._version_columns(version) + (time.time_ns() // 1000,))
+                          ' SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?' + self.unfenced_clause,
+                          pk[:3] + self._version_columns(version) + (time.time_ns() // 1000,)
+                          + (pk[1], version.modified))
             return True
         return self._transaction(work)
 

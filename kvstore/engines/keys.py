@@ -40,9 +40,15 @@ class Keys:
                           (b, k, version_id.encode()))
         if version is not None:
             self._execute(cursor, 'INSERT INTO objects (bucket, key_name, ' + COLUMNS + ', point)'
-                          ' VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)'
+                          ' SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?' + self.unfenced_clause
                           + (self.if_absent_clause if if_absent else ''),
-                          (b, k) + self._version_columns(version) + (key_point(bucket, key),))
+                          (b, k) + self._version_columns(version) + (key_point(bucket, key), b, version.modified))
+
+    # An INSERT ... SELECT of one row, unless a forced bucket delete fenced the
+    # version off (Buckets.drop_keys): its arguments are the bucket and the
+    # version's modification time.
+    unfenced_clause = (' WHERE NOT EXISTS (SELECT 1 FROM bucket_fences'
+                       ' WHERE bucket_fences.bucket = ? AND dropped >= ?)')
 
     @staticmethod
     def _version_columns(version):
@@ -76,11 +82,24 @@ class Keys:
     def finish_read(self, sent):
         return [self._held_version(row) for row in self.finish_query(sent)]
 
-    def coordinate(self, bucket, key, decide):
-        """Lock the key, let decide(held) make the new version, store it."""
+    def coordinate(self, bucket, key, decide, epoch=None, idempotency=None):
+        """Lock the key, let decide(held) make the new version, store it.
+        epoch: the view the front end placed the key by (a conditional write):
+        NewerView if a newer one is recorded here (sql.py, check_view).
+        idempotency: (key, fingerprint, window seconds) of a write sent with an
+        Idempotency-Key: Recorded if it was decided here before, else its
+        outcome is recorded with the version (idempotency.py)."""
         def work(cursor):
             held = self._held(cursor, bucket, key, values=False)
+            if epoch is not None:
+                self.check_view(cursor, epoch)
+            if idempotency is not None:
+                self._replay_if_recorded(cursor, bucket, key, idempotency, held)
             version = decide(held)
+            self._after_fence(cursor, bucket, version)
+            if idempotency is not None:
+                self._record_outcome(cursor, bucket, key, idempotency, version,
+                                     not any(not v.deleted for v in held))
             if version.chunk_count:
                 self._execute(cursor, 'SELECT COUNT(*) FROM chunks WHERE version_id = ?',
                               (version.version_id.encode(),))
@@ -89,7 +108,7 @@ class Keys:
                                          'upload ended?)', unavailable=False)
             self._store(cursor, bucket, key, [v.version_id for v in held if version.supersedes(v)], version)
             return held, version
-        return self._transaction(work)
+        return self._transaction(work, [(bucket, key)])
 
     def mark_pending(self, bucket, key, version_id):
         """Mark a version this partition holds as not yet on every replica."""
@@ -118,7 +137,8 @@ class Keys:
         """
         self.copy_chunks(bucket, key, version)
         if superseded is not None:
-            held_ids = self._transaction(lambda cursor: self._replace(cursor, bucket, key, version, superseded))
+            held_ids = self._transaction(lambda cursor: self._replace(cursor, bucket, key, version, superseded),
+                                         [(bucket, key)])
             return self._keep_applied(bucket, key, version, superseded, held_ids)
 
         def work(cursor):
@@ -126,7 +146,7 @@ class Keys:
             drop_ids, store = reconcile(held, version)
             self._store(cursor, bucket, key, drop_ids, version if store else None)
             return store or (version.version_id in {v.version_id for v in held} - set(drop_ids))
-        return self._transaction(work)
+        return self._transaction(work, [(bucket, key)])
 
     def _replace(self, cursor, bucket, key, version, superseded):
         """Lock the key's rows (first, as the coordinator does: writers of one
@@ -171,6 +191,10 @@ class Keys:
         """The socket a sent query's answer arrives on; None when it is here."""
         return None
 
+    def answer_shared(self, sent):
+        """Whether other threads may read the answer on answer_socket(sent)."""
+        return False
+
     def scan(self, bucket, prefix, after, limit):
         """Up to `limit` version rows of keys > after that start with prefix, in
         key byte order: [(key, version_id, deleted, Version with its value left
@@ -195,11 +219,11 @@ class Keys:
     def finish_scan(self, sent):
         rows = [self._scanned(row) for row in self.finish_query(sent)]
         return [(key.decode(), version_id, deleted, functools.partial(listed_version, version_id, deleted, clock,
-                                                                      modified))
-                for key, version_id, deleted, clock, modified in rows]
+                                                                      modified, size, content_type))
+                for key, version_id, deleted, clock, modified, size, content_type in rows]
 
     # The columns a listing reads; MySQLEngine packs them into one.
-    scan_columns = 'key_name, version_id, deleted, clock, modified'
+    scan_columns = 'key_name, version_id, deleted, clock, modified, size, content_type'
 
     @staticmethod
     def _scanned(row):

@@ -4,12 +4,15 @@ Every query's answer is read by mysqlwire (the one reader, on hot and cold
 paths alike); PyMySQL connects, escapes values and carries the bytes.
 """
 import contextlib
+import hashlib
+import re
 import select
 
 import pymysql
 
 from kvstore.engines import mysqlwire
-from kvstore.engines.failures import BAD_DATA, FULL, LOCK_CONFLICT, PartitionError
+from kvstore.engines.coalescing import ApplyQueue, Ticket
+from kvstore.engines.failures import BAD_DATA, FULL, LOCK_CONFLICT, REFUSED, PartitionError
 from kvstore.engines.rows import COLUMNS, as_text, row_to_version
 from kvstore.engines.sql import SQLEngine
 
@@ -20,15 +23,17 @@ MYSQL_FULL = (1114, 1021, 1030)
 # MySQL errors the request's own data causes (a value too long for its column,
 # out of range, not valid for it): the partition is as healthy as before.
 MYSQL_BAD_DATA = (1048, 1264, 1265, 1292, 1366, 1406)
+# MySQL errors of a privilege the user lacks (database, table, column, routine,
+# command denied): the partition's grants, not the request.
+MYSQL_DENIED = (1044, 1142, 1143, 1227, 1370)
 
 
 class Sent:
-    """A MySQL query sent and not yet answered: the connection its answers
-    come on, and what it was sent for."""
-    __slots__ = ('conn', 'request')
+    """A MySQL query sent and not yet answered: the connection its answers come on."""
+    __slots__ = ('conn',)
 
-    def __init__(self, conn, request=None):
-        self.conn, self.request = conn, request
+    def __init__(self, conn):
+        self.conn = conn
 
 
 class BatchingCursor(mysqlwire.Cursor):
@@ -39,11 +44,18 @@ class BatchingCursor(mysqlwire.Cursor):
     travels with the first (locking) read, and the writes with the COMMIT:
     two round trips instead of five.  A replica's write, built here and sent
     whole (statements(), inside one compound statement), takes one.
+
+    locks: the names of the user locks (GET_LOCK) of the keys it writes.  Such
+    a transaction is READ COMMITTED: its locking reads take no gap locks (gap
+    locks made writers of neighbouring new keys deadlock), and the key's own
+    lock, taken before it starts and released after it ends, queues writers
+    of one key, even of a key no row stands for yet.
     """
 
-    def __init__(self, conn):
+    def __init__(self, conn, locks=()):
         super().__init__(conn)
-        self._held = ['START TRANSACTION']
+        self._held = key_transaction_start(locks)
+        self._release = key_transaction_end(locks)
         self.connection = self   # SQLEngine._transaction commits through it, as on sqlite3's cursors
 
     def execute(self, statement, args=None):
@@ -69,22 +81,43 @@ class BatchingCursor(mysqlwire.Cursor):
             super().execute(';\n'.join(statements))
 
     def statements(self):
-        """What is held and COMMIT: the SQL to send as one query."""
-        return self._held + ['COMMIT']
+        """What is held, COMMIT and the keys' locks released: the SQL to send as one query."""
+        return self._held + ['COMMIT'] + self._release
 
     def commit(self):
-        self._held.append('COMMIT')
+        self._held += ['COMMIT'] + self._release
         self._send()
 
     def rollback(self):
         self._held = []
-        super().execute('ROLLBACK')
+        super().execute(';\n'.join(['ROLLBACK'] + self._release))
+
+
+# How long a writer waits for a key's user lock: longer than any client waits
+# for an answer (read_timeout), so that GET_LOCK never gives up (returning 0,
+# unnoticed in a multi-statement); the client gives up first and drops the
+# connection, which releases whatever it held.
+KEY_LOCK_WAIT = 3600
+
+
+def key_transaction_start(locks):
+    if not locks:
+        return ['START TRANSACTION']
+    return ['SET TRANSACTION ISOLATION LEVEL READ COMMITTED',
+            'DO ' + ', '.join("GET_LOCK('%s', %d)" % (name, KEY_LOCK_WAIT) for name in locks),
+            'START TRANSACTION']
+
+
+def key_transaction_end(locks):
+    return ['DO ' + ', '.join("RELEASE_LOCK('%s')" % name for name in locks)] if locks else []
 
 
 class MySQLEngine(SQLEngine):
     """A partition in one MySQL/MariaDB database."""
     placeholder = '%s'
     lock_clause = ' FOR UPDATE'
+    share_lock_clause = ' LOCK IN SHARE MODE'
+    unfenced_clause = ' FROM DUAL' + SQLEngine.unfenced_clause
     if_absent_clause = ' ON DUPLICATE KEY UPDATE version_id = version_id'
     insert_if_absent = 'INSERT IGNORE'
     db_errors = (pymysql.Error,)
@@ -96,6 +129,7 @@ class MySQLEngine(SQLEngine):
                            ssl_disabled=True, client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS)
         self.database = database
         super().__init__(name)
+        self._applies = ApplyQueue(name, self._send_applies, self._read_applies, self.pool.discard)
 
     def _connect(self):
         try:
@@ -112,8 +146,15 @@ class MySQLEngine(SQLEngine):
 
     _new_cursor = mysqlwire.Cursor
 
-    def _begin(self, cursor):
-        return BatchingCursor(cursor.conn)
+    def _begin(self, cursor, keys=()):
+        return BatchingCursor(cursor.conn, self._key_locks(keys))
+
+    def _key_locks(self, keys):
+        """The user locks of keys [(bucket, key)], in one order for every writer
+        (hex names: nothing to escape).  User locks are server-wide: the name
+        says whose database it is."""
+        return sorted({hashlib.md5(b'\0'.join((self.database.encode(), bucket.encode(), key.encode())))
+                       .hexdigest() for bucket, key in keys})
 
     def _each(self, cursor, statement, rows):
         statement = self._sql(statement)
@@ -126,7 +167,7 @@ class MySQLEngine(SQLEngine):
     def send_query(self, statement, args):
         return self._send(lambda conn: mysqlwire.bind(conn, self._sql(statement), args))
 
-    def _send(self, statement, request=None):
+    def _send(self, statement):
         """Send statement(conn), SQL, as one query; finish_query reads every
         answer and returns the rows of the last result set."""
         try:
@@ -135,7 +176,7 @@ class MySQLEngine(SQLEngine):
             raise self._failure(e) from None
         with self._dropped_on_failure(conn):
             mysqlwire.send(conn, statement(conn))
-        return Sent(conn, request)
+        return Sent(conn)
 
     def finish_query(self, sent):
         # Read once: the connection goes back to the pool (or is dropped), and
@@ -151,27 +192,39 @@ class MySQLEngine(SQLEngine):
     def send_apply(self, bucket, key, version, superseded):
         if version.chunk_size:   # its chunks are copied first, in this call
             return self.apply(bucket, key, version, superseded)
+        return self._applies.send((bucket, key, version, superseded), len(version.value))
 
+    def _send_applies(self, requests):
+        """Send replica writes [(bucket, key, version, superseded)] as one
+        transaction (coalescing.py): _replace for each, in one compound
+        statement (MariaDB's BEGIN NOT ATOMIC), answered only once it has
+        committed (a multi-statement answers statement by statement, so its
+        socket would turn readable at once).  The answer: the ids each
+        locking read found.  The connection it went on."""
         def statement(conn):
-            # _replace as one compound statement (MariaDB's BEGIN NOT ATOMIC),
-            # answered only once it has committed: a multi-statement answers
-            # statement by statement, so its socket would turn readable at
-            # once.  The answer is the ids the locking read found.
-            batch = BatchingCursor(conn)
-            batch.hold(self._sql('SELECT GROUP_CONCAT(version_id) INTO held FROM objects'
-                                 ' WHERE bucket = ? AND key_name = ?' + self.lock_clause),
-                       (bucket.encode(), key.encode()))
-            self._store(batch, bucket, key, superseded, version, if_absent=True)
-            return 'BEGIN NOT ATOMIC DECLARE held LONGBLOB; %s; SELECT held; END' % ';\n'.join(batch.statements())
-        return self._send(statement, (bucket, key, version, superseded))
+            batch = BatchingCursor(conn, self._key_locks([(b, k) for b, k, _, _ in requests]))
+            for i, (bucket, key, version, superseded) in enumerate(requests):
+                batch.hold(self._sql('SELECT GROUP_CONCAT(version_id) INTO held%d FROM objects'
+                                     ' WHERE bucket = ? AND key_name = ?' % i + self.lock_clause),
+                           (bucket.encode(), key.encode()))
+                self._store(batch, bucket, key, superseded, version, if_absent=True)
+            held = ', '.join('held%d' % i for i in range(len(requests)))
+            return 'BEGIN NOT ATOMIC DECLARE %s LONGBLOB; %s; SELECT %s; END' % (
+                held, ';\n'.join(batch.statements()), held)
+        return self._send(statement).conn
+
+    def _read_applies(self, conn, count):
+        with self._dropped_on_failure(conn):
+            [row] = mysqlwire.read_rows(conn)
+        self.pool.release(conn)
+        return [as_text(held).split(',') if held else [] for held in row[:count]]
 
     def finish_apply(self, sent):
-        if not isinstance(sent, Sent):
+        if not isinstance(sent, Ticket):
             return sent
         bucket, key, version, superseded = sent.request
         try:
-            held = self.finish_query(sent)[0][0]
-            held_ids = as_text(held).split(',') if held else []
+            held_ids = self._applies.finish(sent)
         except PartitionError as e:
             if e.reason != LOCK_CONFLICT:
                 raise
@@ -179,7 +232,15 @@ class MySQLEngine(SQLEngine):
         return self._keep_applied(bucket, key, version, superseded, held_ids)
 
     def answer_socket(self, sent):
-        return mysqlwire.socket_of(sent.conn) if isinstance(sent, Sent) and sent.conn else None
+        if isinstance(sent, Ticket):
+            batch = self._applies.socket_batch(sent)
+            conn = batch.conn if batch is not None else None
+        else:
+            conn = sent.conn if isinstance(sent, Sent) else None
+        return mysqlwire.socket_of(conn) if conn else None
+
+    def answer_shared(self, sent):
+        return isinstance(sent, Ticket) and self._applies.shared(sent)
 
     @contextlib.contextmanager
     def _dropped_on_failure(self, conn):
@@ -196,7 +257,9 @@ class MySQLEngine(SQLEngine):
 
     def abandon_query(self, sent):
         """A sent query that will not be read: its connection cannot be reused."""
-        if isinstance(sent, Sent) and sent.conn:
+        if isinstance(sent, Ticket):
+            self._applies.abandon(sent)
+        elif isinstance(sent, Sent) and sent.conn:
             self.pool.discard(sent.conn)
             sent.conn = None
 
@@ -214,13 +277,14 @@ class MySQLEngine(SQLEngine):
     held_columns = 'CONCAT_WS(0x1f, %s), value' % COLUMNS.replace(', value', '')
     held_columns_without_value = held_columns.replace(', value', ", x''")
     # A listing reads one column a row, for the same reason.  The key goes last, as
-    # it alone may hold a 0x1f byte (a clock is JSON, which escapes it).
-    scan_columns = 'CONCAT_WS(0x1f, version_id, deleted, clock, modified, key_name)'
+    # it alone may hold a 0x1f byte (a clock is JSON, which escapes it; a media
+    # type holds no control character).
+    scan_columns = 'CONCAT_WS(0x1f, version_id, deleted, clock, modified, size, content_type, key_name)'
 
     @staticmethod
     def _scanned(row):
-        version_id, deleted, clock, modified, key = row[0].split(b'\x1f', 4)
-        return key, version_id, int(deleted), clock, modified
+        version_id, deleted, clock, modified, size, content_type, key = row[0].split(b'\x1f', 6)
+        return key, version_id, int(deleted), clock, modified, size, content_type
 
     def _held_version(self, row):
         fields = row[0].split(b'\x1f')
@@ -235,6 +299,10 @@ class MySQLEngine(SQLEngine):
             return FULL
         if code in MYSQL_BAD_DATA:
             return BAD_DATA
+        if code in MYSQL_DENIED:
+            # The statement denied, not the user and host the message names.
+            denied = re.match(r'\s*(\w+) command denied', str(error.args[1]) if len(error.args) > 1 else '')
+            return '%s (MySQL error %s%s)' % (REFUSED, code, ': %s denied' % denied.group(1) if denied else '')
         if not code:
             return 'connection lost'
         if isinstance(error, pymysql.OperationalError):

@@ -84,7 +84,7 @@ class Reconciliation:
                 self._store(cursor, bucket, key, drop_ids, version if keep else None)
                 stored[i] = keep
             return stored
-        return self._transaction(work) if items else []
+        return self._transaction(work, [(bucket, key) for bucket, key, _ in items]) if items else []
 
     def insert_many(self, items):
         """Store [(bucket, key, version)] of keys this partition holds no version

@@ -41,11 +41,12 @@ def row_to_version(row, source=None):
                    value=bytes(value), digest=as_text(digest), modified=int(modified))
 
 
-def listed_version(version_id, deleted, clock, modified):
-    """Just enough of a version to tell which supersedes which (scan())."""
+def listed_version(version_id, deleted, clock, modified, size, content_type):
+    """Just enough of a version to tell which supersedes which (scan()), and
+    what a listing shows of it: its size, type and date."""
     seen, dot = decode_version_clock(clock)
     return Version(version_id=as_text(version_id), clock=seen, dot=dot, deleted=bool(deleted),
-                   content_type='', value=b'', digest='', modified=int(modified))
+                   content_type=as_text(content_type), value=b'', digest='', modified=int(modified), size=int(size))
 
 
 def as_text(value):

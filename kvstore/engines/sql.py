@@ -1,20 +1,22 @@
 """SQLEngine: the SQL both engines share, and how it runs.
 
 Its methods are grouped by role in mixins (keys.py, chunks.py, hints.py,
-buckets.py, reconcile.py); this class holds what they all use: a partition's
+buckets.py, reconcile.py, idempotency.py); this class holds what they all use: a partition's
 connections, cursors, write transactions and their retries, what a database
 error means, the schema and the partition's incarnation and metadata.
 The dialects (sqlite.py, mariadb.py) say how to connect and lock.
 """
 import contextlib
+import json
 import logging
 import random
 import time
 
 from kvstore.engines.buckets import Buckets
 from kvstore.engines.chunks import Chunks
-from kvstore.engines.failures import HEALTHY_FAILURES, LOCK_CONFLICT, PartitionError
+from kvstore.engines.failures import HEALTHY_FAILURES, LOCK_CONFLICT, NewerView, PartitionError
 from kvstore.engines.hints import Hints
+from kvstore.engines.idempotency import Idempotency
 from kvstore.engines.keys import Keys
 from kvstore.engines.pool import Pool
 from kvstore.engines.reconcile import Reconciliation
@@ -22,12 +24,14 @@ from kvstore.engines.rows import INCARNATION, as_text, new_incarnation_id, schem
 
 log = logging.getLogger('kvstore.engines')
 TRANSACTION_ATTEMPTS = 10
+VIEW = 'view'   # the metadata row of the recorded view (coordinator/views.py)
 
 
-class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation):
+class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation, Idempotency):
     """The SQL both engines share.  Subclasses set how to connect and lock."""
     placeholder = '?'
     lock_clause = ''
+    share_lock_clause = ''   # SQLite's write transactions lock the whole file
     if_absent_clause = ' ON CONFLICT DO NOTHING'
     insert_if_absent = 'INSERT OR IGNORE'
     db_errors = ()
@@ -54,8 +58,9 @@ class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation):
     def _connect(self):
         raise NotImplementedError
 
-    def _begin(self, cursor):
-        """Start a write transaction; may return a cursor to use in its place."""
+    def _begin(self, cursor, keys=()):
+        """Start a write transaction; may return a cursor to use in its place.
+        keys: the (bucket, key) pairs whose versions it writes."""
         raise NotImplementedError
 
     @staticmethod
@@ -100,11 +105,12 @@ class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation):
         for row in rows:
             self._execute(cursor, statement, row)
 
-    def _transaction(self, work):
-        """Run work(cursor) in one write transaction, retrying lock conflicts."""
+    def _transaction(self, work, keys=()):
+        """Run work(cursor) in one write transaction, retrying lock conflicts.
+        keys: the (bucket, key) pairs whose versions it writes (see _begin)."""
         def attempt():
             with self._cursor() as cursor:
-                cursor = self._begin(cursor) or cursor
+                cursor = self._begin(cursor, keys) or cursor
                 try:
                     result = work(cursor)
                 except BaseException:
@@ -160,6 +166,17 @@ class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation):
             self._execute(cursor, 'SELECT name, value FROM metadata WHERE name IN (%s)'
                           % ', '.join(['?'] * len(names)), [n.encode() for n in names])
             return {as_text(n): as_text(v) for n, v in cursor.fetchall()}
+
+    def check_view(self, cursor, epoch):
+        """In a write transaction: NewerView if the view recorded here is newer
+        than epoch.  Its row stays share-locked until the commit, so sync.py
+        records a newer view only after the transaction (set_metadata waits)."""
+        self._execute(cursor, 'SELECT value FROM metadata WHERE name = ?' + self.share_lock_clause,
+                      (VIEW.encode(),))
+        rows = cursor.fetchall()
+        recorded = json.loads(as_text(rows[0][0]))['epoch'] if rows else 0
+        if recorded > epoch:
+            raise NewerView(self.name, recorded)
 
     def set_metadata(self, values):
         """Write {name: value} metadata rows in one transaction."""

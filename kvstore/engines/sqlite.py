@@ -48,7 +48,7 @@ class SQLiteEngine(SQLEngine):
         self._register_functions(conn)
         return conn
 
-    def _begin(self, cursor):
+    def _begin(self, cursor, keys=()):
         # IMMEDIATE takes the write lock now, so the read that follows is locked.
         cursor.execute('BEGIN IMMEDIATE')
 

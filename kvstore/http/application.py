@@ -56,6 +56,13 @@ def finish_response(body):
 class Application(web.application):
     """web.py's application, where every failure becomes a negotiated error document."""
 
+    def __init__(self, mapping, fvars, **settings):
+        super().__init__(mapping, fvars, **settings)
+        # RFC 9110 15.5.6, 15.6.2: a method some resource takes (or a CORS
+        # preflight's OPTIONS) is 405 where it is not taken; any other, 501.
+        self.implemented = {name for resource in mapping[1::2] for name in vars(resource) if name.isupper()}
+        self.implemented |= {'HEAD', 'OPTIONS'}
+
     def handle(self):
         return finish_response(self.handle_errors())
 
@@ -70,6 +77,9 @@ class Application(web.application):
             if web.ctx.status.startswith('404'):
                 return respond_error('not_found', 'no resource at %s' % urllib.parse.quote(
                     web.ctx.path, safe='/', errors='surrogateescape'))
+            if web.ctx.status.startswith('405') and web.ctx.method not in self.implemented:
+                web.ctx.headers = []   # web.py's Allow: no method of this store is meant
+                return respond_error('method_not_implemented', 'the store takes no %s request' % web.ctx.method)
             if web.ctx.status.startswith('405'):
                 return respond_error('method_not_allowed', '%s is not allowed here' % web.ctx.method)
             raise

@@ -15,10 +15,10 @@ def record_path(bucket, key):
     return key_path(bucket, key) + '?as=record'
 
 
-def listing_path(bucket, prefix='', limit=None, cursor=None, before=None):
-    """A page of a bucket's keys: after cursor, or before `before` (tokens), with prefix and limit kept."""
-    params = [(name, value) for name, value in (('prefix', prefix), ('limit', limit), ('cursor', cursor),
-                                                ('before', before)) if value]
+def listing_path(bucket, prefix='', limit=None, cursor=None, before=None, delimiter=None):
+    """A page of a bucket's keys: after cursor, or before `before` (tokens), with prefix, delimiter and limit kept."""
+    params = [(name, value) for name, value in (('prefix', prefix), ('delimiter', delimiter), ('limit', limit),
+                                                ('cursor', cursor), ('before', before)) if value]
     return '/buckets/%s/keys' % bucket + ('?' + urllib.parse.urlencode(params) if params else '')
 
 

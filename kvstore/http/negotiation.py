@@ -24,6 +24,7 @@ STATUS = {
     'bucket_not_empty': '409 Conflict',
     'too_many_siblings': '409 Conflict',
     'precondition_failed': '412 Precondition Failed',
+    'idempotency_key_reused': '422 Unprocessable Content',
     'value_too_large': '413 Content Too Large',
     'body_too_large': '413 Content Too Large',
     'uri_too_long': '414 URI Too Long',
@@ -35,8 +36,16 @@ STATUS = {
     'unavailable': '503 Service Unavailable',
     'internal_error': '500 Internal Server Error',
     'unsupported_transfer_coding': '501 Not Implemented',
+    'method_not_implemented': '501 Not Implemented',
 }
-RENDERERS = dict(json=documents.render_json, xml=documents.render_xml, html=pages.render_page,
+def render_page(document, root):
+    """pages.render_page, marked as the store's own page: access.py lets its
+    one form (the key list's search) submit, as it lets no stored value."""
+    web.ctx.own_page = True
+    return pages.render_page(document, root)
+
+
+RENDERERS = dict(json=documents.render_json, xml=documents.render_xml, html=render_page,
                  txt=documents.render_text)
 DOCUMENT_TYPES = [m for short in RENDERERS for m in mimerender._get_mime_types(short)]
 

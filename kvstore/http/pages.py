@@ -5,7 +5,8 @@ record (its raw value linked, an image shown) and back; the cluster page
 draws the ring.  A document without a page of its own is rendered whole
 (documents.render_fragment), under the same navigation.  Everything from the
 store (keys above all) is escaped: every text and attribute goes through esc.
-The pages hold no script and no form; access.py serves them sandboxed.
+The pages hold no script, and no form but the key list's prefix search (a
+GET); access.py serves them sandboxed, forms allowed on these pages alone.
 """
 import html
 import math
@@ -13,12 +14,16 @@ import math
 from kvstore.http import documents
 from kvstore.http.links import bucket_path, key_path, listing_path, locate_path, record_path
 
+# Tables fit a phone's width: long names break anywhere, and below 40em the
+# columns marked "more" (details a wider screen has room for) are left out.
 STYLE = ('body{font-family:sans-serif;margin:1.5em 2em;max-width:72em}nav{margin-bottom:1em;color:#555}'
-         'dt{font-weight:bold}dd{margin:0 0 .5em 1.5em}table{border-collapse:collapse;margin:.5em 0}'
-         'th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}'
+         'dt{font-weight:bold}dd{margin:0 0 .5em 1.5em}table{border-collapse:collapse;margin:.5em 0;max-width:100%}'
+         'th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}td{overflow-wrap:anywhere}'
          'td.n{text-align:right;white-space:nowrap}pre{background:#f6f6f6;padding:.6em;overflow:auto;max-height:30em}'
          'img.value{max-width:100%;max-height:40em;border:1px solid #ccc}.pager a{margin-right:1.5em}'
-         '.up{color:#1e7b45}.suspect{color:#a67c00}.down{color:#b02a1a}details{margin-top:2em}')
+         '.up{color:#1e7b45}.suspect{color:#a67c00}.down{color:#b02a1a}details{margin-top:2em}'
+         'svg{max-width:100%;height:auto}form{margin:.5em 0}input[type=search]{width:16em;max-width:60%}'
+         '@media (max-width:40em){body{margin:.8em}.more{display:none}th,td{padding:.2em .3em}}')
 STATE_COLOURS = {'up': '#2e8b57', 'suspect': '#d4a017', 'down': '#c0392b'}
 
 
@@ -33,7 +38,8 @@ def link(href, text):
 def render_page(document, root):
     """The HTML of a document: its page, or the generic rendering, under the navigation."""
     title, body, shown = PAGES.get(root, generic_page)(document, root)
-    return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>%s</title><style>%s</style>'
+    return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1"><title>%s</title><style>%s</style>'
             '</head>\n<body>\n%s\n<h1>%s</h1>\n%s\n<details><summary>The %s document</summary>\n%s</details>\n'
             '</body></html>\n' % (esc(title), STYLE, navigation(document), esc(title), body, esc(root),
                                   documents.render_fragment(shown)))
@@ -80,19 +86,66 @@ def bucket_page(doc, root):
 
 
 def keys_page(doc, root):
-    bucket, prefix, limit = doc['bucket'], doc['prefix'], doc.get('limit')
-    items = ''.join('<li>%s</li>' % link(record_path(bucket, k), k) for k in doc['keys'])
-    pager = [link(listing_path(bucket, prefix, limit), 'first page')]
+    """The key browser: folders (a delimiter's common prefixes) and keys with
+    their size, type and date, a prefix search, and the pages on either side."""
+    bucket, prefix, limit, delimiter = doc['bucket'], doc['prefix'], doc.get('limit'), doc.get('delimiter')
+    listed = {entry['key']: entry for entry in doc.get('details', [])}
+    # Names as in a folder: after the last delimiter of the prefix (all of it without one).
+    here = prefix[:prefix.rfind(delimiter) + len(delimiter)] if delimiter and delimiter in prefix else ''
+    entries = [(folder, (link(listing_path(bucket, folder, limit, delimiter=delimiter), folder[len(here):]),
+                         '', 'folder', '')) for folder in doc.get('common_prefixes', [])]
+    entries += [(key, (link(record_path(bucket, key), key[len(here):]),) + listed_cells(listed.get(key)))
+                for key in doc['keys']]
+    rows = [row for _, row in sorted(entries)]   # folders among the keys, in the listing's order
+    pager = [link(listing_path(bucket, prefix, limit, delimiter=delimiter), 'first page')]
     if doc.get('previous_cursor'):
         pager.append('<a rel="prev" href="%s">&larr; previous page</a>' % esc(
-            listing_path(bucket, prefix, limit, before=doc['previous_cursor'])))
+            listing_path(bucket, prefix, limit, before=doc['previous_cursor'], delimiter=delimiter)))
     if doc.get('next_cursor'):
         pager.append('<a rel="next" href="%s">next page &rarr;</a>' % esc(
-            listing_path(bucket, prefix, limit, cursor=doc['next_cursor'])))
-    body = ('<p>Keys of bucket %s%s, %s a page.</p><ul>%s</ul><p class="pager">%s</p>' % (
-        link(bucket_path(bucket), bucket), ' starting with <code>%s</code>' % esc(prefix) if prefix else '',
-        esc(limit), items or '<li><em>no keys on this page</em></li>', ''.join(pager)))
+            listing_path(bucket, prefix, limit, cursor=doc['next_cursor'], delimiter=delimiter)))
+    view = (link(listing_path(bucket, prefix, limit), 'all keys, without folders') if delimiter
+            else link(listing_path(bucket, prefix, limit, delimiter='/'), 'by folders (/)'))
+    body = ('<p>%s%s, %s a page; %s.</p>%s%s%s<p class="pager">%s</p>' % (
+        folder_trail(bucket, prefix, limit, delimiter), '' if not prefix or delimiter else
+        ' starting with <code>%s</code>' % esc(prefix), esc(limit), view, search_form(bucket, prefix, delimiter),
+        table(('name', 'size', 'type', 'last modified'), rows, more=(2, 3)) if rows else '',
+        '' if rows else '<p><em>no keys on this page</em></p>', ''.join(pager)))
     return 'Keys of %s' % bucket, body, doc
+
+
+def listed_cells(entry):
+    """A key's size, type and date cells (empty without details; siblings say how many)."""
+    if entry is None:
+        return '', '', ''
+    if 'siblings' in entry:
+        return '<td class="n">%s siblings</td>' % esc(entry['siblings']), '', ''
+    return number(entry['size'], size(entry['size'])), esc(entry['content_type']), esc(entry['last_modified'])
+
+
+def folder_trail(bucket, prefix, limit, delimiter):
+    """bucket / img / 2024 /: each folder of prefix linked to its own listing."""
+    trail = [link(listing_path(bucket, '', limit, delimiter=delimiter), bucket)]
+    if delimiter:
+        start = 0
+        while True:
+            end = prefix.find(delimiter, start)
+            if end < 0:
+                break
+            end += len(delimiter)
+            trail.append(link(listing_path(bucket, prefix[:end], limit, delimiter=delimiter), prefix[start:end]))
+            start = end
+        if prefix[start:]:
+            trail.append(esc(prefix[start:]) + '&hellip;')
+    return 'Keys of bucket ' + ' '.join(trail)
+
+
+def search_form(bucket, prefix, delimiter):
+    """A GET of the listing with the prefix typed (and the delimiter kept)."""
+    kept = '<input type="hidden" name="delimiter" value="%s">' % esc(delimiter) if delimiter else ''
+    return ('<form method="get" action="%s" role="search"><label>Keys starting with '
+            '<input type="search" name="prefix" value="%s"></label>%s <button>Search</button></form>'
+            % (esc(listing_path(bucket)), esc(prefix), kept))
 
 
 def value_html(bucket, key, version):
@@ -157,12 +210,12 @@ def cluster_page(doc, root):
     body = ('<p>N=%s, R=%s, W=%s; answered by %s</p>%s' % (
         esc(doc['replicas']), esc(doc['r']), esc(doc['w']), esc(doc['front_end']), ring_svg(partitions)))
     body += table(('partition', 'state', 'observed', 'last error', 'share', 'keys', 'bytes', 'pending',
-                   'hints held', 'hints waiting', 'hints expired'), rows)
+                   'hints held', 'hints waiting', 'hints expired'), rows, more=(2, 4, 7, 8, 9, 10))
     body += '<p>Keys, bytes and pending markers counted at %s.</p>' % esc(doc['usage_counted'])
     runs = [(esc(job), esc(run.get('finished')), '<span class="%s">%s</span>' % (
         'up' if run.get('ok') else 'down', 'ok' if run.get('ok') else 'failed'), esc('yes' if run.get('work_left') else 'no'),
         esc(run.get('error') or run.get('summary') or '')) for job, run in sorted(doc['sync'].items())]
-    body += '<h2>Last sync.py runs</h2>' + (table(('job', 'finished', 'outcome', 'work left', 'summary'), runs)
+    body += '<h2>Last sync.py runs</h2>' + (table(('job', 'finished', 'outcome', 'work left', 'summary'), runs, more=(1, 3))
                                             if runs else '<p>sync.py has recorded no runs yet.</p>')
     body += '<h2>Rebalance</h2>' + documents.render_fragment(doc['rebalance'])
     body += '<h2>Gossip</h2>' + documents.render_fragment(doc['gossip'])
@@ -188,20 +241,31 @@ def error_page(doc, root):
     return 'Error %s: %s' % (doc['status'], doc['code']), '<p>%s</p>' % esc(doc['message']), doc
 
 
-def table(headings, rows):
-    """rows hold HTML already escaped."""
-    return '<table><tr>%s</tr>%s</table>' % (''.join('<th>%s</th>' % esc(h) for h in headings), ''.join(
-        '<tr>%s</tr>' % ''.join(cell if cell.startswith('<td') else '<td>%s</td>' % cell for cell in row)
-        for row in rows))
+def table(headings, rows, more=()):
+    """rows hold HTML already escaped; the columns numbered in more are left
+    out on a narrow screen."""
+    def cell(i, html, tag='td'):
+        kind = ' class="more"' if i in more else ''
+        if html.startswith('<td'):
+            return html.replace('<td class="', '<td class="more ', 1) if kind else html
+        return '<%s%s>%s</%s>' % (tag, kind, html, tag)
+    return '<table><tr>%s</tr>%s</table>' % (''.join(cell(i, esc(h), 'th') for i, h in enumerate(headings)), ''.join(
+        '<tr>%s</tr>' % ''.join(cell(i, c) for i, c in enumerate(row)) for row in rows))
 
 
 def number(value, shown=None):
+    """A number's cell; ? when it is unknown (null: a partition that did not answer)."""
     return '<td class="n">%s</td>' % esc('?' if value is None else shown or value)
 
 
 def size(count):
+    """A byte count for people (1.5 KiB); None when it is unknown."""
+    if count is None:
+        return None
+    if count == 1:
+        return '1 byte'
     for unit in ('bytes', 'KiB', 'MiB', 'GiB'):
-        if count is None or count < 1024:
+        if count < 1024:
             break
         count /= 1024
     return '%s %s' % (count if isinstance(count, int) else '%.1f' % count, unit)

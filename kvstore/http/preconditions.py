@@ -9,6 +9,7 @@ import datetime
 from kvstore.errors import BadRequest, PreconditionFailed
 
 PASS, NOT_MODIFIED = 'pass', 'not modified'
+UNTAGGED = ''   # the current ETag of a resource that has none: equal to no tag a client sends
 
 
 def _etags(header):
@@ -80,8 +81,7 @@ class Preconditions:
         safe: the request is a GET or HEAD.
         etag_of: a version's ETag in the selected representation (default: the raw value's).
         """
-        modified = max((v.modified for v in current), default=None)
-        modified = modified // 1_000_000 if modified is not None else None  # HTTP dates have seconds
+        modified = max((v.date for v in current), default=None)   # HTTP dates have seconds
         etags = [etag_of(v) if etag_of else v.etag for v in current]
         return self.evaluate_validators(etags, modified, safe)
 
@@ -104,6 +104,11 @@ class Preconditions:
             if modified <= self.if_modified_since:
                 return NOT_MODIFIED
         return PASS
+
+    def evaluate_untagged(self):
+        """evaluate() for a GET of a resource that exists without an ETag (a
+        listing): "*" matches it, no entity-tag does (RFC 9110 13.1.1, 13.1.2)."""
+        return self.evaluate_validators([UNTAGGED], None, safe=True)
 
     def check_write(self, current):
         """For the datastore: refuse the write unless the preconditions hold."""

@@ -2,14 +2,14 @@
 quorums and causal context it asks for."""
 import io
 import json
+import re
 import urllib.parse
 
-import mimeparse
 import web
 
 from kvstore.coordinator.versions import BadContext, decode_context
 from kvstore.errors import BadRequest, BodyTooLarge, TooLarge
-from kvstore.http import framing
+from kvstore.http import framing, mediatypes
 from kvstore.http.metadata import check_field_value
 
 FORM_TYPES = ('application/x-www-form-urlencoded', 'multipart/form-data')
@@ -75,7 +75,7 @@ def request_context(bucket, key):
     if not header:
         return None
     try:
-        return decode_context(header, store().engines, bucket, key)
+        return decode_context(header, store().engines, bucket, key, store().config.max_clock_skew)
     except BadContext as e:
         raise BadRequest('bad_context', str(e))
 
@@ -117,10 +117,11 @@ def request_value():
         if value is None:
             raise BadRequest('bad_body', 'a form must carry the value in a field named "value"')
         return (value if isinstance(value, bytes) else value.encode('utf-8')), 'text/plain; charset=utf-8'
-    try:
-        mimeparse.parse_mime_type(content_type)
-    except mimeparse.MimeTypeParseException:
-        raise BadRequest('bad_header', 'Content-Type is not a media type')
+    if mediatypes.single_type(content_type) is None:
+        # A browser splits at commas and takes the last type that parses: a value
+        # stored as `text/plain, text/html` would be HTML to it.
+        raise BadRequest('bad_header', 'Content-Type must be exactly one media type (type/subtype and '
+                         'parameters, no comma outside a quoted string), as browsers read it')
     check_field_value('Content-Type', content_type)
     if len(content_type.encode('utf-8')) > MAX_CONTENT_TYPE_BYTES:
         raise BadRequest('bad_header', 'Content-Type takes at most %d bytes' % MAX_CONTENT_TYPE_BYTES)
@@ -138,3 +139,23 @@ def body_may_be_large():
     declared = env.get('CONTENT_LENGTH')
     return (not declared or not declared.isdigit() or int(declared) > store().config.chunk_size
             or env.get('HTTP_EXPECT', '').lower() == '100-continue')
+
+
+IDEMPOTENCY_KEY_LENGTH = 255
+_SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')
+_TOKEN = re.compile(r'[\x21\x23-\x5b\x5d-\x7e]+')
+
+
+def request_idempotency_key():
+    """The Idempotency-Key header (the IETF httpapi draft: a Structured Field
+    string, "…"; a bare token is taken too), or None."""
+    raw = web.ctx.env.get('HTTP_IDEMPOTENCY_KEY')
+    if raw is None:
+        return None
+    raw = raw.strip(' \t')
+    quoted, bare = _SF_STRING.fullmatch(raw), _TOKEN.fullmatch(raw)
+    key = re.sub(r'\\(.)', r'\1', quoted.group(1)) if quoted else raw if bare else None
+    if not key or len(key) > IDEMPOTENCY_KEY_LENGTH:
+        raise BadRequest('bad_idempotency_key', 'Idempotency-Key is a quoted string of 1 to %d printable ASCII '
+                         'characters' % IDEMPOTENCY_KEY_LENGTH)
+    return key

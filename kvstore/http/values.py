@@ -39,6 +39,16 @@ def value_document(version):
     return doc
 
 
+def listed_key(key, versions):
+    """A key of a listing with details: its live version's size, type, date
+    and ETag; for siblings, how many there are."""
+    if len(versions) > 1:
+        return {'key': key, 'siblings': len(versions)}
+    version = versions[0]
+    return {'key': key, 'size': version.size, 'content_type': version.content_type,
+            'last_modified': last_modified(version), 'etag': version.etag}
+
+
 def context_header(bucket, key, receipt):
     return {'X-Context': encode_context(receipt.context, bucket, key)} if receipt.context is not None else {}
 
@@ -53,6 +63,8 @@ def receipt_document(bucket, key, receipt):
                preference_list=receipt.preference_list, acknowledged=receipt.acknowledged,
                coordinator=receipt.coordinator, hints=receipt.hints, down=receipt.down,
                owners_acknowledged=len(receipt.acknowledged), fallbacks_acknowledged=len(receipt.hints))
+    if receipt.replayed:   # the outcome of an earlier attempt with the same Idempotency-Key
+        doc['replayed'] = True
     return doc
 
 
@@ -61,8 +73,6 @@ def value_response(bucket, version):
     env = web.ctx.env
     for name, value in version.metadata.get('meta', {}).items():
         web.header('X-Meta-' + name.title(), value)
-    for name, value in representation_headers(version):
-        web.header(name, value)
     web.header('Accept-Ranges', 'bytes')
     wanted = None
     if env.get('HTTP_IF_RANGE', version.etag) == version.etag:  # a stale If-Range gets it all
@@ -72,6 +82,8 @@ def value_response(bucket, version):
             raise RangeNotSatisfiable(version.size)
     if wanted and len(wanted) > 1:
         return byteranges_response(version, wanted)
+    for name, value in representation_headers(version):
+        web.header(name, value)
     web.header('Content-Type', version.content_type)
     first, last = wanted[0] if wanted else (0, version.size - 1)
     if wanted:
@@ -86,10 +98,14 @@ def value_response(bucket, version):
 
 def byteranges_response(version, wanted):
     """206 with several ranges of a value: multipart/byteranges (RFC 9110 14.6),
-    a part per range with its own Content-Type and Content-Range."""
+    a part per range with its own Content-Type and Content-Range.  The ranges
+    are of the stored representation, encoding included (RFC 9110 14.1.2):
+    its Content-Encoding and the rest describe each part, not the multipart
+    (which no client is to decode), so they go in each part's header."""
     boundary = uuid.uuid4().hex.encode()
-    heads = [b'--%s\r\nContent-Type: %s\r\nContent-Range: bytes %d-%d/%d\r\n\r\n' % (
-        boundary, version.content_type.encode(), first, last, version.size) for first, last in wanted]
+    described = ''.join('%s: %s\r\n' % header for header in representation_headers(version)).encode('latin-1')
+    heads = [b'--%s\r\nContent-Type: %s\r\n%sContent-Range: bytes %d-%d/%d\r\n\r\n' % (
+        boundary, version.content_type.encode(), described, first, last, version.size) for first, last in wanted]
     end = b'--%s--\r\n' % boundary
     web.ctx.status = '206 Partial Content'
     web.header('Content-Type', 'multipart/byteranges; boundary=%s' % boundary.decode())

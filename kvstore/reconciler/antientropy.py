@@ -14,9 +14,10 @@ the ring a partition does not own, where it should hold nothing.
 """
 import collections
 
-from kvstore.coordinator.ring import key_point
+from kvstore.coordinator.ring import SLOT_SHIFT, key_point
 
 LEAF_ROWS = 128   # ranges with at most this many rows on every owner are fetched
+BLOCK_SLOTS = 1024  # slots of the balanced ring digested in one query (SlotDigests)
 FANOUT = 16       # slices a differing range is cut into
 
 
@@ -32,6 +33,50 @@ def ranges_outside(arc_list, name):
         else:
             found.append((lo, hi))
     return found
+
+
+def whole_slots(lo, hi):
+    """(first slot, slot after the last) when [lo, hi) is whole slots of the
+    balanced ring (ring.Ring), else None."""
+    width = 1 << SLOT_SHIFT
+    if lo % width or hi % width:
+        return None
+    return lo >> SLOT_SHIFT, hi >> SLOT_SHIFT
+
+
+class SlotDigests:
+    """Each partition's digest of every slot of the ring, read a block of
+    BLOCK_SLOTS slots at a time (range_digests over the block, one slice a
+    slot), the first time one of the block's slots is asked for: a balanced
+    ring has tens of thousands of arcs, which one query each would make slow,
+    and a query over a whole partition could outlast read_timeout."""
+
+    def __init__(self, each):
+        self.each = each
+        self.blocks = {}   # (partition, block) -> [(count, xor)] of its slots
+        self.queries = 0
+
+    def of(self, names, first, last):
+        """({name: (count, xor) of slots [first, last)}, {name: reason})."""
+        digests, failures = {name: (0, 0) for name in names}, {}
+        for block in range(first // BLOCK_SLOTS, -(-last // BLOCK_SLOTS)):
+            missing = [n for n in digests if (n, block) not in self.blocks]
+            if missing:
+                lo = block * BLOCK_SLOTS << SLOT_SHIFT
+                found, failed = self.each(missing, 'range_digests', lo, lo + (BLOCK_SLOTS << SLOT_SHIFT),
+                                          BLOCK_SLOTS)
+                self.queries += len(found)
+                self.blocks.update({(n, block): d for n, d in found.items()})
+                failures.update(failed)
+                for name in failed:
+                    digests.pop(name, None)
+            for name in digests:
+                slots = self.blocks[(name, block)]
+                count, xor = digests[name]
+                for c, x in slots[max(first - block * BLOCK_SLOTS, 0):last - block * BLOCK_SLOTS]:
+                    count, xor = count + c, xor ^ x
+                digests[name] = (count, xor)
+        return digests, failures
 
 
 def rows_by_key(rows):
@@ -80,6 +125,7 @@ class Differ:
         self.fanout = fanout
         self.stats = collections.Counter()   # ranges compared, differing, digest queries
         self.down = collections.Counter()    # partition -> ranges it could not be compared on
+        self.slot_digests = SlotDigests(each)
 
     def pages(self, lo, hi, owners):
         """Yield ({owner: {(bucket, key): [Version]}}) for the parts of [lo, hi)
@@ -89,9 +135,15 @@ class Differ:
         yield from self._descend(lo, hi, {o: d[0] for o, d in digests.items()})
 
     def _digests(self, owners, lo, hi, parts):
-        found, failures = self.each(owners, 'range_digests', lo, hi, parts)
-        self.stats['digest queries'] += len(found)
-        self.meter.digested(sum(count for d in found.values() for count, _ in d))
+        slots = whole_slots(lo, hi) if parts == 1 else None
+        if slots:
+            found, failures = self.slot_digests.of(owners, *slots)
+            found = {name: [digest] for name, digest in found.items()}
+            self.meter.digested(sum(count for d in found.values() for count, _ in d))
+        else:
+            found, failures = self.each(owners, 'range_digests', lo, hi, parts)
+            self.stats['digest queries'] += len(found)
+            self.meter.digested(sum(count for d in found.values() for count, _ in d))
         for name in failures:
             self.down[name] += 1
         return found

@@ -1,8 +1,10 @@
-"""The gc job: remove chunks no version or hint points to, and reap tombstones
-every owner holds alike once tombstone_grace has passed."""
+"""The gc job: remove chunks no version or hint points to, idempotency records
+past their window, and reap tombstones every owner holds alike once
+tombstone_grace has passed."""
 import collections
 import time
 
+from kvstore.coordinator.writes import IDEMPOTENCY_WINDOW
 from kvstore.engines import PartitionError
 from kvstore.reconciler.results import JobResult, tell, waiting_text
 
@@ -12,6 +14,7 @@ def collect_garbage(parts, view):
     counts = collections.Counter(tombstones_reaped=0, tombstones_kept=0, chunked_versions_removed=0)
     waiting = collections.Counter()
     collect_chunks(parts, counts, waiting)
+    collect_idempotency_records(parts, counts, waiting)
     chunks = (', chunks of %d versions removed' % counts['chunked_versions_removed']
               if counts['chunked_versions_removed'] else '')
     if view['state'] != 'complete':
@@ -49,6 +52,22 @@ def collect_chunks(parts, counts, waiting):
                 break
             counts['chunked_versions_removed'] += removed
             parts.meter.wrote(removed)
+
+
+def collect_idempotency_records(parts, counts, waiting):
+    """Remove the records of writes sent with an Idempotency-Key once their
+    window has passed (a retry after that is a new write)."""
+    if parts.dry_run:
+        return
+    before = int((time.time() - IDEMPOTENCY_WINDOW) * 1e6)
+    for name in parts.names:
+        try:
+            removed = parts.call(name, 'collect_idempotency', before)
+        except PartitionError:
+            waiting[name] += 1
+            continue
+        if removed:
+            counts['idempotency_records_removed'] += removed
 
 
 def reap_tombstones(parts, hinted, counts, waiting):

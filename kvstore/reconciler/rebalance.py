@@ -4,7 +4,7 @@ import collections
 import time
 
 from kvstore.engines import PartitionError
-from kvstore.reconciler.antientropy import ranges_outside, scan_pages
+from kvstore.reconciler.antientropy import SlotDigests, ranges_outside, scan_pages, whole_slots
 from kvstore.reconciler.repair import anti_entropy
 from kvstore.coordinator.versions import iso_time
 from kvstore.reconciler.results import JobResult, tell, waiting_text
@@ -24,8 +24,9 @@ def rebalance(parts, view, changed):
     rebalancing = view['state'] != 'complete'
     total = len(outside) + (len(arc_list) if rebalancing else 0)
     reporter = _progress_reporter(parts, view, total, counts)
+    held = SlotDigests(parts.each)
     for done, (name, lo, hi) in enumerate(outside):
-        drain(parts, name, lo, hi, counts, waiting)
+        drain(parts, name, lo, hi, counts, waiting, held)
         reporter(done + 1, 'moving keys off %s' % name)
     if rebalancing:
         anti_entropy(parts, arc_list, counts, waiting,
@@ -72,12 +73,14 @@ def _progress_reporter(parts, view, total, counts):
     return report
 
 
-def drain(parts, name, lo, hi, counts, waiting):
+def drain(parts, name, lo, hi, counts, waiting, held):
     """Move the keys `name` holds in [lo, hi), which it does not own, to their
-    owners; delete each from `name` only once every owner holds it."""
+    owners; delete each from `name` only once every owner holds it.
+    held: SlotDigests, which say at once how many rows whole slots hold."""
+    slots = whole_slots(lo, hi)
     try:
-        count, _ = parts.call(name, 'range_digest', lo, hi)
-    except PartitionError:
+        count, _ = held.of([name], *slots)[0][name] if slots else parts.call(name, 'range_digest', lo, hi)
+    except (PartitionError, KeyError):   # KeyError: it did not answer for its slots
         waiting[name] += 1
         return
     if not count:
