@@ -122,7 +122,7 @@ def request_value():
         # A browser splits at commas and takes the last type that parses: a value
         # stored as `text/plain, text/html` would be HTML to it.
         raise BadRequest('bad_header', 'Content-Type must be exactly one media type (type/subtype and '
-                         'parameters, no comma outside a quoted string), as browsers read it')
+                         'parameters, and no comma), as browsers read it')
     check_field_value('Content-Type', content_type)
     if len(content_type.encode('utf-8')) > MAX_CONTENT_TYPE_BYTES:
         raise BadRequest('bad_header', 'Content-Type takes at most %d bytes' % MAX_CONTENT_TYPE_BYTES)
