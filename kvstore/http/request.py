@@ -74,7 +74,9 @@ def request_context(bucket, key):
     if not header:
         return None
     try:
-        return decode_context(header, store().engines, bucket, key, store().config.max_clock_skew)
+        config = store().config
+        return decode_context(header, store().engines, bucket, key, config.max_clock_skew,
+                              secret=config.cluster_secret)
     except BadContext as e:
         raise BadRequest('bad_context', str(e))
 
