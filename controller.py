@@ -25,7 +25,7 @@ from kvstore import configuration, metrics
 from kvstore.coordinator import gossip, status
 from kvstore.coordinator.paging import page_before
 from kvstore.coordinator.integrity import expected_digests
-from kvstore.coordinator.versions import decode_token, encode_context, encode_token
+from kvstore.coordinator.versions import decode_token, encode_token
 from kvstore.errors import AlreadyExists, BadRequest, Forbidden, NotAcceptable, NotFound, StoreError, Unavailable
 from kvstore.http import access
 from kvstore.http.application import Application, finish_response
@@ -38,7 +38,8 @@ from kvstore.http.preconditions import NOT_MODIFIED, Preconditions
 from kvstore.http.request import (body_may_be_large, is_form, parse_json, query, query_flag, refuse_partial_body,
                                   request_context, request_idempotency_key,
                                   request_document, request_quorums, request_value, store)
-from kvstore.http.values import (context_header, listed_key, receipt_document, siblings_response, value_document,
+from kvstore.http.values import (context_header, issued_context, listed_key, receipt_document, siblings_response,
+                                 value_document,
                                  value_response)
 
 log = logging.getLogger('kvstore.controller')
@@ -316,7 +317,7 @@ class Key:
         if not current:
             raise NotFound('no key %r in bucket %r' % (key, bucket))
         if len(current) > 1:
-            web.header('X-Context', encode_context(read.context, bucket, key))
+            web.header('X-Context', issued_context(read.context, bucket, key))
             return siblings_response(bucket, key, read)
         version = current[0]
         raw = not as_record and accepts_stored_type(version.content_type)
@@ -324,7 +325,7 @@ class Key:
         if not raw and record is None:
             raise NotAcceptable('the value is %s, and no document type is acceptable either'
                                 % version.content_type)
-        web.header('X-Context', encode_context(read.context, bucket, key))
+        web.header('X-Context', issued_context(read.context, bucket, key))
         if raw:   # each representation has its own ETag; the raw bytes also their digest
             etag_of = None
             web.header('ETag', version.etag)
@@ -340,7 +341,7 @@ class Key:
         if raw:
             web.header('Vary', 'Accept')  # a document gets it from the negotiation
             return value_response(bucket, version)
-        doc = dict(bucket=bucket, key=key, context=encode_context(read.context, bucket, key),
+        doc = dict(bucket=bucket, key=key, context=issued_context(read.context, bucket, key),
                    **value_document(version))
         return respond('record', doc)
 

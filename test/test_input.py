@@ -211,6 +211,30 @@ class TestContextOnMariaDB(support.OnMariaDB, ContextSpecification, unittest.Tes
     pass
 
 
+class TestSignedContextsOnSQLite(support.OnSQLite, InputSpecification, unittest.TestCase):
+    """With [cluster] secret, a context carries the store's signature: no
+    actor, counter or binding of it can be made up."""
+    store_sections = {'cluster': {'secret': 'a-cluster-secret-for-the-tests-only-0123456789'}}
+
+    def test_only_a_context_the_store_signed_is_taken(self):
+        first = self.put('k', body=b'zero')
+        issued = first.headers['X-Context']
+        document = json.loads(base64.urlsafe_b64decode(issued + '=' * (-len(issued) % 4)))
+        self.assertEqual(set(document), {'c', 'k', 's'})
+        actor = next(iter(document['c']))
+        for forged in ({'c': {actor: 1, 'p2.3f9a0c2d41b7': 1}, 'k': document['k'], 's': document['s']},
+                       {'c': document['c'], 'k': document['k']},
+                       {'c': document['c'], 'k': document['k'], 's': '0' * 32}):
+            self.assertError(self.put('k', {'X-Context': token(forged)}, body=b'forged', status=400), 400,
+                             'bad_context')
+        for body in (b'one', b'two'):   # the same context: siblings
+            self.assertEqual(self.put('k', {'X-Context': issued}, body=body).status_int, 200)
+        siblings = self.app.get(KEY % (self.bucket, 'k'), status=300)
+        self.assertEqual(self.put('k', {'X-Context': siblings.headers['X-Context']}, body=b'resolved').status_int,
+                         200)
+        self.assertEqual(self.app.get(KEY % (self.bucket, 'k')).body, b'resolved')
+
+
 class TestHeadersOnSQLite(support.OnSQLite, HeaderSpecification, unittest.TestCase):
     pass
 

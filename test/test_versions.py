@@ -361,6 +361,22 @@ class TestContexts(unittest.TestCase):
         text = encode_context(context, 'b', 'k')
         self.assertEqual(decode_context(text, self.partitions, 'b', 'k', now=2 * 10 ** 3), context)
 
+    def test_with_a_secret_only_a_context_signed_with_it_is_taken(self):
+        secret = 's' * 40
+        text = encode_context({'p1.3f9a0c2d41b7': 3}, 'b', 'k', secret)
+        self.assertEqual(decode_context(text, self.partitions, 'b', 'k', secret=secret), {'p1.3f9a0c2d41b7': 3})
+        signed = json.loads(decode_token(text))
+        for document in (dict(signed, c={'p1.3f9a0c2d41b7': 4}), dict(signed, c={'p1.3f9a0c2d41b7': 3, 'p2': 1}),
+                         {'c': signed['c'], 'k': signed['k']}, dict(signed, s=signed['s'].upper()),
+                         dict(signed, s=None), dict(signed, x=1)):
+            with self.assertRaises(BadContext, msg=repr(document)):
+                decode_context(self.encoded(document), self.partitions, 'b', 'k', secret=secret)
+        for other in ('t' * 40, None):   # another secret, or none: not taken either
+            with self.assertRaises(BadContext, msg=other):
+                decode_context(text, self.partitions, 'b', 'k', secret=other)
+        with self.assertRaisesRegex(BadContext, 'another key'):
+            decode_context(text, self.partitions, 'b', 'k2', secret=secret)
+
     @staticmethod
     def bound(clock):
         """A context bound to b/k holding a clock of the test's choosing."""

@@ -34,7 +34,7 @@ import tempfile
 import threading
 import time
 
-from kvstore.errors import BadRequest, Forbidden
+from kvstore.errors import BadRequest, Forbidden, Unavailable
 from kvstore.coordinator.health import MAX_ERROR_CHARS, MAX_OBSERVER_CHARS, STATES
 
 log = logging.getLogger('kvstore.gossip')
@@ -105,15 +105,18 @@ class SeenNonces:
         return db
 
     def first_time(self, nonce, sent):
-        """Record nonce, for a message sent at `sent`: False if it was already."""
-        db = self._db()
+        """Record nonce, for a message sent at `sent`: False if it was already.
+        Unavailable when the file cannot say: a message is never taken unchecked."""
         try:
-            with db:
-                db.execute('DELETE FROM seen WHERE expires < ?', (time.time(),))
-                db.execute('INSERT INTO seen VALUES (?, ?)', (nonce, sent + WINDOW))
+            db = self._db()
+            db.execute('DELETE FROM seen WHERE expires < ?', (time.time(),))
+            db.execute('INSERT INTO seen VALUES (?, ?)', (nonce, sent + WINDOW))
             return True
         except sqlite3.IntegrityError:
             return False
+        except sqlite3.Error as e:
+            log.error('gossip nonces in %s: %s', self.path, e)
+            raise Unavailable('this front end cannot check gossip for replays now')
 
 
 def private_directory(name):

@@ -12,6 +12,7 @@ import binascii
 import dataclasses
 import functools
 import hashlib
+import hmac
 import json
 import re
 import time
@@ -90,21 +91,35 @@ def context_binding(bucket, key):
     return hashlib.sha256(('%s\0%s' % (bucket, key)).encode('utf-8', 'surrogatepass')).hexdigest()[:16]
 
 
-def encode_context(clock, bucket, key):
+def context_signature(secret, clock, binding):
+    """What proves the store issued a context (with [cluster] secret): the
+    first 16 bytes of HMAC-SHA256 of its clock and binding, in hex."""
+    message = b'context\0' + encode_clock({'c': clock, 'k': binding})
+    return hmac.new(secret.encode('utf-8'), message, hashlib.sha256).hexdigest()[:32]
+
+
+def encode_context(clock, bucket, key, secret=None):
     """The opaque causal context a client hands back on its next write of this
-    key: {"c": clock, "k": context_binding(bucket, key)}, as a token."""
-    return _context_token(tuple(sorted(clock.items())), bucket, key)
+    key: {"c": clock, "k": context_binding(bucket, key)}, and with a secret
+    "s": context_signature, as a token."""
+    return _context_token(tuple(sorted(clock.items())), bucket, key, secret)
 
 
 @functools.lru_cache(maxsize=4096)   # hot keys are read again and again
-def _context_token(items, bucket, key):
-    return encode_token(encode_clock({'c': dict(items), 'k': context_binding(bucket, key)}))
+def _context_token(items, bucket, key, secret):
+    clock, binding = dict(items), context_binding(bucket, key)
+    context = {'c': clock, 'k': binding}
+    if secret is not None:
+        context['s'] = context_signature(secret, clock, binding)
+    return encode_token(encode_clock(context))
 
 
-def decode_context(text, partitions, bucket, key, max_skew=MAX_CLOCK_SKEW, now=None):
+def decode_context(text, partitions, bucket, key, max_skew=MAX_CLOCK_SKEW, now=None, secret=None):
     """The clock of a context a client sent back with a write of this key.  It
     must have been issued for this key (a context of another key, or a plain
     clock bound to none, would make the write replace versions it never saw),
+    signed with the secret when there is one (context_signature: then no
+    actor, counter or binding can have been made up),
     its actors must be ones the store mints for the configured `partitions`
     (names), no more than context_limit of them, and its counters no further
     ahead of the time (`now`, seconds) than max_skew seconds (a counter from the
@@ -116,11 +131,15 @@ def decode_context(text, partitions, bucket, key, max_skew=MAX_CLOCK_SKEW, now=N
         context = json.loads(decode_token(text))
     except (ValueError, UnicodeError, RecursionError):
         raise BadContext('the context is not one this store issued')
-    if not isinstance(context, dict) or set(context) != {'c', 'k'} or not isinstance(context['k'], str):
+    fields = {'c', 'k', 's'} if secret is not None else {'c', 'k'}
+    if not isinstance(context, dict) or set(context) != fields or not isinstance(context['k'], str):
         raise BadContext('the context is not one this store issued for a key (read the key again for one)')
     if context['k'] != context_binding(bucket, key):
         raise BadContext('this context belongs to another key')
     clock = context['c']
+    if secret is not None and not (isinstance(clock, dict) and isinstance(context['s'], str) and hmac.compare_digest(
+            context['s'].encode('utf-8', 'replace'), context_signature(secret, clock, context['k']).encode())):
+        raise BadContext('the context is not one this store issued (its signature is wrong)')
     if not isinstance(clock, dict) or not all(
             isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_COUNTER
             for k, v in clock.items()):

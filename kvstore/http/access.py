@@ -42,7 +42,7 @@ import web
 
 from kvstore.configuration import ROLES
 from kvstore.errors import BadRequest, Forbidden, MisdirectedRequest, Unauthenticated
-from kvstore.http import mediatypes
+from kvstore.http import framing, mediatypes
 
 READ, WRITE, ADMIN = ROLES
 ANY = 'any'          # any valid token
@@ -133,6 +133,8 @@ class Policy:
 
     def check_host(self, env):
         host = env.get('HTTP_HOST', '').strip().lower()
+        if not host and env.get('SERVER_PROTOCOL') not in framing.HTTP_VERSIONS:
+            return   # not a request line at all: framing.py refuses it (bad_framing)
         if not host:   # RFC 9112 3.2 (HTTP/1.1); HTTP/1.0 too, so that no request goes unchecked
             raise BadRequest('bad_header', 'a request must name the Host it is for')
         if '*' in self.allowed_hosts or host in self.allowed_hosts:

@@ -4,8 +4,8 @@ over MIME Sniffing's "parse a MIME type" (https://mimesniff.spec.whatwg.org/#par
 
 A browser splits a Content-Type at commas outside quoted strings and takes the
 last value that parses, so `text/plain; a=b, text/html` is HTML to it.  The
-store keeps only a Content-Type that is one value that parses (single_type), and
-decides the sandbox on the type a browser would see (essence)."""
+store keeps only a Content-Type that is one value that parses, with no comma at
+all (single_type), and decides the sandbox on that type (essence)."""
 import re
 
 HTTP_WHITESPACE = '\t\n\r '
@@ -122,7 +122,7 @@ def extract(header):
 
 def single_type(header):
     """The one media type of a Content-Type every reader agrees on, or None: the
-    header is one value (no comma outside quotes), a browser parses it, and it
+    header has no comma at all (not even inside a quoted string, which a reader
+    less exact than the standard would split at), a browser parses it, and it
     names a type (not */*)."""
-    values = split_values(header)
-    return extract(header) if len(values) == 1 else None
+    return None if ',' in header else extract(header)

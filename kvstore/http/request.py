@@ -75,7 +75,9 @@ def request_context(bucket, key):
     if not header:
         return None
     try:
-        return decode_context(header, store().engines, bucket, key, store().config.max_clock_skew)
+        config = store().config
+        return decode_context(header, store().engines, bucket, key, config.max_clock_skew,
+                              secret=config.cluster_secret)
     except BadContext as e:
         raise BadRequest('bad_context', str(e))
 
@@ -121,7 +123,7 @@ def request_value():
         # A browser splits at commas and takes the last type that parses: a value
         # stored as `text/plain, text/html` would be HTML to it.
         raise BadRequest('bad_header', 'Content-Type must be exactly one media type (type/subtype and '
-                         'parameters, no comma outside a quoted string), as browsers read it')
+                         'parameters, and no comma), as browsers read it')
     check_field_value('Content-Type', content_type)
     if len(content_type.encode('utf-8')) > MAX_CONTENT_TYPE_BYTES:
         raise BadRequest('bad_header', 'Content-Type takes at most %d bytes' % MAX_CONTENT_TYPE_BYTES)

@@ -18,6 +18,11 @@ MULTIPART = 'multipart/mixed'
 TEXTUAL = ('text/', 'application/json', 'application/xml', 'application/javascript')
 
 
+def issued_context(clock, bucket, key):
+    """The X-Context of a clock for this key, signed with [cluster] secret if set."""
+    return encode_context(clock, bucket, key, store().config.cluster_secret)
+
+
 def value_document(version):
     """A version's value inside a document: text when it is text, else base64;
     a value too large for one chunk is left out (GET it raw, with ranges)."""
@@ -50,7 +55,7 @@ def listed_key(key, versions):
 
 
 def context_header(bucket, key, receipt):
-    return {'X-Context': encode_context(receipt.context, bucket, key)} if receipt.context is not None else {}
+    return {'X-Context': issued_context(receipt.context, bucket, key)} if receipt.context is not None else {}
 
 
 def receipt_document(bucket, key, receipt):
@@ -58,7 +63,7 @@ def receipt_document(bucket, key, receipt):
     if not receipt.version.deleted:
         doc['etag'] = receipt.version.etag
         doc['sha256'] = receipt.version.digest
-    doc.update(context=encode_context(receipt.context, bucket, key) if receipt.context is not None else None,
+    doc.update(context=issued_context(receipt.context, bucket, key) if receipt.context is not None else None,
                clock=receipt.context, siblings=receipt.siblings,
                preference_list=receipt.preference_list, acknowledged=receipt.acknowledged,
                coordinator=receipt.coordinator, hints=receipt.hints, down=receipt.down,
@@ -153,7 +158,7 @@ def siblings_response(bucket, key, read):
         return parts()
     siblings = [value_document(v) for v in read.current]
     return respond('siblings', {
-        'bucket': bucket, 'key': key, 'context': encode_context(read.context, bucket, key),
+        'bucket': bucket, 'key': key, 'context': issued_context(read.context, bucket, key),
         'message': 'concurrent writes left %d siblings; PUT one value with this context to resolve them'
                    % len(siblings),
         'siblings': siblings}, '300 Multiple Choices')
