@@ -26,7 +26,7 @@ from test.mariadb import shared_cluster
 from test.server import StoreServer
 from test.test_server import CONFIGURATION, request
 from test.sync_support import FAST, config_of, holdings, sync_once
-from kvstore.coordinator.versions import Version
+from kvstore.coordinator.versions import Version, context_of, next_dot
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -593,3 +593,45 @@ class TestChunkGarbageUnderLocks(unittest.TestCase):
             self.assertEqual(self.engine.chunks_held(self.version_id), 2, outcomes)
         else:      # or it was refused, as its chunks had gone
             self.assertIsInstance(outcomes['write'], Exception, outcomes)
+
+
+class TombstoneAge:
+    """gc reaps a tombstone by its age: a front end whose clock is an hour
+    behind must not have its deletes reaped at once."""
+
+    def setUp(self):
+        self.partitions = self.make_partitions()
+        self.store = support.open_store(self.partitions)
+        self.addCleanup(self.store.close)
+        self.bucket = support.unique()
+
+    def test_a_tombstone_is_dated_no_earlier_than_its_coordinators_clock(self):
+        key = 'k'
+        owners = self.store.placement(self.bucket, key)[0]
+        self.store.put(self.bucket, key, b'v', 'text/plain', w=3)
+        started = time.time_ns() // 1000
+        engine = self.store.engines[owners[0]]
+
+        def delete_from_a_slow_clock(held):
+            tombstone = Version.new(context_of(held), next_dot(engine.actor, held, {}), b'', '', deleted=True)
+            tombstone.modified -= 3600 * 10 ** 6   # made by a front end whose clock is an hour behind
+            return tombstone
+        _, tombstone = engine.coordinate(self.bucket, key, delete_from_a_slow_clock)
+        self.assertGreaterEqual(tombstone.modified, started - 10 ** 6)
+        for owner in owners[1:]:
+            self.store.engines[owner].apply(self.bucket, key, tombstone)
+        results, _, _ = sync_once(config_of(self.partitions, {'tombstone_grace': 600}), 'gc')
+        self.assertEqual(results['gc'].counts['tombstones_reaped'], 0, results['gc'].summary)
+        self.assertTrue(all(self.store.engines[o].read(self.bucket, key)[0].deleted for o in owners))
+
+
+class TestTombstoneAgeOnSQLite(TombstoneAge, unittest.TestCase):
+    def make_partitions(self):
+        directory = support.TemporaryDirectory()
+        self.addCleanup(directory.remove)
+        return support.sqlite_partitions(directory.path)
+
+
+class TestTombstoneAgeOnMariaDB(TombstoneAge, unittest.TestCase):
+    def make_partitions(self):
+        return support.mariadb_partitions(shared_cluster())
