@@ -149,16 +149,24 @@ class RefusedIsNotAcknowledged:
         self.assertEqual(sum(n for e in self.store.engines.values() for n, _ in e.hint_counts().values()), held)
 
 
-class TestRefusedIsNotAcknowledgedOnSQLite(RefusedIsNotAcknowledged, unittest.TestCase):
+class OnSQLite(unittest.TestCase):
     def make_partitions(self):
         directory = support.TemporaryDirectory()
         self.addCleanup(directory.remove)
         return support.sqlite_partitions(directory.path)
 
 
-class TestRefusedIsNotAcknowledgedOnMariaDB(RefusedIsNotAcknowledged, unittest.TestCase):
+class OnMariaDB(unittest.TestCase):
     def make_partitions(self):
         return support.mariadb_partitions(shared_cluster())
+
+
+class TestRefusedIsNotAcknowledgedOnSQLite(RefusedIsNotAcknowledged, OnSQLite):
+    pass
+
+
+class TestRefusedIsNotAcknowledgedOnMariaDB(RefusedIsNotAcknowledged, OnMariaDB):
+    pass
 
 
 class MariaDBPartitionLoss(unittest.TestCase):
@@ -625,13 +633,9 @@ class TombstoneAge:
         self.assertTrue(all(self.store.engines[o].read(self.bucket, key)[0].deleted for o in owners))
 
 
-class TestTombstoneAgeOnSQLite(TombstoneAge, unittest.TestCase):
-    def make_partitions(self):
-        directory = support.TemporaryDirectory()
-        self.addCleanup(directory.remove)
-        return support.sqlite_partitions(directory.path)
+class TestTombstoneAgeOnSQLite(TombstoneAge, OnSQLite):
+    pass
 
 
-class TestTombstoneAgeOnMariaDB(TombstoneAge, unittest.TestCase):
-    def make_partitions(self):
-        return support.mariadb_partitions(shared_cluster())
+class TestTombstoneAgeOnMariaDB(TombstoneAge, OnMariaDB):
+    pass
