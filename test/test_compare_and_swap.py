@@ -266,12 +266,19 @@ class TestIfUnmodifiedSince(CompareAndSwapCase):
                                                              'If-Unmodified-Since': date}, status='*').status_int
                 for value in (b'1', b'2')))
         self.assertEqual(outcomes, [[200, 412]] * 10)
-
-    def test_a_date_taken_after_the_last_write_still_lets_a_write_through(self):
-        self.put(self.app, 'k', b'0')
+        # A date after the last write still lets a write through.
         later = 'Fri, 31 Dec 2100 23:59:59 GMT'
-        self.app.put(self.url('k'), b'1', headers={'Content-Type': 'text/plain', 'If-Unmodified-Since': later},
+        self.app.put(self.url('dated0'), b'3', headers={'Content-Type': 'text/plain', 'If-Unmodified-Since': later},
                      status=200)
-        self.app.put(self.url('k'), b'2', headers={'Content-Type': 'text/plain', 'If-Unmodified-Since': later},
-                     status=200)
-        self.assertEqual(self.app.get(self.url('k')).body, b'2')
+
+
+class TestDeleteFindsWhatTheOwnersHold(CompareAndSwapCase):
+    def test_a_delete_coordinated_by_an_owner_that_missed_the_write_deletes_the_key(self):
+        key = 'k'
+        first = self.first_owner(key)
+        store, other = self.second_front_end(believes_down=[first])
+        self.put(other, key, b'v', status=201)   # on the other two owners, not the first
+        store.close()
+        self.assertEqual(self.store.engines[first].read(self.bucket, key), [])
+        self.assertEqual(self.app.delete(self.url(key), status='*').status_int, 200)
+        self.assertEqual(self.app.get(self.url(key, '?r=3'), status='*').status_int, 404)

@@ -26,7 +26,7 @@ from test.mariadb import shared_cluster
 from test.server import StoreServer
 from test.test_server import CONFIGURATION, request
 from test.sync_support import FAST, config_of, holdings, sync_once
-from kvstore.coordinator.versions import Version
+from kvstore.coordinator.versions import Version, context_of, next_dot
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -128,17 +128,45 @@ class RefusedIsNotAcknowledged:
             self.assertTrue(all(r.startswith('refused') for r in details['failed'].values()), details)
             self.assertTrue(all('refused' in line for line in logs.output), logs.output)
 
+    def test_a_write_acknowledged_through_a_hint_its_owner_refuses_is_kept_and_reported(self):
+        # The other owners are unreachable: the write is acknowledged by p1 and
+        # a hint, before any owner judged it.
+        for owner in self.owners[1:]:
+            self.store.health.failed(owner, 'a test says so')
+        receipt = self.store.put(self.bucket, self.key, b'new', 'text/plain', w=2)
+        self.assertTrue(receipt.hints, receipt)
+        for owner in self.owners[1:]:
+            self.store.health.succeeded(owner)
+        with self.assertLogs('kvstore.datastore', 'WARNING') as logs:
+            for target in receipt.hints:
+                self.store.hand_off(target)
+        self.assertIn('new-incarnation p1', logs.output[0])
+        held = sum(n for e in self.store.engines.values() for n, _ in e.hint_counts().values())
+        self.assertEqual(held, len(receipt.hints))   # kept, not dropped
+        results, _, status = sync_once(self.store.config, 'hints')
+        self.assertNotEqual(status, sync.CONVERGED, results['hints'].summary)
+        self.assertIn('refused and kept', results['hints'].summary)
+        self.assertEqual(sum(n for e in self.store.engines.values() for n, _ in e.hint_counts().values()), held)
 
-class TestRefusedIsNotAcknowledgedOnSQLite(RefusedIsNotAcknowledged, unittest.TestCase):
+
+class OnSQLite(unittest.TestCase):
     def make_partitions(self):
         directory = support.TemporaryDirectory()
         self.addCleanup(directory.remove)
         return support.sqlite_partitions(directory.path)
 
 
-class TestRefusedIsNotAcknowledgedOnMariaDB(RefusedIsNotAcknowledged, unittest.TestCase):
+class OnMariaDB(unittest.TestCase):
     def make_partitions(self):
         return support.mariadb_partitions(shared_cluster())
+
+
+class TestRefusedIsNotAcknowledgedOnSQLite(RefusedIsNotAcknowledged, OnSQLite):
+    pass
+
+
+class TestRefusedIsNotAcknowledgedOnMariaDB(RefusedIsNotAcknowledged, OnMariaDB):
+    pass
 
 
 class MariaDBPartitionLoss(unittest.TestCase):
@@ -450,7 +478,8 @@ class TestForcedBucketDeleteStaysDeleted(unittest.TestCase):
     def setUp(self):
         self.cluster = shared_cluster()
         self.partitions = support.mariadb_partitions(self.cluster)
-        self.store = support.open_store(self.partitions)
+        # A partition marked down stays so (no probe, no hand-off) until the test says.
+        self.store = support.open_store(self.partitions, backoff=600.0, max_backoff=600.0)
         self.addCleanup(self.store.close)
         self.app = support.web_app(self.store)
         self.bucket = support.unique()
@@ -512,3 +541,101 @@ class TestForcedBucketDeleteStaysDeleted(unittest.TestCase):
         receipt = self.store.put(self.bucket, 'k0', b'new', 'text/plain', w=3)
         self.assertEqual(sorted(receipt.acknowledged), sorted(receipt.preference_list))
         self.assertEqual([v.value for v in self.store.get(self.bucket, 'k0', r=3).current], [b'new'])
+
+
+class TestChunkGarbageUnderLocks(unittest.TestCase):
+    """gc on real MariaDB: a large version committed between gc's check that
+    no version points to the chunks and its delete of them must keep them.
+    The delete is held up by a lock on the chunk rows that this test takes
+    from a connection of its own; the version commits meanwhile."""
+
+    def setUp(self):
+        self.cluster = shared_cluster()
+        self.store = support.open_store(support.mariadb_partitions(self.cluster), chunk_size=1024, **FAST)
+        self.addCleanup(self.store.close)
+        self.engine = self.store.engines['p1']
+        self.bucket, self.version_id = support.unique(), 'c' * 32
+
+    def connect(self):
+        import pymysql
+        params = dict(self.engine.params, autocommit=False, client_flag=0)
+        return pymysql.connect(database=self.engine.database, **params)
+
+    def lock_waits(self, monitor):
+        with monitor.cursor() as cursor:
+            cursor.execute("SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT'")
+            return cursor.fetchone()[0]
+
+    def test_a_version_committed_while_gc_deletes_its_chunks_keeps_them(self):
+        for seq in range(2):
+            self.engine.write_chunk(self.bucket, 'big', self.version_id, seq, b'x' * 1024)
+        version = Version.new({}, (self.engine.actor, 1), b'', 'application/octet-stream',
+                              version_id=self.version_id, size=2048, chunk_size=1024, chunk_source=self.engine)
+        holder, monitor = self.connect(), self.connect()
+        self.addCleanup(holder.close)
+        self.addCleanup(monitor.close)
+        with holder.cursor() as cursor:   # holds the chunk rows, as a slow writer of them would
+            cursor.execute('SELECT seq FROM chunks WHERE version_id = %s FOR UPDATE', (self.version_id.encode(),))
+        outcomes = {}
+
+        def run(name, call):
+            try:
+                outcomes[name] = call()
+            except Exception as e:   # recorded, and checked below
+                outcomes[name] = e
+        gc = threading.Thread(target=run, args=('gc', lambda: self.engine.collect_chunks(
+            time.time_ns() // 1000 + 10 ** 6, 100)))
+        gc.start()
+        self.assertTrue(support.wait_until(lambda: self.lock_waits(monitor) >= 1, 10))   # gc waits for the lock
+        write = threading.Thread(target=run, args=('write', lambda: self.engine.coordinate(
+            self.bucket, 'big', lambda held: version)))
+        write.start()
+        write.join(1.0)   # today's coordinator commits at once; one that locks the chunks waits
+        holder.rollback()
+        gc.join(30)
+        write.join(30)
+        self.assertFalse(gc.is_alive() or write.is_alive())
+        self.assertFalse(isinstance(outcomes['gc'], Exception), outcomes)
+        held = [v.version_id for v in self.engine.read(self.bucket, 'big')]
+        if held:   # the version was stored: its chunks must be there
+            self.assertEqual(self.engine.chunks_held(self.version_id), 2, outcomes)
+        else:      # or it was refused, as its chunks had gone
+            self.assertIsInstance(outcomes['write'], Exception, outcomes)
+
+
+class TombstoneAge:
+    """gc reaps a tombstone by its age: a front end whose clock is an hour
+    behind must not have its deletes reaped at once."""
+
+    def setUp(self):
+        self.partitions = self.make_partitions()
+        self.store = support.open_store(self.partitions)
+        self.addCleanup(self.store.close)
+        self.bucket = support.unique()
+
+    def test_a_tombstone_is_dated_no_earlier_than_its_coordinators_clock(self):
+        key = 'k'
+        owners = self.store.placement(self.bucket, key)[0]
+        self.store.put(self.bucket, key, b'v', 'text/plain', w=3)
+        started = time.time_ns() // 1000
+        engine = self.store.engines[owners[0]]
+
+        def delete_from_a_slow_clock(held):
+            tombstone = Version.new(context_of(held), next_dot(engine.actor, held, {}), b'', '', deleted=True)
+            tombstone.modified -= 3600 * 10 ** 6   # made by a front end whose clock is an hour behind
+            return tombstone
+        _, tombstone = engine.coordinate(self.bucket, key, delete_from_a_slow_clock)
+        self.assertGreaterEqual(tombstone.modified, started - 10 ** 6)
+        for owner in owners[1:]:
+            self.store.engines[owner].apply(self.bucket, key, tombstone)
+        results, _, _ = sync_once(config_of(self.partitions, {'tombstone_grace': 600}), 'gc')
+        self.assertEqual(results['gc'].counts['tombstones_reaped'], 0, results['gc'].summary)
+        self.assertTrue(all(self.store.engines[o].read(self.bucket, key)[0].deleted for o in owners))
+
+
+class TestTombstoneAgeOnSQLite(TombstoneAge, OnSQLite):
+    pass
+
+
+class TestTombstoneAgeOnMariaDB(TombstoneAge, OnMariaDB):
+    pass

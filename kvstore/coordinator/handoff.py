@@ -8,6 +8,8 @@ import logging
 import threading
 
 from kvstore import metrics
+from kvstore.coordinator.replication import refused
+from kvstore.coordinator.versions import actor_partition
 from kvstore.engines import PartitionError
 
 log = logging.getLogger('kvstore.datastore')
@@ -65,14 +67,25 @@ class HintedHandoff:
 
     def _deliver(self, holder, target, batch):
         """Deliver the hints holder keeps for target, batch by batch, yielding
-        after each one delivered."""
+        after each one delivered.  A hint a destination refuses (refused():
+        it holds a version claiming to have seen this one, which its
+        coordinator still holds) is kept, with a warning: the write is not lost."""
         call = self.replicas.call
         while True:
             hints = call(holder, 'hints_for', target, batch)
+            kept = 0
             for bucket, key, version, _ in hints:
-                for destination in self.hint_destinations(bucket, key, target):
-                    call(destination, 'apply', bucket, key, version)
+                if self.refused_anywhere(bucket, key, version, self.hint_destinations(bucket, key, target)):
+                    kept += 1
+                    continue
                 call(holder, 'delete_hint', target, bucket, key, version.version_id)
                 yield
-            if len(hints) < batch:
+            if len(hints) < batch or kept == len(hints):
                 return
+
+    def refused_anywhere(self, bucket, key, version, destinations):
+        """Apply a hinted version on each destination: True if one refused it."""
+        coordinator = actor_partition(version.dot[0])
+        return any([not self.replicas.call(name, 'apply', bucket, key, version) and
+                    coordinator in self.replicas.engines and
+                    refused(self.replicas, name, coordinator, bucket, key, version) for name in destinations])

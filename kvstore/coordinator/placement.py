@@ -85,7 +85,8 @@ class Placement:
                     owners.append(name)
         return owners
 
-    def _read_owners(self, owners, bucket, key, needed=None):
+    def read_owners(self, owners, bucket, key, needed=None):
+        """What the partitions `owners` hold of a key, resolved."""
         needed = len(owners) if needed is None else needed
         found, _ = self.replicas.fan_out(owners, lambda p: self.replicas.call(p, 'read', bucket, key),
                                          launch=needed, needed=needed)
@@ -98,16 +99,19 @@ class Placement:
         owners = self.previous_owners(bucket, key, preference)
         if not owners:
             return []
-        versions = self._read_owners(owners, bucket, key)
+        versions = self.read_owners(owners, bucket, key)
         if not versions:
-            versions = self._read_owners([p for p in preference if p in replies], bucket, key, needed=1)
+            versions = self.read_owners([p for p in preference if p in replies], bucket, key, needed=1)
         return versions
 
     def adopt_previous_owners(self, bucket, key, preference):
         """Before a write: copy what the key's previous owners hold to its owners,
         so that the coordinator decides with it."""
         owners = self.previous_owners(bucket, key, preference)
-        versions = self._read_owners(owners, bucket, key) if owners else []
+        self.spread(bucket, key, self.read_owners(owners, bucket, key) if owners else [], preference)
+
+    def spread(self, bucket, key, versions, preference):
+        """Copy versions of a key to each of its owners (preference)."""
         if versions:
             self.replicas.fan_out(preference, lambda p: [self.replicas.call(p, 'apply', bucket, key, v)
                                                          for v in versions],

@@ -117,14 +117,20 @@ class Replication:
         restored or rolled back within the front ends' clock difference).
         False when a later write that had seen it overtook it: the coordinator
         no longer holds it either."""
-        version = self.version
-        try:
-            still_held = any(v.version_id == version.version_id
-                             for v in self.replicas.call(self.coordinator, 'read', self.bucket, self.key))
-        except PartitionError:
-            still_held = True   # unknown: not counted as an acknowledgement
-        if still_held:
-            log.warning('%s refused version %s of %s/%s (dot %s): it holds a version that claims '
-                        'to have seen it; %s may have reused a counter', replica, version.version_id,
-                        self.bucket, self.key, version.dot, self.coordinator)
-        return still_held
+        return refused(self.replicas, replica, self.coordinator, self.bucket, self.key, self.version)
+
+
+def refused(replicas, replica, coordinator, bucket, key, version):
+    """replica did not keep version: True (and a warning logged) when it
+    refused it, i.e. its coordinator still holds it, so no later write that
+    had seen it overtook it (see Replication.rejected)."""
+    try:
+        still_held = any(v.version_id == version.version_id for v in replicas.call(coordinator, 'read', bucket, key))
+    except PartitionError:
+        still_held = True   # unknown: not counted as an acknowledgement
+    if still_held:
+        log.warning('%s refused version %s of %s/%s (dot %s): it holds a version that claims to have seen '
+                    'it; %s may have reused a counter (restored or rolled back without `sync.py '
+                    'new-incarnation %s`?)', replica, version.version_id, bucket, key, version.dot,
+                    coordinator, coordinator)
+    return still_held

@@ -109,9 +109,21 @@ class Writer:
                 raise NotFound('no key %r in bucket %r' % (key, bucket))
             if check:
                 check(current)
-        return self.write(bucket, key, context, must_exist, w,
-                          lambda seen, dot: Version.new(seen, dot, b'', '', deleted=True),
-                          conditional=conditional, pw=pw, idempotency=idempotency and idempotency.for_body(''))
+        def tombstone():
+            return self.write(bucket, key, context, must_exist, w,
+                              lambda seen, dot: Version.new(seen, dot, b'', '', deleted=True),
+                              conditional=conditional, pw=pw, idempotency=idempotency and idempotency.for_body(''))
+        try:
+            return tombstone()
+        except NotFound:
+            # Its coordinator may have missed the key's last write (sloppy
+            # quorum): not found only if no owner holds a live version.
+            preference = self.placement.of(bucket, key)[0]
+            versions = self.placement.read_owners(preference, bucket, key)
+            if not live(versions):
+                raise
+            self.placement.spread(bucket, key, versions, preference)
+        return tombstone()
 
     def write(self, bucket, key, context, check, w, make, coordinators=None, conditional=False, pw=None,
               idempotency=None):

@@ -42,11 +42,16 @@ class Buckets:
 
     def _after_fence(self, cursor, bucket, version):
         """A new version coordinated here is dated after the bucket's fence, if
-        any (a front end whose clock is behind the one that dropped it)."""
-        self._execute(cursor, 'SELECT dropped FROM bucket_fences WHERE bucket = ?', (bucket.encode(),))
-        rows = cursor.fetchall()
-        if rows and version.modified <= int(rows[0][0]):
-            version.modified = int(rows[0][0]) + 1
+        any (a front end whose clock is behind the one that dropped it); a
+        tombstone no earlier than this partition's clock, since gc reaps it by
+        its age (a front end whose clock is behind would have it reaped early)."""
+        self._execute(cursor, 'SELECT (SELECT dropped FROM bucket_fences WHERE bucket = ?), ' + self.now_clause,
+                      (bucket.encode(),))
+        fence, now = cursor.fetchall()[0]
+        if fence is not None and version.modified <= int(fence):
+            version.modified = int(fence) + 1
+        if version.deleted:
+            version.modified = max(version.modified, int(now))
 
     def bucket_names(self):
         with self._cursor() as cursor:

@@ -69,18 +69,42 @@ class Chunks:
                           ' WHERE chunks.version_id = old.version_id AND chunks.created >= ?)'
                           ' ORDER BY version_id LIMIT ?', (after.encode(), before, before, limit))
             candidates = cursor.fetchall()
-            removed = 0
-            for version_id, bucket, key in candidates:
-                self._execute(cursor, 'SELECT COUNT(*) FROM objects WHERE bucket = ? AND key_name = ?'
-                              ' AND version_id = ?', (bucket, key, version_id))
-                held = cursor.fetchone()[0]
-                self._execute(cursor, 'SELECT COUNT(*) FROM hints WHERE bucket = ? AND key_name = ?'
-                              ' AND version_id = ?', (bucket, key, version_id))
-                if not held and not cursor.fetchone()[0]:
-                    self._execute(cursor, 'DELETE FROM chunks WHERE version_id = ?', (version_id,))
-                    removed += 1
+        removed = sum(self._transaction(lambda cursor: self._collect_one(cursor, row, before)) for row in candidates)
         last = as_text(candidates[-1][0]) if len(candidates) == limit else None
         return removed, last
+
+    def _collect_one(self, cursor, candidate, before):
+        """In one transaction, checked again under locks: delete a version's
+        chunks unless one was written since `before`, or a version row or hint
+        points to them.  Its chunks locked first: a version committed after the
+        check (its coordinator checks its chunks under a share lock,
+        check_chunks) waits for the delete and then finds them gone, or commits
+        first and is seen here.  True when they went."""
+        version_id, bucket, key = candidate
+        self._execute(cursor, 'SELECT MAX(created) FROM chunks WHERE version_id = ?' + self.lock_clause,
+                      (version_id,))
+        newest = cursor.fetchall()[0][0]
+        if newest is None or int(newest) >= before:
+            return False
+        for table, lock in (('objects', self.share_lock_clause), ('hints', '')):
+            self._execute(cursor, 'SELECT COUNT(*) FROM %s WHERE bucket = ? AND key_name = ? AND version_id = ?%s'
+                          % (table, lock), (bucket, key, version_id))
+            if int(cursor.fetchall()[0][0]):
+                return False
+        self._execute(cursor, 'DELETE FROM chunks WHERE version_id = ?', (version_id,))
+        return True
+
+    def check_chunks(self, cursor, version):
+        """In the transaction that stores a large version: refuse it unless
+        every chunk of it is here, share-locked until the commit (so that
+        gc, _collect_one, cannot take them in between)."""
+        if not version.chunk_count:
+            return
+        self._execute(cursor, 'SELECT COUNT(*) FROM chunks WHERE version_id = ?' + self.share_lock_clause,
+                      (version.version_id.encode(),))
+        if int(cursor.fetchall()[0][0]) != version.chunk_count:
+            raise PartitionError(self.name, 'chunks of the value are missing (removed before the '
+                                 'upload ended?)', unavailable=False)
 
     def iter_value(self, version, first=0, last=None):
         """The bytes first..last (inclusive) of a version held here, chunk by chunk."""

@@ -8,7 +8,6 @@ import time
 
 from kvstore.coordinator.ring import key_point
 from kvstore.coordinator.versions import encode_version_clock, reconcile
-from kvstore.engines.failures import PartitionError
 from kvstore.engines.rows import COLUMNS, as_text, listed_version, prefix_end, row_to_version
 
 
@@ -100,12 +99,7 @@ class Keys:
             if idempotency is not None:
                 self._record_outcome(cursor, bucket, key, idempotency, version,
                                      not any(not v.deleted for v in held))
-            if version.chunk_count:
-                self._execute(cursor, 'SELECT COUNT(*) FROM chunks WHERE version_id = ?',
-                              (version.version_id.encode(),))
-                if int(cursor.fetchone()[0]) != version.chunk_count:
-                    raise PartitionError(self.name, 'chunks of the value are missing (removed before the '
-                                         'upload ended?)', unavailable=False)
+            self.check_chunks(cursor, version)
             self._store(cursor, bucket, key, [v.version_id for v in held if version.supersedes(v)], version)
             return held, version
         return self._transaction(work, [(bucket, key)])
@@ -143,6 +137,7 @@ class Keys:
 
         def work(cursor):
             held = self._held(cursor, bucket, key)
+            self.check_chunks(cursor, version)
             drop_ids, store = reconcile(held, version)
             self._store(cursor, bucket, key, drop_ids, version if store else None)
             return store or (version.version_id in {v.version_id for v in held} - set(drop_ids))
@@ -154,6 +149,7 @@ class Keys:
         superseded, add the version: the ids held before."""
         self._execute(cursor, self._locked_ids_query, (bucket.encode(), key.encode()))
         held_ids = [as_text(row[0]) for row in cursor.fetchall()]
+        self.check_chunks(cursor, version)
         self._store(cursor, bucket, key, superseded, version, if_absent=True)
         return held_ids
 

@@ -81,6 +81,7 @@ class Reconciliation:
             for i in order:
                 bucket, key, version = items[i]
                 drop_ids, keep = reconcile(self._held(cursor, bucket, key), version)
+                self.check_chunks(cursor, version)
                 self._store(cursor, bucket, key, drop_ids, version if keep else None)
                 stored[i] = keep
             return stored

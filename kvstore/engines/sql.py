@@ -32,6 +32,7 @@ class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation, Idempotency):
     placeholder = '?'
     lock_clause = ''
     share_lock_clause = ''   # SQLite's write transactions lock the whole file
+    now_clause = "CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)"   # microseconds
     if_absent_clause = ' ON CONFLICT DO NOTHING'
     insert_if_absent = 'INSERT OR IGNORE'
     db_errors = ()

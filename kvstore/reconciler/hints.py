@@ -24,6 +24,10 @@ def deliver_hints(parts):
             done += _deliver(parts, holder, target, count, expired_before, counts, waiting)
             parts.progress.show('hints', done, total)
     parts_said = [tell(parts.dry_run, counts['delivered'], '%d delivered', 'would deliver %d')]
+    if counts['refused']:
+        parts_said.append('%d refused and kept: their owners hold versions claiming to have seen them that '
+                          'their coordinators never held (a partition restored or rolled back without '
+                          '`sync.py new-incarnation`? see docs/sync.md and the log)' % counts['refused'])
     if counts['expired']:
         parts_said.append('%d expired (pushed to the other owners)' % counts['expired'])
     if waiting:
@@ -48,35 +52,44 @@ def _deliver(parts, holder, target, count, expired_before, counts, waiting):
             waiting[holder] += count - dealt
             return dealt
         parts.meter.read(len(hints))
+        refused = 0
         for bucket, key, version, created in hints:
             try:
-                counts[_hand_back(parts, target, bucket, key, version, created < expired_before)] += 1
-                parts.call(holder, 'delete_hint', target, bucket, key, version.version_id)
+                outcome = _hand_back(parts, target, bucket, key, version, created < expired_before)
+                counts[outcome] += 1
+                if outcome == 'refused':
+                    waiting[target] += 1
+                    refused += 1
+                else:
+                    parts.call(holder, 'delete_hint', target, bucket, key, version.version_id)
             except PartitionError as e:
                 waiting[e.partition] += count - dealt
                 return dealt
             dealt += 1
-        if len(hints) < parts.batch:
+        if len(hints) < parts.batch or refused == len(hints):
             break
     return dealt
 
 
 def _hand_back(parts, target, bucket, key, version, expired):
-    """Apply one hinted version where it belongs: 'delivered' or 'expired' (an
-    expired hint whose target is down, pushed to the key's other owners).
+    """Apply one hinted version where it belongs: 'delivered', 'expired' (an
+    expired hint whose target is down, pushed to the key's other owners) or
+    'refused' (a destination holds a version claiming to have seen it that its
+    coordinator never held: the hint is kept, HintedHandoff.refused_anywhere).
     Raises PartitionError when neither could be done."""
     owners = parts.owners(bucket, key)
     try:
-        _put(parts, parts.store.hint_destinations(bucket, key, target), bucket, key, version)
-        return 'delivered'
+        return _put(parts, parts.store.hint_destinations(bucket, key, target), bucket, key, version) or 'delivered'
     except PartitionError:
         if not expired or target not in owners:
             raise
-    _put(parts, [o for o in owners if o != target], bucket, key, version)
-    return 'expired'
+    return _put(parts, [o for o in owners if o != target], bucket, key, version) or 'expired'
 
 
 def _put(parts, destinations, bucket, key, version):
-    for name in destinations:
-        parts.change(name, 'apply', bucket, key, version)
-        parts.meter.wrote(1)
+    """'refused', or None once every destination holds the version."""
+    if not parts.dry_run:
+        parts.meter.wrote(len(destinations))
+        if parts.store.handoff.refused_anywhere(bucket, key, version, destinations):
+            return 'refused'
+    return None
