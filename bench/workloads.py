@@ -254,9 +254,8 @@ def bulk_load(config_path, bucket, count, value_bytes, processes=None):
 def put_load(config_path, bucket, count, value_bytes, threads=1):
     """Write keys through Datastore.put itself (for few keys: the 1 MiB ones).
 
-    One writer by default: concurrent puts of new keys can fail on an owner with
-    'lock conflict' (InnoDB gap locks of SELECT ... FOR UPDATE on absent rows), and
-    that owner then misses the key until it is repaired; the data set must be whole."""
+    One writer by default: the data set must be whole, and every owner is
+    checked for every key afterwards."""
     import concurrent.futures
 
     started = time.monotonic()
