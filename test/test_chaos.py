@@ -53,7 +53,7 @@ from test.mariadb import shared_cluster
 from test.server import StoreServer
 from test.sync_support import run_command
 
-CHAOS_SECONDS = 40.0          # how long the clients and the faults run
+CHAOS_SECONDS = 35.0          # how long the clients and the faults run
 REQUEST_TIMEOUT = 5.0         # a client's wait for any one answer
 QUIET_TIMEOUT = 30.0          # how long the end waits for the store to answer again
 READ_BACK_TIMEOUT = 60.0      # how long the end may take to read every acknowledged key

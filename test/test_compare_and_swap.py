@@ -231,11 +231,19 @@ class TestIdempotencyKeys(CompareAndSwapCase):
         server_of(self.cluster, owners[2]).kill()
         lost = self.send(self.app, 'PUT', key, b'once', params='?pw=3', status=503)
         self.assertIn('may have been applied', lost.json['message'])
+        # Repeated while the owner is still down: the first outcome again, and
+        # again a hint for it, which must carry the whole version.
+        again = self.send(self.app, 'PUT', key, b'once', params='?pw=3', status=503)
+        self.assertIn('may have been applied', again.json['message'])
         server_of(self.cluster, owners[2]).restart()
         self.store.health.succeeded(owners[2])
+        self.store.hand_off(owners[2])
         retry = self.send(self.app, 'PUT', key, b'once', params='?pw=3', status=201)
         self.assertTrue(retry.json['replayed'])
         self.assertEqual(sorted(retry.json['acknowledged']), sorted(owners))
+        # Each owner holds the one version, with its value (the repeat copied it whole).
+        self.assertEqual({o: [v.value for v in self.store.engines[o].read(self.bucket, key)] for o in owners},
+                         dict.fromkeys(owners, [b'once']))
         self.assertEqual(self.values(key), [b'once'])
         self.assertEqual(len(self.store.get(self.bucket, key, r=3).versions), 1)
 

@@ -170,8 +170,8 @@ class Writer:
                     bucket, key, coordinators or preference, context, check, make, conditional and preference[0],
                     epoch, idempotency)
         except Recorded as e:
-            recorded = e.record
-            coordinator, held, version, failures = coordinators[0], e.held, self._replay(e, idempotency), {}
+            recorded, coordinator = e.record, coordinators[0]
+            held, version, failures = e.held, self._replay(e, idempotency, coordinator, bucket, key), {}
             if version.version_id not in {v.version_id for v in held}:
                 # Superseded since by another write: the outcome is all there is to give.
                 return Receipt(version=version, created=e.record['created'], context=None, siblings=1,
@@ -194,16 +194,23 @@ class Writer:
                        preference_list=preference, acknowledged=acknowledged,
                        coordinator=coordinator, hints=hints, down=down, replayed=recorded is not None)
 
-    @staticmethod
-    def _replay(recorded, idempotency):
+    def _replay(self, recorded, idempotency, coordinator, bucket, key):
         """The version an earlier attempt with the same idempotency key stored
-        (the one held, else one rebuilt from its record);
+        (read again from its coordinator with its value, to be replicated
+        again; else, superseded since, one rebuilt from its record);
         IdempotencyKeyReused when that attempt asked for something else."""
         record = recorded.record
         if record['fingerprint'] != idempotency[1]:
             raise IdempotencyKeyReused('the Idempotency-Key was used for another request to this key (other '
                                        'method, body, media type, metadata or conditions)')
-        version = next((v for v in recorded.held if v.version_id == record['version_id']), None)
+        version = None
+        if any(v.version_id == record['version_id'] for v in recorded.held):   # held without its value
+            try:
+                version = next((v for v in self.replicas.call(coordinator, 'read', bucket, key)
+                                if v.version_id == record['version_id']), None)
+            except PartitionError as e:
+                raise Unavailable('the key\'s first owner, %s, recorded the write but could not be read '
+                                  'again' % coordinator, failed={coordinator: e.reason})
         if version is None:
             version = Version(version_id=record['version_id'], clock={}, dot=('', 0), deleted=record['deleted'],
                               content_type='', value=b'', digest=record['digest'], modified=record['modified'])
