@@ -556,9 +556,9 @@ class TestChunkGarbageUnderLocks(unittest.TestCase):
         self.engine = self.store.engines['p1']
         self.bucket, self.version_id = support.unique(), 'c' * 32
 
-    def connect(self):
+    def connect(self, **account):
         import pymysql
-        params = dict(self.engine.params, autocommit=False, client_flag=0)
+        params = dict(self.engine.params, autocommit=False, client_flag=0, **account)
         return pymysql.connect(database=self.engine.database, **params)
 
     def lock_waits(self, monitor):
@@ -571,7 +571,7 @@ class TestChunkGarbageUnderLocks(unittest.TestCase):
             self.engine.write_chunk(self.bucket, 'big', self.version_id, seq, b'x' * 1024)
         version = Version.new({}, (self.engine.actor, 1), b'', 'application/octet-stream',
                               version_id=self.version_id, size=2048, chunk_size=1024, chunk_source=self.engine)
-        holder, monitor = self.connect(), self.connect()
+        holder, monitor = self.connect(), self.connect(user='root', password='')   # INNODB_TRX needs PROCESS
         self.addCleanup(holder.close)
         self.addCleanup(monitor.close)
         with holder.cursor() as cursor:   # holds the chunk rows, as a slow writer of them would
