@@ -39,10 +39,11 @@ class Keys:
             self._execute(cursor, 'DELETE FROM objects WHERE bucket = ? AND key_name = ? AND version_id = ?',
                           (b, k, version_id.encode()))
         if version is not None:
-            self._execute(cursor, 'INSERT INTO objects (bucket, key_name, ' + COLUMNS + ', point)'
-                          ' VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)'
-                          + (self.if_absent_clause if if_absent else ''),
-                          (b, k) + self._version_columns(version) + (key_point(bucket, key),))
+            seq = self._sequence_numbers(cursor, 1)   # the change sequence (sql.py)
+            self._execute(cursor, 'INSERT INTO objects (bucket, key_name, ' + COLUMNS + ', point'
+                          + (', seq' if seq else '') + ') VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?'
+                          + (', ?' if seq else '') + ')' + (self.if_absent_clause if if_absent else ''),
+                          (b, k) + self._version_columns(version) + (key_point(bucket, key),) + tuple(seq))
 
     @staticmethod
     def _version_columns(version):
