@@ -28,7 +28,7 @@ def rebalance(parts, view, changed):
                ] if rebalancing or parts.full_pass else []
     total = len(outside) + (len(arc_list) if rebalancing else 0)
     reporter = _progress_reporter(parts, view, total, counts)
-    held = SlotDigests(parts.each)
+    held = SlotDigests(parts.each, parts.meter)
     for done, (name, lo, hi) in enumerate(outside):
         drain(parts, name, lo, hi, counts, waiting, held)
         reporter(done + 1, 'moving keys off %s' % name)

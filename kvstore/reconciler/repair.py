@@ -81,9 +81,13 @@ def check_keys(parts, name, keys, counts, waiting):
 def anti_entropy(parts, arc_list, counts, waiting, report):
     """Compare the owners of each arc, repair where they differ; report(arcs done)."""
     differ = Differ(parts.each, parts.meter, page=parts.batch)
+    alike = differ.alike_owner_sets(arc_list)
     for done, (lo, hi, owners) in enumerate(arc_list):
-        for held in differ.pages(lo, hi, owners):
-            repair_page(parts, held, counts, waiting)
+        if tuple(owners) in alike:
+            differ.stats['ranges'] += 1
+        else:
+            for held in differ.pages(lo, hi, owners):
+                repair_page(parts, held, counts, waiting)
         report(done + 1)
     for name, ranges in differ.down.items():
         waiting[name] += ranges
