@@ -34,11 +34,14 @@ def read_checkpoints(parts):
 
 def full_pass_due(parts, checkpoints):
     """A full pass is due when a partition has no checkpoint (never followed,
-    or just upgraded) or its last one is older than full_pass_interval."""
+    just upgraded, or restored: what it lacks is in no change), or, once
+    every partition answers, when its last one is older than full_pass_interval."""
+    if any(c is None for c in checkpoints.values()):
+        return True
     if set(checkpoints) != set(parts.names):
         return False   # a partition is down: the changes of the others are followed
     horizon = time.time() - parts.config.sync_full_pass_interval
-    return any(c is None or c.get('full', 0) <= horizon for c in checkpoints.values())
+    return any(c.get('full', 0) <= horizon for c in checkpoints.values())
 
 
 def record_full_pass(parts, tops, checkpoints):
