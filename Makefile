@@ -76,7 +76,7 @@ clean:
 # under Granian as `make run` serves it, wrk, a web.py hello world and etcd.
 # Writes bench/results/.  Arguments: make bench BENCH_ARGS='--quick'
 # (or --only 'C-*', --scaling, --profile; see bench/README.md).
-.PHONY: bench
+.PHONY: bench bench-scale
 bench: mariadb $(VENV_STAMP)
 	@for tool in wrk etcd; do \
 		command -v $$tool >/dev/null 2>&1 && continue; \
@@ -93,3 +93,10 @@ bench: mariadb $(VENV_STAMP)
 	@[ $(VENV)/.bench-installed -nt requirements-bench.txt ] || \
 		{ $(VENV)/bin/pip install -q -r requirements-bench.txt && touch $(VENV)/.bench-installed; }
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+# Issue #27: 16 MariaDB partitions, 4 front ends, a partition added under load
+# and one killed (bench/scale.py); sync.py's cost as the store grows
+# (bench/reconciler.py).  Results in bench/results/scale.* and reconciler.*.
+bench-scale: mariadb $(VENV_STAMP)
+	$(VENV)/bin/python bench/scale.py $(BENCH_ARGS)
+	$(VENV)/bin/python bench/reconciler.py

@@ -24,6 +24,9 @@ CREATE TABLE IF NOT EXISTS objects (
     point        BIGINT          NOT NULL,  -- the key's position on the ring (63 bits)
     PRIMARY KEY (bucket, key_name, version_id)
 );
+-- Each engine adds a column of its own to objects when it opens the partition:
+-- seq, the change sequence, with an index (sync.py follows the changes; see
+-- _add_change_sequence in kvstore/engines/sqlite.py and mariadb.py).
 -- Anti-entropy compares replicas range by range of ring positions.
 CREATE INDEX IF NOT EXISTS objects_point ON objects (point);
 -- The reconciler's garbage collection finds old tombstones by this index.

@@ -32,6 +32,7 @@ from kvstore.coordinator.chunks import Chunks, read_up_to
 from kvstore.coordinator.decider import ConditionalDecider
 from kvstore.coordinator.gossip import Gossip
 from kvstore.coordinator.handoff import HintedHandoff
+from kvstore.coordinator import workers
 from kvstore.coordinator.health import Health
 from kvstore.coordinator.listing import MAX_LIST_LIMIT, KeyPage, Listing, key_is_live
 from kvstore.coordinator.placement import Placement
@@ -54,7 +55,7 @@ class Datastore:
         self.config = config
         self.n = config.replicas
         self.engines = {p.name: open_engine(p, config) for p in config.partitions}
-        self.health = Health(self.engines, config.backoff, config.max_backoff)
+        self.health = Health(self.engines, config.backoff, config.max_backoff, publish=workers.publish)
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(8, 4 * len(self.engines)), thread_name_prefix='replica')
         # How long a request waits for replicas before counting them as failed.

@@ -60,6 +60,7 @@ try:
     from kvstore.reconciler.metering import Progress
     from kvstore.coordinator.versions import iso_time
     from kvstore.coordinator.sync_runs import JOBS
+    from kvstore.reconciler.changes import CHECKPOINT
     from kvstore.reconciler.results import CONVERGED, ERROR, STATUS_WORDS, WORK_LEFT, exit_status, tell
     from kvstore.reconciler.runner import run, unreachable
 except ImportError as e:   # exit 2, not Python's 1 (which means "work left" here)
@@ -84,6 +85,9 @@ def new_incarnation(store, partition):
         return ERROR
     try:
         actor = store.engines[partition].new_incarnation()
+        # What the backup lacks was announced by no change it holds: the next
+        # run compares every arc (changes.py).
+        store.engines[partition].set_metadata({CHECKPOINT: 'null'})
     except PartitionError as e:
         say('sync: %s: %s' % (partition, e.reason), sys.stderr)
         return ERROR
@@ -106,6 +110,9 @@ def parse_arguments(argv):
     parser.add_argument('--no-progress', action='store_true', help='no progress bar, even on a terminal')
     parser.add_argument('--force-view', action='store_true',
                         help='record the configured ring as a new epoch even when it looks stale')
+    parser.add_argument('--full', action='store_true',
+                        help='repair: compare every arc of the ring, not only the keys written since '
+                        'the last runs (done anyway every [sync] full_pass_interval)')
     args = parser.parse_args(argv)
     if (args.job == NEW_INCARNATION) != (args.partition is not None):
         parser.error('a partition is named with %s, and only then' % NEW_INCARNATION)
@@ -175,7 +182,8 @@ def reconcile(store, args, output):
         jobs = JOBS if args.job == 'all' else (args.job,)
         results, meter = run(store, jobs, dry_run=args.dry_run,
                              progress=Progress(not args.json and not args.no_progress),
-                             force_view=args.force_view, report=None if args.json else output.job)
+                             force_view=args.force_view, report=None if args.json else output.job,
+                             full=args.full)
     finally:
         lock.release()
     return output.finish(exit_status(results), results, meter)

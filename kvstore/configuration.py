@@ -74,6 +74,7 @@ class StoreConfig:
     sync_rate_limit: float = 0.0        # rows per second read and written; 0: no limit
     tombstone_grace: float = 7 * 86400  # seconds a tombstone is kept after it is everywhere
     chunk_grace: float = 86400          # seconds before chunks no version points to are removed
+    sync_full_pass_interval: float = 86400   # seconds between full passes of anti-entropy
     # Access (access.py): [token-NAME] sections (none: no credentials asked),
     # [access] allowed_hosts, and [cluster] secret, the key gossip is signed with.
     tokens: list = dataclasses.field(default_factory=list)
@@ -254,4 +255,5 @@ def parse(parser, source='configuration'):
         sync_batch_size=number('sync', 'batch_size', int, 500, 1, 100000),
         sync_rate_limit=number('sync', 'rate_limit', float, 0.0, 0.0),
         tombstone_grace=number('sync', 'tombstone_grace', float, 7 * 86400.0, 0.0),
-        chunk_grace=number('sync', 'chunk_grace', float, 86400.0, 1.0))
+        chunk_grace=number('sync', 'chunk_grace', float, 86400.0, 1.0),
+        sync_full_pass_interval=number('sync', 'full_pass_interval', float, 86400.0, 0.0))

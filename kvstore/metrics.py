@@ -9,8 +9,9 @@ counts outlive it, and its successor (a new pid) counts in new files.
 Without that variable (tests, `python controller.py`) the process counts in
 memory.
 
-Gauges are read when scraped, as the worker that answers sees them: partition
-health, its connection pools, and, from the partitions (at most
+Gauges are read when scraped: partition health as the front end sees it (the
+newest observation of any of its workers: kvstore/coordinator/workers.py),
+the answering worker's connection pools, and, from the partitions (at most
 SCRAPE_TIMEOUT seconds), the hints they hold and the reconciler's last runs.
 No gauge is kept in the files, so a dead worker leaves no stale gauge behind.
 """
@@ -24,6 +25,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from kvstore.coordinator.health import UP
+from kvstore.coordinator.workers import front_end_view
 from kvstore.engines import PartitionError
 
 CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8'   # generate_latest's: every Prometheus reads it
@@ -196,8 +198,9 @@ class FrontEndView:
     def collect(self):
         datastore = self.datastore
         up = GaugeMetricFamily('kvstore_partition_up', 'The partition is up (1) or down or suspect (0), as '
-                               'the worker answering the scrape sees it', labels=('partition',))
-        view = datastore.health.view()
+                               'this front end sees it (the newest observation of its workers)',
+                               labels=('partition',))
+        view = front_end_view(datastore.health.view())
         for name in datastore.engines:
             up.add_metric((name,), int(view[name]['state'] == UP))
         yield up

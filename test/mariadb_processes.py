@@ -12,6 +12,8 @@ import socket
 import tempfile
 import threading
 
+from kvstore.coordinator.workers import pid_alive   # noqa: F401 (bench/servers.py and the harness use it)
+
 TEMP_PREFIX = 'kvstore-mariadb-'
 
 
@@ -148,16 +150,6 @@ def install_signal_handlers():
             signal.signal(signum, _on_fatal_signal)
         except (ValueError, OSError):  # pragma: no cover
             pass
-
-
-def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def reap_stale_dirs():

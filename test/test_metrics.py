@@ -9,6 +9,7 @@ port): every call to it fails or is refused, and writes it owns leave hints.
 import collections
 import concurrent.futures
 import hashlib
+import json
 import importlib.util
 import os
 import signal
@@ -229,6 +230,50 @@ class TestMetricsOfTheRealServer(unittest.TestCase):
 
 
 # -- in one process (no Granian), through WebTest ----------------------------------------
+
+class TestOneFrontEndOnePicture(unittest.TestCase):
+    """Issue #27: /metrics and /cluster show what the front end knows, not what
+    the worker that answers happened to see (workers.py)."""
+
+    def test_a_partition_one_worker_saw_fail_is_down_on_every_worker(self):
+        partitions = {name: {'engine': 'sqlite', 'path': 'data/%s.sqlite3' % name} for name in SQLITE}
+        partitions['gone'] = gone_partition()
+        server = StoreServer.running(support.config_text(partitions, backoff=60, max_backoff=60),
+                                     workers=3, threads=2)
+        try:
+            # One request, so one worker, finds 'gone' down.
+            conn = server.connect()
+            key = next(k for k in ('k%d' % i for i in range(100)))
+            conn.request('PUT', '/buckets/one/keys/' + key, body=b'v', headers={'Content-Type': 'text/plain'})
+            conn.getresponse().read()
+            conn.close()
+            # A scrape reads the gauge before asking the partitions for their
+            # hints (which shows a worker 'gone' down by itself): so each
+            # worker's first scrape says what it knew before.
+            for _ in range(30):
+                conn = server.connect()
+                try:
+                    conn.request('GET', '/metrics')
+                    found = samples(conn.getresponse().read().decode())
+                finally:
+                    conn.close()
+                self.assertEqual(value(found, 'kvstore_partition_up', partition='gone'), 0.0)
+            answered_by = set()
+            for _ in range(30):
+                conn = server.connect()
+                try:
+                    conn.request('GET', '/cluster', headers={'Accept': 'application/json'})
+                    document = json.loads(conn.getresponse().read())
+                finally:
+                    conn.close()
+                answered_by.add(document['front_end'])
+                states = {p['name']: p['state'] for p in document['partitions']}
+                self.assertNotEqual(states['gone'], 'up', (document['front_end'], states))
+            self.assertGreater(len(answered_by), 1, 'one worker answered every request')
+        finally:
+            server.stop()
+            server.cleanup()
+
 
 class InProcess(unittest.TestCase):
     """The application over three SQLite partitions and `gone`."""

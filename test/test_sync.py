@@ -81,7 +81,7 @@ class TestSyncJobs(SyncCase):
             self.assertEqual(self.store.get(self.bucket, key, r=3).current, [])
         # The next run finds nothing to do.
         results, _, status = sync_once(self.config)
-        self.assertEqual((status, results['repair'].counts['differing']), (sync.CONVERGED, 0))
+        self.assertEqual((status, results['repair'].counts['keys_repaired']), (sync.CONVERGED, 0))
 
     def test_hints_are_handed_off_once_their_owner_is_back(self):
         down = 'p4'

@@ -54,9 +54,12 @@ class PartitionHealth:
 
 
 class Health:
-    def __init__(self, names, backoff=1.0, max_backoff=30.0):
+    def __init__(self, names, backoff=1.0, max_backoff=30.0, publish=None):
+        """publish(view): told this process's view whenever a partition's state
+        changes (workers.py shares it with the front end's other workers)."""
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.publish = publish or (lambda view: None)
         self.name = front_end_name()
         self._lock = threading.Lock()
         self._partitions = {name: PartitionHealth(name) for name in names}
@@ -105,7 +108,8 @@ class Health:
             if p.state == UP:
                 return False
             p.state, p.since, p.retry_at = UP, now, 0.0
-            return True
+        self.publish(self.view())
+        return True
 
     def failed(self, name, reason, refused=None):
         """Record a failure; refused: the call its grants refused."""
@@ -119,6 +123,7 @@ class Health:
                 log.warning('partition %s is down: %s', name, reason)
             p.state, p.observed, p.last_error, p.probing = DOWN, now, str(reason)[:MAX_ERROR_CHARS], False
             p.observer, p.refused = self.name, call_kind(refused)
+        self.publish(self.view())
 
     def is_down(self, name):
         with self._lock:
@@ -130,7 +135,7 @@ class Health:
 
     def merge(self, remote):
         """Adopt a peer's newer observations; returns the partitions that came back up."""
-        recovered = []
+        recovered, changed = [], False
         with self._lock:
             now = time.time()
             for name, seen in remote.items():
@@ -156,4 +161,7 @@ class Health:
                 p.since = float(seen.get('since') or now)
                 p.observed, p.last_error, p.probing = observed, seen.get('last_error'), False
                 p.observer = seen.get('observer')
+                changed = True
+        if changed:
+            self.publish(self.view())
         return recovered

@@ -14,6 +14,7 @@ from kvstore.coordinator.ring import RING_SIZE, Ring, key_point
 from kvstore.coordinator.views import ring_digest
 from kvstore.coordinator.sync_runs import last_runs
 from kvstore.coordinator.versions import iso_time
+from kvstore.coordinator.workers import front_end_view
 
 USAGE_SECONDS = 60.0     # how long GET /cluster reuses its count of keys, bytes and pending markers
 READY_SECONDS = 1.0      # how long GET /ready, which anyone may ask, reuses its answer
@@ -37,7 +38,7 @@ class ClusterStatus:
         now = time.time()
         held, _ = self.replicas.everywhere(lambda p: self.replicas.call(p, 'hint_counts'))
         counted, usage = self.usage_cached()
-        view = health.view()
+        view = front_end_view(health.view())   # every worker's of this front end
         expired_before = now - config.hint_window
         partitions = []
         for p in config.partitions:

@@ -38,10 +38,13 @@ class Keys:
             self._execute(cursor, 'DELETE FROM objects WHERE bucket = ? AND key_name = ? AND version_id = ?',
                           (b, k, version_id.encode()))
         if version is not None:
-            self._execute(cursor, 'INSERT INTO objects (bucket, key_name, ' + COLUMNS + ', point)'
-                          ' SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?' + self.unfenced_clause
-                          + (self.if_absent_clause if if_absent else ''),
-                          (b, k) + self._version_columns(version) + (key_point(bucket, key), b, version.modified))
+            seq = self._sequence_numbers(cursor, 1)   # the change sequence (sql.py)
+            self._execute(cursor, 'INSERT INTO objects (bucket, key_name, ' + COLUMNS + ', point'
+                          + (', seq' if seq else '') + ')'
+                          ' SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?' + (', ?' if seq else '')
+                          + self.unfenced_clause + (self.if_absent_clause if if_absent else ''),
+                          (b, k) + self._version_columns(version) + (key_point(bucket, key),) + tuple(seq)
+                          + (b, version.modified))
 
     # An INSERT ... SELECT of one row, unless a forced bucket delete fenced the
     # version off (Buckets.drop_keys): its arguments are the bucket and the

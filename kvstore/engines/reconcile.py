@@ -91,10 +91,15 @@ class Reconciliation:
         """Store [(bucket, key, version)] of keys this partition holds no version
         of, inline values only, in one transaction of multi-row INSERTs: a bulk
         load (tests, imports), with exactly the rows apply() would write."""
-        statement = self._sql('INSERT INTO objects (bucket, key_name, ' + COLUMNS + ', point) VALUES (%s)'
-                              % ', '.join(['?'] * (COLUMNS.count(',') + 4)))
-        rows = [(b.encode(), k.encode()) + self._version_columns(v) + (key_point(b, k),) for b, k, v in items]
-        self._transaction(lambda cursor: cursor.executemany(statement, rows))
+        def work(cursor):
+            seqs = self._sequence_numbers(cursor, len(items))
+            statement = self._sql('INSERT INTO objects (bucket, key_name, ' + COLUMNS + ', point'
+                                  + (', seq' if seqs else '') + ') VALUES (%s)'
+                                  % ', '.join(['?'] * (COLUMNS.count(',') + 4 + bool(seqs))))
+            rows = [(b.encode(), k.encode()) + self._version_columns(v) + (key_point(b, k),)
+                    + ((seqs[i],) if seqs else ()) for i, (b, k, v) in enumerate(items)]
+            cursor.executemany(statement, rows)
+        self._transaction(work)
 
     def delete_versions(self, bucket, key, version_ids):
         """Remove these versions of a key (and no other); how many were there."""
@@ -146,6 +151,29 @@ class Reconciliation:
                           + ' AND '.join(clauses) +
                           ' ORDER BY modified, bucket, key_name, version_id LIMIT ?', args + [limit])
             return [(int(m), as_text(b), as_text(k), as_text(v)) for m, b, k, v in cursor.fetchall()]
+
+    def changes(self, after, limit):
+        """Up to limit of the versions stored after change number `after`, in
+        the order they were stored: [(seq, bucket, key)] (the change sequence:
+        sql.py, _add_change_sequence)."""
+        with self._cursor() as cursor:
+            self._execute(cursor, 'SELECT seq, bucket, key_name FROM objects WHERE seq > ? ORDER BY seq LIMIT ?',
+                          (after, limit))
+            return [(int(s), as_text(b), as_text(k)) for s, b, k in cursor.fetchall()]
+
+    # Seconds within which a write transaction that took a change number has
+    # committed (MariaDB numbers a row at its insert, not at its commit);
+    # SQLite's writes are serialized, so its numbers follow the commits: 0.
+    changes_settle_seconds = 60.0
+
+    def changes_settle(self):
+        return self.changes_settle_seconds
+
+    def last_change(self):
+        """The change number of the version stored last (0: none)."""
+        with self._cursor() as cursor:
+            self._execute(cursor, 'SELECT COALESCE(MAX(seq), 0) FROM objects')
+            return int(cursor.fetchone()[0])
 
     def count_keys(self):
         """How many distinct keys (tombstoned ones included) this partition holds."""

@@ -51,10 +51,16 @@ class SlotDigests:
     ring has tens of thousands of arcs, which one query each would make slow,
     and a query over a whole partition could outlast read_timeout."""
 
-    def __init__(self, each):
+    def __init__(self, each, meter=None):
         self.each = each
+        self.meter = meter   # counts each row digested once, when its block is read
         self.blocks = {}   # (partition, block) -> [(count, xor)] of its slots
         self.queries = 0
+
+    def slots(self, name, first, last):
+        """The digests of slots [first, last) of a partition whose blocks were read."""
+        for block in range(first // BLOCK_SLOTS, -(-last // BLOCK_SLOTS)):
+            yield from self.blocks[(name, block)][max(first - block * BLOCK_SLOTS, 0):last - block * BLOCK_SLOTS]
 
     def of(self, names, first, last):
         """({name: (count, xor) of slots [first, last)}, {name: reason})."""
@@ -66,6 +72,8 @@ class SlotDigests:
                 found, failed = self.each(missing, 'range_digests', lo, lo + (BLOCK_SLOTS << SLOT_SHIFT),
                                           BLOCK_SLOTS)
                 self.queries += len(found)
+                if self.meter:
+                    self.meter.digested(sum(c for d in found.values() for c, _ in d))
                 self.blocks.update({(n, block): d for n, d in found.items()})
                 failures.update(failed)
                 for name in failed:
@@ -125,7 +133,37 @@ class Differ:
         self.fanout = fanout
         self.stats = collections.Counter()   # ranges compared, differing, digest queries
         self.down = collections.Counter()    # partition -> ranges it could not be compared on
-        self.slot_digests = SlotDigests(each)
+        self.slot_digests = SlotDigests(each, meter)
+
+    def alike_owner_sets(self, arc_list):
+        """{owners (a tuple)} whose every owner holds the same rows over all
+        the arcs they own together: a balanced ring's arcs are whole slots,
+        tens of thousands of them but only as many owner sets as there are
+        ways to choose N partitions, so the sets are compared first (from
+        the slots' digests, read once) and only the arcs of sets that differ
+        one by one.  Empty for a ring whose arcs are not whole slots."""
+        spans = [whole_slots(lo, hi) for lo, hi, _ in arc_list]
+        if not arc_list or None in spans:
+            return set()
+        by_set = collections.defaultdict(list)
+        for span, (_, _, owners) in zip(spans, arc_list):
+            by_set[tuple(owners)].append(span)
+        names = sorted({name for owners in by_set for name in owners})
+        _, failures = self.slot_digests.of(names, 0, max(last for _, last in spans))
+        alike = set()
+        for owners, owned in by_set.items():
+            if any(name in failures for name in owners):
+                continue
+            digests = set()
+            for name in owners:
+                count, xor = 0, 0
+                for first, last in owned:
+                    for c, x in self.slot_digests.slots(name, first, last):
+                        count, xor = count + c, xor ^ x
+                digests.add((count, xor))
+            if len(digests) == 1:
+                alike.add(owners)
+        return alike
 
     def pages(self, lo, hi, owners):
         """Yield ({owner: {(bucket, key): [Version]}}) for the parts of [lo, hi)
@@ -137,9 +175,8 @@ class Differ:
     def _digests(self, owners, lo, hi, parts):
         slots = whole_slots(lo, hi) if parts == 1 else None
         if slots:
-            found, failures = self.slot_digests.of(owners, *slots)
+            found, failures = self.slot_digests.of(owners, *slots)   # counted as their blocks are read
             found = {name: [digest] for name, digest in found.items()}
-            self.meter.digested(sum(count for d in found.values() for count, _ in d))
         else:
             found, failures = self.each(owners, 'range_digests', lo, hi, parts)
             self.stats['digest queries'] += len(found)

@@ -34,6 +34,9 @@ class Partitions:
         self.progress = progress
         self.dry_run = dry_run
         self.batch = store.config.sync_batch_size
+        # Set by runner.run before the jobs (changes.py): each partition's last
+        # change number, its checkpoint, and whether this run is a full pass.
+        self.tops, self.checkpoints, self.full_pass = {}, {}, True
 
     @property
     def names(self):
@@ -84,6 +87,25 @@ class Partitions:
             plan += [(source, owner, key[0], key[1], v.version_id)
                      for owner, v in lacking({o: held[o] for o in owners[key]}, key, versions)]
         return plan, blocked
+
+    def move(self, name, rows, counts, waiting):
+        """Move rows ({key: [Version]}) that `name` holds without owning the
+        keys to their owners; delete each from `name` only once every owner
+        holds it.  False when `name` stopped answering."""
+        plan, blocked = self.plan_copies(name, rows, waiting)
+        copied, failed = self.transfer(plan, waiting)
+        counts['versions_copied'] += copied
+        for key, versions in sorted(rows.items()):
+            if key in blocked or key in failed:
+                continue
+            try:
+                self.change(name, 'delete_versions', key[0], key[1], [v.version_id for v in versions])
+            except PartitionError:
+                waiting[name] += 1
+                return False
+            self.meter.wrote(len(versions))
+            counts['keys_moved'] += 1
+        return True
 
     def transfer(self, plan, waiting):
         """Copy versions: plan [(source, target, bucket, key, version_id)].  Values

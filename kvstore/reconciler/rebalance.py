@@ -17,14 +17,18 @@ def rebalance(parts, view, changed):
     dry run, would).  Compares every arc while the view is rebalancing."""
     counts = collections.Counter(keys_moved=0, versions_copied=0, bucket_records=0)
     waiting = collections.Counter()
-    arc_list = parts.store.ring.arcs(parts.store.n)
     place_bucket_records(parts, counts, waiting)
 
-    outside = [(name, lo, hi) for name in parts.names for lo, hi in ranges_outside(arc_list, name)]
     rebalancing = view['state'] != 'complete'
+    arc_list = parts.store.ring.arcs(parts.store.n) if rebalancing or parts.full_pass else []
+    # Keys on a partition that does not own them: every one while the view
+    # changes, and on a full pass; otherwise repair finds them among the
+    # changes (a front end with an out-of-date configuration wrote them).
+    outside = [(name, lo, hi) for name in parts.names for lo, hi in ranges_outside(arc_list, name)
+               ] if rebalancing or parts.full_pass else []
     total = len(outside) + (len(arc_list) if rebalancing else 0)
     reporter = _progress_reporter(parts, view, total, counts)
-    held = SlotDigests(parts.each)
+    held = SlotDigests(parts.each, parts.meter)
     for done, (name, lo, hi) in enumerate(outside):
         drain(parts, name, lo, hi, counts, waiting, held)
         reporter(done + 1, 'moving keys off %s' % name)
@@ -91,19 +95,8 @@ def drain(parts, name, lo, hi, counts, waiting, held):
             return
         rows = page[name]
         parts.meter.read(sum(len(v) for v in rows.values()))
-        plan, blocked = parts.plan_copies(name, rows, waiting)
-        copied, failed = parts.transfer(plan, waiting)
-        counts['versions_copied'] += copied
-        for key, versions in sorted(rows.items()):
-            if key in blocked or key in failed:
-                continue
-            try:
-                parts.change(name, 'delete_versions', key[0], key[1], [v.version_id for v in versions])
-            except PartitionError:
-                waiting[name] += 1
-                return
-            parts.meter.wrote(len(versions))
-            counts['keys_moved'] += 1
+        if not parts.move(name, rows, counts, waiting):
+            return
 
 
 def place_bucket_records(parts, counts, waiting):

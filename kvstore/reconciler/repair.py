@@ -1,11 +1,15 @@
-"""The repair job: lazy writes first, then anti-entropy over every arc of the
-ring (antientropy.Differ finds where the owners differ; this gives each owner
-what it lacks and removes what another version it holds supersedes)."""
+"""The repair job: lazy writes first, then anti-entropy: over the keys the
+partitions stored since the last runs (changes.py), or, on a full pass (every
+[sync] full_pass_interval, after an upgrade, with --full, or done by
+rebalance during a view change), over every arc of the ring
+(antientropy.Differ finds where the owners differ).  Either way each owner is
+given what it lacks, and what another version it holds supersedes is removed."""
 import collections
 
 from kvstore.coordinator.versions import resolve
 from kvstore.engines import PartitionError
 from kvstore.reconciler.antientropy import Differ
+from kvstore.reconciler.changes import follow_changes, record_full_pass
 from kvstore.reconciler.lazywrites import push_pending
 from kvstore.reconciler.partitions import lacking
 from kvstore.reconciler.results import JobResult, tell, waiting_text
@@ -16,15 +20,27 @@ def repair(parts, view, compared):
     counts = collections.Counter(pending_pushed=0, keys_repaired=0, versions_copied=0)
     waiting = collections.Counter()
     push_pending(parts, counts, waiting)
-    if not compared:
+    full = compared or parts.full_pass
+    if full and not compared:
         arc_list = parts.store.ring.arcs(parts.store.n)
         anti_entropy(parts, arc_list, counts, waiting,
                      lambda done: parts.progress.show('repair', done, len(arc_list)))
+    if full and not waiting and not parts.dry_run:
+        record_full_pass(parts, parts.tops, parts.checkpoints)
+    if not full:
+        follow_changes(parts, parts.checkpoints, lambda name, keys: check_keys(parts, name, keys, counts, waiting),
+                       counts, waiting)
     said = [tell(parts.dry_run, counts['pending_pushed'], '%d lazy writes pushed', 'would push %d lazy writes')]
     if counts['pending_left']:
         said.append('%d left' % counts['pending_left'])
     if compared and not counts['ranges']:
         said.append('anti-entropy done by rebalance')
+    elif not full:
+        said.append('%d changed keys compared, ' % counts['keys_followed']
+                    + tell(parts.dry_run, counts['keys_repaired'], '%d repaired', 'would repair %d'))
+        if counts['keys_moved']:
+            said.append(tell(parts.dry_run, counts['keys_moved'], '%d moved to their owners',
+                             'would move %d to their owners'))
     else:
         said.append('%d ranges compared, %d differed, ' % (counts['ranges'], counts['differing'])
                     + tell(parts.dry_run, counts['keys_repaired'], '%d keys repaired', 'would repair %d keys'))
@@ -37,12 +53,41 @@ def repair(parts, view, compared):
                      bool(waiting or counts['pending_left'] or unbalanced), 'repair: ' + ', '.join(said))
 
 
+def check_keys(parts, name, keys, counts, waiting):
+    """Repair keys (changed on `name`) across their owners, and move those
+    `name` holds without owning them.  False when a partition did not answer."""
+    before = sum(waiting.values())
+    owners = {key: parts.owners(*key) for key in keys}
+    strays = [key for key in keys if name not in owners[key]]
+    if strays:
+        try:
+            rows = parts.call(name, 'read_many', strays, False)
+        except PartitionError:
+            waiting[name] += 1
+            return False
+        parts.meter.read(sum(len(v) for v in rows.values()))
+        parts.move(name, {key: versions for key, versions in rows.items() if versions}, counts, waiting)
+    by_owners = collections.defaultdict(list)
+    for key in keys:
+        by_owners[tuple(sorted(owners[key]))].append(key)
+    for owner_set, group in sorted(by_owners.items()):
+        held = parts.read_held({owner: group for owner in owner_set}, waiting)
+        if len(held) >= 2:
+            repair_page(parts, held, counts, waiting)
+        counts['keys_followed'] += len(group)
+    return sum(waiting.values()) == before
+
+
 def anti_entropy(parts, arc_list, counts, waiting, report):
     """Compare the owners of each arc, repair where they differ; report(arcs done)."""
     differ = Differ(parts.each, parts.meter, page=parts.batch)
+    alike = differ.alike_owner_sets(arc_list)
     for done, (lo, hi, owners) in enumerate(arc_list):
-        for held in differ.pages(lo, hi, owners):
-            repair_page(parts, held, counts, waiting)
+        if tuple(owners) in alike:
+            differ.stats['ranges'] += 1
+        else:
+            for held in differ.pages(lo, hi, owners):
+                repair_page(parts, held, counts, waiting)
         report(done + 1)
     for name, ranges in differ.down.items():
         waiting[name] += ranges

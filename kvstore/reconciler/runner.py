@@ -5,6 +5,7 @@ import os
 
 from datastore import ViewConflict
 from kvstore.engines import PartitionError
+from kvstore.reconciler.changes import full_pass_due, read_checkpoints
 from kvstore.reconciler.gc import collect_garbage
 from kvstore.reconciler.hints import deliver_hints
 from kvstore.coordinator.sync_runs import JOBS, record_runs
@@ -31,10 +32,11 @@ def unreachable(store):
     return why
 
 
-def run(store, jobs, dry_run=False, progress=None, force_view=False, report=None):
+def run(store, jobs, dry_run=False, progress=None, force_view=False, report=None, full=False):
     """Run the jobs (names, in JOBS order) over store: ([JobResult], the Meter).
     report(JobResult) is called as each job ends.  A real run records each
-    job's result in the partitions; a dry run changes nothing."""
+    job's result in the partitions; a dry run changes nothing.  full: a full
+    pass of anti-entropy over every arc, due or not (changes.py)."""
     parts = Partitions(store, Meter(store.config.sync_rate_limit), progress or Progress(False), dry_run)
     if dry_run:               # a partition coming back must not trigger a hand-off
         store.hand_off = lambda *args, **kwargs: (0, 0)
@@ -50,6 +52,10 @@ def run(store, jobs, dry_run=False, progress=None, force_view=False, report=None
         return [JobResult('view', {}, {}, True, 'view: no job run: %s' % e, error=str(e))], parts.meter
     if dry_run and changed:
         parts.meter.wrote(len(store.engines))
+    # Where each partition's changes stand, before any job writes (changes.py).
+    parts.tops = parts.each(parts.names, 'last_change')[0]
+    parts.checkpoints = read_checkpoints(parts)
+    parts.full_pass = full or full_pass_due(parts, parts.checkpoints)
     compared = False     # rebalance already went over every arc in this run
     rebalancing = view['state'] != 'complete'
     steps = {'hints': lambda: deliver_hints(parts), 'rebalance': lambda: rebalance(parts, view, changed),
