@@ -4,6 +4,8 @@ Every answer that is not a raw value is a document (documents.py) in the
 type the request's Accept header prefers; every error is one too, with a
 stable `code` whose HTTP status is STATUS[code].
 """
+import functools
+
 import mimeparse
 import mimerender
 import web
@@ -134,6 +136,11 @@ def accepts_stored_type(content_type):
     if not accept:
         return True
     try:
-        return mimeparse.quality(content_type, accept) > 0
+        return accepts(content_type, accept)
     except mimeparse.MimeTypeParseException:
         raise BadRequest('bad_header', 'Accept is not a list of media ranges')
+
+
+@functools.lru_cache(maxsize=256)   # a client sends the same Accept, for values of a few types
+def accepts(content_type, accept):
+    return mimeparse.quality(content_type, accept) > 0
