@@ -11,7 +11,9 @@ from bench.servers import (drop_database, http_request, mariadb_facts, mariadb_s
 from bench.workloads import (bulk_load, etcd_load, key_law_env, main_rows, put_load, queries_per_request,
                              row_named, select_rows)
 
-DATABASE = 'kvbench'
+# The store connects as the harness's store user, whose grants (the documented
+# ones, test/mariadb_grants.py) cover the test_ databases alone.
+DATABASE = 'test_kvbench'
 QUERIES_BUCKET = 'bench-queries'   # the keys queries_per_request writes
 
 
@@ -157,7 +159,7 @@ def _scaling_configuration(run, args, cluster, count, nkeys, listing):
     """GET r=1 on `count` partitions holding `nkeys` keys (and, if `listing`, a
     page of keys for one client): the rows measured."""
     db_pids = lambda: [s.pid for s in cluster if s.pid]
-    database = 'kvbench_%dp_%dk' % (count, nkeys // 1000)
+    database = 'test_kvbench_%dp_%dk' % (count, nkeys // 1000)
     config_path, info = write_store_config(run, cluster, database, count, name='%s.cfg' % database)
     log('%d partitions: loading %d keys of 1 KiB', count, nkeys)
     seconds = bulk_load(config_path, BUCKET, nkeys, KIB)

@@ -29,6 +29,7 @@ bucket name or an fnmatch pattern), and a cluster secret with
     python3 -m kvstore.http.access secret
 """
 import fnmatch
+import functools
 import hashlib
 import hmac
 import json
@@ -260,6 +261,7 @@ def foreign_origin(env):
     return None
 
 
+@functools.lru_cache(maxsize=256)   # every response asks, of a few types: parsed once each
 def is_safe_type(content_type):
     """Would a browser show a response of this Content-Type without running
     anything?  Decided on the one type it reads (mediatypes.py); a header it

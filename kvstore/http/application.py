@@ -63,13 +63,32 @@ class Application(web.application):
         self.implemented = {name for resource in mapping[1::2] for name in vars(resource) if name.isupper()}
         self.implemented |= {'HEAD', 'OPTIONS'}
 
+    def load(self, env):
+        """web.ctx for a request: web.py's own, less what this store never
+        reads (REAL_SCRIPT_NAME, lighttpd's and nginx's REQUEST_URI, a pass
+        over every field for bytes), and the path decoded once (request_path)."""
+        ctx = web.ctx
+        ctx.clear()
+        ctx.status, ctx.headers, ctx.output, ctx.app_stack = '200 OK', [], '', []
+        ctx.environ = ctx.env = env
+        ctx.host = env.get('HTTP_HOST')
+        ctx.protocol = 'https' if env.get('wsgi.url_scheme') == 'https' else 'http'
+        ctx.homedomain = ctx.protocol + '://' + env.get('HTTP_HOST', '[unknown]')
+        ctx.homepath = env.get('SCRIPT_NAME', '')
+        ctx.home = ctx.realhome = ctx.homedomain + ctx.homepath
+        ctx.ip = env.get('REMOTE_ADDR')
+        ctx.method = env.get('REQUEST_METHOD')
+        ctx.path = request_path()
+        query = env.get('QUERY_STRING')
+        ctx.query = '?' + query if query else ''
+        ctx.fullpath = ctx.path + ctx.query
+
     def handle(self):
         return finish_response(self.handle_errors())
 
     def handle_errors(self):
         try:
             framing.check_request_head(web.ctx.env)
-            web.ctx.path = request_path()
             return super().handle()
         except StoreError as e:
             return error_response(e)

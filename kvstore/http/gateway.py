@@ -15,8 +15,9 @@ the application's word before it sends the body (HTTP sends 100 Continue once
 the application starts reading), so the application is called at once.
 """
 import asyncio
-import concurrent.futures
+import queue
 import sys
+import threading
 import urllib.parse
 
 PREFETCH_BYTES = 64 * 1024
@@ -78,6 +79,43 @@ class Body:
         return b''
 
 
+class Threads:
+    """The threads the WSGI application runs in.  A call is handed over
+    through a queue and its end reported to the event loop by one
+    call_soon_threadsafe: loop.run_in_executor's pair of chained futures cost
+    more than the hand-off itself."""
+
+    def __init__(self, count):
+        self.calls = queue.SimpleQueue()
+        for number in range(count):
+            threading.Thread(target=self.work, name='wsgi_%d' % number, daemon=True).start()
+
+    def run(self, loop, function, *args):
+        """An asyncio future of function(*args), called in one of the threads."""
+        future = loop.create_future()
+        self.calls.put((loop, future, function, args))
+        return future
+
+    def work(self):
+        while True:
+            loop, future, function, args = self.calls.get()
+            try:
+                outcome = (function(*args), None)
+            except BaseException as e:   # (an exit, too, is the request's to report)
+                outcome = (None, e)
+            loop.call_soon_threadsafe(settle, future, *outcome)
+            del future, function, args, outcome   # nothing of a request outlives it while waiting
+
+
+def settle(future, result, error):
+    if future.cancelled():   # the exchange was dropped while the application ran
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
+
+
 class Gateway:
     """An ASGI application (Granian's `asginl` interface) that serves a WSGI one
     with `threads` threads."""
@@ -85,7 +123,7 @@ class Gateway:
     def __init__(self, application, threads, pace):
         self.application = application
         self.pace = pace      # a new framing.BodyPace for each request
-        self.pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix='wsgi')
+        self.threads = Threads(threads)
 
     async def __call__(self, scope, receive, send):
         if scope['type'] != 'http':
@@ -98,7 +136,7 @@ class Gateway:
         elif env.get('HTTP_EXPECT', '').lower() != '100-continue':
             await body.fill(PREFETCH_BYTES)
         response = Response(send, loop)
-        await loop.run_in_executor(self.pool, response.run, self.application, env)
+        await self.threads.run(loop, response.run, self.application, env)
         await response.finish()
 
 

@@ -4,6 +4,8 @@ Every answer that is not a raw value is a document (documents.py) in the
 type the request's Accept header prefers; every error is one too, with a
 stable `code` whose HTTP status is STATUS[code].
 """
+import functools
+
 import mimeparse
 import mimerender
 import web
@@ -67,8 +69,10 @@ def _negotiated(root, document, status, headers, format_override):
 
 def respond(root, document, status='200 OK', headers=None, format_override=None):
     """A document in the representation the client's Accept header prefers."""
-    if format_override is None:
-        document_format()  # an Accept header that cannot be parsed is a 400
+    if format_override is None and document_type() == 'application/json':   # (a bad Accept: 400)
+        # JSON, nearly every client's choice, is not negotiated again by
+        # mimerender: it would choose it too (JSON wins ties in both orders).
+        format_override = 'json'
     body = _negotiated(root, document, status, headers or {}, format_override).encode('utf-8')
     web.header('Content-Length', str(len(body)))
     return body
@@ -77,19 +81,24 @@ def respond(root, document, status='200 OK', headers=None, format_override=None)
 def document_type():
     """The document media type the client accepts best (as mimerender picks
     it), or None."""
-    accept = web.ctx.env.get('HTTP_ACCEPT')
-    if not accept:
-        return 'application/json'
-    try:
-        return mimeparse.best_match(DOCUMENT_TYPES[::-1], accept) or None
-    except mimeparse.MimeTypeParseException:
-        raise BadRequest('bad_header', 'Accept is not a list of media ranges')
+    return best_document(web.ctx.env.get('HTTP_ACCEPT'))[0]
 
 
 def document_format():
     """The short name of the document type the client accepts best, or None."""
-    best = document_type()
-    return mimerender._get_short_mime(best) if best else None
+    return best_document(web.ctx.env.get('HTTP_ACCEPT'))[1]
+
+
+@functools.lru_cache(maxsize=256)   # clients send a few Accept values, each parsed once
+def best_document(accept):
+    """(media type, short name) of the document type Accept prefers, or (None, None)."""
+    if not accept:
+        return 'application/json', 'json'
+    try:
+        best = mimeparse.best_match(DOCUMENT_TYPES[::-1], accept) or None
+    except mimeparse.MimeTypeParseException:
+        raise BadRequest('bad_header', 'Accept is not a list of media ranges')
+    return best, mimerender._get_short_mime(best) if best else None
 
 
 def error_document(code, message, **details):
@@ -134,6 +143,11 @@ def accepts_stored_type(content_type):
     if not accept:
         return True
     try:
-        return mimeparse.quality(content_type, accept) > 0
+        return accepts(content_type, accept)
     except mimeparse.MimeTypeParseException:
         raise BadRequest('bad_header', 'Accept is not a list of media ranges')
+
+
+@functools.lru_cache(maxsize=256)   # a client sends the same Accept, for values of a few types
+def accepts(content_type, accept):
+    return mimeparse.quality(content_type, accept) > 0
