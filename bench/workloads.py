@@ -313,9 +313,9 @@ def _without_counter(clock):
 
 def _comparable(rows):
     """Rows without what differs between two writes of the same value: the
-    fresh id, the time and the dot's counter."""
+    fresh id, the time, the dot's counter and the change number (seq)."""
     return sorted(sorted((k, _without_counter(v) if k == 'clock' else v) for k, v in r.items()
-                         if k not in ('version_id', 'modified')) for r in rows)
+                         if k not in ('version_id', 'modified', 'seq')) for r in rows)
 
 
 def same_rows_as_put(store, bucket, index, value):

@@ -86,7 +86,7 @@ class TestCronLine(SyncCase):
         self.assertEqual(again.returncode, sync.CONVERGED)
         lines = open(log_path).read().splitlines()
         self.assertEqual(len(lines), 2 * len(sync.JOBS) + 2)
-        self.assertIn('0 differed', lines[-3])
+        self.assertIn(', 0 repaired', lines[-3])   # it follows the changes: nothing repaired
 
     def test_a_configuration_no_partition_of_which_can_be_reached_is_refused(self):
         directory = support.TemporaryDirectory()
