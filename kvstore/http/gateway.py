@@ -99,11 +99,16 @@ class Threads:
     def work(self):
         while True:
             loop, future, function, args = self.calls.get()
+            if future.cancelled():   # dropped before it started (as run_in_executor's would be)
+                continue
             try:
                 outcome = (function(*args), None)
             except BaseException as e:   # (an exit, too, is the request's to report)
                 outcome = (None, e)
-            loop.call_soon_threadsafe(settle, future, *outcome)
+            try:
+                loop.call_soon_threadsafe(settle, future, *outcome)
+            except RuntimeError:   # the loop closed meanwhile (the worker is exiting): no one waits
+                pass
             del future, function, args, outcome   # nothing of a request outlives it while waiting
 
 
