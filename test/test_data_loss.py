@@ -241,6 +241,39 @@ class MariaDBPartitionLoss(unittest.TestCase):
         self.restore_p1(backup)   # its incarnation too: the time floor keeps the counters apart
         self.assert_new_write_survives(self.open())
 
+    def test_sync_finds_p1_restored_without_new_incarnation_and_renews_it(self):
+        self.store.put(self.bucket, self.key, b'v1', 'text/plain', w=3)
+        backup = self.dump_p1()
+        self.store.put(self.bucket, self.key, b'v2', 'text/plain', w=3)
+        # Then a write p1 coordinated for a front end whose clock ran an hour
+        # ahead, acknowledged by every owner: the backup lacks it.
+        p1, owners = self.store.engines['p1'], self.store.placement(self.bucket, self.key)[0]
+        actor, ahead = p1.actor, time.time_ns() // 1000 + 3600 * 10 ** 6
+        _, acknowledged = p1.coordinate(self.bucket, self.key, lambda held: Version.new(
+            context_of(held), (actor, ahead), b'ahead', 'text/plain'))
+        for owner in owners[1:]:
+            self.store.engines[owner].apply(self.bucket, self.key, acknowledged)
+        sync_once(self.store.config)   # cron: it records where each partition stood
+        self.store.close()
+        self.restore_p1(backup)        # and no new-incarnation
+        with self.assertLogs('kvstore.sync', 'WARNING') as logs:
+            results, _, status = sync_once(self.store.config)
+        self.assertEqual(status, sync.WORK_LEFT, [r.summary for r in results.values()])
+        self.assertIn('restored', results, [r.summary for r in results.values()])
+        self.assertIn('p1 now writes as', results['restored'].summary)
+        self.assertIn('new-incarnation p1', logs.output[0])
+        store = self.open()            # the front ends restarted, as the summary says
+        self.assertNotEqual(store.engines['p1'].actor, actor)
+        self.assertEqual(self.values(store), [b'ahead'])   # the acknowledged write is back on p1
+        self.assertEqual(store.engines['p1'].highest_counter(actor), ahead)
+        # A write through p1 now is numbered by its new actor, and kept.
+        receipt = store.put(self.bucket, self.key, b'NEW', 'text/plain', w=3)
+        self.assertEqual(receipt.coordinator, 'p1')
+        self.assertEqual(sorted(receipt.acknowledged), sorted(receipt.preference_list), receipt)
+        self.assertEqual(self.values(store), [b'NEW'])
+        results, _, status = sync_once(store.config)   # found once: the new actor is clean
+        self.assertEqual(status, sync.CONVERGED, [r.summary for r in results.values()])
+
     def test_a_restore_while_writes_go_on_loses_no_acknowledged_write_and_resurrects_no_delete(self):
         # Keys p1 coordinates: a blind write through it, right after the
         # restore, numbers from what the backup held.
