@@ -31,23 +31,29 @@ TOPS = 'sync.tops'          # {partition: its newest change number}, as the last
 log = logging.getLogger('kvstore.sync')
 
 
-def suspects(parts):
-    """The partitions whose counters are compared in this run."""
-    if parts.full_pass:
-        return sorted(parts.tops)
+def recorded_tops(parts):
+    """{partition: the highest newest change number the runs before saw for it},
+    as recorded on the other partitions (a restored one's own record went
+    back with it)."""
     recorded, _ = parts.each(parts.names, 'get_metadata', [TOPS])
     seen = {}
     for holder, values in recorded.items():
         for name, top in json.loads(values.get(TOPS, '{}')).items():
             if name != holder:
                 seen[name] = max(seen.get(name, 0), top)
+    return seen
+
+
+def suspects(parts, seen):
+    """The partitions whose counters are compared in this run."""
+    if parts.full_pass:
+        return sorted(parts.tops)
     return sorted(name for name, top in parts.tops.items() if top < seen.get(name, 0))
 
 
-def find_restored(parts):
+def find_restored(parts, names):
     """{partition: (actor, its highest counter, the others' highest)} for each
-    partition the others hold newer counters of."""
-    names = suspects(parts)
+    of names that the others hold newer counters of."""
     incarnations, _ = parts.each(names, 'get_metadata', [INCARNATION])
     restored = {}
     for name, values in sorted(incarnations.items()):
@@ -66,9 +72,10 @@ def find_restored(parts):
 def renew_restored(parts):
     """Before the jobs: a JobResult naming each restored partition found (None:
     none), after minting it a new incarnation (not in a dry run)."""
-    restored = find_restored(parts)
-    if not parts.dry_run and parts.tops:
-        tops = json.dumps(parts.tops, sort_keys=True)
+    seen = recorded_tops(parts)
+    restored = find_restored(parts, suspects(parts, seen))
+    if not parts.dry_run and parts.tops:   # a partition down now keeps what was seen of it
+        tops = json.dumps(dict(seen, **parts.tops), sort_keys=True)
         parts.each(parts.names, 'set_metadata', {TOPS: tops})
     if not restored:
         return None
