@@ -128,6 +128,20 @@ class RefusedIsNotAcknowledged:
             self.assertTrue(all(r.startswith('refused') for r in details['failed'].values()), details)
             self.assertTrue(all('refused' in line for line in logs.output), logs.output)
 
+    def test_after_sync_finds_p1_rolled_back_a_running_front_end_writes_with_its_new_incarnation(self):
+        actor = self.store.engines['p1'].actor
+        results, _, status = sync_once(self.store.config, 'hints')   # cron, before any repair
+        self.assertEqual(status, sync.WORK_LEFT, [r.summary for r in results.values()])
+        self.assertIn('p1 now writes as', results['restored'].summary)
+        # This front end opened p1 before: its next write through p1 is still
+        # numbered by the old actor and refused, and it then reads the new one.
+        with self.assertRaises(Unavailable), self.assertLogs('kvstore.datastore', 'WARNING'):
+            self.store.put(self.bucket, self.key, b'refused', 'text/plain', w=3)
+        self.assertNotEqual(self.store.engines['p1'].actor, actor)
+        receipt = self.store.put(self.bucket, self.key, b'new', 'text/plain', w=3)
+        self.assertEqual(sorted(receipt.acknowledged), sorted(self.owners), receipt)
+        self.assertEqual(receipt.version.dot[0], self.store.engines['p1'].actor)
+
     def test_a_write_acknowledged_through_a_hint_its_owner_refuses_is_kept_and_reported(self):
         # The other owners are unreachable: the write is acknowledged by p1 and
         # a hint, before any owner judged it.
