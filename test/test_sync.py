@@ -73,7 +73,7 @@ class TestSyncJobs(SyncCase):
             conn.commit()
         # Restored without new-incarnation: the run finds it, mints one, and says so.
         results, meter, status = sync_once(self.config)
-        self.assertEqual(status, sync.WORK_LEFT, {r.name: r.summary for r in results.values()})
+        self.assertEqual(status, sync.CONVERGED, {r.name: r.summary for r in results.values()})
         self.assertIn('p2 now writes as', results['restored'].summary)
         self.assertGreater(results['repair'].counts['keys_repaired'], 0)
         values = dict({k: k.encode() for k in keys + created}, **updated)
@@ -192,10 +192,11 @@ class TestSyncJobs(SyncCase):
         self.assertGreater(report['jobs']['repair']['counts']['keys_repaired'], 0)
         self.assertEqual(holdings(self.store), before)
         done = run_command(path)   # it mints p1 a new incarnation, and repairs
-        self.assertEqual(done.returncode, sync.WORK_LEFT, done.stdout + done.stderr)
+        self.assertEqual(done.returncode, sync.CONVERGED, done.stdout + done.stderr)
         lines = [line.split(' ', 1)[1] for line in done.stdout.splitlines()]   # after the time
         self.assertEqual([line.split(':')[0] for line in lines], ['restored'] + list(sync.JOBS) + ['sync'])
-        self.assertTrue(lines[-1].startswith('sync: work left'), lines)
+        self.assertTrue(lines[-1].startswith('sync: converged'), lines)
+        self.assertIn('new-incarnation p1', done.stderr)
         self.assertConverged(self.store, keys)
         done = run_command(path, '--json')
         self.assertEqual((done.returncode, json.loads(done.stdout)['status']), (0, 'converged'))

@@ -91,6 +91,7 @@ def renew_restored(parts):
         parts.call(name, 'set_metadata', {CHECKPOINT: 'null'})
         said.append('%s now writes as %s' % (name, renewed))
     parts.full_pass = True
-    return JobResult('restored', {'restored': len(restored)}, {}, True,
+    # Done by the run itself (a dry run would do it: work left); the warning is on stderr.
+    return JobResult('restored', {'restored': len(restored)}, {}, parts.dry_run,
                      'restored: %s found restored without new-incarnation; %s; restart the front ends'
                      % (', '.join(sorted(restored)), '; '.join(said)))
