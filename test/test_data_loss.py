@@ -128,6 +128,21 @@ class RefusedIsNotAcknowledged:
             self.assertTrue(all(r.startswith('refused') for r in details['failed'].values()), details)
             self.assertTrue(all('refused' in line for line in logs.output), logs.output)
 
+    def test_after_sync_finds_p1_rolled_back_a_running_front_end_writes_with_its_new_incarnation(self):
+        actor = self.store.engines['p1'].actor
+        with self.assertLogs('kvstore.sync', 'WARNING'):
+            results, _, status = sync_once(self.store.config, 'hints')   # cron, before any repair
+        self.assertIn('restored', results, [r.summary for r in results.values()])
+        self.assertIn('p1 now writes as', results['restored'].summary)
+        # This front end opened p1 before: its next write through p1 is still
+        # numbered by the old actor and refused, and it then reads the new one.
+        with self.assertRaises(Unavailable), self.assertLogs('kvstore.datastore', 'WARNING'):
+            self.store.put(self.bucket, self.key, b'refused', 'text/plain', w=3)
+        self.assertNotEqual(self.store.engines['p1'].actor, actor)
+        receipt = self.store.put(self.bucket, self.key, b'new', 'text/plain', w=3)
+        self.assertEqual(sorted(receipt.acknowledged), sorted(self.owners), receipt)
+        self.assertEqual(receipt.version.dot[0], self.store.engines['p1'].actor)
+
     def test_a_write_acknowledged_through_a_hint_its_owner_refuses_is_kept_and_reported(self):
         # The other owners are unreachable: the write is acknowledged by p1 and
         # a hint, before any owner judged it.
@@ -240,6 +255,39 @@ class MariaDBPartitionLoss(unittest.TestCase):
         self.store.close()
         self.restore_p1(backup)   # its incarnation too: the time floor keeps the counters apart
         self.assert_new_write_survives(self.open())
+
+    def test_sync_finds_p1_restored_without_new_incarnation_and_renews_it(self):
+        self.store.put(self.bucket, self.key, b'v1', 'text/plain', w=3)
+        backup = self.dump_p1()
+        self.store.put(self.bucket, self.key, b'v2', 'text/plain', w=3)
+        # Then a write p1 coordinated for a front end whose clock ran an hour
+        # ahead, acknowledged by every owner: the backup lacks it.
+        p1, owners = self.store.engines['p1'], self.store.placement(self.bucket, self.key)[0]
+        actor, ahead = p1.actor, time.time_ns() // 1000 + 3600 * 10 ** 6
+        _, acknowledged = p1.coordinate(self.bucket, self.key, lambda held: Version.new(
+            context_of(held), (actor, ahead), b'ahead', 'text/plain'))
+        for owner in owners[1:]:
+            self.store.engines[owner].apply(self.bucket, self.key, acknowledged)
+        sync_once(self.store.config)   # cron: it records where each partition stood
+        self.store.close()
+        self.restore_p1(backup)        # and no new-incarnation
+        with self.assertLogs('kvstore.sync', 'WARNING') as logs:
+            results, _, status = sync_once(self.store.config)
+        self.assertEqual(status, sync.CONVERGED, [r.summary for r in results.values()])
+        self.assertIn('restored', results, [r.summary for r in results.values()])
+        self.assertIn('p1 now writes as', results['restored'].summary)
+        self.assertIn('new-incarnation p1', logs.output[0])
+        store = self.open()            # the front ends restarted, as the summary says
+        self.assertNotEqual(store.engines['p1'].actor, actor)
+        self.assertEqual(self.values(store), [b'ahead'])   # the acknowledged write is back on p1
+        self.assertEqual(store.engines['p1'].highest_counter(actor), ahead)
+        # A write through p1 now is numbered by its new actor, and kept.
+        receipt = store.put(self.bucket, self.key, b'NEW', 'text/plain', w=3)
+        self.assertEqual(receipt.coordinator, 'p1')
+        self.assertEqual(sorted(receipt.acknowledged), sorted(receipt.preference_list), receipt)
+        self.assertEqual(self.values(store), [b'NEW'])
+        results, _, status = sync_once(store.config)   # found once: the new actor is clean
+        self.assertEqual(status, sync.CONVERGED, [r.summary for r in results.values()])
 
     def test_a_restore_while_writes_go_on_loses_no_acknowledged_write_and_resurrects_no_delete(self):
         # Keys p1 coordinates: a blind write through it, right after the

@@ -71,8 +71,10 @@ class TestSyncJobs(SyncCase):
             cursor.execute('DELETE FROM objects')
             cursor.execute('INSERT INTO objects SELECT * FROM backup_objects')
             conn.commit()
+        # Restored without new-incarnation: the run finds it, mints one, and says so.
         results, meter, status = sync_once(self.config)
         self.assertEqual(status, sync.CONVERGED, {r.name: r.summary for r in results.values()})
+        self.assertIn('p2 now writes as', results['restored'].summary)
         self.assertGreater(results['repair'].counts['keys_repaired'], 0)
         values = dict({k: k.encode() for k in keys + created}, **updated)
         live = [k for k in keys + created if k not in keys[50:80]]
@@ -183,15 +185,18 @@ class TestSyncJobs(SyncCase):
         done = run_command(path, '--dry-run', '--json')
         self.assertEqual(done.returncode, sync.WORK_LEFT, done.stderr)
         report = json.loads(done.stdout)
-        self.assertEqual(sorted(report['jobs']), sorted(sync.JOBS))
+        # p1 lost versions it coordinated, its incarnation kept: found, as a restore is.
+        self.assertEqual(sorted(report['jobs']), sorted(sync.JOBS + ('restored',)))
+        self.assertIn('p1 would get a new incarnation', report['jobs']['restored']['summary'])
         self.assertEqual((report['status'], report['exit'], report['dry_run']), ('work left', 1, True))
         self.assertGreater(report['jobs']['repair']['counts']['keys_repaired'], 0)
         self.assertEqual(holdings(self.store), before)
-        done = run_command(path)
+        done = run_command(path)   # it mints p1 a new incarnation, and repairs
         self.assertEqual(done.returncode, sync.CONVERGED, done.stdout + done.stderr)
         lines = [line.split(' ', 1)[1] for line in done.stdout.splitlines()]   # after the time
-        self.assertEqual([line.split(':')[0] for line in lines], list(sync.JOBS) + ['sync'])
+        self.assertEqual([line.split(':')[0] for line in lines], ['restored'] + list(sync.JOBS) + ['sync'])
         self.assertTrue(lines[-1].startswith('sync: converged'), lines)
+        self.assertIn('new-incarnation p1', done.stderr)
         self.assertConverged(self.store, keys)
         done = run_command(path, '--json')
         self.assertEqual((done.returncode, json.loads(done.stdout)['status']), (0, 'converged'))

@@ -133,4 +133,8 @@ def refused(replicas, replica, coordinator, bucket, key, version):
                     'it; %s may have reused a counter (restored or rolled back without `sync.py '
                     'new-incarnation %s`?)', replica, version.version_id, bucket, key, version.dot,
                     coordinator, coordinator)
+        try:   # the writes after this one use the incarnation sync.py minted, if it did
+            replicas.call(coordinator, 'read_incarnation')
+        except PartitionError:
+            pass
     return still_held

@@ -20,6 +20,7 @@ from kvstore.engines.idempotency import Idempotency
 from kvstore.engines.keys import Keys
 from kvstore.engines.pool import Pool
 from kvstore.engines.reconcile import Reconciliation
+from kvstore.coordinator.versions import decode_version_clock
 from kvstore.engines.rows import INCARNATION, as_text, new_incarnation_id, schema_statements
 
 log = logging.getLogger('kvstore.engines')
@@ -173,6 +174,25 @@ class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation, Idempotency):
         self.set_metadata({INCARNATION: incarnation})
         self._actor = '%s.%s' % (self.name, incarnation)
         return self._actor
+
+    def read_incarnation(self):
+        """Read the incarnation again, for a front end whose writes were
+        refused: sync.py may have minted a new one since it opened the
+        partition (incarnations.py).  Returns the actor."""
+        values = self.get_metadata([INCARNATION])
+        if INCARNATION in values:
+            self._actor = '%s.%s' % (self.name, values[INCARNATION])
+        return self.actor
+
+    def highest_counter(self, actor):
+        """The highest counter of actor that any version held here carries (0:
+        none).  The versions mentioning it are found by the clock's text, then
+        decoded: a scan, for sync.py's check of restored partitions."""
+        pattern = '%%"%s"%%' % actor.replace('!', '!!').replace('%', '!%').replace('_', '!_')
+        with self._cursor() as cursor:
+            self._execute(cursor, "SELECT clock FROM objects WHERE CAST(clock AS CHAR) LIKE ? ESCAPE '!'", (pattern,))
+            clocks = [decode_version_clock(row[0]) for row in cursor.fetchall()]
+        return max([seen.get(actor, 0) for seen, _ in clocks] + [dot[1] for _, dot in clocks if dot[0] == actor] + [0])
 
     def get_metadata(self, names):
         """{name: value} of the metadata rows that exist among names."""

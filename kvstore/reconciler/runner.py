@@ -8,6 +8,7 @@ from kvstore.engines import PartitionError
 from kvstore.reconciler.changes import full_pass_due, read_checkpoints
 from kvstore.reconciler.gc import collect_garbage
 from kvstore.reconciler.hints import deliver_hints
+from kvstore.reconciler.incarnations import renew_restored
 from kvstore.coordinator.sync_runs import JOBS, record_runs
 from kvstore.reconciler.metering import Meter, Progress
 from kvstore.reconciler.partitions import Partitions
@@ -56,11 +57,16 @@ def run(store, jobs, dry_run=False, progress=None, force_view=False, report=None
     parts.tops = parts.each(parts.names, 'last_change')[0]
     parts.checkpoints = read_checkpoints(parts)
     parts.full_pass = full or full_pass_due(parts, parts.checkpoints)
+    # A partition restored without new-incarnation gets one before any job
+    # sends it a version (incarnations.py); the run then compares every arc.
+    restored = renew_restored(parts)
+    results = [restored] if restored else []
+    if restored and report:
+        report(restored)
     compared = False     # rebalance already went over every arc in this run
     rebalancing = view['state'] != 'complete'
     steps = {'hints': lambda: deliver_hints(parts), 'rebalance': lambda: rebalance(parts, view, changed),
              'repair': lambda: repair(parts, view, compared), 'gc': lambda: collect_garbage(parts, view)}
-    results = []
     for job in (job for job in JOBS if job in jobs):
         result = _run_job(parts, job, steps[job])
         compared = compared or (job == 'rebalance' and rebalancing and not result.error)
