@@ -46,10 +46,14 @@ class BatchingCursor(mysqlwire.Cursor):
     whole (statements(), inside one compound statement), takes one.
 
     locks: the names of the user locks (GET_LOCK) of the keys it writes.  Such
-    a transaction is READ COMMITTED: its locking reads take no gap locks (gap
+    a transaction is READ COMMITTED, the session's level (set once per
+    connection: MySQLEngine.params): its locking reads take no gap locks (gap
     locks made writers of neighbouring new keys deadlock), and the key's own
     lock, taken before it starts and released after it ends, queues writers
-    of one key, even of a key no row stands for yet.
+    of one key, even of a key no row stands for yet.  A transaction without
+    keys (buckets, metadata, fences, chunk gc, hints, bulk loads) is
+    REPEATABLE READ, as before: the gap locks of its locking reads and deletes
+    are what serialize it with its like (two creators of one bucket record).
     """
 
     def __init__(self, conn, locks=()):
@@ -102,9 +106,8 @@ KEY_LOCK_WAIT = 3600
 
 def key_transaction_start(locks):
     if not locks:
-        return ['START TRANSACTION']
-    return ['SET TRANSACTION ISOLATION LEVEL READ COMMITTED',
-            'DO ' + ', '.join("GET_LOCK('%s', %d)" % (name, KEY_LOCK_WAIT) for name in locks),
+        return ['SET TRANSACTION ISOLATION LEVEL REPEATABLE READ', 'START TRANSACTION']
+    return ['DO ' + ', '.join("GET_LOCK('%s', %d)" % (name, KEY_LOCK_WAIT) for name in locks),
             'START TRANSACTION']
 
 
@@ -127,7 +130,10 @@ class MySQLEngine(SQLEngine):
         self.params = dict(host=host, port=port, user=user, password=password,
                            connect_timeout=connect_timeout, read_timeout=read_timeout,
                            write_timeout=read_timeout, autocommit=True, charset='utf8mb4',
-                           ssl_disabled=True, client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS)
+                           ssl_disabled=True, client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS,
+                           # the key transactions' level (BatchingCursor), once per
+                           # connection instead of a statement in each of them
+                           init_command='SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED')
         self.database = database
         super().__init__(name)
         self._applies = ApplyQueue(name, self._send_applies, self._read_applies, self.pool.discard)
