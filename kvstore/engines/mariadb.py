@@ -58,6 +58,7 @@ class BatchingCursor(mysqlwire.Cursor):
 
     def __init__(self, conn, locks=()):
         super().__init__(conn)
+        self._prefetched = []   # the rows lists of prefetch(), filled when their batch is answered
         self._held = key_transaction_start(locks)
         self._release = key_transaction_end(locks)
         self.connection = self   # SQLEngine._transaction commits through it, as on sqlite3's cursors
@@ -73,6 +74,14 @@ class BatchingCursor(mysqlwire.Cursor):
         (statements()).  Only the batch's last result set can be fetched."""
         self._held.append(statement if args is None else self.bind(statement, args))
 
+    def prefetch(self, statement, args=None):
+        """Send a SELECT with the next batch (the key's locking read) rather
+        than in a round trip of its own: a list, its rows once that is answered."""
+        rows = []
+        self._prefetched.append(rows)
+        self.hold(statement, args)
+        return rows
+
     def executemany(self, statement, rows):
         self._send()
         super().executemany(statement, rows)
@@ -80,9 +89,11 @@ class BatchingCursor(mysqlwire.Cursor):
     def _send(self, last=None):
         """Send the held statements (and last); keep last's rows to fetch."""
         statements = self._held + ([last] if last else [])
-        self._held = []
+        prefetched, self._held, self._prefetched = self._prefetched, [], []
         if statements:
             super().execute(';\n'.join(statements))
+            for rows, answered in zip(prefetched, self.result_sets):
+                rows[:] = answered
 
     def statements(self):
         """What is held, COMMIT and the keys' locks released: the SQL to send as one query."""
