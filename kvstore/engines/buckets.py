@@ -41,11 +41,11 @@ class Buckets:
             self._execute(cursor, 'DELETE FROM %s WHERE bucket = ?' % table, (b,))
 
     def _fence_and_clock(self, cursor, bucket):
-        """In a key's write transaction, before its locking read: the bucket's
-        fence and this partition's clock, for _after_fence (MariaDB: read in
-        the locking read's round trip, _prefetch)."""
-        return self._prefetch(cursor, 'SELECT (SELECT dropped FROM bucket_fences WHERE bucket = ?), '
-                              + self.now_clause, (bucket.encode(),))
+        """At the start of a key's write transaction: the bucket's fence and
+        this partition's clock, for _after_fence (MariaDB: read by the statement
+        that takes the key's lock, in the locking read's round trip)."""
+        return self._prefetch_values(cursor, '(SELECT dropped FROM bucket_fences WHERE bucket = ?), '
+                                     + self.now_clause, (bucket.encode(),))
 
     @staticmethod
     def _after_fence(fence_and_clock, version):

@@ -58,7 +58,9 @@ class BatchingCursor(mysqlwire.Cursor):
 
     def __init__(self, conn, locks=()):
         super().__init__(conn)
-        self._prefetched = []   # the rows lists of prefetch(), filled when their batch is answered
+        # (rows list, leading columns not its own) of each prefetch, filled when its batch is answered
+        self._prefetched = []
+        self._locks = locks
         self._held = key_transaction_start(locks)
         self._release = key_transaction_end(locks)
         self.connection = self   # SQLEngine._transaction commits through it, as on sqlite3's cursors
@@ -78,8 +80,22 @@ class BatchingCursor(mysqlwire.Cursor):
         """Send a SELECT with the next batch (the key's locking read) rather
         than in a round trip of its own: a list, its rows once that is answered."""
         rows = []
-        self._prefetched.append(rows)
+        self._prefetched.append((rows, 0))
         self.hold(statement, args)
+        return rows
+
+    def prefetch_values(self, expressions, args=None):
+        """The values of SQL expressions that lock nothing (a subquery's plain
+        read, the clock), read by the statement that takes the keys' user
+        locks (a SELECT of GET_LOCK and them, in place of its DO), after them:
+        neither a round trip nor a statement of their own.  A list, one row,
+        once answered.  Once, first; without locks, as prefetch."""
+        expressions = expressions if args is None else self.bind(expressions, args)
+        if not (self._locks and self._held and self._held[0] == key_transaction_start(self._locks)[0]):
+            return self.prefetch('SELECT ' + expressions)
+        rows = []
+        self._prefetched.insert(0, (rows, len(self._locks)))   # the first result set
+        self._held[0] = 'SELECT %s, %s' % (lock_calls(self._locks), expressions)
         return rows
 
     def executemany(self, statement, rows):
@@ -92,8 +108,8 @@ class BatchingCursor(mysqlwire.Cursor):
         prefetched, self._held, self._prefetched = self._prefetched, [], []
         if statements:
             super().execute(';\n'.join(statements))
-            for rows, answered in zip(prefetched, self.result_sets):
-                rows[:] = answered
+            for (rows, skip), answered in zip(prefetched, self.result_sets):
+                rows[:] = [row[skip:] for row in answered] if skip else answered
 
     def statements(self):
         """What is held, COMMIT and the keys' locks released: the SQL to send as one query."""
@@ -118,8 +134,11 @@ KEY_LOCK_WAIT = 3600
 def key_transaction_start(locks):
     if not locks:
         return ['SET TRANSACTION ISOLATION LEVEL REPEATABLE READ', 'START TRANSACTION']
-    return ['DO ' + ', '.join("GET_LOCK('%s', %d)" % (name, KEY_LOCK_WAIT) for name in locks),
-            'START TRANSACTION']
+    return ['DO ' + lock_calls(locks), 'START TRANSACTION']
+
+
+def lock_calls(locks):
+    return ', '.join("GET_LOCK('%s', %d)" % (name, KEY_LOCK_WAIT) for name in locks)
 
 
 def key_transaction_end(locks):

@@ -111,6 +111,16 @@ class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation, Idempotency):
         self._execute(cursor, statement, args)
         return cursor.fetchall()
 
+    def _prefetch_values(self, cursor, expressions, args=()):
+        """The one row of values of SQL expressions that lock nothing, read at
+        the start of a key's write transaction (MariaDB: by the statement that
+        takes the key's lock, BatchingCursor.prefetch_values)."""
+        prefetch = getattr(cursor, 'prefetch_values', None)
+        if prefetch is not None:
+            return prefetch(self._sql(expressions), args)
+        self._execute(cursor, 'SELECT ' + expressions, args)
+        return cursor.fetchall()
+
     def _each(self, cursor, statement, rows):
         """Run statement once per row of arguments (MySQL: in one round trip)."""
         for row in rows:
