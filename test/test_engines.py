@@ -275,12 +275,13 @@ class TestCoordinatedWriteOnMariaDB(support.OnMariaDB, support.StoreSpecificatio
     def test_a_new_key_and_an_overwrite_take_two_round_trips(self):
         engine = self.store.engines['p1']
         self.coordinate(engine, 'warm')   # the pool's connection opened
-        for conditional in (None, 0):
+        writes = [{}, {'epoch': 0}, {'idempotency': ('retry-1', 'fingerprint', 60)}]   # plain, conditional, retried
+        for extra in writes:
             sent = self.round_trips(lambda: engine.coordinate(self.bucket, 'k', lambda held: Version.new(
-                {}, (engine.actor, len(held) + 1), b'v', 'text/plain'), epoch=conditional))
+                {}, (engine.actor, len(held) + 1), b'v', 'text/plain'), **extra))
             self.assertEqual(len(sent), 2, sent)
             self.assertNotIn('ISOLATION', ' '.join(sent))   # the session's, set once per connection
-        self.assertEqual(len(engine.read(self.bucket, 'k')), 2)   # blind writes: siblings
+        self.assertEqual(len(engine.read(self.bucket, 'k')), len(writes))   # blind writes: siblings
 
     def test_a_version_is_dated_after_the_bucket_fence(self):
         engine = self.store.engines['p1']
