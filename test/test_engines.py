@@ -13,6 +13,7 @@ never by PyMySQL's own reader (which only connects).  A partition's pool
 reports its idle and taken connections.
 """
 import threading
+import time
 import traceback
 import unittest
 
@@ -246,6 +247,51 @@ class TestPoolCounts(support.OnMariaDB, support.StoreSpecification, unittest.Tes
         self.assertEqual(engine.pool.counts()['in_use'], 0)
         engine.abandon_query(engine.send_read(self.bucket, 'k'))
         self.assertEqual(engine.pool.counts()['in_use'], 0)
+
+
+class TestCoordinatedWriteOnMariaDB(support.OnMariaDB, support.StoreSpecification, unittest.TestCase):
+    """A coordinated write (a PUT's decision) in two round trips: the key's
+    user lock, the bucket's fence and clock and the locking read in one, the
+    rows and the commit in the other; and still dated after a bucket fence."""
+
+    def coordinate(self, engine, key, **fields):
+        return engine.coordinate(self.bucket, key, lambda held: Version.new(
+            {}, (engine.actor, len(held) + 1), b'v', 'text/plain', **fields))
+
+    def round_trips(self, write):
+        from kvstore.engines import mysqlwire
+        sent, send = [], mysqlwire.send
+
+        def counting(conn, sql):
+            sent.append(sql)
+            return send(conn, sql)
+        mysqlwire.send = counting
+        try:
+            write()
+        finally:
+            mysqlwire.send = send
+        return sent
+
+    def test_a_new_key_and_an_overwrite_take_two_round_trips(self):
+        engine = self.store.engines['p1']
+        self.coordinate(engine, 'warm')   # the pool's connection opened
+        writes = [{}, {'epoch': 0}, {'idempotency': ('retry-1', 'fingerprint', 60)}]   # plain, conditional, retried
+        for extra in writes:
+            sent = self.round_trips(lambda: engine.coordinate(self.bucket, 'k', lambda held: Version.new(
+                {}, (engine.actor, len(held) + 1), b'v', 'text/plain'), **extra))
+            self.assertEqual(len(sent), 2, sent)
+            self.assertNotIn('ISOLATION', ' '.join(sent))   # the session's, set once per connection
+        self.assertEqual(len(engine.read(self.bucket, 'k')), len(writes))   # blind writes: siblings
+
+    def test_a_version_is_dated_after_the_bucket_fence(self):
+        engine = self.store.engines['p1']
+        fence = time.time_ns() // 1000 + 60 * 10 ** 6   # a front end whose clock is a minute behind
+        engine.drop_keys(self.bucket, fence)
+        _, version = self.coordinate(engine, 'k')
+        self.assertEqual(version.modified, fence + 1)
+        self.assertEqual([v.version_id for v in engine.read(self.bucket, 'k')], [version.version_id])
+        _, tombstone = self.coordinate(engine, 'gone', deleted=True)
+        self.assertGreaterEqual(tombstone.modified, fence + 1)
 
 
 class TestApplyOnSQLite(support.OnSQLite, ApplySpecification, unittest.TestCase):

@@ -40,14 +40,23 @@ class Buckets:
         for table in ('objects', 'pending', 'hints', 'chunks', 'idempotency'):
             self._execute(cursor, 'DELETE FROM %s WHERE bucket = ?' % table, (b,))
 
-    def _after_fence(self, cursor, bucket, version):
+    def _fence_and_clock(self, cursor, bucket):
+        """At the start of a key's write transaction: the bucket's fence and
+        this partition's clock, for _after_fence (MariaDB: read by the statement
+        that takes the key's lock, in the locking read's round trip)."""
+        return self._prefetch_values(cursor, '(SELECT dropped FROM bucket_fences WHERE bucket = ?), '
+                                     + self.now_clause, (bucket.encode(),))
+
+    @staticmethod
+    def _after_fence(fence_and_clock, version):
         """A new version coordinated here is dated after the bucket's fence, if
         any (a front end whose clock is behind the one that dropped it); a
         tombstone no earlier than this partition's clock, since gc reaps it by
-        its age (a front end whose clock is behind would have it reaped early)."""
-        self._execute(cursor, 'SELECT (SELECT dropped FROM bucket_fences WHERE bucket = ?), ' + self.now_clause,
-                      (bucket.encode(),))
-        fence, now = cursor.fetchall()[0]
+        its age (a front end whose clock is behind would have it reaped early).
+        fence_and_clock: the rows of _fence_and_clock.  (A fence committed after
+        it was read, a drop crossing the write, still refuses the version:
+        _store's unfenced_clause; the write then counts as one before the drop.)"""
+        fence, now = fence_and_clock[0]
         if fence is not None and version.modified <= int(fence):
             version.modified = int(fence) + 1
         if version.deleted:

@@ -14,14 +14,19 @@ from kvstore.engines.rows import as_text
 class Idempotency:
     """The outcomes of writes with an idempotency key, kept `window` seconds."""
 
-    def _replay_if_recorded(self, cursor, bucket, key, idempotency, held):
+    def _read_record(self, cursor, bucket, key, idempotency):
+        """In the key's write transaction, before its locking read (and in its
+        round trip: _prefetch): the write's idempotency record, if any (the
+        key's user lock, taken first, queues it behind a retry recording it)."""
+        return self._prefetch(cursor, 'SELECT fingerprint, version_id, digest, modified, deleted, created_key,'
+                              ' recorded FROM idempotency WHERE bucket = ? AND key_name = ? AND idempotency_key = ?',
+                              (bucket.encode(), key.encode(), idempotency[0].encode()))
+
+    @staticmethod
+    def _replay_if_recorded(rows, idempotency, held):
         """Recorded(the record, held) if this write's idempotency key has a
-        record here younger than its window."""
-        idempotency_key, _, window = idempotency
-        self._execute(cursor, 'SELECT fingerprint, version_id, digest, modified, deleted, created_key, recorded'
-                      ' FROM idempotency WHERE bucket = ? AND key_name = ? AND idempotency_key = ?',
-                      (bucket.encode(), key.encode(), idempotency_key.encode()))
-        rows = cursor.fetchall()
+        record here (rows: _read_record's) younger than its window."""
+        window = idempotency[2]
         if rows and int(rows[0][6]) >= time.time_ns() // 1000 - window * 10 ** 6:
             fingerprint, version_id, digest, modified, deleted, created, _ = rows[0]
             raise Recorded(dict(fingerprint=as_text(fingerprint), version_id=as_text(version_id),

@@ -92,13 +92,16 @@ class Keys:
         Idempotency-Key: Recorded if it was decided here before, else its
         outcome is recorded with the version (idempotency.py)."""
         def work(cursor):
+            fence_and_clock = self._fence_and_clock(cursor, bucket)
+            view = self.read_view(cursor) if epoch is not None else None
+            record = self._read_record(cursor, bucket, key, idempotency) if idempotency is not None else None
             held = self._held(cursor, bucket, key, values=False)
             if epoch is not None:
-                self.check_view(cursor, epoch)
+                self.check_view(view, epoch)
             if idempotency is not None:
-                self._replay_if_recorded(cursor, bucket, key, idempotency, held)
+                self._replay_if_recorded(record, idempotency, held)
             version = decide(held)
-            self._after_fence(cursor, bucket, version)
+            self._after_fence(fence_and_clock, version)
             if idempotency is not None:
                 self._record_outcome(cursor, bucket, key, idempotency, version,
                                      not any(not v.deleted for v in held))

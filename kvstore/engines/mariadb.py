@@ -46,14 +46,21 @@ class BatchingCursor(mysqlwire.Cursor):
     whole (statements(), inside one compound statement), takes one.
 
     locks: the names of the user locks (GET_LOCK) of the keys it writes.  Such
-    a transaction is READ COMMITTED: its locking reads take no gap locks (gap
+    a transaction is READ COMMITTED, the session's level (set once per
+    connection: MySQLEngine.params): its locking reads take no gap locks (gap
     locks made writers of neighbouring new keys deadlock), and the key's own
     lock, taken before it starts and released after it ends, queues writers
-    of one key, even of a key no row stands for yet.
+    of one key, even of a key no row stands for yet.  A transaction without
+    keys (buckets, metadata, fences, chunk gc, hints, bulk loads) is
+    REPEATABLE READ, as before: the gap locks of its locking reads and deletes
+    are what serialize it with its like (two creators of one bucket record).
     """
 
     def __init__(self, conn, locks=()):
         super().__init__(conn)
+        # (rows list, leading columns not its own) of each prefetch, filled when its batch is answered
+        self._prefetched = []
+        self._locks = locks
         self._held = key_transaction_start(locks)
         self._release = key_transaction_end(locks)
         self.connection = self   # SQLEngine._transaction commits through it, as on sqlite3's cursors
@@ -69,6 +76,28 @@ class BatchingCursor(mysqlwire.Cursor):
         (statements()).  Only the batch's last result set can be fetched."""
         self._held.append(statement if args is None else self.bind(statement, args))
 
+    def prefetch(self, statement, args=None):
+        """Send a SELECT with the next batch (the key's locking read) rather
+        than in a round trip of its own: a list, its rows once that is answered."""
+        rows = []
+        self._prefetched.append((rows, 0))
+        self.hold(statement, args)
+        return rows
+
+    def prefetch_values(self, expressions, args=None):
+        """The values of SQL expressions that lock nothing (a subquery's plain
+        read, the clock), read by the statement that takes the keys' user
+        locks (a SELECT of GET_LOCK and them, in place of its DO), after them:
+        neither a round trip nor a statement of their own.  A list, one row,
+        once answered.  Once, first; without locks, as prefetch."""
+        expressions = expressions if args is None else self.bind(expressions, args)
+        if not (self._locks and self._held and self._held[0] == key_transaction_start(self._locks)[0]):
+            return self.prefetch('SELECT ' + expressions)
+        rows = []
+        self._prefetched.insert(0, (rows, len(self._locks)))   # the first result set
+        self._held[0] = 'SELECT %s, %s' % (lock_calls(self._locks), expressions)
+        return rows
+
     def executemany(self, statement, rows):
         self._send()
         super().executemany(statement, rows)
@@ -76,9 +105,11 @@ class BatchingCursor(mysqlwire.Cursor):
     def _send(self, last=None):
         """Send the held statements (and last); keep last's rows to fetch."""
         statements = self._held + ([last] if last else [])
-        self._held = []
+        prefetched, self._held, self._prefetched = self._prefetched, [], []
         if statements:
             super().execute(';\n'.join(statements))
+            for (rows, skip), answered in zip(prefetched, self.result_sets):
+                rows[:] = [row[skip:] for row in answered] if skip else answered
 
     def statements(self):
         """What is held, COMMIT and the keys' locks released: the SQL to send as one query."""
@@ -102,10 +133,12 @@ KEY_LOCK_WAIT = 3600
 
 def key_transaction_start(locks):
     if not locks:
-        return ['START TRANSACTION']
-    return ['SET TRANSACTION ISOLATION LEVEL READ COMMITTED',
-            'DO ' + ', '.join("GET_LOCK('%s', %d)" % (name, KEY_LOCK_WAIT) for name in locks),
-            'START TRANSACTION']
+        return ['SET TRANSACTION ISOLATION LEVEL REPEATABLE READ', 'START TRANSACTION']
+    return ['DO ' + lock_calls(locks), 'START TRANSACTION']
+
+
+def lock_calls(locks):
+    return ', '.join("GET_LOCK('%s', %d)" % (name, KEY_LOCK_WAIT) for name in locks)
 
 
 def key_transaction_end(locks):
@@ -127,7 +160,10 @@ class MySQLEngine(SQLEngine):
         self.params = dict(host=host, port=port, user=user, password=password,
                            connect_timeout=connect_timeout, read_timeout=read_timeout,
                            write_timeout=read_timeout, autocommit=True, charset='utf8mb4',
-                           ssl_disabled=True, client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS)
+                           ssl_disabled=True, client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS,
+                           # the key transactions' level (BatchingCursor), once per
+                           # connection instead of a statement in each of them
+                           init_command='SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED')
         self.database = database
         super().__init__(name)
         self._applies = ApplyQueue(name, self._send_applies, self._read_applies, self.pool.discard)

@@ -72,7 +72,7 @@ class Cursor:
 
     def __init__(self, conn):
         self.conn = conn
-        self.rows, self.rowcount = [], -1
+        self.rows, self.result_sets, self.rowcount = [], [], -1
 
     def bind(self, statement, args):
         return bind(self.conn, statement, args)
@@ -80,7 +80,8 @@ class Cursor:
     def execute(self, statement, args=None):
         """Run statement (args: its placeholders' values; None: it has none)."""
         send(self.conn, statement if args is None else self.bind(statement, args))
-        self.rows, self.rowcount = read_answers(self.conn)
+        self.result_sets, self.rowcount = read_result_sets(self.conn)
+        self.rows = self.result_sets[-1] if self.result_sets else []
 
     def executemany(self, statement, rows):
         """statement once for each of rows; an INSERT's VALUES (...) as multi-row
@@ -128,21 +129,28 @@ def read_answers(conn):
     """Read every answer to the query last sent on conn (a multi-statement or
     compound statement gives several): (the rows, tuples, of the last one that
     is a result set, [] if none is; the rows the last write changed)."""
+    sets, changed = read_result_sets(conn)
+    return (sets[-1] if sets else []), changed
+
+
+def read_result_sets(conn):
+    """As read_answers, with the rows of every result set: ([rows of each
+    result set, in order], the rows the last write changed)."""
     if conn._current_timeout != conn._read_timeout:
         conn._sock.settimeout(conn._read_timeout)
         conn._current_timeout = conn._read_timeout
     packets = Packets(conn)
-    rows, changed, more = [], 0, True
+    sets, changed, more = [], 0, True
     while more:
         answer, more = _result(packets)
         if isinstance(answer, list):
-            rows = answer
+            sets.append(answer)
         else:
             changed = answer
     if packets.pos != len(packets.data):   # the server says nothing unasked
         conn._force_close()
         raise err.InternalError('Unexpected bytes after the last answer')
-    return rows, changed
+    return sets, changed
 
 
 def _result(packets):

@@ -102,6 +102,26 @@ class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation, Idempotency):
     def _execute(self, cursor, statement, args=()):
         cursor.execute(self._sql(statement), args)
 
+    def _prefetch(self, cursor, statement, args=()):
+        """A SELECT's rows, a list; a cursor that batches (MariaDB's
+        BatchingCursor) sends it with the next statement that returns rows and
+        fills the list then, a round trip saved."""
+        prefetch = getattr(cursor, 'prefetch', None)
+        if prefetch is not None:
+            return prefetch(self._sql(statement), args)
+        self._execute(cursor, statement, args)
+        return cursor.fetchall()
+
+    def _prefetch_values(self, cursor, expressions, args=()):
+        """The one row of values of SQL expressions that lock nothing, read at
+        the start of a key's write transaction (MariaDB: by the statement that
+        takes the key's lock, BatchingCursor.prefetch_values)."""
+        prefetch = getattr(cursor, 'prefetch_values', None)
+        if prefetch is not None:
+            return prefetch(self._sql(expressions), args)
+        self._execute(cursor, 'SELECT ' + expressions, args)
+        return cursor.fetchall()
+
     def _each(self, cursor, statement, rows):
         """Run statement once per row of arguments (MySQL: in one round trip)."""
         for row in rows:
@@ -202,13 +222,16 @@ class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation, Idempotency):
                           % ', '.join(['?'] * len(names)), [n.encode() for n in names])
             return {as_text(n): as_text(v) for n, v in cursor.fetchall()}
 
-    def check_view(self, cursor, epoch):
-        """In a write transaction: NewerView if the view recorded here is newer
-        than epoch.  Its row stays share-locked until the commit, so sync.py
-        records a newer view only after the transaction (set_metadata waits)."""
-        self._execute(cursor, 'SELECT value FROM metadata WHERE name = ?' + self.share_lock_clause,
-                      (VIEW.encode(),))
-        rows = cursor.fetchall()
+    def read_view(self, cursor):
+        """In a write transaction, before the key's locking read (and in its
+        round trip: _prefetch): the recorded view's row, for check_view.  It
+        stays share-locked until the commit, so sync.py records a newer view
+        only after the transaction (set_metadata waits)."""
+        return self._prefetch(cursor, 'SELECT value FROM metadata WHERE name = ?' + self.share_lock_clause,
+                              (VIEW.encode(),))
+
+    def check_view(self, rows, epoch):
+        """NewerView if the view recorded here (rows: read_view's) is newer than epoch."""
         recorded = json.loads(as_text(rows[0][0]))['epoch'] if rows else 0
         if recorded > epoch:
             raise NewerView(self.name, recorded)
