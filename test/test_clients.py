@@ -9,7 +9,6 @@ and a streamed GET hashes to the same.
 import asyncio
 import base64
 import hashlib
-import http.client
 import json
 import os
 import re

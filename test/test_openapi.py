@@ -7,7 +7,6 @@ over SQLite partitions): whatever a client sends, the answer is never a 5xx
 other than 503/507, comes in time, and every error is an error document.
 """
 import base64
-import http.client
 import json
 import os
 import re
