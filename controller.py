@@ -8,7 +8,7 @@ how values, ranges and siblings are sent (values.py), dates and caching
 headers (caching.py) and the application around it all (application.py) are
 kvstore/http modules; storage decisions belong to the datastore.
 
-Serve it with `make run` (serve.py: uWSGI), or `python controller.py
+Serve it with `make run` (serve.py: Granian), or `python controller.py
 [host:port]` for a development server (cheroot).
 """
 import hashlib

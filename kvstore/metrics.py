@@ -1,7 +1,7 @@
 """What this front end counts, for Prometheus: GET /metrics (docs/API.md).
 
 Counters and histograms are counted where things happen (the one-line hooks
-in the controller and the datastore call the functions below).  Under uWSGI
+in the controller and the datastore call the functions below).  Under Granian
 every worker counts in files of its own under PROMETHEUS_MULTIPROC_DIR (a
 directory serve.py makes), and a scrape, whichever worker answers it, adds up
 the files of every worker, those of workers that died included: a worker's
