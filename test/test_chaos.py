@@ -45,6 +45,7 @@ import threading
 import time
 import traceback
 import unittest
+import urllib.parse
 import uuid
 
 from kvstore.coordinator.ring import Ring
@@ -395,6 +396,16 @@ class TestChaos(unittest.TestCase):
 
     # -- the end ------------------------------------------------------------
 
+    @staticmethod
+    def located(client, bucket, key):
+        """What each partition holds of a key (GET /cluster/locate), for a failure's message."""
+        try:
+            status, _, body = client.request('GET', '/cluster/locate?bucket=%s&key=%s'
+                                             % (urllib.parse.quote(bucket), urllib.parse.quote(key)))
+            return 'locate: %d %s' % (status, body[:3000].decode('utf-8', 'replace'))
+        except (OSError, http.client.HTTPException) as e:
+            return 'locate failed: %r' % e
+
     def read_when_quiet(self, client, key, deadline, bucket=BUCKET):
         """(status, response, body) of a GET with r=all once it answers 200,
         300 or 404, or the last answer at the deadline (a monotonic time)."""
@@ -461,7 +472,8 @@ class TestChaos(unittest.TestCase):
             key_status, _, key_body = self.read_when_quiet(client, key, read_back)
             if value is None:
                 if key_status != 404:
-                    resurrected.append('%s: %d %r' % (key, key_status, key_body[:300]))
+                    resurrected.append('%s: %d %r; %s' % (key, key_status, key_body[:300],
+                                                         self.located(client, BUCKET, key)))
             elif key_status == 300 and all(s['value'].encode() == value for s in json.loads(key_body)['siblings']):
                 doubled.append((self.idempotent_keys[key], '%s: %s' % (key, key_body.decode())))
             elif (key_status, key_body) != (200, value):
@@ -471,7 +483,8 @@ class TestChaos(unittest.TestCase):
             if any(answered < began for began, _ in self.drops):
                 key_status, _, key_body = self.read_when_quiet(client, key, read_back, DROPPED)
                 if key_status != 404:
-                    resurrected.append('%s/%s: %d %r' % (DROPPED, key, key_status, key_body[:300]))
+                    resurrected.append('%s/%s: %d %r; %s' % (DROPPED, key, key_status, key_body[:300],
+                                                            self.located(client, DROPPED, key)))
         client.close()
 
         acknowledged = total['increments acknowledged'] + total['writes acknowledged'] + total['deletes acknowledged']
