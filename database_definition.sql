@@ -25,8 +25,10 @@ CREATE TABLE IF NOT EXISTS objects (
     PRIMARY KEY (bucket, key_name, version_id)
 );
 -- Each engine adds a column of its own to objects when it opens the partition:
--- seq, the change sequence, with an index (sync.py follows the changes; see
--- _add_change_sequence in kvstore/engines/sqlite.py and mariadb.py).
+-- seq, the change sequence, with an index (sync.py follows the changes; an
+-- upgrade in kvstore/engines/schema.py, add_change_sequence in sqlite.py and
+-- mariadb.py).  A partition made by an older release gets new columns in
+-- place, and records its schema version in metadata (schema.py).
 -- Anti-entropy compares replicas range by range of ring positions.
 CREATE INDEX IF NOT EXISTS objects_point ON objects (point);
 -- The reconciler's garbage collection finds old tombstones by this index.

@@ -193,7 +193,7 @@ class MySQLEngine(SQLEngine):
         return sorted({hashlib.md5(b'\0'.join((self.database.encode(), bucket.encode(), key.encode())))
                        .hexdigest() for bucket, key in keys})
 
-    def _add_change_sequence(self, cursor):
+    def add_change_sequence(self, cursor):
         """objects.seq, an AUTO_INCREMENT the inserts leave out (InnoDB never
         hands a number out twice); added in place to an older partition (which
         rebuilds the table once)."""

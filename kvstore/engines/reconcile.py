@@ -155,7 +155,7 @@ class Reconciliation:
     def changes(self, after, limit):
         """Up to limit of the versions stored after change number `after`, in
         the order they were stored: [(seq, bucket, key)] (the change sequence:
-        sql.py, _add_change_sequence)."""
+        sql.py, add_change_sequence)."""
         with self._cursor() as cursor:
             self._execute(cursor, 'SELECT seq, bucket, key_name FROM objects WHERE seq > ? ORDER BY seq LIMIT ?',
                           (after, limit))

@@ -12,6 +12,7 @@ import logging
 import random
 import time
 
+from kvstore.engines import schema
 from kvstore.engines.buckets import Buckets
 from kvstore.engines.chunks import Chunks
 from kvstore.engines.failures import HEALTHY_FAILURES, LOCK_CONFLICT, NewerView, PartitionError
@@ -162,7 +163,7 @@ class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation, Idempotency):
             cursor = self._new_cursor(conn)
             for statement in schema_statements():
                 cursor.execute(statement)
-            self._add_change_sequence(cursor)
+            schema.upgrade(self, cursor)
             cursor.execute(self._sql(self.insert_if_absent + ' INTO metadata (name, value) VALUES (?, ?)'),
                            (INCARNATION.encode(), new_incarnation_id().encode()))
             cursor.execute(self._sql('SELECT value FROM metadata WHERE name = ?'), (INCARNATION.encode(),))
@@ -174,9 +175,9 @@ class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation, Idempotency):
     # -- the change sequence: every version row stored gets a number, higher
     # than any before it on this partition (objects.seq, indexed), so that
     # sync.py reads what changed since its last run (changes()) instead of
-    # digesting every row.  A step of its own, after the schema, that adds the
-    # column to a partition created before it (an in-place upgrade).
-    def _add_change_sequence(self, cursor):
+    # digesting every row.  Engine-specific, so not in database_definition.sql:
+    # an upgrade adds it (schema.py), to new and older partitions alike.
+    def add_change_sequence(self, cursor):
         raise NotImplementedError
 
     def _sequence_numbers(self, cursor, count):
