@@ -111,10 +111,11 @@ class Keys:
         return self._transaction(work, [(bucket, key)])
 
     def mark_pending(self, bucket, key, version_id):
-        """Mark a version this partition holds as not yet on every replica."""
+        """Mark a version this partition holds as not yet on every replica
+        (again, for a write replayed by its Idempotency-Key: one marker)."""
         def mark():
             with self._cursor() as cursor:
-                self._execute(cursor, 'INSERT INTO pending (bucket, key_name, version_id, created)'
+                self._execute(cursor, self.insert_if_absent + ' INTO pending (bucket, key_name, version_id, created)'
                               ' VALUES (?, ?, ?, ?)',
                               (bucket.encode(), key.encode(), version_id.encode(), time.time_ns() // 1000))
         self._retrying(mark)
