@@ -287,13 +287,15 @@ def read_back(store, bucket, index, value):
 
 
 def _raw_rows(store, bucket, key):
-    """{partition: [{column: value}]} of every table row naming the key."""
+    """{partition: [{column: value}]} of every table row naming the key but
+    the change feed's log (the loader logs no history)."""
     found = {}
     for name, engine in store.engines.items():
         with engine._cursor() as cursor:
             cursor.execute("SELECT table_name FROM information_schema.columns WHERE table_schema = DATABASE() "
                            "AND column_name = 'key_name'")
             tables = sorted(row[0] if isinstance(row[0], str) else row[0].decode() for row in cursor.fetchall())
+            tables = [table for table in tables if table != 'changes']
             rows = []
             for table in tables:
                 # The engines' cursor reads answers without their column names.

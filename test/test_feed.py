@@ -19,11 +19,9 @@ import http.client
 import json
 import os
 import random
-import signal
 import tempfile
 import threading
 import time
-import traceback
 import unittest
 import uuid
 
@@ -34,7 +32,7 @@ from test import support
 from test.mariadb import shared_cluster
 from test.server import StoreServer
 from test.sync_support import run_command
-from test.test_chaos import UNKNOWN, BlackHoleProxy, Client, send_until_known
+from test.test_chaos import UNKNOWN, BlackHoleProxy, Client, Faults, send_until_known
 
 STORE = dict(connect_timeout=0.5, read_timeout=1.0, backoff=0.25, max_backoff=2.0)
 FEED = {'feed': {'poll_interval': 0.1}}
@@ -48,7 +46,7 @@ def feed_path(bucket, **params):
     return '/buckets/%s/changes' % bucket + ('?' + '&'.join('%s=%s' % kv for kv in params.items()) if params else '')
 
 
-class TestFeedFollowsThroughChaos(unittest.TestCase):
+class TestFeedFollowsThroughChaos(Faults, unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
@@ -89,14 +87,6 @@ class TestFeedFollowsThroughChaos(unittest.TestCase):
             config.write(support.config_text(self.partitions, **STORE))
         self.sync_config = config.name
         self.addCleanup(os.remove, config.name)
-
-    def guarded(self, function, *args):
-        def run():
-            try:
-                function(*args)
-            except BaseException:
-                self.errors.append(traceback.format_exc())
-        return run
 
     def write(self, name, port, stats, deadline):
         """PUTs of this writer's keys, each with the context of its last
@@ -145,21 +135,7 @@ class TestFeedFollowsThroughChaos(unittest.TestCase):
         for client in clients:
             client.close()
 
-    # -- faults
-    def repeat(self, name, interval, fault):
-        rng = random.Random()
-        while not self.stop.wait(rng.uniform(*interval)):
-            fault(rng)
-            self.faults[name] += 1
-
-    def kill_a_worker(self, rng):
-        pids = rng.choice(self.servers).worker_pids()
-        if pids:
-            try:
-                os.kill(rng.choice(pids), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
+    # -- faults (and Faults')
     def pause_a_partition(self, rng):
         self.paused.pause()
         try:
