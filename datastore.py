@@ -31,7 +31,7 @@ from kvstore.coordinator import validation
 from kvstore.coordinator.buckets import DEFAULT_BUCKET_PROPERTIES, BucketRegistry
 from kvstore.coordinator.chunks import Chunks, read_up_to
 from kvstore.coordinator.decider import ConditionalDecider
-from kvstore.coordinator.feed import MAX_FEED_LIMIT, ChangeFeed, FeedPage
+from kvstore.coordinator.feed import ChangeFeed, FeedPage
 from kvstore.coordinator.gossip import Gossip
 from kvstore.coordinator.handoff import HintedHandoff
 from kvstore.coordinator import workers
@@ -49,7 +49,7 @@ from kvstore.engines import open_engine
 
 # What the controller, sync.py and the tests import from here.
 __all__ = ['Datastore', 'IdempotencyKey', 'Read', 'Receipt', 'KeyPage', 'FeedPage', 'ViewConflict',
-           'MAX_LIST_LIMIT', 'MAX_FEED_LIMIT', 'DEFAULT_BUCKET_PROPERTIES', 'iso_time', 'key_is_live', 'read_up_to']
+           'MAX_LIST_LIMIT', 'DEFAULT_BUCKET_PROPERTIES', 'iso_time', 'key_is_live', 'read_up_to']
 
 
 class Datastore:

@@ -43,7 +43,7 @@ class MainRun:
                 with FeedReader(target.url, BUCKET) as reader:
                     self.results[row.name] = measure_wrk(self.run, self.args, row, target, self.env_for(row))
                     self.results[row.name].update(reader.lag())
-                log('%s: feed lag p50 %s ms, p99 %s ms over %d probes (%d not delivered)', row.name,
+                log('%s: feed lag p50 %.1f ms, p99 %.1f ms over %d probes (%d not delivered)', row.name,
                     *(self.results[row.name][k] for k in ('lag_p50_ms', 'lag_p99_ms', 'lag_samples', 'lag_missing')))
             elif row.system == system:
                 self.results[row.name] = measure_wrk(self.run, self.args, row, target, self.env_for(row))

@@ -34,7 +34,6 @@ import re
 from kvstore.coordinator.versions import context_binding, decode_token, decode_version_clock, encode_token, Version
 from kvstore.errors import BadRequest, Gone
 
-MAX_FEED_LIMIT = 1000
 MAX_CURSOR_CHARS = 4096
 INCARNATION = re.compile(r'[0-9a-f]{12}\Z')
 

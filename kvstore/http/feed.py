@@ -17,7 +17,6 @@ import time
 
 import web
 
-from datastore import MAX_FEED_LIMIT
 from kvstore.coordinator.versions import context_of
 from kvstore.errors import BadRequest, StoreError
 from kvstore.http.caching import last_modified
@@ -29,7 +28,7 @@ from kvstore.http.values import TEXTUAL, issued_context
 log = logging.getLogger('kvstore.feed')
 SSE = 'text/event-stream'
 NDJSON = 'application/x-ndjson'
-DEFAULT_LIMIT = 100
+DEFAULT_LIMIT, MAX_FEED_LIMIT = 100, 1000   # changes a page asks for
 SSE_RETRY_MS = 1000   # how soon an EventSource reconnects when a stream ends
 
 
