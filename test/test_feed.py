@@ -271,6 +271,24 @@ class TestFeedCursors(unittest.TestCase):
             answer = self.page(bucket, **params)
             self.assertEqual((answer.status_code, answer.json()['code']), (400, 'bad_parameter'), params)
 
+    def test_long_polls_hold_no_thread(self):
+        """More long polls than the server has threads (4) wait, and a GET is
+        answered meanwhile; a write then ends every poll with its change."""
+        bucket = support.unique('poll')
+        cursor = self.page(bucket).json()['cursor']
+        pages = []
+        polls = [threading.Thread(target=lambda: pages.append(self.page(bucket, since=cursor, wait=50)))
+                 for _ in range(8)]
+        for poll in polls:
+            poll.start()
+        time.sleep(1.0)
+        answer = requests.get(self.base + '/buckets/%s/keys' % bucket, timeout=20)   # would queue behind the polls
+        self.assertEqual((answer.status_code, pages), (404, []))
+        etag = self.put(bucket, 'k')
+        for poll in polls:
+            poll.join(30)
+        self.assertEqual([[c['etag'] for c in page.json()['changes']] for page in pages], [[etag]] * 8)
+
     def test_an_event_source_resumes_after_a_restart_and_misses_nothing(self):
         bucket = support.unique('sse')
         written, events = [self.put(bucket, 'before')], []
