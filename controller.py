@@ -31,6 +31,7 @@ from kvstore.http import access
 from kvstore.http.application import Application, finish_response
 from kvstore.http.caching import (bucket_etag, caching_headers, last_modified, not_modified, record_etag,
                                   repr_digest)
+from kvstore.http.feed import changes_response
 from kvstore.http.links import bucket_path, key_path, listing_path
 from kvstore.http.metadata import request_metadata
 from kvstore.http.negotiation import accepts_stored_type, document_type, error_response, prefers, respond
@@ -49,6 +50,7 @@ web.config.debug = os.environ.get('WEBPY_ENV') == 'development'
 urls = (
     '/buckets/([^/]+)/keys/([\\s\\S]+)', 'Key',
     '/buckets/([^/]+)/keys', 'Keys',
+    '/buckets/([^/]+)/changes', 'Changes',
     '/buckets/([^/]+)', 'Bucket',
     '/buckets', 'Buckets',
     '/cluster', 'Cluster',
@@ -92,6 +94,8 @@ class Index:
                     ('DELETE', '/buckets/{bucket}', 'delete an empty bucket (?force=true: with its keys)'),
                     ('GET', '/buckets/{bucket}/keys', 'list keys: ?prefix=&limit=&cursor= (or &before=)'),
                     ('POST', '/buckets/{bucket}/keys', 'store a value under a new server-chosen key'),
+                    ('GET', '/buckets/{bucket}/changes', 'the bucket\'s changes after a cursor: ?since=&limit=&wait= '
+                     '(or a stream: Accept: text/event-stream, application/x-ndjson)'),
                     ('GET', '/buckets/{bucket}/keys/{key}', 'read a value (?r=; ?as=record: its record)'),
                     ('PUT', '/buckets/{bucket}/keys/{key}', 'create or replace a value (?w=)'),
                     ('POST', '/buckets/{bucket}/keys/{key}', 'create a value only if the key is new'),
@@ -307,6 +311,13 @@ class Keys:
             return decode_token(raw).decode('utf-8')
         except ValueError:
             raise BadRequest('bad_parameter', '%s is not a cursor this store issued' % name, parameter=name)
+
+
+class Changes:
+    """The bucket's change feed: pages, long polls and streams (kvstore/http/feed.py)."""
+
+    def GET(self, bucket):
+        return changes_response(bucket)
 
 
 class Key:

@@ -34,6 +34,32 @@ CREATE INDEX IF NOT EXISTS objects_point ON objects (point);
 -- The reconciler's garbage collection finds old tombstones by this index.
 CREATE INDEX IF NOT EXISTS objects_tombstones ON objects (deleted, modified);
 
+-- The change feed (GET /buckets/B/changes): every version this partition
+-- stores, logged in the transaction that stores it (Keys._store), numbered by
+-- change_log.top.  Taking a number locks that row until the commit, so the
+-- numbers follow the commits and a reader that share-locks it (Feed) sees
+-- every number up to top committed.  sync.py's gc trims old rows; trimmed is
+-- the highest number removed (a cursor before it gets 410).
+CREATE TABLE IF NOT EXISTS changes (
+    seq          BIGINT          NOT NULL PRIMARY KEY,
+    bucket       VARBINARY(63)   NOT NULL,
+    key_name     VARBINARY(1024) NOT NULL,
+    version_id   VARBINARY(32)   NOT NULL,
+    clock        VARBINARY(4096) NOT NULL,
+    deleted      SMALLINT        NOT NULL,
+    content_type VARBINARY(255)  NOT NULL,
+    size         BIGINT          NOT NULL,
+    modified     BIGINT          NOT NULL,
+    logged       BIGINT          NOT NULL   -- microseconds since the epoch, the partition's clock
+);
+CREATE INDEX IF NOT EXISTS changes_bucket ON changes (bucket, seq);
+CREATE INDEX IF NOT EXISTS changes_logged ON changes (logged);
+CREATE TABLE IF NOT EXISTS change_log (
+    id           SMALLINT        NOT NULL PRIMARY KEY,  -- 1, the one row
+    top          BIGINT          NOT NULL,
+    trimmed      BIGINT          NOT NULL
+);
+
 -- Writes acknowledged before every replica held them (w < N): the reconciler
 -- pushes these versions on, then drops the marker.
 CREATE TABLE IF NOT EXISTS pending (

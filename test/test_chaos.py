@@ -196,7 +196,37 @@ def send_until_known(client, method, path, body, headers, stats, what, until):
         return status, response, answer
 
 
-class TestChaos(unittest.TestCase):
+class Faults:
+    """A TestCase mixin: faults repeated until self.stop is set, counted in
+    self.faults, and threads whose tracebacks land in self.errors (over
+    self.servers, StoreServers)."""
+
+    def guarded(self, function, *args):
+        """A thread's target that records whatever it raises."""
+        def run():
+            try:
+                function(*args)
+            except BaseException:
+                self.errors.append(traceback.format_exc())
+        return run
+
+    def repeat(self, name, interval, fault):
+        """fault() every interval (a range of seconds) until stopped."""
+        rng = random.Random()
+        while not self.stop.wait(rng.uniform(*interval)):
+            fault(rng)
+            self.faults[name] += 1
+
+    def kill_a_worker(self, rng):
+        pids = rng.choice(self.servers).worker_pids()
+        if pids:
+            try:
+                os.kill(rng.choice(pids), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+class TestChaos(Faults, unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
@@ -241,15 +271,6 @@ class TestChaos(unittest.TestCase):
             config.write(support.config_text(support.mariadb_partitions(self.cluster), **STORE))
         self.sync_config = config.name
         self.addCleanup(os.remove, config.name)
-
-    def guarded(self, function, *args):
-        """A thread's target that records whatever it raises."""
-        def run():
-            try:
-                function(*args)
-            except BaseException:
-                self.errors.append(traceback.format_exc())
-        return run
 
     # -- clients ------------------------------------------------------------
 
@@ -344,21 +365,6 @@ class TestChaos(unittest.TestCase):
             self.unexpected.append('DELETE %s: %d %r' % (key, status, body[:300]))
 
     # -- faults -------------------------------------------------------------
-
-    def repeat(self, name, interval, fault):
-        """fault() every interval (a range of seconds) until stopped."""
-        rng = random.Random()
-        while not self.stop.wait(rng.uniform(*interval)):
-            fault(rng)
-            self.faults[name] += 1
-
-    def kill_a_worker(self, rng):
-        pids = rng.choice(self.servers).worker_pids()
-        if pids:
-            try:
-                os.kill(rng.choice(pids), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def pause_the_first_owner(self, rng):
         self.paused.pause()

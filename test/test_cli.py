@@ -12,7 +12,7 @@ import tempfile
 import unittest
 
 from test import support
-from test.server import StoreServer
+from test.server import REPO, StoreServer
 from test.test_access import token_section
 
 # The kv that `make venv` installed beside the Python running the tests.
@@ -49,6 +49,7 @@ class TestKv(unittest.TestCase):
         """Runs kv; returns (stdout bytes, stderr text) after checking its exit status."""
         env = {k: v for k, v in os.environ.items() if k not in ('KV_URL', 'KV_TOKEN')}
         env['KV_URL'] = url or self.url
+        env['PYTHONPATH'] = REPO   # this checkout's kv, whichever the virtualenv's script was installed from
         if token:
             env['KV_TOKEN'] = 'tok-' + token
         done = subprocess.run([KV] + list(args), input=input, env=env, capture_output=True, timeout=60)
@@ -202,6 +203,20 @@ class TestKv(unittest.TestCase):
         self.assertEqual(page['keys'], wanted[:4])
         self.assertTrue(page['next_cursor'])
         self.kv('ls', support.unique(), expect=1)
+
+    def test_watch_prints_each_change_and_resumes_from_its_cursor(self):
+        self.kv('put', self.bucket, 'a', '-', input=b'1')
+        self.kv('rm', self.bucket, 'a')
+        cursor_file = self.path('cursor')
+        out, err = self.kv('watch', self.bucket, '--since', '0', '--once', '--cursor-file', cursor_file)
+        lines = [line.split('\t') for line in out.decode().splitlines()]
+        self.assertEqual([(key, change) for key, _, change in lines], [('a', 'put'), ('a', 'delete')])
+        self.assertIn('kv: resume with: kv watch %s --since ' % self.bucket, err)
+        self.kv('put', self.bucket, 'b', '-', input=b'2')
+        out, _ = self.kv('watch', self.bucket, '--once', '--cursor-file', cursor_file)   # resumes from the file
+        self.assertEqual([line.split('\t')[0] for line in out.decode().splitlines()], ['b'])
+        _, err = self.kv('watch', self.bucket, '--since', 'forged', '--once', expect=7)
+        self.assertIn('bad_cursor', err)
 
     def test_buckets(self):
         self.kv('put', self.bucket, 'k', '-', input=b'v')

@@ -45,6 +45,7 @@ class Keys:
                           + self.unfenced_clause + (self.if_absent_clause if if_absent else ''),
                           (b, k) + self._version_columns(version) + (key_point(bucket, key),) + tuple(seq)
                           + (b, version.modified))
+            self._log_change(cursor, b, k, version.version_id.encode())   # the change feed (feed.py)
 
     # An INSERT ... SELECT of one row, unless a forced bucket delete fenced the
     # version off (Buckets.drop_keys): its arguments are the bucket and the

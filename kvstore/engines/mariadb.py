@@ -151,6 +151,7 @@ class MySQLEngine(SQLEngine):
     lock_clause = ' FOR UPDATE'
     share_lock_clause = ' LOCK IN SHARE MODE'
     now_clause = 'CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)'
+    log_clock_clause = 'CAST(UNIX_TIMESTAMP(SYSDATE(6)) * 1000000 AS SIGNED)'   # feed.py
     unfenced_clause = ' FROM DUAL' + SQLEngine.unfenced_clause
     if_absent_clause = ' ON DUPLICATE KEY UPDATE version_id = version_id'
     insert_if_absent = 'INSERT IGNORE'

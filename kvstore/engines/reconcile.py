@@ -77,12 +77,20 @@ class Reconciliation:
             self.copy_chunks(bucket, key, version)
 
         def work(cursor):
+            # Every read first, then every store: the stores log their changes
+            # (feed.py), and the change log stays locked from the first to the commit.
+            held = {}
+            for bucket, key, version in sorted(items, key=lambda item: item[:2]):
+                if (bucket, key) not in held:
+                    held[bucket, key] = self._held(cursor, bucket, key)
+                self.check_chunks(cursor, version)
             stored = [False] * len(items)
             for i in order:
                 bucket, key, version = items[i]
-                drop_ids, keep = reconcile(self._held(cursor, bucket, key), version)
-                self.check_chunks(cursor, version)
+                drop_ids, keep = reconcile(held[bucket, key], version)
                 self._store(cursor, bucket, key, drop_ids, version if keep else None)
+                held[bucket, key] = [v for v in held[bucket, key] if v.version_id not in drop_ids] + (
+                    [version] if keep else [])
                 stored[i] = keep
             return stored
         return self._transaction(work, [(bucket, key) for bucket, key, _ in items]) if items else []
@@ -99,6 +107,7 @@ class Reconciliation:
             rows = [(b.encode(), k.encode()) + self._version_columns(v) + (key_point(b, k),)
                     + ((seqs[i],) if seqs else ()) for i, (b, k, v) in enumerate(items)]
             cursor.executemany(statement, rows)
+            self._log_many(cursor, [(b.encode(), k.encode(), v.version_id.encode()) for b, k, v in items])
         self._transaction(work)
 
     def delete_versions(self, bucket, key, version_ids):

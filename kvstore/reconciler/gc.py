@@ -1,5 +1,5 @@
 """The gc job: remove chunks no version or hint points to, idempotency records
-past their window, and reap tombstones every owner holds alike once
+past their window, the change feed's changes past its retention, and reap tombstones every owner holds alike once
 tombstone_grace has passed."""
 import collections
 import time
@@ -11,10 +11,12 @@ from kvstore.reconciler.results import JobResult, tell, waiting_text
 
 def collect_garbage(parts, view):
     """view: the newest recorded view (tombstones wait while it rebalances)."""
-    counts = collections.Counter(tombstones_reaped=0, tombstones_kept=0, chunked_versions_removed=0)
+    counts = collections.Counter(tombstones_reaped=0, tombstones_kept=0, chunked_versions_removed=0,
+                                 changes_trimmed=0)
     waiting = collections.Counter()
     collect_chunks(parts, counts, waiting)
     collect_idempotency_records(parts, counts, waiting)
+    trim_changes(parts, counts, waiting)
     chunks = (', chunks of %d versions removed' % counts['chunked_versions_removed']
               if counts['chunked_versions_removed'] else '')
     if view['state'] != 'complete':
@@ -31,6 +33,8 @@ def collect_garbage(parts, view):
         said.append('%d kept (not alike on every owner, or held elsewhere)' % counts['tombstones_kept'])
     if chunks:
         said.append(chunks[2:])
+    if counts['changes_trimmed']:
+        said.append('%d changes trimmed from the feed' % counts['changes_trimmed'])
     if waiting:
         said.append(waiting_text(waiting))
     return JobResult('gc', dict(counts), dict(waiting), bool(waiting), 'gc: ' + ', '.join(said))
@@ -68,6 +72,24 @@ def collect_idempotency_records(parts, counts, waiting):
             continue
         if removed:
             counts['idempotency_records_removed'] += removed
+
+
+def trim_changes(parts, counts, waiting):
+    """Trim each partition's change log (the feed's) to [feed] retention and
+    max_rows; a feed cursor before what is left gets 410 (engines/feed.py)."""
+    if parts.dry_run:
+        return
+    before = int((time.time() - parts.config.feed_retention) * 1e6)
+    for name in parts.names:
+        removed = parts.batch
+        while removed == parts.batch:
+            try:
+                removed = parts.call(name, 'trim_changes', before, parts.config.feed_max_rows, parts.batch)
+            except PartitionError:
+                waiting[name] += 1
+                break
+            counts['changes_trimmed'] += removed
+            parts.meter.wrote(removed)
 
 
 def reap_tombstones(parts, hinted, counts, waiting):
