@@ -15,7 +15,8 @@ from kvstore.coordinator.chunks import chunks_of, read_up_to
 from kvstore.coordinator.integrity import Hasher
 from kvstore.coordinator.replication import Replication
 from kvstore.coordinator.validation import write_quorums
-from kvstore.coordinator.versions import SHARED_SECOND, Version, clock_limit, context_of, live, next_dot, prune
+from kvstore.coordinator.versions import (SHARED_SECOND, Version, clock_limit, context_of, live, merge, next_dot,
+                                         prune)
 from kvstore.engines import BAD_DATA, FULL, NewerView, PartitionError, Recorded
 from kvstore.errors import (BadRequest, IdempotencyKeyReused, InsufficientStorage, NotFound, TooManySiblings,
                             Unavailable)
@@ -221,12 +222,12 @@ class Writer:
         its version: (that coordinator, the versions it held, the version,
         {candidate that failed: reason}).  decider: the first owner, for a
         conditional write (else False); epoch: the view it was placed by."""
-        failures = {}
+        failures, attempts = {}, []
         for coordinator in candidates:
             try:
                 held, version = self.replicas.call(coordinator, 'coordinate', bucket, key,
-                                                   self._decision(coordinator, context, check, make), epoch,
-                                                   idempotency)
+                                                   self._decision(coordinator, context, check, make, attempts),
+                                                   epoch, idempotency)
                 return coordinator, held, version, failures
             except PartitionError as e:
                 failures[coordinator] = e.reason
@@ -254,17 +255,26 @@ class Writer:
                               % (', '.join(deciders), e.partition), failed={e.partition: e.reason})
         return coordinator, held, version, {}
 
-    def _decision(self, coordinator, context, check, make):
+    def _decision(self, coordinator, context, check, make, attempts=None):
         """decide(held) for engine.coordinate: check the versions the
-        coordinator holds (raising to refuse), and build the new version."""
+        coordinator holds (raising to refuse), and build the new version.
+        attempts: a list of the versions this write's earlier decisions built
+        (each decision adds its own).  A coordinator that failed after
+        deciding (its answer timed out: a pause) may still commit its attempt,
+        so the next one's version counts them as seen: wherever the two meet
+        the later replaces the earlier, and whatever replaces the later (a
+        delete through an owner that never saw the first) replaces both."""
         engines = self.replicas.engines
+        attempts = [] if attempts is None else attempts
 
         def decide(held):
             if check:
                 check(live(held))
             seen = context if context is not None else context_of(held)
-            seen = prune(seen, engines, clock_limit(engines), keep={v.dot[0] for v in held})
+            seen = merge(seen, *(v.full_clock for v in attempts))
+            seen = prune(seen, engines, clock_limit(engines), keep={v.dot[0] for v in held + attempts})
             version = make(seen, next_dot(engines[coordinator].actor, held, seen))
+            attempts.append(version)
             if any(v.modified // 10 ** 6 >= version.modified // 10 ** 6 for v in held):
                 version.metadata = dict(version.metadata, **{SHARED_SECOND: True})
             kept = [v for v in held if not version.supersedes(v)]
