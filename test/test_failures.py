@@ -242,6 +242,28 @@ class TestCoordinatorPausedMidWrite(FailureCase):
         self.assertEqual(self.store.list_keys(self.bucket).keys, [])
 
 
+class TestDeleteThroughAnOwnerThatMissedAWrite(FailureCase):
+    def test_a_delete_without_a_context_deletes_what_a_read_would_return(self):
+        key = support.unique()
+        first = self.store.ring.preference_list(self.bucket, key, 3)[0]
+        self.store.put(self.bucket, key, b'first', 'text/plain', w=3)
+        # Another front end believes the first owner down (a cut only it sees):
+        # its write goes to the other owners, and a hint holds it for the first.
+        other = support.open_store(self.partitions, **dict(FAST, backoff=60.0, max_backoff=60.0))
+        try:
+            other.health.failed(first, 'cut off')
+            second = other.put(self.bucket, key, b'second', 'text/plain')
+            self.assertIn(first, second.hints)
+        finally:
+            other.close()
+        # This front end's delete is coordinated by the first owner, which holds only the first value.
+        deleted = self.store.delete(self.bucket, key)
+        self.assertEqual(deleted.coordinator, first)
+        self.store.hand_off(first)
+        self.assertEqual(self.store.get(self.bucket, key, r=3, pr=3).current, [])
+        self.assertEqual(self.store.list_keys(self.bucket).keys, [])
+
+
 class TestLazyWrites(FailureCase):
     """A write with w below N answers once W replicas hold it; an owner still
     working then is waited for no longer, and the write is marked pending on
