@@ -235,13 +235,18 @@ class Writer:
         also_seen: versions it replaces besides the coordinator's (_decision)."""
         failures, also_seen = {}, list(also_seen)
         for coordinator in candidates:
+            attempts = []
             try:
-                held, version = self.replicas.call(coordinator, 'coordinate', bucket, key,
-                                                   self._decision(coordinator, context, check, make, also_seen),
-                                                   epoch, idempotency)
+                held, version = self.replicas.call(
+                    coordinator, 'coordinate', bucket, key,
+                    self._decision(coordinator, context, check, make, also_seen, attempts), epoch, idempotency)
                 return coordinator, held, version, failures
             except PartitionError as e:
                 failures[coordinator] = e.reason
+                if e.unavailable:
+                    # It failed to answer, perhaps after it decided: it may
+                    # still commit its attempt, which the next one covers.
+                    also_seen += attempts
         refuse_bad_writes(failures)
         if decider:
             raise Unavailable('a conditional write is decided by the key\'s first owner, %s, which '
@@ -266,28 +271,27 @@ class Writer:
                               % (', '.join(deciders), e.partition), failed={e.partition: e.reason})
         return coordinator, held, version, {}
 
-    def _decision(self, coordinator, context, check, make, also_seen=None):
+    def _decision(self, coordinator, context, check, make, also_seen=(), attempts=None):
         """decide(held) for engine.coordinate: check the versions the
         coordinator holds (raising to refuse), and build the new version.
-        also_seen: a list of versions the new one replaces besides the
-        coordinator's: a blind delete's read, and the versions this write's
-        earlier decisions built (each decision adds its own).  A coordinator
-        that failed after deciding (its answer timed out: a pause) may still
-        commit its attempt, so the next one's version counts it as seen:
-        wherever the two meet the later replaces the earlier, and whatever
-        replaces the later (a delete through an owner that never saw the
-        first) replaces both."""
+        also_seen: versions the new one replaces besides the coordinator's:
+        a blind delete's read, and the attempts of this write on coordinators
+        that failed to answer after deciding (a pause), which may still commit
+        theirs: wherever two attempts meet the later replaces the earlier, and
+        whatever replaces the later (a delete through an owner that never saw
+        the first) replaces both.  attempts: a list each decision adds its
+        version to."""
         engines = self.replicas.engines
-        also_seen = [] if also_seen is None else also_seen
+        attempts = [] if attempts is None else attempts
 
         def decide(held):
             if check:
                 check(live(held))
             seen = context if context is not None else context_of(held)
             seen = merge(seen, context_of(also_seen))
-            seen = prune(seen, engines, clock_limit(engines), keep={v.dot[0] for v in held + also_seen})
+            seen = prune(seen, engines, clock_limit(engines), keep={v.dot[0] for v in held + list(also_seen)})
             version = make(seen, next_dot(engines[coordinator].actor, held, seen))
-            also_seen.append(version)
+            attempts.append(version)
             if any(v.modified // 10 ** 6 >= version.modified // 10 ** 6 for v in held):
                 version.metadata = dict(version.metadata, **{SHARED_SECOND: True})
             kept = [v for v in held if not version.supersedes(v)]
