@@ -78,7 +78,8 @@ class Datastore:
         self.chunks = Chunks(config, self.replicas)
         self.settling = Settling(self.replicas)
         self.writer = Writer(config, self.replicas, self.owners, self.buckets, self.chunks,
-                             ConditionalDecider(self.replicas, self.reader, self.owners), self.handoff, self.settling)
+                             ConditionalDecider(self.replicas, self.reader, self.owners), self.handoff, self.settling,
+                             self.reader)
         self.status = ClusterStatus(config, self.replicas, self.views, self.gossip)
 
     @classmethod
