@@ -13,7 +13,7 @@ import time
 import unittest
 
 from test import support
-from test.server import StoreServer
+from test.server import REPO, StoreServer
 from test.test_access import token_section
 
 # The kv that `make venv` installed beside the Python running the tests.
@@ -50,6 +50,7 @@ class TestKv(unittest.TestCase):
         """Runs kv; returns (stdout bytes, stderr text) after checking its exit status."""
         env = {k: v for k, v in os.environ.items() if k not in ('KV_URL', 'KV_TOKEN')}
         env['KV_URL'] = url or self.url
+        env['PYTHONPATH'] = REPO   # this checkout's kv, whichever one the virtualenv installed
         if token:
             env['KV_TOKEN'] = 'tok-' + token
         done = subprocess.run([KV] + list(args), input=input, env=env, capture_output=True, timeout=60)
