@@ -22,13 +22,17 @@ CREATE TABLE IF NOT EXISTS objects (
     chunk_size   INT             NOT NULL,  -- 0: the value is inline; else it is in chunks
     metadata     VARBINARY(8192) NOT NULL,  -- JSON: X-Meta-* headers, Cache-Control
     point        BIGINT          NOT NULL,  -- the key's position on the ring (63 bits)
+    expires      BIGINT          NOT NULL DEFAULT 0,  -- microseconds when the value is gone; 0: never
     PRIMARY KEY (bucket, key_name, version_id)
 );
 -- Each engine adds a column of its own to objects when it opens the partition:
 -- seq, the change sequence, with an index (sync.py follows the changes; an
 -- upgrade in kvstore/engines/schema.py, add_change_sequence in sqlite.py and
 -- mariadb.py).  A partition made by an older release gets new columns in
--- place, and records its schema version in metadata (schema.py).
+-- place, and records its schema version in metadata (schema.py).  The index
+-- objects_expiry (deleted, expires), by which sync.py's gc finds expired
+-- values, comes from the upgrade that added expires (schema version 3): an
+-- older partition runs these statements before it has the column.
 -- Anti-entropy compares replicas range by range of ring positions.
 CREATE INDEX IF NOT EXISTS objects_point ON objects (point);
 -- The reconciler's garbage collection finds old tombstones by this index.
@@ -128,6 +132,7 @@ CREATE TABLE IF NOT EXISTS hints (
     chunk_size   INT             NOT NULL,
     metadata     VARBINARY(8192) NOT NULL,
     created      BIGINT          NOT NULL,  -- microseconds since the epoch
+    expires      BIGINT          NOT NULL DEFAULT 0,
     PRIMARY KEY (target, bucket, key_name, version_id)
 );
 

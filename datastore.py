@@ -128,13 +128,13 @@ class Datastore:
         return self.reader.get(bucket, key, r=r, pr=pr)
 
     def put(self, bucket, key, value, content_type, context=None, check=None, w=None,
-            metadata=None, expected=None, conditional=False, pw=None, idempotency=None):
+            metadata=None, expected=None, conditional=False, pw=None, idempotency=None, lifetime=None):
         """Store a value (bytes or a stream) and answer with its Receipt (see
-        Writer.put; idempotency: an IdempotencyKey)."""
+        Writer.put; idempotency: an IdempotencyKey; lifetime: an expiry.Lifetime)."""
         self.check_key(bucket, key)
         return self.writer.put(bucket, key, value, content_type, context=context, check=check, w=w,
                                metadata=metadata, expected=expected, conditional=conditional, pw=pw,
-                               idempotency=idempotency)
+                               idempotency=idempotency, lifetime=lifetime)
 
     def delete(self, bucket, key, context=None, check=None, w=None, conditional=False, pw=None, idempotency=None):
         """Write a tombstone; NotFound when there is no live version."""

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 
 from test import support
@@ -85,6 +86,16 @@ class TestKv(unittest.TestCase):
         described = json.loads(out)
         self.assertEqual((described['size'], described['content_type']), (len(value), 'image/png'))
         self.assertEqual(described['etag'], etag)
+
+    def test_put_with_a_ttl_stores_a_value_that_is_gone_after_it(self):
+        self.kv('put', self.bucket, 'brief', '-', '--ttl', '1', input=b'soon gone')
+        receipt = json.loads(self.kv('put', self.bucket, 'later', '-', '--ttl', '3600', '--json', input=b'x')[0])
+        self.assertIn('expires_at', receipt)
+        self.assertEqual(self.kv('get', self.bucket, 'brief')[0], b'soon gone')
+        _, err = self.kv('put', self.bucket, 'k', '-', '--ttl', '0', input=b'x', expect=7)
+        self.assertIn('bad_expiry', err)
+        time.sleep(2.1)
+        self.kv('get', self.bucket, 'brief', expect=1)
 
     def test_values_stream_through_kv_without_being_held_whole(self):
         value = os.urandom(24 * MIB)

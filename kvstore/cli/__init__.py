@@ -55,6 +55,8 @@ def parser():
     sub.add_argument('file', metavar='FILE', nargs='?', help='the value (default, or -: stdin)')
     sub.add_argument('--type', metavar='MEDIA_TYPE', help="the Content-Type (default: from FILE's name)")
     sub.add_argument('--create', action='store_true', help='only if the key has no live value')
+    sub.add_argument('--ttl', metavar='SECONDS', help='the value is gone after SECONDS (none: never, whatever the '
+                     "bucket's ttl)")
     conditions(sub)
     conditions(command('rm', commands.remove, 'delete a value'))
     sub = command('ls', commands.list_keys, 'list keys, one a line', key=False)

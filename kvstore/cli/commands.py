@@ -188,7 +188,7 @@ def put(client, args):
     try:
         info = os.fstat(source.fileno())
         size = info.st_size - source.tell() if stat.S_ISREG(info.st_mode) else None
-        params = {'w': args.w} if args.w else None
+        params = {name: value for name, value in (('w', args.w), ('ttl', args.ttl)) if value} or None
         body = Upload(args, source, size)
         receipt = client.request('PUT', key_path(args.bucket, args.key), what, ok=(200, 201), params=params,
                                  parts={'headers': dict(headers, Accept='application/json'), 'data': body}).json()

@@ -15,8 +15,9 @@ from kvstore.coordinator.chunks import chunks_of, read_up_to
 from kvstore.coordinator.integrity import Hasher
 from kvstore.coordinator.replication import Replication
 from kvstore.coordinator.validation import write_quorums
+from kvstore.coordinator.expiry import Lifetime
 from kvstore.coordinator.versions import (SHARED_SECOND, Version, clock_limit, context_of, live, merge, next_dot,
-                                         prune)
+                                          now_micros, prune)
 from kvstore.engines import BAD_DATA, FULL, NewerView, PartitionError, Recorded
 from kvstore.errors import (BadRequest, IdempotencyKeyReused, InsufficientStorage, NotFound, TooManySiblings,
                             Unavailable)
@@ -74,12 +75,14 @@ class Writer:
         self.settling = settling
 
     def put(self, bucket, key, value, content_type, context=None, check=None, w=None,
-            metadata=None, expected=None, conditional=False, pw=None, idempotency=None):
+            metadata=None, expected=None, conditional=False, pw=None, idempotency=None, lifetime=None):
         """Store a value: bytes, or a stream to read (read(n)).  check(current live
         versions) may raise to refuse; expected: digests the body must match.
         conditional: check is a precondition of the client's (compare-and-swap).
-        idempotency: an IdempotencyKey (see write).
+        idempotency: an IdempotencyKey (see write).  lifetime: the expiry asked
+        for (expiry.Lifetime; None, as an empty one: the bucket's ttl).
         A value larger than a chunk goes to its coordinator first (chunks.py)."""
+        expires = (lifetime or Lifetime()).expires(self.buckets.properties_cached(bucket).get('ttl'), now_micros())
         stream = io.BytesIO(value) if isinstance(value, (bytes, bytearray)) else value
         size = self.config.chunk_size
         hasher = Hasher(expected)
@@ -90,7 +93,7 @@ class Writer:
             self.chunks.check_size(hasher.size)
             hasher.verify()
             return self.write(bucket, key, context, check, w, lambda seen, dot: Version.new(
-                seen, dot, first, content_type, metadata=metadata), conditional=conditional, pw=pw,
+                seen, dot, first, content_type, metadata=metadata, expires=expires), conditional=conditional, pw=pw,
                 idempotency=idempotency and idempotency.for_body(hasher.hexdigest))
 
         preference, _ = self.placement.of(bucket, key)
@@ -100,7 +103,7 @@ class Writer:
         engine = self.replicas.engines[coordinator]
         return self.write(bucket, key, context, check, w, lambda seen, dot: Version.new(
             seen, dot, b'', content_type, metadata=metadata, version_id=version_id,
-            digest=hasher.hexdigest, size=hasher.size, chunk_size=size, chunk_source=engine),
+            digest=hasher.hexdigest, size=hasher.size, chunk_size=size, chunk_source=engine, expires=expires),
             coordinators=[coordinator], conditional=conditional, pw=pw,
             idempotency=idempotency and idempotency.for_body(hasher.hexdigest))
 

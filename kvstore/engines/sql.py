@@ -182,6 +182,11 @@ class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation, Idempotency, Feed)
     def add_change_sequence(self, cursor):
         raise NotImplementedError
 
+    def add_column(self, cursor, table, column, definition):
+        """Add a column to a table that lacks it (an upgrade: schema.py), on an
+        autocommit cursor."""
+        raise NotImplementedError
+
     def _sequence_numbers(self, cursor, count):
         """The change numbers of `count` rows about to be inserted, in a write
         transaction; () when the database numbers them itself."""

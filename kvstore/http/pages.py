@@ -176,8 +176,8 @@ def value_html(bucket, key, version):
 
 def record_page(doc, root):
     bucket, key = doc['bucket'], doc['key']
-    fields = [(name, doc[name]) for name in ('content_type', 'size', 'etag', 'last_modified', 'meta', 'cache_control',
-                                             'expires', 'content_encoding', 'content_disposition',
+    fields = [(name, doc[name]) for name in ('content_type', 'size', 'etag', 'last_modified', 'expires_at', 'meta',
+                                             'cache_control', 'expires', 'content_encoding', 'content_disposition',
                                              'content_language') if name in doc]
     body = ('<p>%s | %s | %s</p>%s<h2>The value</h2>%s' % (
         link(key_path(bucket, key), 'the raw value'), link(locate_path(bucket, key), 'where it is stored'),
