@@ -289,6 +289,46 @@ class MariaDBPartitionLoss(unittest.TestCase):
         results, _, status = sync_once(store.config)   # found once: the new actor is clean
         self.assertEqual(status, sync.CONVERGED, [r.summary for r in results.values()])
 
+    def test_a_front_end_finds_p1_restored_without_new_incarnation_when_it_comes_back(self):
+        self.store.put(self.bucket, self.key, b'v1', 'text/plain', w=3)
+        sync_once(self.store.config)   # cron
+        backup = self.dump_p1()
+        # After the backup, a write p1 coordinated for a front end whose clock
+        # ran an hour ahead, then one with its context through this front end
+        # (which sees p1 hand out change numbers the backup lacks), each
+        # acknowledged by every owner.
+        p1, owners = self.store.engines['p1'], self.store.placement(self.bucket, self.key)[0]
+        actor, ahead = p1.actor, time.time_ns() // 1000 + 3600 * 10 ** 6
+        _, acknowledged = p1.coordinate(self.bucket, self.key, lambda held: Version.new(
+            context_of(held), (actor, ahead), b'ahead', 'text/plain'))
+        for owner in owners[1:]:
+            self.store.engines[owner].apply(self.bucket, self.key, acknowledged)
+        context = self.store.get(self.bucket, self.key, r=3).context
+        self.store.put(self.bucket, self.key, b'v3', 'text/plain', context=context, w=3)
+        # p1's server dies and comes back restored from the backup: no
+        # new-incarnation, no sync.py run; the front end runs on.
+        server = self.cluster.servers[0]
+        server.kill()
+        server.start()
+        self.restore_p1(backup)
+        with self.assertLogs('kvstore.engines', 'WARNING') as logs:
+            receipt = self.store.put(self.bucket, self.key, b'NEW', 'text/plain', w=3)
+        self.assertIn('p1 was restored from a backup or rolled back without sync.py new-incarnation p1',
+                      logs.output[0])
+        # Numbered by a new incarnation: kept by every owner, not refused as
+        # one that v3 (whose clock holds the counter from an hour ahead) saw.
+        self.assertEqual(receipt.coordinator, 'p1')
+        self.assertEqual(sorted(receipt.acknowledged), sorted(receipt.preference_list), receipt)
+        self.assertNotEqual(p1.actor, actor)
+        self.assertEqual(self.values(self.store), [b'NEW', b'v3'])   # a blind write beside what p1 lost
+        recorded = p1.get_metadata(['incarnation', 'sync.changes'])
+        self.assertEqual('p1.' + recorded['incarnation'], p1.actor)
+        self.assertEqual(recorded['sync.changes'], 'null')   # the next run compares every arc
+        results, _, status = sync_once(self.store.config)
+        self.assertEqual(status, sync.CONVERGED, [r.summary for r in results.values()])
+        self.assertNotIn('restored', results)   # the front end did it
+        self.assertEqual(self.values(self.store), [b'NEW', b'v3'])
+
     def test_a_restore_while_writes_go_on_loses_no_acknowledged_write_and_resurrects_no_delete(self):
         # Keys p1 coordinates: a blind write through it, right after the
         # restore, numbers from what the backup held.

@@ -41,11 +41,12 @@ class Buckets:
             self._execute(cursor, 'DELETE FROM %s WHERE bucket = ?' % table, (b,))
 
     def _fence_and_clock(self, cursor, bucket):
-        """At the start of a key's write transaction: the bucket's fence and
-        this partition's clock, for _after_fence (MariaDB: read by the statement
-        that takes the key's lock, in the locking read's round trip)."""
+        """At the start of a key's write transaction: the bucket's fence,
+        this partition's clock, for _after_fence, and its newest change number,
+        for sql.py's check of a restored partition (MariaDB: read by the
+        statement that takes the key's lock, in the locking read's round trip)."""
         return self._prefetch_values(cursor, '(SELECT dropped FROM bucket_fences WHERE bucket = ?), '
-                                     + self.now_clause, (bucket.encode(),))
+                                     + self.now_clause + ', (SELECT MAX(seq) FROM objects)', (bucket.encode(),))
 
     @staticmethod
     def _after_fence(fence_and_clock, version):
@@ -56,7 +57,7 @@ class Buckets:
         fence_and_clock: the rows of _fence_and_clock.  (A fence committed after
         it was read, a drop crossing the write, still refuses the version:
         _store's unfenced_clause; the write then counts as one before the drop.)"""
-        fence, now = fence_and_clock[0]
+        fence, now, _ = fence_and_clock[0]
         if fence is not None and version.modified <= int(fence):
             version.modified = int(fence) + 1
         if version.deleted:

@@ -96,6 +96,7 @@ class Keys:
             view = self.read_view(cursor) if epoch is not None else None
             record = self._read_record(cursor, bucket, key, idempotency) if idempotency is not None else None
             held = self._held(cursor, bucket, key, values=False)
+            self._saw_change(fence_and_clock[0][2])
             if epoch is not None:
                 self.check_view(view, epoch)
             if idempotency is not None:

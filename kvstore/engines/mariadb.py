@@ -151,6 +151,8 @@ class MySQLEngine(SQLEngine):
     lock_clause = ' FOR UPDATE'
     share_lock_clause = ' LOCK IN SHARE MODE'
     now_clause = 'CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)'
+    issued_changes_clause = ("(SELECT AUTO_INCREMENT - 1 FROM information_schema.TABLES"
+                             " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'objects')")
     unfenced_clause = ' FROM DUAL' + SQLEngine.unfenced_clause
     if_absent_clause = ' ON DUPLICATE KEY UPDATE version_id = version_id'
     insert_if_absent = 'INSERT IGNORE'

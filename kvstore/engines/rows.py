@@ -9,6 +9,7 @@ SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.pa
                            'database_definition.sql')
 COLUMNS = 'version_id, clock, deleted, content_type, digest, modified, value, size, chunk_size, metadata'
 INCARNATION = 'incarnation'   # the metadata row naming the partition's incarnation
+CHANGES_CHECKPOINT = 'sync.changes'   # the metadata row of where sync.py stands (reconciler/changes.py)
 
 
 def new_incarnation_id():
