@@ -256,18 +256,24 @@ class MariaDBPartitionLoss(unittest.TestCase):
         self.restore_p1(backup)   # its incarnation too: the time floor keeps the counters apart
         self.assert_new_write_survives(self.open())
 
-    def test_sync_finds_p1_restored_without_new_incarnation_and_renews_it(self):
-        self.store.put(self.bucket, self.key, b'v1', 'text/plain', w=3)
-        backup = self.dump_p1()
-        self.store.put(self.bucket, self.key, b'v2', 'text/plain', w=3)
-        # Then a write p1 coordinated for a front end whose clock ran an hour
-        # ahead, acknowledged by every owner: the backup lacks it.
+    def write_from_an_hour_ahead(self):
+        """A write of the key p1 coordinates for a front end whose clock ran an
+        hour ahead, acknowledged by every owner: (p1's actor, its counter)."""
         p1, owners = self.store.engines['p1'], self.store.placement(self.bucket, self.key)[0]
         actor, ahead = p1.actor, time.time_ns() // 1000 + 3600 * 10 ** 6
         _, acknowledged = p1.coordinate(self.bucket, self.key, lambda held: Version.new(
             context_of(held), (actor, ahead), b'ahead', 'text/plain'))
         for owner in owners[1:]:
             self.store.engines[owner].apply(self.bucket, self.key, acknowledged)
+        return actor, ahead
+
+    def test_sync_finds_p1_restored_without_new_incarnation_and_renews_it(self):
+        self.store.put(self.bucket, self.key, b'v1', 'text/plain', w=3)
+        backup = self.dump_p1()
+        self.store.put(self.bucket, self.key, b'v2', 'text/plain', w=3)
+        # Then a write p1 coordinated for a front end whose clock ran an hour
+        # ahead, acknowledged by every owner: the backup lacks it.
+        actor, ahead = self.write_from_an_hour_ahead()
         sync_once(self.store.config)   # cron: it records where each partition stood
         self.store.close()
         self.restore_p1(backup)        # and no new-incarnation
@@ -297,12 +303,7 @@ class MariaDBPartitionLoss(unittest.TestCase):
         # ran an hour ahead, then one with its context through this front end
         # (which sees p1 hand out change numbers the backup lacks), each
         # acknowledged by every owner.
-        p1, owners = self.store.engines['p1'], self.store.placement(self.bucket, self.key)[0]
-        actor, ahead = p1.actor, time.time_ns() // 1000 + 3600 * 10 ** 6
-        _, acknowledged = p1.coordinate(self.bucket, self.key, lambda held: Version.new(
-            context_of(held), (actor, ahead), b'ahead', 'text/plain'))
-        for owner in owners[1:]:
-            self.store.engines[owner].apply(self.bucket, self.key, acknowledged)
+        p1, (actor, _) = self.store.engines['p1'], self.write_from_an_hour_ahead()
         context = self.store.get(self.bucket, self.key, r=3).context
         self.store.put(self.bucket, self.key, b'v3', 'text/plain', context=context, w=3)
         # p1's server dies and comes back restored from the backup: no
