@@ -2,7 +2,7 @@
 import dataclasses
 
 from kvstore.coordinator.validation import check_bucket
-from kvstore.coordinator.versions import live, resolve
+from kvstore.coordinator.versions import live, newest_fence, resolve
 from kvstore.errors import BadRequest, Unavailable
 
 MAX_LIST_LIMIT = 10000
@@ -20,16 +20,16 @@ def key_is_live(rows):
     """Do a key's version rows (from engine.scan) leave a live version?  When
     every replica holds the same single version, its tombstone flag says; only
     when they differ are the clocks decoded and compared."""
-    if len({version_id for _, version_id, _, _ in rows}) == 1:
+    if len({version_id for _, version_id, _, _, _ in rows}) == 1:
         return not rows[0][2]
     return bool(live_versions(rows))
 
 
 def live_versions(rows):
     """The live versions a key's rows leave (more than one: siblings)."""
-    if len({version_id for _, version_id, _, _ in rows}) == 1:
-        return [] if rows[0][2] else [rows[0][3]()]
-    return live(resolve([[make() for _, _, _, make in rows]]))
+    if len({version_id for _, version_id, _, _, _ in rows}) == 1:
+        return [] if rows[0][2] else [rows[0][4]()]
+    return live(resolve([[make() for _, _, _, _, make in rows]]))
 
 
 def common_prefix(key, prefix, delimiter):
@@ -107,8 +107,11 @@ class Listing:
     def _live_keys(self, bucket, prefix, limit, after, details):
         """Each partition returns its version rows in key order; a key is listed
         when the versions of it that no other version supersedes include a live
-        one, so a stale replica cannot bring back a deleted key.  Rows are read
-        in batches: keys below the lowest last key of a full batch are complete.
+        one, so a stale replica cannot bring back a deleted key, and no
+        partition's fence of the bucket covers it (a forced delete through a
+        front end that did not know a partition just added: it may still hold
+        them).  Rows are read in batches: keys below the lowest last key of a
+        full batch are complete.
         """
         names = list(self.replicas.engines)
         batch = max(limit + 1, 64)
@@ -117,10 +120,11 @@ class Listing:
             pages, failures = self.replicas.at_once(names, 'scan', bucket, prefix, after, batch)
             require_coverage(failures, self.n)
             horizon = min((rows[-1][0] for rows in pages.values() if len(rows) == batch), default=None)
+            fence = newest_fence(pages.values()) or -1
             rows_of = {}
             for rows in pages.values():
                 for row in rows:
-                    if horizon is None or row[0] < horizon:
+                    if (horizon is None or row[0] < horizon) and row[3] > fence:
                         rows_of.setdefault(row[0], []).append(row)
             for key in sorted(rows_of):
                 if details:

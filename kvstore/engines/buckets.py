@@ -20,7 +20,7 @@ class Buckets:
         comes from (keys.py, _store; hints.py), as one written before the drop.
         One transaction: a write of the bucket that commits here first is
         removed, one that comes after meets the fence.  Without `dropped`, the
-        rows only (as a partition that lost them: the tests)."""
+        rows only (as a partition that lost them: the tests).  The fence."""
         b = bucket.encode()
 
         def work(cursor):
@@ -31,10 +31,45 @@ class Buckets:
                 column = 'dropped' if table == 'bucket_fences' else 'modified'
                 self._execute(cursor, 'SELECT MAX(%s) FROM %s WHERE bucket = ?' % (column, table), (b,))
                 fence = max(fence, int(cursor.fetchall()[0][0] or 0))
-            self._execute(cursor, 'DELETE FROM bucket_fences WHERE bucket = ?', (b,))
-            self._execute(cursor, 'INSERT INTO bucket_fences (bucket, dropped) VALUES (?, ?)', (b, fence))
+            self._set_fence(cursor, b, fence)
             self._drop_rows(cursor, b)
+            return fence
         return self._transaction(work)
+
+    def fence_bucket(self, bucket, fence):
+        """Take a fence another partition holds (a forced delete through a front
+        end that did not know this partition: sync.py, read repair): raise this
+        partition's fence of the bucket to `fence` and remove what it covers,
+        the versions, hints, idempotency records and bucket record written at
+        or before it, and the pending markers of the versions removed.  What
+        was written after it stays (the bucket created again).  True when the
+        fence was raised."""
+        b = bucket.encode()
+
+        def work(cursor):
+            self._execute(cursor, 'SELECT dropped FROM bucket_fences WHERE bucket = ?' + self.lock_clause, (b,))
+            held = cursor.fetchall()
+            if held and int(held[0][0]) >= fence:
+                return False
+            self._set_fence(cursor, b, fence)
+            for table, column in (('objects', 'bucket'), ('hints', 'bucket'), ('idempotency', 'bucket'),
+                                  ('buckets', 'name')):
+                self._execute(cursor, 'DELETE FROM %s WHERE %s = ? AND modified <= ?' % (table, column), (b, fence))
+            self._execute(cursor, 'DELETE FROM pending WHERE bucket = ? AND NOT EXISTS (SELECT 1 FROM objects'
+                          ' WHERE objects.bucket = pending.bucket AND objects.key_name = pending.key_name'
+                          ' AND objects.version_id = pending.version_id)', (b,))
+            return True
+        return self._transaction(work)
+
+    def bucket_fences(self):
+        """{bucket: fence} of the buckets force-deleted here."""
+        with self._cursor() as cursor:
+            self._execute(cursor, 'SELECT bucket, dropped FROM bucket_fences')
+            return {as_text(b): int(d) for b, d in cursor.fetchall()}
+
+    def _set_fence(self, cursor, b, fence):
+        self._execute(cursor, 'DELETE FROM bucket_fences WHERE bucket = ?', (b,))
+        self._execute(cursor, 'INSERT INTO bucket_fences (bucket, dropped) VALUES (?, ?)', (b, fence))
 
     def _drop_rows(self, cursor, b):
         for table in ('objects', 'pending', 'hints', 'chunks', 'idempotency'):

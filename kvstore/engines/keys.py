@@ -7,7 +7,7 @@ import json
 import time
 
 from kvstore.coordinator.ring import key_point
-from kvstore.coordinator.versions import encode_version_clock, reconcile
+from kvstore.coordinator.versions import Held, encode_version_clock, reconcile
 from kvstore.engines.rows import COLUMNS, as_text, listed_version, prefix_end, row_to_version
 
 
@@ -79,10 +79,28 @@ class Keys:
         pass
 
     def send_read(self, bucket, key):
-        return self.send_query(self._held_query(lock=False), (bucket.encode(), key.encode()))
+        return self.send_query(self._with_fence('SELECT ' + self.held_columns, 'bucket = ? AND key_name = ?'),
+                               (bucket.encode(), bucket.encode(), key.encode()))
 
     def finish_read(self, sent):
-        return [self._held_version(row) for row in self.finish_query(sent)]
+        """Held: the key's versions and its bucket's fence."""
+        fence, rows = self._fenced_rows(self.finish_query(sent))
+        return Held([self._held_version(row) for row in rows], fence)
+
+    @staticmethod
+    def _with_fence(select, where):
+        """A query of a bucket's rows (its first argument the bucket) that also
+        reads the bucket's fence, in a column before them, in the same round
+        trip: one row of NULLs when no row matches, so that the fence comes
+        anyway (_fenced_rows)."""
+        return (select.replace('SELECT ', 'SELECT (SELECT dropped FROM bucket_fences WHERE bucket = ?), ', 1)
+                + ' FROM (SELECT 1 AS here) AS here LEFT JOIN objects ON ' + where)
+
+    @staticmethod
+    def _fenced_rows(rows):
+        """(the fence, the rows without it) of a _with_fence query's answer."""
+        fence = rows[0][0] if rows else None
+        return fence, [row[1:] for row in rows if row[1]]
 
     def coordinate(self, bucket, key, decide, epoch=None, idempotency=None):
         """Lock the key, let decide(held) make the new version, store it.
@@ -95,7 +113,7 @@ class Keys:
             fence_and_clock = self._fence_and_clock(cursor, bucket)
             view = self.read_view(cursor) if epoch is not None else None
             record = self._read_record(cursor, bucket, key, idempotency) if idempotency is not None else None
-            held = self._held(cursor, bucket, key, values=False)
+            held = Held(self._held(cursor, bucket, key, values=False), fence_and_clock[0][0])
             self._saw_change(fence_and_clock[0][2])
             if epoch is not None:
                 self.check_view(view, epoch)
@@ -200,10 +218,11 @@ class Keys:
 
     def scan(self, bucket, prefix, after, limit):
         """Up to `limit` version rows of keys > after that start with prefix, in
-        key byte order: [(key, version_id, deleted, Version with its value left
-        out)].  Tombstones included, so that the caller can tell a deleted key
-        from a stale replica's copy.  The Version is built only when asked for
-        (a call): a listing needs it only where replicas disagree."""
+        key byte order: Held([(key, version_id, deleted, modified, Version with
+        its value left out)], the bucket's fence).  Tombstones included, so
+        that the caller can tell a deleted key from a stale replica's copy.
+        The Version is built only when asked for (a call): a listing needs it
+        only where replicas disagree."""
         return self.finish_scan(self.send_scan(bucket, prefix, after, limit))
 
     def send_scan(self, bucket, prefix, after, limit):
@@ -216,14 +235,15 @@ class Keys:
         if end is not None:
             clauses.append('key_name < ?')
             args.append(end)
-        return self.send_query('SELECT ' + self.scan_columns + ' FROM objects WHERE ' + ' AND '.join(clauses)
-                               + ' ORDER BY key_name LIMIT ?', args + [limit])
+        return self.send_query(self._with_fence('SELECT ' + self.scan_columns, ' AND '.join(clauses))
+                               + ' ORDER BY key_name LIMIT ?', [bucket.encode()] + args + [limit])
 
     def finish_scan(self, sent):
-        rows = [self._scanned(row) for row in self.finish_query(sent)]
-        return [(key.decode(), version_id, deleted, functools.partial(listed_version, version_id, deleted, clock,
-                                                                      modified, size, content_type))
-                for key, version_id, deleted, clock, modified, size, content_type in rows]
+        fence, rows = self._fenced_rows(self.finish_query(sent))
+        return Held([(key.decode(), version_id, deleted, int(modified),
+                      functools.partial(listed_version, version_id, deleted, clock, modified, size, content_type))
+                     for key, version_id, deleted, clock, modified, size, content_type in map(self._scanned, rows)],
+                    fence)
 
     # The columns a listing reads; MySQLEngine packs them into one.
     scan_columns = 'key_name, version_id, deleted, clock, modified, size, content_type'
