@@ -8,7 +8,7 @@ import time
 
 from kvstore.coordinator.ring import key_point
 from kvstore.coordinator.versions import Held, encode_version_clock, reconcile
-from kvstore.engines.rows import COLUMNS, as_text, listed_version, prefix_end, row_to_version
+from kvstore.engines.rows import COLUMNS, as_text, column_count, listed_version, prefix_end, row_to_version
 
 
 class Keys:
@@ -79,7 +79,7 @@ class Keys:
         pass
 
     def send_read(self, bucket, key):
-        return self.send_query(self._with_fence('SELECT ' + self.held_columns, 'bucket = ? AND key_name = ?'),
+        return self.send_query(self._with_fence(self.held_columns, 'objects', 'bucket = ? AND key_name = ?'),
                                (bucket.encode(), bucket.encode(), key.encode()))
 
     def finish_read(self, sent):
@@ -88,19 +88,20 @@ class Keys:
         return Held([self._held_version(row) for row in rows], fence)
 
     @staticmethod
-    def _with_fence(select, where):
-        """A query of a bucket's rows (its first argument the bucket) that also
-        reads the bucket's fence, in a column before them, in the same round
-        trip: one row of NULLs when no row matches, so that the fence comes
-        anyway (_fenced_rows)."""
-        return (select.replace('SELECT ', 'SELECT (SELECT dropped FROM bucket_fences WHERE bucket = ?), ', 1)
-                + ' FROM (SELECT 1 AS here) AS here LEFT JOIN objects ON ' + where)
+    def _with_fence(columns, table, where, page=''):
+        """A query of a bucket's rows (the bucket its first argument) that also
+        reads the bucket's fence in the same round trip: a row of its own,
+        NULL in every column but the first, which the bucket's rows have NULL
+        (_fenced_rows).  page: ORDER BY and LIMIT of the rows."""
+        rows = 'SELECT NULL, %s FROM %s WHERE %s%s' % (columns, table, where, page)
+        return ('SELECT (SELECT dropped FROM bucket_fences WHERE bucket = ?)' + ', NULL' * column_count(columns)
+                + ' UNION ALL ' + ('SELECT * FROM (%s) AS page' % rows if page else rows))
 
     @staticmethod
     def _fenced_rows(rows):
         """(the fence, the rows without it) of a _with_fence query's answer."""
-        fence = rows[0][0] if rows else None
-        return fence, [row[1:] for row in rows if row[1]]
+        fence = next((row[0] for row in rows if row[1] is None), None)
+        return fence, [row[1:] for row in rows if row[1] is not None]
 
     def coordinate(self, bucket, key, decide, epoch=None, idempotency=None):
         """Lock the key, let decide(held) make the new version, store it.
@@ -235,15 +236,15 @@ class Keys:
         if end is not None:
             clauses.append('key_name < ?')
             args.append(end)
-        return self.send_query(self._with_fence('SELECT ' + self.scan_columns, ' AND '.join(clauses))
-                               + ' ORDER BY key_name LIMIT ?', [bucket.encode()] + args + [limit])
+        return self.send_query(self._with_fence(self.scan_columns, 'objects', ' AND '.join(clauses),
+                                                ' ORDER BY key_name LIMIT ?'), [bucket.encode()] + args + [limit])
 
     def finish_scan(self, sent):
         fence, rows = self._fenced_rows(self.finish_query(sent))
+        rows = sorted(map(self._scanned, rows))   # a UNION's rows come in no promised order
         return Held([(key.decode(), version_id, deleted, int(modified),
                       functools.partial(listed_version, version_id, deleted, clock, modified, size, content_type))
-                     for key, version_id, deleted, clock, modified, size, content_type in map(self._scanned, rows)],
-                    fence)
+                     for key, version_id, deleted, clock, modified, size, content_type in rows], fence)
 
     # The columns a listing reads; MySQLEngine packs them into one.
     scan_columns = 'key_name, version_id, deleted, clock, modified, size, content_type'

@@ -22,6 +22,15 @@ def schema_statements():
     return [s.strip() for s in text.split(';') if s.strip()]
 
 
+def column_count(columns):
+    """How many columns a SELECT's list of expressions names (commas outside parentheses)."""
+    depth, count = 0, 1
+    for char in columns:
+        depth += {'(': 1, ')': -1}.get(char, 0)
+        count += char == ',' and depth == 0
+    return count
+
+
 def prefix_end(prefix):
     """The smallest byte string greater than every string starting with prefix."""
     stripped = prefix.rstrip(b'\xff')
