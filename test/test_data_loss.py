@@ -689,6 +689,18 @@ class TestForcedBucketDeleteDuringAConfigurationChange(SyncCase):
         self.assertEqual(self.readable(self.new, everything, r=1), [created])
         self.assertEqual(self.readable(self.old, everything), [created])
 
+    def test_sync_gives_the_added_partition_the_fence(self):
+        keys = self.on_p5(10)
+        self.assertEqual(self.new.record_view()[0]['state'], 'rebalancing')
+        for key in keys:
+            self.new.put(self.bucket, key, b'new ring', 'text/plain', w=3)
+        self.assertEqual(self.old_app.delete('/buckets/%s?force=true' % self.bucket).status_int, 200)
+        results, _, _ = sync_once(config_of(self.five), 'hints')   # no read repaired p5 before
+        self.assertEqual(results['fences'].counts, {'fences_spread': 1}, results['fences'].summary)
+        self.assertEqual([k for k in keys if self.new.engines['p5'].read(self.bucket, k)], [])
+        self.assertEqual(self.readable(self.new, keys, r=1), [])
+        self.assertNotIn('fences', sync_once(config_of(self.five), 'hints')[0])   # once
+
     def test_a_bucket_recreated_after_the_drop_keeps_its_new_writes(self):
         keys = self.on_p5(10)
         self.assertEqual(self.new.record_view()[0]['state'], 'rebalancing')

@@ -20,7 +20,7 @@ class Buckets:
         comes from (keys.py, _store; hints.py), as one written before the drop.
         One transaction: a write of the bucket that commits here first is
         removed, one that comes after meets the fence.  Without `dropped`, the
-        rows only (as a partition that lost them: the tests).  The fence."""
+        rows only (as a partition that lost them: the tests)."""
         b = bucket.encode()
 
         def work(cursor):
@@ -33,7 +33,6 @@ class Buckets:
                 fence = max(fence, int(cursor.fetchall()[0][0] or 0))
             self._set_fence(cursor, b, fence)
             self._drop_rows(cursor, b)
-            return fence
         return self._transaction(work)
 
     def fence_bucket(self, bucket, fence):
