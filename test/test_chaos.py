@@ -227,7 +227,10 @@ class Faults:
             self.faults[name] += 1
 
     def kill_a_worker(self, rng):
-        pids = rng.choice(self.servers).worker_pids()
+        server = rng.choice(self.servers)
+        if server in getattr(self, 'reloading', ()):
+            return   # its workers are being replaced already (SIGHUP)
+        pids = server.worker_pids()
         if pids:
             try:
                 os.kill(rng.choice(pids), signal.SIGKILL)
@@ -271,6 +274,7 @@ class TestChaos(Faults, unittest.TestCase):
 
     def setUp(self):
         self.stop = threading.Event()
+        self.reloading = set()                    # front ends a SIGHUP is reloading: no worker killed there
         self.errors = []                          # tracebacks from the test's own threads
         self.faults = collections.Counter()
         self.acknowledged_keys = {}               # key: value (None: deleted), as a writer was last told
@@ -417,8 +421,9 @@ class TestChaos(Faults, unittest.TestCase):
         """docs/OPERATIONS.md, "Adding a partition", front end by front end: B
         reloaded with p5, the new view recorded by sync.py (its first step)
         while A still places keys by the old ring, then A reloaded."""
-        if self.stop.wait(max(0.0, chaos_began + B_RELOADED - time.monotonic())):
-            return
+        # Not cut short when the chaos ends: a loaded machine may need longer
+        # to reload B and record the view, and the change is seen through.
+        time.sleep(max(0.0, chaos_began + B_RELOADED - time.monotonic()))
         self.reload(self.front_b, dict(self.grown, **self.cut_off))
         with self.sync_lock:
             self.configure_sync(self.grown)
@@ -428,14 +433,15 @@ class TestChaos(Faults, unittest.TestCase):
                 break
         else:
             self.unexpected.append('sync.py did not record the new view: %s' % (result.stdout + result.stderr)[-1000:])
-        if self.stop.wait(max(0.0, chaos_began + A_RELOADED - time.monotonic())):
-            return
+        time.sleep(max(0.0, chaos_began + A_RELOADED - time.monotonic()))
         self.reload(self.front_a, self.grown)
         self.faults['partitions added'] += 1
+        self.a_reloaded_at = time.monotonic() - chaos_began
 
     def reload(self, server, partitions):
         """The configuration file, then SIGHUP, as OPERATIONS.md says; until
         every worker serves it (the ones started after a kill read it too)."""
+        self.reloading.add(server)
         with open(server.config_path, 'w') as f:
             f.write(support.config_text(partitions, **STORE))
         os.kill(server.process.pid, signal.SIGHUP)
@@ -447,9 +453,12 @@ class TestChaos(Faults, unittest.TestCase):
                 return status == 200 and len(json.loads(body)['partitions']) == len(partitions)
             except (OSError, http.client.HTTPException, ValueError):
                 return False
-        if not support.wait_until(lambda: all(reloaded() for _ in range(2 * WORKERS)), QUIET_TIMEOUT, 0.2):
-            self.unexpected.append('port %d did not load the new configuration' % server.port)
-        client.close()
+        try:
+            if not support.wait_until(lambda: all(reloaded() for _ in range(2 * WORKERS)), 2 * QUIET_TIMEOUT, 0.2):
+                self.unexpected.append('port %d did not load the new configuration' % server.port)
+        finally:
+            self.reloading.discard(server)
+            client.close()
 
     def black_hole_b(self, rng):
         self.proxy.black_hole()
@@ -547,6 +556,8 @@ class TestChaos(Faults, unittest.TestCase):
             # Writes repeated until their outcome is known may go on once the faults end.
             for thread in workers:
                 thread.join(max(0.0, deadline + QUIET_TIMEOUT + 3 * REQUEST_TIMEOUT - time.monotonic()))
+            # The other faults go on until the partition is added everywhere.
+            faults[-1].join(max(0.0, began + 2 * (CHAOS_SECONDS + QUIET_TIMEOUT) - time.monotonic()))
         finally:
             self.stop.set()
             for thread in faults:
@@ -596,14 +607,15 @@ class TestChaos(Faults, unittest.TestCase):
               '(increments: %d acknowledged, %d refused with 412, final value %s; keys: %d acknowledged, '
               '%d reads without the value, %d with siblings of one value (%d with an idempotency key), through '
               'both front ends; deletes: %d acknowledged; bucket drops: %d answered 200, %d of its keys '
-              'acknowledged before one; sync.py runs to complete the rebalance: %d; faults: %s)'
+              'acknowledged before one; sync.py runs to complete the rebalance: %d; A reloaded at %.1f s of '
+              '%.0f; faults: %s)'
               % (total['increments tried'] + total['writes tried'] + total['deletes tried'], acknowledged, unknown,
                  repeated, abs((final or 0) - total['increments acknowledged']) + len(missing), len(twice),
                  len(resurrected), total['increments acknowledged'], total['increments refused'], final,
                  total['writes acknowledged'], len(missing), len(doubled), sum(i for i, _ in doubled),
                  total['deletes acknowledged'], len(self.drops),
                  sum(any(a < b for b, _ in self.drops) for *_, a in self.dropped_keys), len(runs),
-                 ', '.join('%d %s' % (n, name) for name, n in sorted(self.faults.items()))))
+                 getattr(self, 'a_reloaded_at', -1), CHAOS_SECONDS, ', '.join('%d %s' % (n, name) for name, n in sorted(self.faults.items()))))
         details = dict(total)
         self.assertEqual(self.unexpected[:10], [], details)
         # Exactly once: every increment's outcome became known, and the counter
