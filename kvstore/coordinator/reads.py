@@ -11,7 +11,7 @@ from kvstore.coordinator.validation import quorums
 from kvstore.coordinator.versions import context_of, live, reconcile, resolve
 from kvstore import metrics
 from kvstore.engines import PartitionError
-from kvstore.errors import Unavailable
+from kvstore.errors import StoreError, Unavailable
 
 log = logging.getLogger('kvstore.datastore')
 
@@ -45,7 +45,41 @@ class Reader:
         props = self.buckets.properties_cached(bucket)
         r, pr = quorums(self.config, props, r=r, pr=pr)
         preference, fallbacks = self.placement.of(bucket, key)
-        replies, failures = self._ask(bucket, key, preference, fallbacks, max(r, pr))
+        wanted = max(r, pr)
+        replies, failures = self.replicas.at_once(preference[:wanted], 'read', bucket, key)
+        return self._conclude(bucket, key, props, r, pr, preference, fallbacks, replies, failures)
+
+    def get_many(self, bucket, keys, r=None, pr=None):
+        """get() of many keys of a bucket (distinct): each partition asked for
+        all the keys it is among the first max(r, pr) owners of in one query,
+        every partition at once.  {key: Read, or the StoreError of its read}."""
+        props = self.buckets.properties_cached(bucket)
+        r, pr = quorums(self.config, props, r=r, pr=pr)
+        wanted = max(r, pr)
+        placed, asked = {}, {}
+        for key in keys:
+            placed[key] = self.placement.of(bucket, key)
+            for p in placed[key][0][:wanted]:
+                asked.setdefault(p, []).append(key)
+        answers, failed = self.replicas.at_once(list(asked), 'read_many',
+                                                each={p: (bucket, among) for p, among in asked.items()})
+        reads = {}
+        for key, (preference, fallbacks) in placed.items():
+            replies = {p: answers[p].get(key, []) for p in preference[:wanted] if p in answers}
+            failures = {p: failed[p] for p in preference[:wanted] if p in failed}
+            try:
+                reads[key] = self._conclude(bucket, key, props, r, pr, preference, fallbacks, replies, failures)
+            except StoreError as e:
+                reads[key] = e
+        return reads
+
+    def _conclude(self, bucket, key, props, r, pr, preference, fallbacks, replies, failures):
+        """A key's Read from the replies of the first owners asked
+        ({partition: versions}; failures: {partition: reason}): in place of
+        those that failed, the next owners, then fallbacks' hints."""
+        wanted = max(r, pr)
+        if len(replies) < wanted:
+            self._ask_more(bucket, key, preference, fallbacks, wanted, replies, failures)
         owners = sum(1 for p in replies if p in preference)
         if len(replies) < r or owners < pr:
             raise Unavailable('%d replicas answered the read, %d of them owners; it needs %d, %d of them owners'
@@ -59,21 +93,17 @@ class Reader:
         return Read(versions=versions, preference_list=preference, replicas=sorted(replies),
                     partitions=tuple(self.replicas.engines))
 
-    def _ask(self, bucket, key, preference, fallbacks, wanted):
-        """The versions `wanted` replicas hold: the first owners at once, then
-        in place of those that failed the next owners, then fallbacks' hints.
-        ({partition: versions}, {partition: reason})."""
+    def _ask_more(self, bucket, key, preference, fallbacks, wanted, replies, failures):
+        """Add to replies (and failures) the versions of as many more replicas
+        as it takes to have `wanted`: the next owners, then fallbacks' hints."""
         def read(p):
             # An owner answers from its objects; a fallback from the hints it holds.
             return self.replicas.call(p, 'read' if p in preference else 'read_hints', bucket, key)
-        replies, failures = self.replicas.at_once(preference[:wanted], 'read', bucket, key)
-        if len(replies) < wanted:
-            more, failed = self.replicas.fan_out(
-                [p for p in preference + fallbacks if p not in replies and p not in failures],
-                read, launch=wanted - len(replies), needed=wanted - len(replies))
-            replies.update(more)
-            failures.update(failed)
-        return replies, failures
+        more, failed = self.replicas.fan_out(
+            [p for p in preference + fallbacks if p not in replies and p not in failures],
+            read, launch=wanted - len(replies), needed=wanted - len(replies))
+        replies.update(more)
+        failures.update(failed)
 
     def repair(self, bucket, key, replies, versions):
         """Send owners that answered with less than the current set what they lack."""

@@ -60,6 +60,20 @@ def refuse_bad_writes(failures):
         raise InsufficientStorage('no replica of the key has room for the write', failed=failures)
 
 
+def must_exist(bucket, key, check=None):
+    """A delete's check(current live versions): NotFound without one, then check's."""
+    def check_deleted(current):
+        if not current:
+            raise NotFound('no key %r in bucket %r' % (key, bucket))
+        if check:
+            check(current)
+    return check_deleted
+
+
+def make_tombstone(seen, dot):
+    return Version.new(seen, dot, b'', '', deleted=True)
+
+
 class Writer:
     def __init__(self, config, replicas, placement, buckets, chunks, decider, handoff, settling):
         self.config = config
@@ -104,14 +118,8 @@ class Writer:
 
     def delete(self, bucket, key, context=None, check=None, w=None, conditional=False, pw=None, idempotency=None):
         """Write a tombstone; NotFound when there is no live version."""
-        def must_exist(current):
-            if not current:
-                raise NotFound('no key %r in bucket %r' % (key, bucket))
-            if check:
-                check(current)
         def tombstone():
-            return self.write(bucket, key, context, must_exist, w,
-                              lambda seen, dot: Version.new(seen, dot, b'', '', deleted=True),
+            return self.write(bucket, key, context, must_exist(bucket, key, check), w, make_tombstone,
                               conditional=conditional, pw=pw, idempotency=idempotency and idempotency.for_body(''))
         try:
             return tombstone()
@@ -179,7 +187,15 @@ class Writer:
                                hints={}, down={}, replayed=True)
         replication = Replication(self.replicas, self.handoff, self.settling, bucket, key, coordinator, version,
                                   held, preference, fallbacks, failures)
-        acknowledged, hints, down = replication.run(w, started)
+        return self.receipt(version, held, preference, coordinator, replication.run(w, started), w, pw, recorded)
+
+    @staticmethod
+    def receipt(version, held, preference, coordinator, outcome, w, pw, recorded=None):
+        """The Receipt of a version its coordinator stored (held: what it held
+        before) and replication's outcome (acknowledged, hints, down) gave
+        to the other owners; Unavailable when fewer than w replicas (pw of
+        them owners) hold it.  recorded: an earlier attempt's record (replayed)."""
+        acknowledged, hints, down = outcome
         if len(acknowledged) + len(hints) < w or len(acknowledged) < pw:
             raise Unavailable('%d replicas acknowledged the write, %d of them owners; it needs %d, %d of '
                               'them owners.  It may have been applied on %s'
@@ -225,7 +241,7 @@ class Writer:
         for coordinator in candidates:
             try:
                 held, version = self.replicas.call(coordinator, 'coordinate', bucket, key,
-                                                   self._decision(coordinator, context, check, make), epoch,
+                                                   self.decision(coordinator, context, check, make), epoch,
                                                    idempotency)
                 return coordinator, held, version, failures
             except PartitionError as e:
@@ -246,7 +262,7 @@ class Writer:
             for other in deciders[1:]:
                 self.replicas.call(other, 'copy_chunks', bucket, key, probe)
             held, version = self.decider.coordinate(deciders, epoch, bucket, key,
-                                                    self._decision(coordinator, context, check, make), idempotency)
+                                                    self.decision(coordinator, context, check, make), idempotency)
         except PartitionError as e:
             refuse_bad_writes({e.partition: e.reason})
             raise Unavailable('a conditional write is decided by the key\'s first owners in the rings '
@@ -254,7 +270,7 @@ class Writer:
                               % (', '.join(deciders), e.partition), failed={e.partition: e.reason})
         return coordinator, held, version, {}
 
-    def _decision(self, coordinator, context, check, make):
+    def decision(self, coordinator, context, check, make):
         """decide(held) for engine.coordinate: check the versions the
         coordinator holds (raising to refuse), and build the new version."""
         engines = self.replicas.engines

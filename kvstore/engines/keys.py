@@ -84,6 +84,68 @@ class Keys:
     def finish_read(self, sent):
         return [self._held_version(row) for row in self.finish_query(sent)]
 
+    # Many keys of a bucket (a batch, coordinator/batches.py): one statement
+    # to read them, one transaction to coordinate or apply their writes.
+    def send_read_many(self, bucket, keys):
+        return self.send_query(self._held_many_query(len(keys), lock=False),
+                               [bucket.encode()] + [k.encode() for k in keys])
+
+    def finish_read_many(self, sent):
+        """{key: [Version]} of the keys found (a key without versions is left out)."""
+        found = {}
+        for row in self.finish_query(sent):
+            found.setdefault(as_text(row[0]), []).append(self._held_version(row[1:]))
+        return found
+
+    def _held_many_query(self, count, lock=True, values=True):
+        return ('SELECT key_name, ' + (self.held_columns if values else self.held_columns_without_value)
+                + ' FROM objects WHERE bucket = ? AND key_name IN (%s)' % ', '.join(['?'] * count)
+                + (self.lock_clause if lock else ''))
+
+    def coordinate_many(self, bucket, writes):
+        """coordinate() for many keys of a bucket in one transaction, under
+        every key's lock (writes: [(key, decide)], keys distinct): one locking
+        read of them all, decide(held) for each (None: that key stays as it
+        is), their versions stored with the commit.  Returns, in order,
+        (held, version or None) of each write."""
+        keys = [key for key, _ in writes]
+
+        def work(cursor):
+            fence_and_clock = self._fence_and_clock(cursor, bucket)
+            self._execute(cursor, self._held_many_query(len(keys), values=False),
+                          [bucket.encode()] + [k.encode() for k in keys])
+            held_of = {}
+            for row in cursor.fetchall():
+                held_of.setdefault(as_text(row[0]), []).append(self._held_version(row[1:]))
+            outcomes = []
+            for key, decide in writes:
+                held = held_of.get(key, [])
+                version = decide(held)
+                outcomes.append((held, version))
+                if version is None:
+                    continue
+                self._after_fence(fence_and_clock, version)
+                self._store(cursor, bucket, key, [v.version_id for v in held if version.supersedes(v)], version)
+            return outcomes
+        return self._transaction(work, [(bucket, key) for key in keys])
+
+    def send_apply_many(self, bucket, items):
+        """A replica takes the versions of many keys, as apply(bucket, key,
+        version, superseded) for each of items [(key, version, superseded)],
+        in one transaction.  Here it all happens at once; finish_apply_many:
+        [kept] in order."""
+        held_ids = self._transaction(
+            lambda cursor: [self._replace(cursor, bucket, key, version, superseded)
+                            for key, version, superseded in items], [(bucket, key) for key, _, _ in items])
+        return self._kept_many(bucket, items, held_ids)
+
+    def finish_apply_many(self, sent):
+        return sent
+
+    def _kept_many(self, bucket, items, held_ids):
+        return [self._keep_applied(bucket, key, version, superseded, ids)
+                for (key, version, superseded), ids in zip(items, held_ids)]
+
     def coordinate(self, bucket, key, decide, epoch=None, idempotency=None):
         """Lock the key, let decide(held) make the new version, store it.
         epoch: the view the front end placed the key by (a conditional write):

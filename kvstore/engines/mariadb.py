@@ -29,11 +29,12 @@ MYSQL_DENIED = (1044, 1142, 1143, 1227, 1370)
 
 
 class Sent:
-    """A MySQL query sent and not yet answered: the connection its answers come on."""
-    __slots__ = ('conn',)
+    """A MySQL query sent and not yet answered: the connection its answers
+    come on (and what was asked, when reading the answer needs it)."""
+    __slots__ = ('conn', 'request')
 
-    def __init__(self, conn):
-        self.conn = conn
+    def __init__(self, conn, request=None):
+        self.conn, self.request = conn, request
 
 
 class BatchingCursor(mysqlwire.Cursor):
@@ -265,6 +266,18 @@ class MySQLEngine(SQLEngine):
             [row] = mysqlwire.read_rows(conn)
         self.pool.release(conn)
         return [as_text(held).split(',') if held else [] for held in row[:count]]
+
+    def send_apply_many(self, bucket, items):
+        """A batch's versions for this replica [(key, version, superseded)]:
+        sent as one transaction, as coalesced replica writes are (_send_applies)."""
+        return Sent(self._send_applies([(bucket, key, version, superseded) for key, version, superseded in items]),
+                    (bucket, items))
+
+    def finish_apply_many(self, sent):
+        conn, sent.conn = sent.conn, None
+        bucket, items = sent.request
+        held_ids = self._read_applies(conn, len(items))
+        return self._kept_many(bucket, items, held_ids)
 
     def finish_apply(self, sent):
         if not isinstance(sent, Ticket):
