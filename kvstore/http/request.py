@@ -1,5 +1,6 @@
 """Reading a request: its query, its body (a document, a value, a form), the
 quorums and causal context it asks for."""
+import functools
 import io
 import json
 import re
@@ -127,6 +128,7 @@ def request_value():
     return body, content_type
 
 
+@functools.lru_cache(maxsize=256)   # a batch's values share a few types: each checked once
 def check_content_type(content_type):
     """A value's media type as the store keeps it (400 bad_header otherwise)."""
     if mediatypes.single_type(content_type) is None:
