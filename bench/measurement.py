@@ -161,7 +161,10 @@ class Target:
 
 
 def row_connections(args, row):
-    """wrk's connections for a row: a quarter of them for 1 MiB values."""
+    """wrk's connections for a row: a quarter of them for 1 MiB values, an
+    eighth for batches (each a hundred keys in flight)."""
+    if row.per_request > 1:
+        return max(1, args.connections // 8)
     return max(1, args.connections // 4) if row.big else args.connections
 
 

@@ -102,6 +102,15 @@ class TestBatchesOnMariaDB(Batches, support.OnMariaDB, ApiSpecification, unittes
         self.assertEqual(resolved['siblings'], 1)
         self.assertEqual(self.get('sib').body, b'both')
 
+    def test_a_bucket_deleted_with_force_and_written_again_by_a_batch_keeps_the_new_writes(self):
+        self.put_many({'a': 'old', 'b': 'old'}, params='?w=all')
+        self.app.delete('/buckets/%s?force=true' % self.bucket)
+        self.assertEqual({k: i['status'] for k, i in self.get_many(['a', 'b']).items()}, {'a': 404, 'b': 404})
+        # The fence the delete left refuses only versions dated before it.
+        self.assertEqual([i['status'] for i in self.put_many({'a': 'new', 'c': 'new'}, params='?w=all')], [201, 201])
+        self.assertEqual({k: i.get('value') for k, i in self.get_many(['a', 'b', 'c'], params='?r=all').items()},
+                         {'a': 'new', 'b': None, 'c': 'new'})
+
     def test_quorums_of_the_query_apply_to_every_operation(self):
         self.assertEqual([i['status'] for i in self.put_many({'a': '1', 'b': '2'}, params='?w=all&pw=3')],
                          [201, 201])

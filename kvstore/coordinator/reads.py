@@ -84,10 +84,15 @@ class Reader:
         if len(replies) < r or owners < pr:
             raise Unavailable('%d replicas answered the read, %d of them owners; it needs %d, %d of them owners'
                               % (len(replies), owners, r, pr), failed=failures)
-        versions = resolve(replies.values())
+        held = list(replies.values())
+        # Replicas that agree (nearly always) need neither merging nor repair.
+        agreed = all(len(h) == len(held[0]) and {v.version_id for v in h} == {v.version_id for v in held[0]}
+                     for h in held[1:])
+        versions = resolve(held[:1] if agreed else held)
         if not versions:   # during a view change the key may be on its previous owners only
-            versions = self.placement.read_previous_owners(bucket, key, preference, replies)
-        self.repair(bucket, key, {p: held for p, held in replies.items() if p in preference}, versions)
+            versions, agreed = self.placement.read_previous_owners(bucket, key, preference, replies), False
+        if not agreed:
+            self.repair(bucket, key, {p: h for p, h in replies.items() if p in preference}, versions)
         if len(versions) > 1 and props['conflicts'] == 'lww':
             versions = versions[-1:]   # the last writer wins
         return Read(versions=versions, preference_list=preference, replicas=sorted(replies),

@@ -46,6 +46,18 @@ class Keys:
                           (b, k) + self._version_columns(version) + (key_point(bucket, key),) + tuple(seq)
                           + (b, version.modified))
 
+    def _store_many(self, cursor, bucket, drops, versions, if_absent=False):
+        """_store for many keys of a bucket: drop the versions drops [(key,
+        version_id)], add versions [(key, version)].  Here one key at a time;
+        MySQLEngine does it in two statements and a third for the fence."""
+        dropped = {}
+        for key, version_id in drops:
+            dropped.setdefault(key, []).append(version_id)
+        for key, version in versions:
+            self._store(cursor, bucket, key, dropped.pop(key, []), version, if_absent)
+        for key, version_ids in dropped.items():
+            self._store(cursor, bucket, key, version_ids, None)
+
     # An INSERT ... SELECT of one row, unless a forced bucket delete fenced the
     # version off (Buckets.drop_keys): its arguments are the bucket and the
     # version's modification time.
@@ -117,15 +129,16 @@ class Keys:
             held_of = {}
             for row in cursor.fetchall():
                 held_of.setdefault(as_text(row[0]), []).append(self._held_version(row[1:]))
-            outcomes = []
+            outcomes, drops, versions = [], [], []
             for key, decide in writes:
                 held = held_of.get(key, [])
                 version = decide(held)
                 outcomes.append((held, version))
-                if version is None:
-                    continue
-                self._after_fence(fence_and_clock, version)
-                self._store(cursor, bucket, key, [v.version_id for v in held if version.supersedes(v)], version)
+                if version is not None:
+                    self._after_fence(fence_and_clock, version)
+                    drops += [(key, v.version_id) for v in held if version.supersedes(v)]
+                    versions.append((key, version))
+            self._store_many(cursor, bucket, drops, versions)
             return outcomes
         return self._transaction(work, [(bucket, key) for key in keys])
 

@@ -13,6 +13,7 @@ import pymysql
 from kvstore.engines import mysqlwire
 from kvstore.engines.coalescing import ApplyQueue, Ticket
 from kvstore.engines.failures import BAD_DATA, FULL, LOCK_CONFLICT, REFUSED, PartitionError
+from kvstore.coordinator.ring import key_point
 from kvstore.engines.rows import COLUMNS, as_text, row_to_version
 from kvstore.engines.sql import SQLEngine
 
@@ -268,16 +269,50 @@ class MySQLEngine(SQLEngine):
         return [as_text(held).split(',') if held else [] for held in row[:count]]
 
     def send_apply_many(self, bucket, items):
-        """A batch's versions for this replica [(key, version, superseded)]:
-        sent as one transaction, as coalesced replica writes are (_send_applies)."""
-        return Sent(self._send_applies([(bucket, key, version, superseded) for key, version, superseded in items]),
-                    (bucket, items))
+        """A batch's versions for this replica [(key, version, superseded)],
+        as one transaction in one multi-statement: the keys' locks, one
+        locking read of their ids (its rows the answer), the superseded
+        dropped and the versions added (_store_many), the commit."""
+        keys = [key for key, _, _ in items]
+
+        def statement(conn):
+            batch = BatchingCursor(conn, self._key_locks([(bucket, key) for key in keys]))
+            batch.hold('SELECT key_name, version_id FROM objects WHERE bucket = %%s AND key_name IN (%s)%s'
+                       % (', '.join(['%s'] * len(keys)), self.lock_clause), [bucket.encode()] + [k.encode() for k in keys])
+            self._store_many(batch, bucket, [(key, version_id) for key, _, superseded in items for version_id in superseded],
+                             [(key, version) for key, version, _ in items], if_absent=True)
+            return ';\n'.join(batch.statements())
+        return Sent(self._send(statement).conn, (bucket, items))
 
     def finish_apply_many(self, sent):
-        conn, sent.conn = sent.conn, None
         bucket, items = sent.request
-        held_ids = self._read_applies(conn, len(items))
-        return self._kept_many(bucket, items, held_ids)
+        held = {}
+        for key, version_id in self.finish_query(sent):
+            held.setdefault(as_text(key), []).append(as_text(version_id))
+        return self._kept_many(bucket, items, [held.get(key, []) for key, _, _ in items])
+
+    def _store_many(self, cursor, bucket, drops, versions, if_absent=False):
+        """_store for many keys in three statements: one DELETE of the
+        superseded, one multi-row INSERT, then, in place of _store's
+        unfenced_clause, one DELETE of the rows just added that a forced
+        bucket delete fenced off (dated at or before its fence): the same
+        check, at the same point of the transaction."""
+        b = bucket.encode()
+        if drops:
+            self._execute(cursor, 'DELETE FROM objects WHERE bucket = ? AND (%s)' % ' OR '.join(
+                ['(key_name = ? AND version_id = ?)'] * len(drops)),
+                [b] + [part for key, version_id in drops for part in (key.encode(), version_id.encode())])
+        if not versions:
+            return
+        row = '(%s)' % ', '.join(['?'] * (COLUMNS.count(',') + 4))
+        self._execute(cursor, 'INSERT INTO objects (bucket, key_name, ' + COLUMNS + ', point) VALUES '
+                      + ', '.join([row] * len(versions)) + (self.if_absent_clause if if_absent else ''),
+                      [part for key, version in versions for part in
+                       (b, key.encode()) + self._version_columns(version) + (key_point(bucket, key),)])
+        self._execute(cursor, 'DELETE FROM objects WHERE bucket = ? AND key_name IN (%s) AND version_id IN (%s)'
+                      ' AND modified <= (SELECT COALESCE(MAX(dropped), -1) FROM bucket_fences WHERE bucket = ?)'
+                      % (', '.join(['?'] * len(versions)), ', '.join(['?'] * len(versions))),
+                      [b] + [key.encode() for key, _ in versions] + [v.version_id.encode() for _, v in versions] + [b])
 
     def finish_apply(self, sent):
         if not isinstance(sent, Ticket):
