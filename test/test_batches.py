@@ -7,12 +7,11 @@ import json
 import threading
 import unittest
 
-from kvstore.engines import mysqlwire
 from kvstore.http.batches import MAX_BATCH_BYTES, MAX_OPERATIONS
 from test import support
 from test.api_base import ApiSpecification
 from test.mariadb import shared_cluster
-from test.test_failures import FAST, keys_on, server_of
+from test.test_failures import FAST, FailureCase, keys_on, server_of
 
 BATCH = '/buckets/%s/batch'
 
@@ -122,29 +121,13 @@ class TestBatchesOnMariaDB(Batches, support.OnMariaDB, ApiSpecification, unittes
     def test_a_batch_goes_to_each_partition_as_one_query_not_one_per_key(self):
         keys = ['key-%d' % i for i in range(100)]
         self.put_many({'warm-%d' % i: 'v' for i in range(20)})   # connections open, the bucket's properties cached
-        counted = count_queries(lambda: self.put_many({k: 'v' for k in keys}))
+        counted = len(support.sent_queries(lambda: self.put_many({k: 'v' for k in keys})))
         # A coordinator: the locking read, then the writes with the commit; a
         # replica: one compound statement.  Four partitions.
         self.assertLessEqual(counted, 4 * 2 + 4, counted)
-        counted = count_queries(lambda: self.get_many(keys))
+        counted = len(support.sent_queries(lambda: self.get_many(keys)))
         self.assertLessEqual(counted, 4, counted)
         self.assertEqual({i['status'] for i in self.get_many(keys).values()}, {200})
-
-
-def count_queries(run):
-    """The queries the engines send to MariaDB while run() runs (mysqlwire.send)."""
-    sent = [0]
-    send = mysqlwire.send
-
-    def counting(conn, sql):
-        sent[0] += 1
-        return send(conn, sql)
-    mysqlwire.send = counting
-    try:
-        run()
-    finally:
-        mysqlwire.send = send
-    return sent[0]
 
 
 class TestRefusedBatches(Batches, support.OnMariaDB, ApiSpecification, unittest.TestCase):
@@ -210,19 +193,8 @@ class TestRefusedBatches(Batches, support.OnMariaDB, ApiSpecification, unittest.
         self.assertError(response, 400, 'bad_header')
 
 
-class BatchFailureCase(Batches, unittest.TestCase):
+class BatchFailureCase(Batches, FailureCase):
     """Four partitions on the shared cluster, N=3, R=2, W=2, short timeouts."""
-
-    def setUp(self):
-        self.cluster = shared_cluster()
-        self.partitions = support.mariadb_partitions(self.cluster)
-        self.store = support.open_store(self.partitions, **FAST)
-        self.app = support.web_app(self.store)
-        self.bucket = support.unique()
-
-    def tearDown(self):
-        self.store.close()
-        shared_cluster()   # restarts killed servers, resumes paused ones
 
     def read_back(self, keys):
         """What a fresh front end reads of keys once every server is back, r=2."""
