@@ -5,8 +5,10 @@ that a batch goes to each partition as one query, not one per key."""
 import base64
 import json
 import threading
+import time
 import unittest
 
+from kvstore.coordinator.versions import Version
 from kvstore.http.batches import MAX_BATCH_BYTES, MAX_OPERATIONS
 from test import support
 from test.api_base import ApiSpecification
@@ -109,6 +111,17 @@ class TestBatchesOnMariaDB(Batches, support.OnMariaDB, ApiSpecification, unittes
         self.assertEqual([i['status'] for i in self.put_many({'a': 'new', 'c': 'new'}, params='?w=all')], [201, 201])
         self.assertEqual({k: i.get('value') for k, i in self.get_many(['a', 'b', 'c'], params='?r=all').items()},
                          {'a': 'new', 'b': None, 'c': 'new'})
+
+    def test_a_replica_refuses_the_versions_of_a_batch_dated_before_its_bucket_was_dropped(self):
+        engine = self.store.engines['p1']
+        before = [Version.new({}, (engine.actor, i + 1), b'old', 'text/plain') for i in range(3)]
+        time.sleep(0.01)
+        engine.drop_keys(self.bucket, dropped=time.time_ns() // 1000)
+        after = Version.new({}, (engine.actor, 9), b'new', 'text/plain')
+        items = [('old%d' % i, v, []) for i, v in enumerate(before)] + [('new', after, [])]
+        engine.finish_apply_many(engine.send_apply_many(self.bucket, items))   # counted as before the drop
+        self.assertEqual({k: [v.value for v in engine.read(self.bucket, k)] for k, _, _ in items},
+                         {'old0': [], 'old1': [], 'old2': [], 'new': [b'new']})
 
     def test_quorums_of_the_query_apply_to_every_operation(self):
         self.assertEqual([i['status'] for i in self.put_many({'a': '1', 'b': '2'}, params='?w=all&pw=3')],

@@ -282,12 +282,20 @@ class MySQLEngine(SQLEngine):
             self._store_many(batch, bucket, [(key, version_id) for key, _, superseded in items for version_id in superseded],
                              [(key, version) for key, version, _ in items], if_absent=True)
             return ';\n'.join(batch.statements())
-        return Sent(self._send(statement).conn, (bucket, items))
+        return Sent(self._send(statement).conn, (bucket, items, statement))
 
     def finish_apply_many(self, sent):
-        bucket, items = sent.request
+        bucket, items, statement = sent.request
+        try:
+            rows = self.finish_query(sent)
+        except PartitionError as e:
+            if e.reason != LOCK_CONFLICT:
+                raise
+            # InnoDB chose it as a deadlock's victim (its locks were rolled
+            # back with it): sent again, with backoff, as a transaction is.
+            rows = self._retrying(lambda: self.finish_query(self._send(statement)))
         held = {}
-        for key, version_id in self.finish_query(sent):
+        for key, version_id in rows:
             held.setdefault(as_text(key), []).append(as_text(version_id))
         return self._kept_many(bucket, items, [held.get(key, []) for key, _, _ in items])
 
@@ -309,10 +317,14 @@ class MySQLEngine(SQLEngine):
                       + ', '.join([row] * len(versions)) + (self.if_absent_clause if if_absent else ''),
                       [part for key, version in versions for part in
                        (b, key.encode()) + self._version_columns(version) + (key_point(bucket, key),)])
-        self._execute(cursor, 'DELETE FROM objects WHERE bucket = ? AND key_name IN (%s) AND version_id IN (%s)'
-                      ' AND modified <= (SELECT COALESCE(MAX(dropped), -1) FROM bucket_fences WHERE bucket = ?)'
+        # A join from the fence: with no fence (nearly always) no row of
+        # objects is read, and none locked (a locking scan of others' rows
+        # would have writers of neighbouring keys deadlock).
+        self._execute(cursor, 'DELETE objects FROM bucket_fences JOIN objects ON objects.bucket = bucket_fences.bucket'
+                      ' WHERE bucket_fences.bucket = ? AND objects.key_name IN (%s) AND objects.version_id IN (%s)'
+                      ' AND objects.modified <= bucket_fences.dropped'
                       % (', '.join(['?'] * len(versions)), ', '.join(['?'] * len(versions))),
-                      [b] + [key.encode() for key, _ in versions] + [v.version_id.encode() for _, v in versions] + [b])
+                      [b] + [key.encode() for key, _ in versions] + [v.version_id.encode() for _, v in versions])
 
     def finish_apply(self, sent):
         if not isinstance(sent, Ticket):
