@@ -61,8 +61,9 @@ class Reader:
             placed[key] = self.placement.of(bucket, key)
             for p in placed[key][0][:wanted]:
                 asked.setdefault(p, []).append(key)
+        parsed = {}   # a version two owners hold is built once
         answers, failed = self.replicas.at_once(list(asked), 'read_many',
-                                                each={p: (bucket, among) for p, among in asked.items()})
+                                                each={p: (bucket, among, parsed) for p, among in asked.items()})
         reads = {}
         for key, (preference, fallbacks) in placed.items():
             replies = {p: answers[p].get(key, []) for p in preference[:wanted] if p in answers}

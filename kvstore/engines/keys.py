@@ -98,15 +98,28 @@ class Keys:
 
     # Many keys of a bucket (a batch, coordinator/batches.py): one statement
     # to read them, one transaction to coordinate or apply their writes.
-    def send_read_many(self, bucket, keys):
+    def send_read_many(self, bucket, keys, parsed=None):
+        """parsed: a dict the partitions asked for the same keys share, so
+        that a version several of them hold is built once (finish_read_many)."""
         return self.send_query(self._held_many_query(len(keys), lock=False),
-                               [bucket.encode()] + [k.encode() for k in keys])
+                               [bucket.encode()] + [k.encode() for k in keys]), parsed
+
+    def _read_many_answer(self, sent):
+        """(rows, parsed) of a send_read_many."""
+        return self.finish_query(sent[0]), sent[1]
 
     def finish_read_many(self, sent):
         """{key: [Version]} of the keys found (a key without versions is left out)."""
+        rows, parsed = self._read_many_answer(sent)
         found = {}
-        for row in self.finish_query(sent):
-            found.setdefault(as_text(row[0]), []).append(self._held_version(row[1:]))
+        for row in rows:
+            stored = row[1:]
+            version = parsed.get(stored) if parsed is not None else None
+            if version is None:
+                version = self._held_version(stored)
+                if parsed is not None and not version.chunk_size:   # a chunked one reads its chunks here
+                    parsed[stored] = version
+            found.setdefault(as_text(row[0]), []).append(version)
         return found
 
     def _held_many_query(self, count, lock=True, values=True):

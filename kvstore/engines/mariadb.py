@@ -268,6 +268,15 @@ class MySQLEngine(SQLEngine):
         self.pool.release(conn)
         return [as_text(held).split(',') if held else [] for held in row[:count]]
 
+    def send_read_many(self, bucket, keys, parsed=None):
+        sent, _ = super().send_read_many(bucket, keys)
+        sent.request = parsed
+        return sent
+
+    def _read_many_answer(self, sent):
+        parsed = sent.request
+        return self.finish_query(sent), parsed
+
     def send_apply_many(self, bucket, items):
         """A batch's versions for this replica [(key, version, superseded)],
         as one transaction in one multi-statement: the keys' locks, one
