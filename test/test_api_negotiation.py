@@ -28,6 +28,14 @@ class NegotiationSpecification(ApiSpecification):
         xml = self.get('b', headers={'Accept': 'application/xml'})
         self.assertEqual(ET.fromstring(xml.body).find('key').text, 'b')
 
+    def test_a_record_etag_names_the_type_the_record_is_sent_in(self):
+        self.put('b', b'\xff\x00', content_type='application/x-bin')
+        for accept in ('text/*', 'application/xml, text/xml',
+                       'text/html;q=0.5, text/*;q=0.5', 'text/plain, application/json'):
+            got = self.get('b', headers={'Accept': accept})
+            sent = got.headers['Content-Type'].split(';')[0]
+            self.assertTrue(got.headers['ETag'].endswith(':%s"' % sent), (accept, got.headers['ETag'], sent))
+
     def test_value_unacceptable_in_every_form_is_406(self):
         self.put('t', b'text', content_type='text/csv')
         self.assertError(self.get('t', headers={'Accept': 'image/png'}, status=406), 406, 'not_acceptable')

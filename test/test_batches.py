@@ -123,6 +123,28 @@ class TestBatchesOnMariaDB(Batches, support.OnMariaDB, ApiSpecification, unittes
         self.assertEqual({k: [v.value for v in engine.read(self.bucket, k)] for k, _, _ in items},
                          {'old0': [], 'old1': [], 'old2': [], 'new': [b'new']})
 
+    def test_a_batch_s_writes_are_in_the_change_feed_each_once(self):
+        written = {i['key']: i['etag'] for i in self.put_many({'k%02d' % i: 'v' for i in range(30)})}
+        deleted = self.batch([{'op': 'delete', 'key': 'k00'}, {'op': 'delete', 'key': 'k01'}])
+        changes = self.app.get('/buckets/%s/changes?since=0&limit=1000' % self.bucket).json['changes']
+        self.assertEqual(sorted((c['key'], c['etag']) for c in changes if not c['deleted']),
+                         sorted(written.items()))
+        self.assertEqual(sorted(c['key'] for c in changes if c['deleted']), ['k00', 'k01'])
+        self.assertEqual([i['status'] for i in deleted], [200, 200])
+
+    def test_a_put_s_ttl_or_its_bucket_s_sets_its_expiry(self):
+        self.app.put('/buckets/%s' % self.bucket, json.dumps({'ttl': 3600}), headers={'Content-Type': 'application/json'})
+        self.batch([{'op': 'put', 'key': 'short', 'value': 'v', 'ttl': 60},
+                    {'op': 'put', 'key': 'default', 'value': 'v'},
+                    {'op': 'put', 'key': 'never', 'value': 'v', 'ttl': 'none'}])
+        read = self.get_many(['short', 'default', 'never'])
+        for key in ('short', 'default'):
+            self.assertEqual(read[key]['expires_at'], self.get(key).headers['X-Expires-At'])
+        self.assertLess(read['short']['expires_at'], read['default']['expires_at'])
+        self.assertNotIn('expires_at', read['never'])
+        refused = self.batch([{'op': 'put', 'key': 'k', 'value': 'v', 'ttl': -1}], status=400)
+        self.assertError(refused, 400, 'bad_expiry')
+
     def test_quorums_of_the_query_apply_to_every_operation(self):
         self.assertEqual([i['status'] for i in self.put_many({'a': '1', 'b': '2'}, params='?w=all&pw=3')],
                          [201, 201])

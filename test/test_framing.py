@@ -312,6 +312,38 @@ class TestFraming(unittest.TestCase):
         self.assertIn('(HTTP/1.1 400)', self.logged('PUT %s' % key_path('cut')))
         self.assert_absent('cut')
 
+    def test_a_client_that_half_closes_may_get_no_answer_and_its_retry_is_applied_once(self):
+        """hyper, as Granian configures it, ends a connection whose client
+        shuts its sending side down while the request is under way: the
+        write may have been applied, unanswered, as on a lost connection
+        (docs/API.md, "Message framing").  With an Idempotency-Key, the retry
+        on a new connection gets the first attempt's outcome, and the key
+        holds one version."""
+        outcomes = set()
+        for i, delay in enumerate([0, 0.001, 0.002, 0.005, 0.01, 0.05] * 3):
+            key = 'half-closed-%d' % i
+            with socket.create_connection(('127.0.0.1', self.server.port), timeout=10) as sock:
+                sock.sendall(b'PUT %s HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\n'
+                             b'Idempotency-Key: "half-%d"\r\nContent-Length: 5\r\n\r\nhello' % (key_path(key).encode(), i))
+                time.sleep(delay)
+                sock.shutdown(socket.SHUT_WR)
+                answer = read_response(sock)
+            stored = requests.get(self.url + key_path(key), timeout=10)
+            outcomes.add((answer is not None, stored.status_code))
+            if answer is not None:
+                self.assertEqual(answer[0], 201, answer)
+                self.assertEqual(stored.headers['ETag'], answer[1]['etag'])
+            retry = requests.put(self.url + key_path(key), data=b'hello', timeout=10,
+                                 headers={'Content-Type': 'text/plain', 'Idempotency-Key': '"half-%d"' % i})
+            self.assertEqual(retry.status_code, 201, retry.text)
+            final = requests.get(self.url + key_path(key), timeout=10)
+            self.assertEqual((final.status_code, final.content), (200, b'hello'))
+            self.assertEqual(final.headers['ETag'], retry.headers['ETag'])
+            if stored.status_code == 200:   # the unanswered first attempt was applied: the retry is it
+                self.assertEqual(stored.headers['ETag'], retry.headers['ETag'])
+        # Never answered yet not applied, or answered: what the docs say can happen.
+        self.assertNotIn((True, 404), outcomes)
+
     def logged(self, request):
         """The access log's line for a request, or ''."""
         with open(self.server.log_path, encoding='utf-8', errors='replace') as f:

@@ -13,15 +13,21 @@ What a batch saves is round trips and commits, grouped by partition:
   every version it is owed in one transaction (engine apply_many), all
   owners at once, and the answer waits for them all (so no pending marker).
   An owner that fails gets hints for its versions, as Replication does;
+- a delete without a context or condition first reads its key (with the
+  batch's other such deletes, as the reads are), as Writer.delete does, and
+  its tombstone covers what the read found;
 - a write whose grouped path cannot decide it (a conditional write, a
   delete its coordinator found nothing to delete for, a coordinator that
-  failed) takes the single request's path (Writer.put, Writer.delete).
+  failed) takes the single request's path (Writer.write, Writer.delete),
+  whose version covers the grouped attempt when its coordinator failed to
+  answer (it may still commit it), as Writer._coordinate's next attempt does.
 """
 import dataclasses
 
+from kvstore.coordinator.expiry import Lifetime
 from kvstore.coordinator.replication import Replication
 from kvstore.coordinator.validation import write_quorums
-from kvstore.coordinator.versions import Version
+from kvstore.coordinator.versions import Version, now_micros
 from kvstore.coordinator.writes import Writer, make_tombstone, must_exist
 from kvstore.engines import PartitionError
 from kvstore.errors import NotFound, StoreError, Unavailable
@@ -39,10 +45,16 @@ class Operation:
     context: dict = None       # the causal context sent back, decoded
     check: object = None       # check(live versions), raising to refuse: the client's preconditions
     metadata: dict = None
+    lifetime: Lifetime = None  # PUT: the expiry asked for (None: the bucket's ttl)
 
     @property
     def conditional(self):
         return self.check is not None
+
+    @property
+    def blind(self):
+        """A delete that names neither a context nor a condition (Writer.delete)."""
+        return self.op == DELETE and self.context is None and self.check is None
 
 
 @dataclasses.dataclass
@@ -52,6 +64,8 @@ class Grouped:
     preference: list
     fallbacks: list
     coordinator: str = None
+    also_seen: list = dataclasses.field(default_factory=list)   # a blind delete's read
+    attempts: list = dataclasses.field(default_factory=list)    # the versions its decisions made
     held: list = None          # what the coordinator held before it
     version: Version = None
 
@@ -79,22 +93,28 @@ class Batches:
         """{key: Receipt or StoreError} of PUT and DELETE operations."""
         props = self.buckets.properties_cached(bucket)
         outcomes, alone, groups = {}, [], {}
+        blind = [op.key for op in operations if op.blind]
+        read = self.reader.get_many(bucket, blind) if blind else {}
         for op in operations:
             if op.conditional:
-                alone.append(op)
+                alone.append((op, ()))
+                continue
+            if isinstance(read.get(op.key), StoreError):   # as a single delete's read would fail
+                outcomes[op.key] = read[op.key]
                 continue
             preference, fallbacks = self.placement.of(bucket, op.key)
             self.placement.adopt_previous_owners(bucket, op.key, preference)   # during a view change
             # The first owner not known to be down coordinates, as it would a single write.
             coordinator = next((p for p in preference if not self.replicas.health.is_down(p)), preference[0])
-            groups.setdefault(coordinator, []).append(Grouped(op, preference, fallbacks, coordinator))
+            groups.setdefault(coordinator, []).append(Grouped(
+                op, preference, fallbacks, coordinator, also_seen=read[op.key].versions if op.key in read else []))
         stored = []
         for coordinator, group in groups.items():
             stored += self._coordinate(bucket, coordinator, group, props, outcomes, alone)
         if stored:
             self._replicate(bucket, stored, *write_quorums(self.config, props, w, pw), outcomes)
-        for op in alone:
-            outcomes[op.key] = self._alone(bucket, op, w, pw)
+        for op, attempts in alone:
+            outcomes[op.key] = self._alone(bucket, op, w, pw, attempts)
         return outcomes
 
     def _coordinate(self, bucket, coordinator, group, props, outcomes, alone):
@@ -103,14 +123,14 @@ class Batches:
         those the single path must decide."""
         refused = {}
 
-        def decision(op):
+        def decision(g):
+            op = g.op
             context = None if props['conflicts'] == 'lww' else op.context
             if op.op == DELETE:
-                check, make = must_exist(bucket, op.key), make_tombstone
+                check, make = must_exist(bucket, op.key, None, g.also_seen), make_tombstone
             else:
-                check, make = None, lambda seen, dot: Version.new(seen, dot, op.value, op.content_type,
-                                                                  metadata=op.metadata)
-            decide = self.writer.decision(coordinator, context, check, make)
+                check, make = None, self._maker(bucket, op, props)
+            decide = self.writer.decision(coordinator, context, check, make, g.also_seen, g.attempts)
 
             def decide_or_refuse(held):
                 try:
@@ -120,10 +140,11 @@ class Batches:
                     return None
             return decide_or_refuse
         try:
-            decided = self.replicas.call(coordinator, 'coordinate_many', bucket,
-                                         [(g.op.key, decision(g.op)) for g in group])
-        except PartitionError:
-            alone.extend(g.op for g in group)   # each tries the next owners, as a single write does
+            decided = self.replicas.call(coordinator, 'coordinate_many', bucket, [(g.op.key, decision(g)) for g in group])
+        except PartitionError as e:
+            # Each tries the next owners, as a single write does; an attempt
+            # whose coordinator failed to answer may still commit: covered.
+            alone.extend((g.op, g.attempts if e.unavailable else ()) for g in group)
             return []
         stored = []
         for g, (held, version) in zip(group, decided):
@@ -131,10 +152,17 @@ class Batches:
                 g.held, g.version = held, version
                 stored.append(g)
             elif isinstance(refused[g.op.key], NotFound):
-                alone.append(g.op)   # its coordinator may have missed the key's last write (Writer.delete)
+                alone.append((g.op, ()))   # its coordinator may have missed the key's last write (Writer.delete)
             else:
                 outcomes[g.op.key] = refused[g.op.key]
         return stored
+
+    @staticmethod
+    def _maker(bucket, op, props):
+        """make(seen, dot) of a put's version, its expiry as Writer.put sets it."""
+        expires = (op.lifetime or Lifetime()).expires(props.get('ttl'), now_micros())
+        return lambda seen, dot: Version.new(seen, dot, op.value, op.content_type, metadata=op.metadata,
+                                             expires=expires)
 
     def _replicate(self, bucket, stored, w, pw, outcomes):
         """Send the stored versions to their other owners, each owner's in one
@@ -161,13 +189,15 @@ class Batches:
             except Unavailable as e:
                 outcomes[key] = e
 
-    def _alone(self, bucket, op, w, pw):
-        """A write by the single request's path: its Receipt, or the StoreError."""
+    def _alone(self, bucket, op, w, pw, attempts=()):
+        """A write by the single request's path (its version covering
+        attempts): its Receipt, or the StoreError."""
         try:
             if op.op == DELETE:
                 return self.writer.delete(bucket, op.key, context=op.context, check=op.check, w=w, pw=pw,
-                                          conditional=op.conditional)
-            return self.writer.put(bucket, op.key, op.value, op.content_type, context=op.context, check=op.check,
-                                   w=w, pw=pw, metadata=op.metadata, conditional=op.conditional)
+                                          conditional=op.conditional, also_seen=attempts)
+            props = self.buckets.properties_cached(bucket)
+            return self.writer.write(bucket, op.key, op.context, op.check, w, self._maker(bucket, op, props),
+                                     conditional=op.conditional, pw=pw, also_seen=attempts)
         except StoreError as e:
             return e

@@ -22,6 +22,7 @@ in how they connect, how a write transaction locks, and the placeholder.
 The modules, one role each:
     failures.py   PartitionError and what a failure means (FULL, BAD_DATA, ...)
     rows.py       the schema's columns, versions as rows
+    schema.py     a partition's schema version, and the in-place upgrades of older ones
     pool.py       a partition's idle connections
     sql.py        SQLEngine: connections, cursors, transactions, schema, metadata;
                   its SQL by role in keys.py, chunks.py, hints.py, buckets.py, reconcile.py,

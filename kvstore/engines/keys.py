@@ -7,8 +7,8 @@ import json
 import time
 
 from kvstore.coordinator.ring import key_point
-from kvstore.coordinator.versions import encode_version_clock, reconcile
-from kvstore.engines.rows import COLUMNS, as_text, listed_version, prefix_end, row_to_version
+from kvstore.coordinator.versions import encode_version_clock, live, reconcile
+from kvstore.engines.rows import COLUMN_PLACEHOLDERS, COLUMNS, as_text, listed_version, prefix_end, row_to_version
 
 
 class Keys:
@@ -41,10 +41,11 @@ class Keys:
             seq = self._sequence_numbers(cursor, 1)   # the change sequence (sql.py)
             self._execute(cursor, 'INSERT INTO objects (bucket, key_name, ' + COLUMNS + ', point'
                           + (', seq' if seq else '') + ')'
-                          ' SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?' + (', ?' if seq else '')
+                          ' SELECT ?, ?, ' + COLUMN_PLACEHOLDERS + ', ?' + (', ?' if seq else '')
                           + self.unfenced_clause + (self.if_absent_clause if if_absent else ''),
                           (b, k) + self._version_columns(version) + (key_point(bucket, key),) + tuple(seq)
                           + (b, version.modified))
+            self._log_change(cursor, b, k, version.version_id.encode())   # the change feed (feed.py)
 
     def _store_many(self, cursor, bucket, drops, versions, if_absent=False):
         """_store for many keys of a bucket: drop the versions drops [(key,
@@ -70,7 +71,8 @@ class Keys:
         return (version.version_id.encode(), encode_version_clock(version), int(version.deleted),
                 version.content_type.encode(), version.digest.encode(), version.modified, version.value,
                 version.size, version.chunk_size,
-                json.dumps(version.metadata, sort_keys=True).encode() if version.metadata else b'')
+                json.dumps(version.metadata, sort_keys=True).encode() if version.metadata else b'',
+                version.expires)
 
     def read(self, bucket, key):
         return self.finish_read(self.send_read(bucket, key))
@@ -191,18 +193,18 @@ class Keys:
             version = decide(held)
             self._after_fence(fence_and_clock, version)
             if idempotency is not None:
-                self._record_outcome(cursor, bucket, key, idempotency, version,
-                                     not any(not v.deleted for v in held))
+                self._record_outcome(cursor, bucket, key, idempotency, version, not live(held))
             self.check_chunks(cursor, version)
             self._store(cursor, bucket, key, [v.version_id for v in held if version.supersedes(v)], version)
             return held, version
         return self._transaction(work, [(bucket, key)])
 
     def mark_pending(self, bucket, key, version_id):
-        """Mark a version this partition holds as not yet on every replica."""
+        """Mark a version this partition holds as not yet on every replica
+        (again, for a write replayed by its Idempotency-Key: one marker)."""
         def mark():
             with self._cursor() as cursor:
-                self._execute(cursor, 'INSERT INTO pending (bucket, key_name, version_id, created)'
+                self._execute(cursor, self.insert_if_absent + ' INTO pending (bucket, key_name, version_id, created)'
                               ' VALUES (?, ?, ?, ?)',
                               (bucket.encode(), key.encode(), version_id.encode(), time.time_ns() // 1000))
         self._retrying(mark)
@@ -287,10 +289,11 @@ class Keys:
 
     def scan(self, bucket, prefix, after, limit):
         """Up to `limit` version rows of keys > after that start with prefix, in
-        key byte order: [(key, version_id, deleted, Version with its value left
-        out)].  Tombstones included, so that the caller can tell a deleted key
-        from a stale replica's copy.  The Version is built only when asked for
-        (a call): a listing needs it only where replicas disagree."""
+        key byte order: [(key, version_id, deleted, expires, Version with its
+        value left out)].  Tombstones and expired values included, so that the
+        caller can tell a deleted key from a stale replica's copy.  The Version
+        is built only when asked for (a call): a listing needs it only where
+        replicas disagree."""
         return self.finish_scan(self.send_scan(bucket, prefix, after, limit))
 
     def send_scan(self, bucket, prefix, after, limit):
@@ -308,12 +311,12 @@ class Keys:
 
     def finish_scan(self, sent):
         rows = [self._scanned(row) for row in self.finish_query(sent)]
-        return [(key.decode(), version_id, deleted, functools.partial(listed_version, version_id, deleted, clock,
-                                                                      modified, size, content_type))
-                for key, version_id, deleted, clock, modified, size, content_type in rows]
+        return [(key.decode(), version_id, deleted, int(expires),
+                 functools.partial(listed_version, version_id, deleted, clock, modified, size, content_type, expires))
+                for key, version_id, deleted, clock, modified, size, content_type, expires in rows]
 
     # The columns a listing reads; MySQLEngine packs them into one.
-    scan_columns = 'key_name, version_id, deleted, clock, modified, size, content_type'
+    scan_columns = 'key_name, version_id, deleted, clock, modified, size, content_type, expires'
 
     @staticmethod
     def _scanned(row):

@@ -153,6 +153,7 @@ class MySQLEngine(SQLEngine):
     lock_clause = ' FOR UPDATE'
     share_lock_clause = ' LOCK IN SHARE MODE'
     now_clause = 'CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)'
+    log_clock_clause = 'CAST(UNIX_TIMESTAMP(SYSDATE(6)) * 1000000 AS SIGNED)'   # feed.py
     unfenced_clause = ' FROM DUAL' + SQLEngine.unfenced_clause
     if_absent_clause = ' ON DUPLICATE KEY UPDATE version_id = version_id'
     insert_if_absent = 'INSERT IGNORE'
@@ -195,7 +196,7 @@ class MySQLEngine(SQLEngine):
         return sorted({hashlib.md5(b'\0'.join((self.database.encode(), bucket.encode(), key.encode())))
                        .hexdigest() for bucket, key in keys})
 
-    def _add_change_sequence(self, cursor):
+    def add_change_sequence(self, cursor):
         """objects.seq, an AUTO_INCREMENT the inserts leave out (InnoDB never
         hands a number out twice); added in place to an older partition (which
         rebuilds the table once)."""
@@ -204,6 +205,9 @@ class MySQLEngine(SQLEngine):
         if not cursor.fetchone()[0]:
             cursor.execute('ALTER TABLE objects ADD COLUMN IF NOT EXISTS seq BIGINT NOT NULL AUTO_INCREMENT,'
                            ' ADD INDEX IF NOT EXISTS objects_seq (seq)')
+
+    def add_column(self, cursor, table, column, definition):
+        cursor.execute('ALTER TABLE %s ADD COLUMN IF NOT EXISTS %s %s' % (table, column, definition))
 
     def _each(self, cursor, statement, rows):
         statement = self._sql(statement)
@@ -309,11 +313,12 @@ class MySQLEngine(SQLEngine):
         return self._kept_many(bucket, items, [held.get(key, []) for key, _, _ in items])
 
     def _store_many(self, cursor, bucket, drops, versions, if_absent=False):
-        """_store for many keys in three statements: one DELETE of the
-        superseded, one multi-row INSERT, then, in place of _store's
-        unfenced_clause, one DELETE of the rows just added that a forced
-        bucket delete fenced off (dated at or before its fence): the same
-        check, at the same point of the transaction."""
+        """_store for many keys in a few statements whatever their number:
+        one DELETE of the superseded, one multi-row INSERT, then, in place of
+        _store's unfenced_clause, one DELETE of the rows just added that a
+        forced bucket delete fenced off (dated at or before its fence: the
+        same check, at the same point of the transaction), and the versions
+        logged for the change feed as _log_change logs one."""
         b = bucket.encode()
         if drops:
             self._execute(cursor, 'DELETE FROM objects WHERE bucket = ? AND (%s)' % ' OR '.join(
@@ -334,6 +339,15 @@ class MySQLEngine(SQLEngine):
                       ' AND objects.modified <= bucket_fences.dropped'
                       % (', '.join(['?'] * len(versions)), ', '.join(['?'] * len(versions))),
                       [b] + [key.encode() for key, _ in versions] + [v.version_id.encode() for _, v in versions])
+        # The change feed (feed.py, _log_change): a number each, in one go.
+        self._execute(cursor, 'UPDATE change_log SET top = top + ? WHERE id = 1', (len(versions),))
+        self._execute(cursor, 'INSERT INTO changes (seq, bucket, key_name, version_id, clock, deleted, content_type,'
+                      ' size, modified, logged) SELECT (SELECT top FROM change_log WHERE id = 1) - ? + ROW_NUMBER()'
+                      ' OVER (ORDER BY key_name, version_id), bucket, key_name, version_id, clock, deleted,'
+                      ' content_type, size, modified, ' + self._log_clock + ' FROM objects WHERE bucket = ? AND (%s)'
+                      % ' OR '.join(['(key_name = ? AND version_id = ?)'] * len(versions)),
+                      [len(versions), b] + [part for key, version in versions
+                                            for part in (key.encode(), version.version_id.encode())])
 
     def finish_apply(self, sent):
         if not isinstance(sent, Ticket):
@@ -395,12 +409,12 @@ class MySQLEngine(SQLEngine):
     # A listing reads one column a row, for the same reason.  The key goes last, as
     # it alone may hold a 0x1f byte (a clock is JSON, which escapes it; a media
     # type holds no control character).
-    scan_columns = 'CONCAT_WS(0x1f, version_id, deleted, clock, modified, size, content_type, key_name)'
+    scan_columns = 'CONCAT_WS(0x1f, version_id, deleted, clock, modified, size, content_type, expires, key_name)'
 
     @staticmethod
     def _scanned(row):
-        version_id, deleted, clock, modified, size, content_type, key = row[0].split(b'\x1f', 6)
-        return key, version_id, int(deleted), clock, modified, size, content_type
+        version_id, deleted, clock, modified, size, content_type, expires, key = row[0].split(b'\x1f', 7)
+        return key, version_id, int(deleted), clock, modified, size, content_type, expires
 
     def _held_version(self, row):
         fields = row[0].split(b'\x1f')

@@ -52,19 +52,33 @@ class SQLiteEngine(SQLEngine):
         # IMMEDIATE takes the write lock now, so the read that follows is locked.
         cursor.execute('BEGIN IMMEDIATE')
 
-    def _add_change_sequence(self, cursor):
+    def add_change_sequence(self, cursor):
         """objects.seq, numbered from a counter row (objects_sequence): a rowid
         or MAX(seq) + 1 would hand out again the number of a row deleted last."""
-        if 'seq' not in [row[1] for row in cursor.execute('PRAGMA table_info(objects)').fetchall()]:
-            try:
+        cursor.execute('BEGIN IMMEDIATE')   # one change with the numbering below
+        try:
+            if 'seq' not in [row[1] for row in cursor.execute('PRAGMA table_info(objects)').fetchall()]:
                 cursor.execute('ALTER TABLE objects ADD COLUMN seq INTEGER NOT NULL DEFAULT 0')
-            except sqlite3.OperationalError as e:   # another process added it first
-                if 'duplicate column' not in str(e):
-                    raise
+                # The rows already held are numbered in the order they were stored.
+                cursor.execute('UPDATE objects SET seq = rowid')
+            cursor.execute('COMMIT')
+        except BaseException:
+            cursor.execute('ROLLBACK')
+            raise
         cursor.execute('CREATE INDEX IF NOT EXISTS objects_seq ON objects (seq)')
         cursor.execute('CREATE TABLE IF NOT EXISTS objects_sequence (value INTEGER NOT NULL)')
         cursor.execute('INSERT INTO objects_sequence (value) SELECT COALESCE(MAX(seq), 0) FROM objects'
                        ' WHERE NOT EXISTS (SELECT 1 FROM objects_sequence)')
+
+    def add_column(self, cursor, table, column, definition):
+        cursor.execute('BEGIN IMMEDIATE')   # checked and added under the write lock: another opener waits
+        try:
+            if column not in [row[1] for row in cursor.execute('PRAGMA table_info(%s)' % table).fetchall()]:
+                cursor.execute('ALTER TABLE %s ADD COLUMN %s %s' % (table, column, definition))
+            cursor.execute('COMMIT')
+        except BaseException:
+            cursor.execute('ROLLBACK')
+            raise
 
     changes_settle_seconds = 0.0
 

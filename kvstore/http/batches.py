@@ -10,6 +10,8 @@ import base64
 import binascii
 
 from kvstore.coordinator.batches import DELETE, GET, PUT, Operation
+from kvstore.coordinator.expiry import NEVER, Lifetime
+from kvstore.coordinator.versions import now_micros
 from kvstore.errors import BadRequest, BatchTooLarge, StoreError, TooLarge, TooManyOperations
 from kvstore.http.negotiation import error_document
 from kvstore.http.preconditions import Preconditions
@@ -20,7 +22,7 @@ MAX_OPERATIONS = 1000                # operations in one batch
 MAX_BATCH_BYTES = 4 * 1024 * 1024    # the body of one batch
 # The fields each operation may have; `op` and `key` it must.
 FIELDS = {GET: {'op', 'key'},
-          PUT: {'op', 'key', 'value', 'value_base64', 'content_type', 'context', 'if_match', 'if_none_match'},
+          PUT: {'op', 'key', 'value', 'value_base64', 'content_type', 'context', 'if_match', 'if_none_match', 'ttl'},
           DELETE: {'op', 'key', 'context', 'if_match', 'if_none_match'}}
 TEXT_TYPE = 'text/plain; charset=utf-8'        # a value sent as `value` (text)
 BINARY_TYPE = 'application/octet-stream'       # a value sent as `value_base64`
@@ -78,6 +80,11 @@ def operation(bucket, item):
                    check=conditions.check_write if conditions.present else None)
     if kind == PUT:
         op.value, op.content_type = value_of(item)
+        ttl = item.get('ttl')
+        if ttl is not None:
+            if type(ttl) is not int and ttl != NEVER:
+                raise BadRequest('bad_expiry', 'ttl is a number of seconds, or "none"')
+            op.lifetime = Lifetime.asked(str(ttl), None, now_micros())
     return op
 
 

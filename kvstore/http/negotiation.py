@@ -23,6 +23,7 @@ STATUS = {
     'not_acceptable': '406 Not Acceptable',
     'request_timeout': '408 Request Timeout',
     'already_exists': '409 Conflict',
+    'cursor_expired': '410 Gone',
     'bucket_not_empty': '409 Conflict',
     'too_many_siblings': '409 Conflict',
     'precondition_failed': '412 Precondition Failed',
@@ -52,6 +53,10 @@ def render_page(document, root):
 RENDERERS = dict(json=documents.render_json, xml=documents.render_xml, html=render_page,
                  txt=documents.render_text)
 DOCUMENT_TYPES = [m for short in RENDERERS for m in mimerender._get_mime_types(short)]
+# The order mimerender offers them to mimeparse (the default's last: it wins
+# ties), so that document_type() names the type the body is rendered in.
+OFFERED_TYPES = ([m for m in DOCUMENT_TYPES if m not in mimerender._get_mime_types('json')]
+                 + list(mimerender._get_mime_types('json')))
 
 
 def _not_acceptable(accept, supported):
@@ -97,7 +102,7 @@ def best_document(accept):
     if not accept:
         return 'application/json', 'json'
     try:
-        best = mimeparse.best_match(DOCUMENT_TYPES[::-1], accept) or None
+        best = mimeparse.best_match(OFFERED_TYPES, accept) or None
     except mimeparse.MimeTypeParseException:
         raise BadRequest('bad_header', 'Accept is not a list of media ranges')
     return best, mimerender._get_short_mime(best) if best else None
