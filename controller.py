@@ -31,6 +31,7 @@ from kvstore.coordinator.versions import decode_token, encode_token
 from kvstore.errors import AlreadyExists, BadRequest, Forbidden, NotAcceptable, NotFound, StoreError, Unavailable
 from kvstore.http import access
 from kvstore.http.application import Application, finish_response
+from kvstore.http.batches import read_batch, result
 from kvstore.http.caching import (bucket_etag, caching_headers, expiry_header, last_modified, not_modified,
                                   record_etag, repr_digest)
 from kvstore.http.feed import changes_response
@@ -52,6 +53,7 @@ web.config.debug = os.environ.get('WEBPY_ENV') == 'development'
 urls = (
     '/buckets/([^/]+)/keys/([\\s\\S]+)', 'Key',
     '/buckets/([^/]+)/keys', 'Keys',
+    '/buckets/([^/]+)/batch', 'Batch',
     '/buckets/([^/]+)/changes', 'Changes',
     '/buckets/([^/]+)', 'Bucket',
     '/buckets', 'Buckets',
@@ -98,6 +100,8 @@ class Index:
                     ('DELETE', '/buckets/{bucket}', 'delete an empty bucket (?force=true: with its keys)'),
                     ('GET', '/buckets/{bucket}/keys', 'list keys: ?prefix=&limit=&cursor= (or &before=)'),
                     ('POST', '/buckets/{bucket}/keys', 'store a value under a new server-chosen key'),
+                    ('POST', '/buckets/{bucket}/batch', 'read, write and delete many keys, each answered '
+                     'on its own (not atomic)'),
                     ('GET', '/buckets/{bucket}/changes', 'the bucket\'s changes after a cursor: ?since=&limit=&wait= '
                      '(or a stream: Accept: text/event-stream, application/x-ndjson)'),
                     ('GET', '/buckets/{bucket}/keys/{key}', 'read a value (?r=; ?as=record: its record)'),
@@ -315,6 +319,22 @@ class Keys:
             return decode_token(raw).decode('utf-8')
         except ValueError:
             raise BadRequest('bad_parameter', '%s is not a cursor this store issued' % name, parameter=name)
+
+
+class Batch:
+    """Many keys of a bucket read, written and deleted in one request, each answered on its own."""
+
+    def POST(self, bucket):
+        if request_idempotency_key() is not None:
+            raise BadRequest('bad_header', 'Idempotency-Key is not taken on a batch: its operations are '
+                             'not one write (send each write that needs one alone)')
+        store().check_bucket(bucket)
+        operations = read_batch(bucket)
+        if any(op.op != 'get' for op in operations):
+            access.require(access.WRITE, bucket)
+        outcomes = store().batch(bucket, operations, *request_quorums('r', 'pr', 'w', 'pw'))
+        return respond('batch', {'bucket': bucket,
+                                 'results': [result(bucket, op, outcome) for op, outcome in zip(operations, outcomes)]})
 
 
 class Changes:

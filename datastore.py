@@ -9,6 +9,7 @@ the tests use; it composes its layers, each a module of kvstore/coordinator/:
     placement    a key's owners on the ring (ring.py), and during a view
                  change (views.py) its previous owners
     reads        quorum reads and read repair
+    batches      many keys of a bucket in one request, grouped by partition
     writes       coordinated writes; replication.py sends a version to the
                  other owners, or hints for them; settling.py drops the
                  pending marker of a write answered before all held it;
@@ -28,6 +29,7 @@ import concurrent.futures
 
 from kvstore import configuration
 from kvstore.coordinator import validation
+from kvstore.coordinator.batches import Batches
 from kvstore.coordinator.buckets import DEFAULT_BUCKET_PROPERTIES, BucketRegistry
 from kvstore.coordinator.chunks import Chunks, read_up_to
 from kvstore.coordinator.decider import ConditionalDecider
@@ -80,6 +82,7 @@ class Datastore:
         self.writer = Writer(config, self.replicas, self.owners, self.buckets, self.chunks,
                              ConditionalDecider(self.replicas, self.reader, self.owners), self.handoff, self.settling,
                              self.reader)
+        self.batches = Batches(config, self.replicas, self.owners, self.buckets, self.reader, self.writer)
         self.status = ClusterStatus(config, self.replicas, self.views, self.gossip)
 
     @classmethod
@@ -141,6 +144,13 @@ class Datastore:
         self.check_key(bucket, key)
         return self.writer.delete(bucket, key, context=context, check=check, w=w, conditional=conditional, pw=pw,
                                   idempotency=idempotency)
+
+    def batch(self, bucket, operations, r=None, pr=None, w=None, pw=None):
+        """Many operations (batches.Operation) on keys of a bucket, grouped by
+        partition; not atomic: each one's outcome, in order (see Batches.run)."""
+        for op in operations:
+            self.check_key(bucket, op.key)
+        return self.batches.run(bucket, operations, r=r, pr=pr, w=w, pw=pw)
 
     def open_value(self, version, first=0, last=None):
         """The bytes first..last (inclusive) of a version, as an iterator of chunks."""

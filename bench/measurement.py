@@ -161,7 +161,10 @@ class Target:
 
 
 def row_connections(args, row):
-    """wrk's connections for a row: a quarter of them for 1 MiB values."""
+    """wrk's connections for a row: a quarter of them for 1 MiB values, an
+    eighth for batches (each a hundred keys in flight)."""
+    if row.per_request > 1:
+        return max(1, args.connections // 8)
     return max(1, args.connections // 4) if row.big else args.connections
 
 
@@ -173,6 +176,7 @@ def _wrk_measured(row, connections, result, spent, wrk_ms, attempt):
     per_request = lambda ms: ms / requests if requests else None
     return dict(
         name=row.name, system=row.system, what=row.what, connections=connections,
+        per_request=row.per_request, versus=row.versus,
         seconds=seconds, requests=requests, rps=requests / seconds if seconds else 0.0,
         p50_ms=lat['p50'] / 1000.0, p99_ms=lat['p99'] / 1000.0, p999_ms=lat['p999'] / 1000.0,
         mean_ms=lat['mean'] / 1000.0, max_ms=lat['max'] / 1000.0,

@@ -125,8 +125,9 @@ class MainRun:
     def settings(self):
         args, info = self.args, self.store_info
         return {
-            'rows': '%d s each after a %d s warm-up; wrk -t1 -c%d (1 MiB rows: -c%d), pinned to CPU %s'
-                    % (args.duration, args.warmup, args.connections, max(1, args.connections // 4), args.wrk_cpu),
+            'rows': '%d s each after a %d s warm-up; wrk -t1 -c%d (1 MiB rows: -c%d, batches: -c%d), pinned to CPU %s'
+                    % (args.duration, args.warmup, args.connections, max(1, args.connections // 4),
+                       max(1, args.connections // 8), args.wrk_cpu),
             'store': '4 MariaDB partitions, N=%s, R=%s, W=%s, 64 vnodes; %s' % (
                 info.get('replicas', 3), info.get('r', 2), info.get('w', 2), server_setting(args)),
             'data': '%d keys of 1 KiB in bucket `%s`, %d keys of 1 MiB in bucket `%s`; keys zipfian '

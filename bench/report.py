@@ -119,6 +119,30 @@ def scaling_table(results):
     return '\n'.join(lines)
 
 
+# What a batch row must cost per key, as a share of a single request's CPU (issue 25).
+BATCH_TARGETS = {'C-quorum': 0.1, 'W-quorum': 0.2}
+
+
+def batches_section(results):
+    """Each batch row's CPU per key beside its single requests' CPU per request."""
+    by_name = {r['name']: r for r in results}
+    rows = [r for r in results if r.get('versus') and r['versus'] in by_name and r.get('cpu_ms_per_req')]
+    if not rows:
+        return []
+    lines = ['## Batches, key for key', '',
+             'A batch row\'s CPU (server + databases) per key it reads or writes, beside the CPU per request',
+             'of the same operation sent alone; the issue\'s target is the share in the last column.', '',
+             '| batch row | keys per request | CPU ms/key | single row | CPU ms/req | batch ÷ single | target |',
+             '|---|--:|--:|---|--:|--:|--:|']
+    for r in rows:
+        single = by_name[r['versus']]
+        per_key = r['cpu_ms_per_req'] / r['per_request']
+        lines.append('| %s | %d | %s | %s | %s | %.3f | < %s |' % (
+            r['name'], r['per_request'], fmt(per_key, 4), single['name'], fmt(single['cpu_ms_per_req'], 3),
+            per_key / single['cpu_ms_per_req'], BATCH_TARGETS.get(single['name'], '–')))
+    return lines + ['']
+
+
 def queries_section(queries):
     """What one request costs, one at a time (workloads.queries_per_request)."""
     if not queries:
@@ -359,8 +383,8 @@ def write_results(results_dir, ordered, facts, settings, profile):
         json.dump(dict(facts=facts, settings=settings, results=ordered, profile=profile), f, indent=1)
     text = ['# kvstore benchmark', '',
             'Written by `%s` (issue 6). The benchmark only reports; nothing here is asserted.' % command_line(), '',
-            results_table(ordered), '', feed_section(ordered), LEGEND, profile_section(profile),
-            facts_section(facts, settings)]
+            results_table(ordered), '', feed_section(ordered)] + batches_section(ordered) + [
+            LEGEND, profile_section(profile), facts_section(facts, settings)]
     with open(os.path.join(results_dir, 'results.md'), 'w') as f:
         f.write('\n'.join(text) + '\n')
     plot(ordered, os.path.join(results_dir, 'throughput.png'),

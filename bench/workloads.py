@@ -74,6 +74,8 @@ class Row:
     env: dict = dataclasses.field(default_factory=dict)
     big: bool = False         # 1 MiB values: a quarter of the connections
     etcd: str = None          # the matching etcd row
+    per_request: int = 1      # keys a request reads or writes (a batch's): an eighth of the connections
+    versus: str = None        # the row of single requests a batch row is compared with, key for key
     feed: bool = False        # a feed reader follows the bucket meanwhile (bench/feed.py): its lag is measured
 
 
@@ -108,6 +110,14 @@ def _store_rows():
              'BENCH_VALUE_BYTES': str(MIB)}, big=True, etcd='etcd-W-1MiB'),
         Row('list', 'store', 'GET /buckets/bench/keys?limit=1000 from a random cursor', 'list.lua',
             {'BENCH_EXPECT': '"keys"'}, etcd='etcd-list'),
+        Row('C-batch', 'store', 'batch of 100 GETs r=quorum (POST /buckets/bench/batch) of consecutive keys from a '
+            'random one, 1 KiB', 'batch.lua',
+            {'BENCH_READ': '1', 'BENCH_R': 'quorum', 'BENCH_BATCH': '100', 'BENCH_EXPECT': '"results"'},
+            per_request=100, versus='C-quorum'),
+        Row('W-batch', 'store', 'batch of 100 PUTs w=quorum (POST /buckets/bench/batch) of consecutive keys from a '
+            'random one, 1 KiB', 'batch.lua',
+            {'BENCH_READ': '0', 'BENCH_W': 'quorum', 'BENCH_BATCH': '100', 'BENCH_EXPECT': '"results"'},
+            per_request=100, versus='W-quorum'),
     ]
 
 

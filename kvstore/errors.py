@@ -63,6 +63,11 @@ class TooLarge(StoreError):
     code = 'value_too_large'
 
 
+class TooManyOperations(StoreError):
+    """A batch names more operations than one may hold."""
+    code = 'too_many_operations'
+
+
 class InsufficientStorage(StoreError):
     """A partition's disk or table is full; nothing of the write is visible."""
     code = 'insufficient_storage'
@@ -130,6 +135,11 @@ class IncompleteBody(EndsConnection, BadRequest):
 class BodyTooLarge(EndsConnection, StoreError):
     """A request body the store would hold in memory (a document, a form) is too long."""
     code = 'body_too_large'
+
+
+class BatchTooLarge(EndsConnection, StoreError):
+    """A batch's body is longer than one may be."""
+    code = 'batch_too_large'
 
 
 class UnsupportedTransferCoding(EndsConnection, StoreError):

@@ -93,6 +93,22 @@ def reachable(port):
         return False
 
 
+def sent_queries(run):
+    """The queries (SQL) the engines send to MariaDB while run() runs (mysqlwire.send)."""
+    from kvstore.engines import mysqlwire
+    sent, send = [], mysqlwire.send
+
+    def counting(conn, sql):
+        sent.append(sql)
+        return send(conn, sql)
+    mysqlwire.send = counting
+    try:
+        run()
+    finally:
+        mysqlwire.send = send
+    return sent
+
+
 def wait_until(condition, timeout, interval=0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -220,6 +220,10 @@ class TestTokens(SQLiteApp):
             ('HEAD', '/buckets/%s/keys/k' % b, b'', 'read', 'elsewhere'),
             ('PUT', '/buckets/%s/keys/k' % b, b'v2', 'write', 'reader'),
             ('POST', '/buckets/%s/keys/fresh' % b, b'v', 'write', 'reader'),
+            ('POST', '/buckets/%s/batch' % b, json.dumps({'operations': [{'op': 'get', 'key': 'k'}]}).encode(),
+             'read', 'elsewhere'),
+            ('POST', '/buckets/%s/batch' % b, json.dumps({'operations': [{'op': 'get', 'key': 'k'}, {
+                'op': 'put', 'key': 'batched', 'value': 'v'}]}).encode(), 'write', 'reader'),
             ('DELETE', '/buckets/%s/keys/k' % b, b'', 'write', 'reader'),
             ('DELETE', '/buckets/%s?force=true' % b, b'', 'admin', 'writer'),
         ]

@@ -215,6 +215,32 @@ class TestKv(unittest.TestCase):
         self.assertTrue(page['next_cursor'])
         self.kv('ls', support.unique(), expect=1)
 
+    def test_batch_dump_and_load_move_a_bucket_through_batches(self):
+        lines = [{'op': 'put', 'key': 'k%03d' % i, 'value': 'text %d' % i} for i in range(25)]
+        lines.append({'op': 'put', 'key': 'bin', 'value_base64': 'AP8=', 'content_type': 'image/png'})
+        lines.append({'op': 'put', 'key': 'k000', 'value': 'again'})   # a key twice: the next batch takes it
+        source = self.path('ops.jsonl', ''.join(json.dumps(line) + '\n' for line in lines).encode())
+        out, _ = self.kv('batch', self.bucket, source, '--batch-size', '10')
+        results = [json.loads(line) for line in out.decode().splitlines()]
+        self.assertEqual([(r['key'], r['status']) for r in results],
+                         [(line['key'], 201) for line in lines[:-1]] + [('k000', 200)])
+        dumped = self.path('dump.jsonl')
+        self.kv('dump', self.bucket, '-o', dumped, '--batch-size', '7')
+        with open(dumped, encoding='utf-8') as f:
+            rows = [json.loads(line) for line in f]
+        self.assertEqual(len(rows), 26)
+        self.assertEqual(rows[0], {'key': 'bin', 'content_type': 'image/png', 'value_base64': 'AP8='})
+        self.assertEqual(rows[1], {'key': 'k000', 'content_type': 'text/plain; charset=utf-8', 'value': 'again'})
+        copy = support.unique()
+        self.kv('load', copy, dumped)
+        self.assertEqual(self.kv('dump', copy)[0].decode().splitlines(), open(dumped, encoding='utf-8').read().splitlines())
+        self.assertEqual(self.kv('get', copy, 'bin')[0], b'\x00\xff')
+        # An operation that fails sets the exit status; the others are done.
+        failing = self.path('failing.jsonl', b'{"op": "delete", "key": "missing"}\n{"op": "get", "key": "k001"}\n')
+        out, _ = self.kv('batch', self.bucket, failing, expect=1)
+        self.assertEqual([json.loads(line)['status'] for line in out.decode().splitlines()], [404, 200])
+        self.kv('batch', self.bucket, failing, token='reader', expect=6)
+
     def test_watch_prints_each_change_and_resumes_from_its_cursor(self):
         self.kv('put', self.bucket, 'a', '-', input=b'1')
         self.kv('rm', self.bucket, 'a')

@@ -259,18 +259,7 @@ class TestCoordinatedWriteOnMariaDB(support.OnMariaDB, support.StoreSpecificatio
             {}, (engine.actor, len(held) + 1), b'v', 'text/plain', **fields))
 
     def round_trips(self, write):
-        from kvstore.engines import mysqlwire
-        sent, send = [], mysqlwire.send
-
-        def counting(conn, sql):
-            sent.append(sql)
-            return send(conn, sql)
-        mysqlwire.send = counting
-        try:
-            write()
-        finally:
-            mysqlwire.send = send
-        return sent
+        return support.sent_queries(write)
 
     def test_a_new_key_and_an_overwrite_take_two_round_trips(self):
         engine = self.store.engines['p1']

@@ -2,6 +2,7 @@
 
     kv put BUCKET KEY [FILE]     kv get BUCKET KEY [-o FILE]     kv rm BUCKET KEY
     kv ls BUCKET [--prefix P]    kv buckets    kv locate BUCKET KEY    kv status
+    kv batch BUCKET [FILE.jsonl]    kv dump BUCKET [-o FILE]    kv load BUCKET [FILE]    kv watch BUCKET
 
 Values stream both ways, a chunk at a time, never whole in memory.  The exit
 status says what happened (client.py's statuses, the table in docs/CLI.md); scripts
@@ -64,6 +65,22 @@ def parser():
     sub.add_argument('--limit', type=int, metavar='N', help='at most N keys (then the next cursor)')
     sub.add_argument('--cursor', help='start after this cursor (from a listing cut by --limit)')
     sub.add_argument('--page-size', type=int, default=1000, metavar='N', help='keys per request (1..10000)')
+    def batches(sub):
+        sub.add_argument('--batch-size', type=int, default=500, metavar='N',
+                         help='operations per request (1..1000, default 500)')
+        return sub
+    sub = batches(command('batch', commands.batch, 'operations from JSON lines (FILE or stdin), sent in '
+                          'batches: each result a JSON line', key=False))
+    sub.add_argument('file', metavar='FILE', nargs='?', help='{"op": "get"|"put"|"delete", "key": ...} a line')
+    sub.add_argument('--r', metavar='R', help='answers each get waits for')
+    sub.add_argument('--w', metavar='W', help='copies each write waits for')
+    sub = batches(command('dump', commands.dump, 'every live key of a bucket as JSON lines, read in batches',
+                          key=False))
+    sub.add_argument('-o', '--output', metavar='FILE', help='write to FILE (whole or not at all) instead of stdout')
+    sub = batches(command('load', commands.load, 'put the JSON lines kv dump wrote (FILE or stdin), in batches',
+                          key=False))
+    sub.add_argument('file', metavar='FILE', nargs='?', help='{"key", "value" or "value_base64", "content_type"} a line')
+    sub.add_argument('--w', metavar='W', help='copies each put waits for')
     sub = command('watch', commands.watch, "follow the bucket's changes, one line each (GET /buckets/B/changes)",
                   key=False)
     sub.add_argument('--since', metavar='CURSOR', help='start after this cursor (default: --cursor-file\'s, else '
@@ -100,6 +117,9 @@ def main(argv=None):
     settings.setdefault('timeout', 30.0)
     if settings.get('progress') is None:
         args.progress = sys.stderr.isatty()
+    if not 1 <= settings.get('batch_size', 1) <= 1000:
+        print('kv: --batch-size must be 1 to 1000', file=sys.stderr)
+        return USAGE
     for name in ('limit', 'page_size'):
         if settings.get(name) is not None and settings[name] < 1:
             print('kv: --%s must be at least 1' % name.replace('_', '-'), file=sys.stderr)

@@ -1,5 +1,6 @@
 """kv's commands: each takes a Client and the parsed arguments, and returns
 an exit status (None for OK) or raises Failure."""
+import io
 import json
 import mimetypes
 import os
@@ -12,7 +13,8 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-from kvstore.cli.client import LOCAL, NOT_FOUND, REFUSED, SIBLINGS, UNAVAILABLE, USAGE, Failure, key_path, refusal
+from kvstore.cli.client import (LOCAL, NOT_FOUND, REFUSED, SIBLINGS, UNAVAILABLE, USAGE, Failure, exit_status, key_path,
+                               refusal)
 
 CHUNK = 64 * 1024   # what a value moves by, both ways
 
@@ -330,3 +332,127 @@ def status(client, args):
 
 def emit(document):
     print(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+# -- batches: many keys a request (POST /buckets/{bucket}/batch) -----------------------
+
+MAX_BATCH_BYTES = 3 * 1024 * 1024   # a batch's body, under the store's 4 MiB
+DUMPED = ('key', 'content_type', 'value', 'value_base64')   # what kv dump writes of each key
+
+
+def read_operations(args, source, op=None):
+    """The JSON lines of source, one operation each (op: the op every line gets, as kv load's)."""
+    for number, line in enumerate(source, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError:
+            raise Failure(USAGE, 'line %d is not JSON' % number)
+        if not isinstance(item, dict):
+            raise Failure(USAGE, 'line %d is not a JSON object' % number)
+        yield dict(item, op=op) if op else item
+
+
+def batched(operations, size):
+    """Lists of at most size operations and MAX_BATCH_BYTES of JSON, no key twice in one."""
+    batch, keys, length = [], set(), 0
+    for item in operations:
+        item_length = len(json.dumps(item)) + 2
+        if batch and (len(batch) >= size or length + item_length > MAX_BATCH_BYTES or item.get('key') in keys):
+            yield batch
+            batch, keys, length = [], set(), 0
+        batch.append(item)
+        keys.add(item.get('key'))
+        length += item_length
+    if batch:
+        yield batch
+
+
+def send_batches(client, args, operations, each_result):
+    """POST operations to the bucket, a batch at a time; each_result(item) for each result.
+    The first operation that failed decides the exit status (None: all succeeded)."""
+    path = '/buckets/%s/batch' % urllib.parse.quote(args.bucket, safe='')
+    params = {name: getattr(args, name) for name in ('r', 'w') if getattr(args, name, None)}
+    worst = None
+    with tqdm(unit=' keys', file=sys.stderr, disable=not args.progress, leave=False) as bar:
+        for batch in batched(operations, args.batch_size):
+            answer = client.request('POST', path, 'batch of %d on %s' % (len(batch), args.bucket), params=params,
+                                    parts={'headers': {'Accept': 'application/json',
+                                                       'Content-Type': 'application/json'},
+                                           'data': json.dumps({'operations': batch}).encode()}).json()
+            for item in answer['results']:
+                if worst is None and item['status'] >= 300:
+                    worst = SIBLINGS if item['status'] == 300 else exit_status(item['status'])
+                each_result(item)
+            bar.update(len(batch))
+    return worst
+
+
+def batch(client, args):
+    """Each result as a JSON line on stdout."""
+    source = open_text(args.file)
+    try:
+        return send_batches(client, args, read_operations(args, source),
+                            lambda item: print(json.dumps(item, ensure_ascii=False)))
+    finally:
+        if source is not sys.stdin:
+            source.close()
+
+
+def load(client, args):
+    """Lines as kv dump writes them, each put; a put that failed is reported on stderr."""
+    def report(item):
+        if item['status'] >= 300:
+            print('kv: %s: %s %s' % (item['key'], item['status'], item.get('message', '')), file=sys.stderr)
+    source = open_text(args.file)
+    try:
+        return send_batches(client, args, ({k: v for k, v in item.items() if k in DUMPED + ('op',)}
+                                           for item in read_operations(args, source, op='put')), report)
+    finally:
+        if source is not sys.stdin:
+            source.close()
+
+
+def dump(client, args):
+    """Every live key of the bucket as a JSON line (key, content_type, value or value_base64), a page of
+    keys read at a time by one batch; keys with siblings or values too large for a batch are left out,
+    each named on stderr (exit 4 or 7 then)."""
+    args.page_size = min(args.batch_size, 1000)
+    out = sys.stdout if args.output in (None, '-') else None
+    left_out = []
+
+    def write(target):
+        path = '/buckets/%s/keys' % urllib.parse.quote(args.bucket, safe='')
+        cursor = None
+
+        def each(item):
+            if item['status'] == 200 and 'value_omitted' not in item:
+                target.write(json.dumps({k: item[k] for k in DUMPED if k in item}, ensure_ascii=False) + '\n')
+            elif item['status'] != 404:   # a key deleted since the listing is no longer there to dump
+                left_out.append(SIBLINGS if item['status'] == 300 else REFUSED)
+                print('kv: %s left out: %s' % (item['key'], 'siblings' if item['status'] == 300 else
+                                               item.get('message') or item.get('value_omitted')), file=sys.stderr)
+        while True:
+            params = {'limit': args.page_size}
+            if cursor:
+                params['cursor'] = cursor
+            page = client.document(path, 'bucket %s' % args.bucket, params)
+            send_batches(client, args, ({'op': 'get', 'key': key} for key in page['keys']), each)
+            cursor = page.get('next_cursor')
+            if not cursor:
+                break
+    if out is not None:
+        write(out)
+    else:
+        replace_file(args.output, lambda f: write(io.TextIOWrapper(f, encoding='utf-8', write_through=True)))
+    return left_out[0] if left_out else None
+
+
+def open_text(path):
+    if path in (None, '-'):
+        return sys.stdin
+    try:
+        return open(path, encoding='utf-8')
+    except OSError as error:
+        raise Failure(LOCAL, 'cannot read %s: %s' % (path, error.strerror))

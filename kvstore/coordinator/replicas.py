@@ -115,8 +115,9 @@ class Replicas:
                 failures[name] = 'timed out'
         return results, failures
 
-    def at_once(self, names, what, *args, needed=None, laggards=None, since=None):
-        """engine.send_<what>(*args) on every partition named, then
+    def at_once(self, names, what, *args, needed=None, laggards=None, since=None, each=None):
+        """engine.send_<what>(*args) on every partition named (each: {partition:
+        its own args} instead), then
         finish_<what> on each as its answer arrives: from this thread, with
         every query sent before any answer is read, so that the databases work
         at once without a thread hand-off (or GIL contention) per partition.
@@ -132,7 +133,7 @@ class Replicas:
         try:
             for p in names:
                 try:
-                    sent[p] = self.call(p, 'send_' + what, *args)
+                    sent[p] = self.call(p, 'send_' + what, *(args if each is None else each[p]))
                 except PartitionError as e:
                     failures[p] = e.reason
             deadline = time.monotonic() + self.read_timeout   # for the answers needed

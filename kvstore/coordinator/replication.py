@@ -35,17 +35,29 @@ class Replication:
         settles later.  started: when the write began (a monotonic time).
         Returns (acknowledged: owners holding it, {owner: the partition holding
         its hint}, {owner: why it does not hold it})."""
-        laggards, unfinished = {}, {}
+        laggards = {}
         # Threads (below) for a large value, whose chunks take a while to
         # copy, and for engines whose send_apply does all the work at once
         # (SQLite): the request would wait for every replica in turn.
         engines = self.replicas.engines
         threaded = self.version.chunk_count or not all(engines[p].sends_apart for p in self.others)
         landed, rejected = ({}, {}) if threaded else self._send_at_once(w, started, laggards)
-        # The rest in threads: owners that refused (hints then), or every
-        # owner when threaded.  An owner known to have failed gets its hint
-        # before the answer, so that the receipt says where it went; threaded
-        # copies past W go on in the background.
+        return self._finish(w, landed, rejected, laggards, threaded)
+
+    def finish_batch(self, applied, failed):
+        """run() for a version that a batch sent to the other owners with
+        others of the same partitions (coordinator/batches.py), once all
+        answered: applied {owner: kept}, failed {owner: why}.  Each owner that
+        failed gets its hint before the answer.  Returns as run()."""
+        landed, rejected = self._landed(applied, failed)
+        return self._finish(0, landed, rejected, {}, False)
+
+    def _finish(self, w, landed, rejected, laggards, threaded):
+        """The rest in threads: owners that refused (hints then), or every
+        owner when threaded.  An owner known to have failed gets its hint
+        before the answer, so that the receipt says where it went; threaded
+        copies past W go on in the background."""
+        unfinished = {}
         rest = [p for p in self.others if p not in landed and p not in laggards and p not in rejected]
         needed = max(0, w - 1 - len(landed)) if threaded else len(rest)
         more, not_landed = self.replicas.fan_out(rest, self.replicate, launch=len(rest), needed=needed,
@@ -65,6 +77,11 @@ class Replication:
         applied, failed = self.replicas.at_once([p for p in self.others if p not in self.refused], 'apply',
                                                 self.bucket, self.key, self.version, self.superseded,
                                                 needed=w - 1, laggards=laggards, since=started)
+        return self._landed(applied, failed)
+
+    def _landed(self, applied, failed):
+        """({owner: (owner, None)} that hold the version, {owner: REJECTED})
+        from the owners' answers: applied {owner: kept}, failed {owner: why}."""
         rejected = {p: REJECTED for p, kept in applied.items() if not kept and self.rejected(p)}
         self.refused.update(failed)
         return {p: (p, None) for p in applied if p not in rejected}, rejected

@@ -74,8 +74,12 @@ def encode_clock(clock):
     return json.dumps(clock, sort_keys=True, separators=(',', ':')).encode()
 
 
+_json_decode = json.JSONDecoder().decode
+
+
 def decode_clock(data):
-    return json.loads(data)
+    # Text to the decoder itself: json.loads of bytes first sniffs their encoding.
+    return _json_decode(data.decode() if isinstance(data, (bytes, bytearray)) else data)
 
 
 def encode_token(data):

@@ -62,6 +62,21 @@ def refuse_bad_writes(failures):
         raise InsufficientStorage('no replica of the key has room for the write', failed=failures)
 
 
+def must_exist(bucket, key, check=None, read_elsewhere=()):
+    """A delete's check(current live versions): NotFound without one (nor
+    one among read_elsewhere, what a read of the key found), then check's."""
+    def check_deleted(current):
+        if not current and not live(read_elsewhere):
+            raise NotFound('no key %r in bucket %r' % (key, bucket))
+        if check:
+            check(current)
+    return check_deleted
+
+
+def make_tombstone(seen, dot):
+    return Version.new(seen, dot, b'', '', deleted=True)
+
+
 class Writer:
     def __init__(self, config, replicas, placement, buckets, chunks, decider, handoff, settling, reader):
         self.config = config
@@ -107,24 +122,20 @@ class Writer:
             coordinators=[coordinator], conditional=conditional, pw=pw,
             idempotency=idempotency and idempotency.for_body(hasher.hexdigest))
 
-    def delete(self, bucket, key, context=None, check=None, w=None, conditional=False, pw=None, idempotency=None):
+    def delete(self, bucket, key, context=None, check=None, w=None, conditional=False, pw=None, idempotency=None,
+               also_seen=()):
         """Write a tombstone; NotFound when there is no live version.  Its
         coordinator may have missed the key's last write (sloppy quorum), so
         one without a context or condition (blind) deletes what a read of the
-        key returns as well as what its coordinator holds, as Riak's does."""
+        key returns as well as what its coordinator holds, as Riak's does.
+        also_seen: versions it replaces besides (a batch's attempt, batches.py)."""
         blind = context is None and not conditional and idempotency is None
-        read = self.reader.get(bucket, key).versions if blind else []
+        read = (self.reader.get(bucket, key).versions if blind else []) + list(also_seen)
 
         def tombstone(read_elsewhere):
-            def must_exist(current):
-                if not current and not live(read_elsewhere):
-                    raise NotFound('no key %r in bucket %r' % (key, bucket))
-                if check:
-                    check(current)
-            return self.write(bucket, key, context, must_exist, w,
-                              lambda seen, dot: Version.new(seen, dot, b'', '', deleted=True),
-                              conditional=conditional, pw=pw, idempotency=idempotency and idempotency.for_body(''),
-                              also_seen=read_elsewhere)
+            return self.write(bucket, key, context, must_exist(bucket, key, check, read_elsewhere), w,
+                              make_tombstone, conditional=conditional, pw=pw,
+                              idempotency=idempotency and idempotency.for_body(''), also_seen=read_elsewhere)
         try:
             return tombstone(read)
         except NotFound:
@@ -134,7 +145,7 @@ class Writer:
             if not live(versions):
                 raise
             self.placement.spread(bucket, key, versions, preference)
-        return tombstone(read + versions if blind else [])
+        return tombstone(read + versions if blind else read)
 
     def write(self, bucket, key, context, check, w, make, coordinators=None, conditional=False, pw=None,
               idempotency=None, also_seen=()):
@@ -192,7 +203,15 @@ class Writer:
                                hints={}, down={}, replayed=True)
         replication = Replication(self.replicas, self.handoff, self.settling, bucket, key, coordinator, version,
                                   held, preference, fallbacks, failures)
-        acknowledged, hints, down = replication.run(w, started)
+        return self.receipt(version, held, preference, coordinator, replication.run(w, started), w, pw, recorded)
+
+    @staticmethod
+    def receipt(version, held, preference, coordinator, outcome, w, pw, recorded=None):
+        """The Receipt of a version its coordinator stored (held: what it held
+        before) and replication's outcome (acknowledged, hints, down) gave
+        to the other owners; Unavailable when fewer than w replicas (pw of
+        them owners) hold it.  recorded: an earlier attempt's record (replayed)."""
+        acknowledged, hints, down = outcome
         if len(acknowledged) + len(hints) < w or len(acknowledged) < pw:
             raise Unavailable('%d replicas acknowledged the write, %d of them owners; it needs %d, %d of '
                               'them owners.  It may have been applied on %s'
@@ -235,14 +254,14 @@ class Writer:
         its version: (that coordinator, the versions it held, the version,
         {candidate that failed: reason}).  decider: the first owner, for a
         conditional write (else False); epoch: the view it was placed by;
-        also_seen: versions it replaces besides the coordinator's (_decision)."""
+        also_seen: versions it replaces besides the coordinator's (decision)."""
         failures, also_seen = {}, list(also_seen)
         for coordinator in candidates:
             attempts = []
             try:
                 held, version = self.replicas.call(
                     coordinator, 'coordinate', bucket, key,
-                    self._decision(coordinator, context, check, make, also_seen, attempts), epoch, idempotency)
+                    self.decision(coordinator, context, check, make, also_seen, attempts), epoch, idempotency)
                 return coordinator, held, version, failures
             except PartitionError as e:
                 failures[coordinator] = e.reason
@@ -266,7 +285,7 @@ class Writer:
             for other in deciders[1:]:
                 self.replicas.call(other, 'copy_chunks', bucket, key, probe)
             held, version = self.decider.coordinate(deciders, epoch, bucket, key,
-                                                    self._decision(coordinator, context, check, make), idempotency)
+                                                    self.decision(coordinator, context, check, make), idempotency)
         except PartitionError as e:
             refuse_bad_writes({e.partition: e.reason})
             raise Unavailable('a conditional write is decided by the key\'s first owners in the rings '
@@ -274,7 +293,7 @@ class Writer:
                               % (', '.join(deciders), e.partition), failed={e.partition: e.reason})
         return coordinator, held, version, {}
 
-    def _decision(self, coordinator, context, check, make, also_seen=(), attempts=None):
+    def decision(self, coordinator, context, check, make, also_seen=(), attempts=None):
         """decide(held) for engine.coordinate: check the versions the
         coordinator holds (raising to refuse), and build the new version.
         also_seen: versions the new one replaces besides the coordinator's:

@@ -48,6 +48,18 @@ class Keys:
                           + (b, version.modified))
             self._log_change(cursor, b, k, version.version_id.encode())   # the change feed (feed.py)
 
+    def _store_many(self, cursor, bucket, drops, versions, if_absent=False):
+        """_store for many keys of a bucket: drop the versions drops [(key,
+        version_id)], add versions [(key, version)].  Here one key at a time;
+        MySQLEngine does it in two statements and a third for the fence."""
+        dropped = {}
+        for key, version_id in drops:
+            dropped.setdefault(key, []).append(version_id)
+        for key, version in versions:
+            self._store(cursor, bucket, key, dropped.pop(key, []), version, if_absent)
+        for key, version_ids in dropped.items():
+            self._store(cursor, bucket, key, version_ids, None)
+
     # An INSERT ... SELECT of one row, unless a forced bucket delete fenced the
     # version off (Buckets.drop_keys): its arguments are the bucket and the
     # version's modification time.
@@ -105,6 +117,82 @@ class Keys:
         """(the fence, the rows without it) of a _with_fence query's answer."""
         fence = next((row[0] for row in rows if row[1] is None), None)
         return fence, [row[1:] for row in rows if row[1] is not None]
+
+    # Many keys of a bucket (a batch, coordinator/batches.py): one statement
+    # to read them, one transaction to coordinate or apply their writes.
+    def send_read_many(self, bucket, keys, parsed=None):
+        """parsed: a dict the partitions asked for the same keys share, so
+        that a version several of them hold is built once (finish_read_many)."""
+        return self.send_query(self._held_many_query(len(keys), lock=False),
+                               [bucket.encode()] + [k.encode() for k in keys]), parsed
+
+    def _read_many_answer(self, sent):
+        """(rows, parsed) of a send_read_many."""
+        return self.finish_query(sent[0]), sent[1]
+
+    def finish_read_many(self, sent):
+        """{key: [Version]} of the keys found (a key without versions is left out)."""
+        rows, parsed = self._read_many_answer(sent)
+        found = {}
+        for row in rows:
+            stored = row[1:]
+            version = parsed.get(stored) if parsed is not None else None
+            if version is None:
+                version = self._held_version(stored)
+                if parsed is not None and not version.chunk_size:   # a chunked one reads its chunks here
+                    parsed[stored] = version
+            found.setdefault(as_text(row[0]), []).append(version)
+        return found
+
+    def _held_many_query(self, count, lock=True, values=True):
+        return ('SELECT key_name, ' + (self.held_columns if values else self.held_columns_without_value)
+                + ' FROM objects WHERE bucket = ? AND key_name IN (%s)' % ', '.join(['?'] * count)
+                + (self.lock_clause if lock else ''))
+
+    def coordinate_many(self, bucket, writes):
+        """coordinate() for many keys of a bucket in one transaction, under
+        every key's lock (writes: [(key, decide)], keys distinct): one locking
+        read of them all, decide(held) for each (None: that key stays as it
+        is), their versions stored with the commit.  Returns, in order,
+        (held, version or None) of each write."""
+        keys = [key for key, _ in writes]
+
+        def work(cursor):
+            fence_and_clock = self._fence_and_clock(cursor, bucket)
+            self._execute(cursor, self._held_many_query(len(keys), values=False),
+                          [bucket.encode()] + [k.encode() for k in keys])
+            held_of = {}
+            for row in cursor.fetchall():
+                held_of.setdefault(as_text(row[0]), []).append(self._held_version(row[1:]))
+            outcomes, drops, versions = [], [], []
+            for key, decide in writes:
+                held = held_of.get(key, [])
+                version = decide(held)
+                outcomes.append((held, version))
+                if version is not None:
+                    self._after_fence(fence_and_clock, version)
+                    drops += [(key, v.version_id) for v in held if version.supersedes(v)]
+                    versions.append((key, version))
+            self._store_many(cursor, bucket, drops, versions)
+            return outcomes
+        return self._transaction(work, [(bucket, key) for key in keys])
+
+    def send_apply_many(self, bucket, items):
+        """A replica takes the versions of many keys, as apply(bucket, key,
+        version, superseded) for each of items [(key, version, superseded)],
+        in one transaction.  Here it all happens at once; finish_apply_many:
+        [kept] in order."""
+        held_ids = self._transaction(
+            lambda cursor: [self._replace(cursor, bucket, key, version, superseded)
+                            for key, version, superseded in items], [(bucket, key) for key, _, _ in items])
+        return self._kept_many(bucket, items, held_ids)
+
+    def finish_apply_many(self, sent):
+        return sent
+
+    def _kept_many(self, bucket, items, held_ids):
+        return [self._keep_applied(bucket, key, version, superseded, ids)
+                for (key, version, superseded), ids in zip(items, held_ids)]
 
     def coordinate(self, bucket, key, decide, epoch=None, idempotency=None):
         """Lock the key, let decide(held) make the new version, store it.

@@ -13,6 +13,7 @@ import pymysql
 from kvstore.engines import mysqlwire
 from kvstore.engines.coalescing import ApplyQueue, Ticket
 from kvstore.engines.failures import BAD_DATA, FULL, LOCK_CONFLICT, REFUSED, PartitionError
+from kvstore.coordinator.ring import key_point
 from kvstore.engines.rows import COLUMNS, as_text, row_to_version
 from kvstore.engines.sql import SQLEngine
 
@@ -29,11 +30,12 @@ MYSQL_DENIED = (1044, 1142, 1143, 1227, 1370)
 
 
 class Sent:
-    """A MySQL query sent and not yet answered: the connection its answers come on."""
-    __slots__ = ('conn',)
+    """A MySQL query sent and not yet answered: the connection its answers
+    come on (and what was asked, when reading the answer needs it)."""
+    __slots__ = ('conn', 'request')
 
-    def __init__(self, conn):
-        self.conn = conn
+    def __init__(self, conn, request=None):
+        self.conn, self.request = conn, request
 
 
 class BatchingCursor(mysqlwire.Cursor):
@@ -271,6 +273,83 @@ class MySQLEngine(SQLEngine):
             [row] = mysqlwire.read_rows(conn)
         self.pool.release(conn)
         return [as_text(held).split(',') if held else [] for held in row[:count]]
+
+    def send_read_many(self, bucket, keys, parsed=None):
+        sent, _ = super().send_read_many(bucket, keys)
+        sent.request = parsed
+        return sent
+
+    def _read_many_answer(self, sent):
+        parsed = sent.request
+        return self.finish_query(sent), parsed
+
+    def send_apply_many(self, bucket, items):
+        """A batch's versions for this replica [(key, version, superseded)],
+        as one transaction in one multi-statement: the keys' locks, one
+        locking read of their ids (its rows the answer), the superseded
+        dropped and the versions added (_store_many), the commit."""
+        keys = [key for key, _, _ in items]
+
+        def statement(conn):
+            batch = BatchingCursor(conn, self._key_locks([(bucket, key) for key in keys]))
+            batch.hold('SELECT key_name, version_id FROM objects WHERE bucket = %%s AND key_name IN (%s)%s'
+                       % (', '.join(['%s'] * len(keys)), self.lock_clause), [bucket.encode()] + [k.encode() for k in keys])
+            self._store_many(batch, bucket, [(key, version_id) for key, _, superseded in items for version_id in superseded],
+                             [(key, version) for key, version, _ in items], if_absent=True)
+            return ';\n'.join(batch.statements())
+        return Sent(self._send(statement).conn, (bucket, items, statement))
+
+    def finish_apply_many(self, sent):
+        bucket, items, statement = sent.request
+        try:
+            rows = self.finish_query(sent)
+        except PartitionError as e:
+            if e.reason != LOCK_CONFLICT:
+                raise
+            # InnoDB chose it as a deadlock's victim (its locks were rolled
+            # back with it): sent again, with backoff, as a transaction is.
+            rows = self._retrying(lambda: self.finish_query(self._send(statement)))
+        held = {}
+        for key, version_id in rows:
+            held.setdefault(as_text(key), []).append(as_text(version_id))
+        return self._kept_many(bucket, items, [held.get(key, []) for key, _, _ in items])
+
+    def _store_many(self, cursor, bucket, drops, versions, if_absent=False):
+        """_store for many keys in a few statements whatever their number:
+        one DELETE of the superseded, one multi-row INSERT, then, in place of
+        _store's unfenced_clause, one DELETE of the rows just added that a
+        forced bucket delete fenced off (dated at or before its fence: the
+        same check, at the same point of the transaction), and the versions
+        logged for the change feed as _log_change logs one."""
+        b = bucket.encode()
+        if drops:
+            self._execute(cursor, 'DELETE FROM objects WHERE bucket = ? AND (%s)' % ' OR '.join(
+                ['(key_name = ? AND version_id = ?)'] * len(drops)),
+                [b] + [part for key, version_id in drops for part in (key.encode(), version_id.encode())])
+        if not versions:
+            return
+        row = '(%s)' % ', '.join(['?'] * (COLUMNS.count(',') + 4))
+        self._execute(cursor, 'INSERT INTO objects (bucket, key_name, ' + COLUMNS + ', point) VALUES '
+                      + ', '.join([row] * len(versions)) + (self.if_absent_clause if if_absent else ''),
+                      [part for key, version in versions for part in
+                       (b, key.encode()) + self._version_columns(version) + (key_point(bucket, key),)])
+        # A join from the fence: with no fence (nearly always) no row of
+        # objects is read, and none locked (a locking scan of others' rows
+        # would have writers of neighbouring keys deadlock).
+        self._execute(cursor, 'DELETE objects FROM bucket_fences JOIN objects ON objects.bucket = bucket_fences.bucket'
+                      ' WHERE bucket_fences.bucket = ? AND objects.key_name IN (%s) AND objects.version_id IN (%s)'
+                      ' AND objects.modified <= bucket_fences.dropped'
+                      % (', '.join(['?'] * len(versions)), ', '.join(['?'] * len(versions))),
+                      [b] + [key.encode() for key, _ in versions] + [v.version_id.encode() for _, v in versions])
+        # The change feed (feed.py, _log_change): a number each, in one go.
+        self._execute(cursor, 'UPDATE change_log SET top = top + ? WHERE id = 1', (len(versions),))
+        self._execute(cursor, 'INSERT INTO changes (seq, bucket, key_name, version_id, clock, deleted, content_type,'
+                      ' size, modified, logged) SELECT (SELECT top FROM change_log WHERE id = 1) - ? + ROW_NUMBER()'
+                      ' OVER (ORDER BY key_name, version_id), bucket, key_name, version_id, clock, deleted,'
+                      ' content_type, size, modified, ' + self._log_clock + ' FROM objects WHERE bucket = ? AND (%s)'
+                      % ' OR '.join(['(key_name = ? AND version_id = ?)'] * len(versions)),
+                      [len(versions), b] + [part for key, version in versions
+                                            for part in (key.encode(), version.version_id.encode())])
 
     def finish_apply(self, sent):
         if not isinstance(sent, Ticket):

@@ -62,6 +62,7 @@ ROUTE_ROLES = {
     'Buckets': {'GET': ANY},
     'Bucket': {'GET': READ, 'PUT': ADMIN, 'DELETE': ADMIN},
     'Keys': {'GET': READ, 'POST': WRITE},
+    'Batch': {'POST': READ},   # and write, checked by the resource, for a batch that writes (require)
     'Changes': {'GET': READ},
     'Key': {'GET': READ, 'PUT': WRITE, 'POST': WRITE, 'DELETE': WRITE},
 }
@@ -231,6 +232,14 @@ def grants_role(grants, role, bucket):
     return any(ROLES.index(granted) >= least
                and (pattern == '*' if bucket is None else fnmatch.fnmatchcase(bucket, pattern))
                for granted, pattern in grants)
+
+
+def require(role, bucket):
+    """403 unless this request's token gives role on bucket (a resource that
+    knows what it needs only once it has read the body: a batch that writes)."""
+    grants = web.ctx.get('grants')
+    if grants is not None and not grants_role(grants, role, bucket):
+        raise Forbidden('forbidden', 'the token does not give %s on bucket %r' % (role, bucket))
 
 
 def may_read(bucket):

@@ -21,12 +21,31 @@ _string = json.encoder.encode_basestring
 _SCALARS = {None: 'null', True: 'true', False: 'false'}
 
 
+# The list of a document whose items are written one a line, each by json's
+# C encoder: a batch's answer holds thousands of fields, which the indented
+# rendering would write at several times the cost.
+ONE_LINE_ITEMS = {'batch': 'results'}
+_one_line = json.JSONEncoder(ensure_ascii=False).encode
+
+
 def render_json(document, root):
-    """json.dumps(document, indent=2, ensure_ascii=False) and a newline."""
+    """json.dumps(document, indent=2, ensure_ascii=False) and a newline (the
+    items of the ONE_LINE_ITEMS list of its root one a line)."""
     parts = []
+    listed = ONE_LINE_ITEMS.get(root)
+    if listed is not None and isinstance(document.get(listed), list) and document[listed]:
+        items = document[listed]
+        document = dict(document, **{listed: _ONE_LINE})
+        _json(document, parts, '\n')
+        text = ''.join(parts)
+        lines = ',\n    '.join(_one_line(item) for item in items)
+        return text.replace(_string(_ONE_LINE), '[\n    %s\n  ]' % lines, 1) + '\n'
     _json(document, parts, '\n')
     parts.append('\n')
     return ''.join(parts)
+
+
+_ONE_LINE = '\0one line items\0'   # a placeholder no document holds (a NUL is escaped in JSON)
 
 
 def _key_text(key):

@@ -30,6 +30,8 @@ STATUS = {
     'idempotency_key_reused': '422 Unprocessable Content',
     'value_too_large': '413 Content Too Large',
     'body_too_large': '413 Content Too Large',
+    'batch_too_large': '413 Content Too Large',
+    'too_many_operations': '413 Content Too Large',
     'uri_too_long': '414 URI Too Long',
     'range_not_satisfiable': '416 Range Not Satisfiable',
     'misdirected_request': '421 Misdirected Request',

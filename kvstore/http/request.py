@@ -1,6 +1,7 @@
 """Reading a request: its query, its body (a document, a value, a form), the
 quorums and causal context it asks for."""
 import email.utils
+import functools
 import io
 import json
 import re
@@ -74,11 +75,15 @@ def request_quorums(*names):
 def request_context(bucket, key):
     """The causal context the client sent back (X-Context) with a write of this key, or None."""
     header = web.ctx.env.get('HTTP_X_CONTEXT')
-    if not header:
-        return None
+    return client_context(header, bucket, key) if header else None
+
+
+def client_context(text, bucket, key):
+    """A causal context a client sent back with a write of this key, decoded
+    (400 bad_context unless this store issued it for the key)."""
     try:
         config = store().config
-        return decode_context(header, store().engines, bucket, key, config.max_clock_skew,
+        return decode_context(text, store().engines, bucket, key, config.max_clock_skew,
                               secret=config.cluster_secret)
     except BadContext as e:
         raise BadRequest('bad_context', str(e))
@@ -138,6 +143,13 @@ def request_value():
         if value is None:
             raise BadRequest('bad_body', 'a form must carry the value in a field named "value"')
         return (value if isinstance(value, bytes) else value.encode('utf-8')), 'text/plain; charset=utf-8'
+    check_content_type(content_type)
+    return body, content_type
+
+
+@functools.lru_cache(maxsize=256)   # a batch's values share a few types: each checked once
+def check_content_type(content_type):
+    """A value's media type as the store keeps it (400 bad_header otherwise)."""
     if mediatypes.single_type(content_type) is None:
         # A browser splits at commas and takes the last type that parses: a value
         # stored as `text/plain, text/html` would be HTML to it.
@@ -146,7 +158,6 @@ def request_value():
     check_field_value('Content-Type', content_type)
     if len(content_type.encode('utf-8')) > MAX_CONTENT_TYPE_BYTES:
         raise BadRequest('bad_header', 'Content-Type takes at most %d bytes' % MAX_CONTENT_TYPE_BYTES)
-    return body, content_type
 
 
 def is_form():
