@@ -366,10 +366,11 @@ def queries_per_request(config_path, cluster, bucket, count=300):
     """What one request costs, counted in process, one request at a time on
     count keys of a bucket of its own, for a PUT (w=2) of a new key, one
     overwriting it, a GET r=1 and a GET r=2: {operation: (round trips,
-    statements, commits, CPU ms of the databases, CPU ms of the front end)}
-    per request.  Round trips are the queries the engines send
-    (kvstore/engines/mysqlwire.send); statements and commits the databases'
-    Questions and Com_commit, read once the write's background work is done;
+    statements, commits, fsyncs, CPU ms of the databases, CPU ms of the front
+    end)} per request.  Round trips are the queries the engines send
+    (kvstore/engines/mysqlwire.send); statements, commits and fsyncs the
+    databases' Questions, Com_commit and Innodb_data_fsyncs, read once the
+    write's background work is done;
     CPU from /proc (the databases, in clock ticks: hence so many requests) and
     time.process_time (this process: the front end without its HTTP layer).  One request at a time, the CPU is steadier than
     under wrk's load, and shares nothing with other requests."""
@@ -405,6 +406,7 @@ def queries_per_request(config_path, cluster, bucket, count=300):
                 after, trips = mariadb_status(cluster, 4), sent[0]
                 counted[name] = (trips / count, (after['Questions'] - before['Questions']) / count,
                                  (after['Com_commit'] - before['Com_commit']) / count,
+                                 (after['Innodb_data_fsyncs'] - before['Innodb_data_fsyncs']) / count,
                                  spent['db'] / count, front * 1000.0 / count)
     finally:
         mysqlwire.send = send
