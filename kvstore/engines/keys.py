@@ -38,13 +38,21 @@ class Keys:
             self._execute(cursor, 'DELETE FROM objects WHERE bucket = ? AND key_name = ? AND version_id = ?',
                           (b, k, version_id.encode()))
         if version is not None:
-            seq = self._sequence_numbers(cursor, 1)   # the change sequence (sql.py)
-            self._execute(cursor, 'INSERT INTO objects (bucket, key_name, ' + COLUMNS + ', point'
-                          + (', seq' if seq else '') + ')'
-                          ' SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?' + (', ?' if seq else '')
-                          + self.unfenced_clause + (self.if_absent_clause if if_absent else ''),
-                          (b, k) + self._version_columns(version) + (key_point(bucket, key),) + tuple(seq)
-                          + (b, version.modified))
+            self._insert(cursor, bucket, key, version, if_absent)
+
+    def _insert(self, cursor, bucket, key, version, if_absent=False):
+        seq = self._sequence_numbers(cursor, 1)   # the change sequence (sql.py)
+        self._execute(cursor, self._insert_statement(seq) + (self.if_absent_clause if if_absent else ''),
+                      self._insert_args(bucket, key, version, seq))
+
+    def _insert_statement(self, seq=()):
+        return ('INSERT INTO objects (bucket, key_name, ' + COLUMNS + ', point' + (', seq' if seq else '') + ')'
+                ' SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?' + (', ?' if seq else '') + self.unfenced_clause)
+
+    def _insert_args(self, bucket, key, version, seq=()):
+        b = bucket.encode()
+        return ((b, key.encode()) + self._version_columns(version) + (key_point(bucket, key),) + tuple(seq)
+                + (b, version.modified))
 
     # An INSERT ... SELECT of one row, unless a forced bucket delete fenced the
     # version off (Buckets.drop_keys): its arguments are the bucket and the
