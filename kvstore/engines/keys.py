@@ -10,6 +10,8 @@ from kvstore.coordinator.ring import key_point
 from kvstore.coordinator.versions import encode_version_clock, reconcile
 from kvstore.engines.rows import COLUMNS, as_text, listed_version, prefix_end, row_to_version
 
+PENDING_CLEARED = 100   # pending markers one statement drops at most
+
 
 class Keys:
     """Reads and writes of a key's versions, and listings of a bucket's keys."""
@@ -129,11 +131,17 @@ class Keys:
         self._retrying(mark)
 
     def clear_pending(self, markers):
-        """Drop the pending markers [(bucket, key, version_id)]: one autocommit
-        DELETE each, so that none holds a lock while waiting for another."""
+        """Drop the pending markers [(bucket, key, version_id)]: an autocommit
+        DELETE of up to PENDING_CLEARED at once, one commit (an fsync) for
+        them all, where one each made the markers of a w=1 run cost half
+        an fsync a write (issue 24).  In key order, as every such DELETE:
+        two that meet wait for one another rather than deadlock."""
+        rows = sorted({(b.encode(), k.encode(), v.encode()) for b, k, v in markers})
         with self._cursor() as cursor:
-            self._each(cursor, 'DELETE FROM pending WHERE bucket = ? AND key_name = ? AND version_id = ?',
-                       [(b.encode(), k.encode(), v.encode()) for b, k, v in markers])
+            for start in range(0, len(rows), PENDING_CLEARED):
+                batch = rows[start:start + PENDING_CLEARED]
+                self._execute(cursor, 'DELETE FROM pending WHERE (bucket, key_name, version_id) IN (%s)'
+                              % ', '.join(['(?, ?, ?)'] * len(batch)), [value for row in batch for value in row])
 
     def apply(self, bucket, key, version, superseded=None):
         """Take in a version written elsewhere; keep siblings it does not supersede.
