@@ -182,6 +182,7 @@ def open_datastore(config_path):
 def _load_slice(job):
     """Write keys start, start + step, ... < count (one process of bulk_load)."""
     from kvstore.coordinator.versions import Version, next_dot
+    from kvstore.engines.keys import Keys
 
     config_path, bucket, start, count, step, value_bytes = job
     filler = make_filler(count, value_bytes)
@@ -199,8 +200,10 @@ def _load_slice(job):
             # What the coordinator (the first replica) makes for a new key ...
             dot = next_dot(store.engines[preference[0]].actor, [], {})
             version = Version.new({}, dot, value_for(index, value_bytes, filler), CONTENT_TYPE)
-            # ... and the INSERT with which the engine stores it, on each replica.
-            store.engines[preference[0]]._store(recorder, bucket, key, [], version)
+            # ... and the INSERT with which the engine stores it, on each replica
+            # (Keys._insert: the statement and its arguments, which MySQLEngine's
+            # own _insert binds into one text).
+            Keys._insert(store.engines[preference[0]], recorder, bucket, key, version)
             for statement, row in recorder.calls:
                 for name in preference:
                     batch = batches.setdefault((name, statement), [])
@@ -225,7 +228,7 @@ def bulk_load(config_path, bucket, count, value_bytes, processes=None):
 
     A fresh key's PUT makes Version.new(seen={}, dot=next_dot(coordinator's actor), ...) on the
     key's first replica and stores that version on each of its N replicas.  Here
-    the engine itself renders those INSERTs (SQLEngine._store into a recording
+    the engine itself renders those INSERTs (Keys._insert into a recording
     cursor) and they go out as batched multi-row INSERTs (PyMySQL's executemany),
     from parallel processes: threads would queue on the GIL.  Then a sample is
     read back through Datastore.get from every replica, and one key is written
