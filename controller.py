@@ -11,6 +11,7 @@ kvstore/http modules; storage decisions belong to the datastore.
 Serve it with `make run` (serve.py: Granian), or `python controller.py
 [host:port]` for a development server (cheroot).
 """
+import dataclasses
 import hashlib
 import json
 import logging
@@ -23,20 +24,22 @@ import web
 from datastore import MAX_LIST_LIMIT, Datastore, IdempotencyKey
 from kvstore import configuration, metrics
 from kvstore.coordinator import gossip, status
+from kvstore.coordinator.expiry import MAX_TTL, check_ttl_property
 from kvstore.coordinator.paging import page_before
 from kvstore.coordinator.integrity import expected_digests
 from kvstore.coordinator.versions import decode_token, encode_token
 from kvstore.errors import AlreadyExists, BadRequest, Forbidden, NotAcceptable, NotFound, StoreError, Unavailable
 from kvstore.http import access
 from kvstore.http.application import Application, finish_response
-from kvstore.http.caching import (bucket_etag, caching_headers, last_modified, not_modified, record_etag,
-                                  repr_digest)
+from kvstore.http.caching import (bucket_etag, caching_headers, expiry_header, last_modified, not_modified,
+                                  record_etag, repr_digest)
+from kvstore.http.feed import changes_response
 from kvstore.http.links import bucket_path, key_path, listing_path
 from kvstore.http.metadata import request_metadata
 from kvstore.http.negotiation import accepts_stored_type, document_type, error_response, prefers, respond
 from kvstore.http.preconditions import NOT_MODIFIED, Preconditions
 from kvstore.http.request import (body_may_be_large, is_form, parse_json, query, query_flag, refuse_partial_body,
-                                  request_context, request_idempotency_key,
+                                  request_context, request_idempotency_key, request_lifetime,
                                   request_document, request_quorums, request_value, store)
 from kvstore.http.values import (context_header, issued_context, listed_key, receipt_document, siblings_response,
                                  value_document,
@@ -49,6 +52,7 @@ web.config.debug = os.environ.get('WEBPY_ENV') == 'development'
 urls = (
     '/buckets/([^/]+)/keys/([\\s\\S]+)', 'Key',
     '/buckets/([^/]+)/keys', 'Keys',
+    '/buckets/([^/]+)/changes', 'Changes',
     '/buckets/([^/]+)', 'Bucket',
     '/buckets', 'Buckets',
     '/cluster', 'Cluster',
@@ -68,6 +72,8 @@ BUCKET_PROPERTIES = {
     'cache_control': ('a Cache-Control value for the values of the bucket',
                       lambda v: isinstance(v, str) and 0 < len(v) <= 256 and v.isascii() and v.isprintable()),
     'cors': access.CORS_PROPERTY,
+    'ttl': ('seconds the bucket\'s values live unless a write says otherwise, 1 to %d, or null' % MAX_TTL,
+            check_ttl_property),
 }
 LIMIT_DIGITS = len(str(MAX_LIST_LIMIT))
 MAX_DELIMITER_CHARS = 64   # S3 takes any; "/" is the one in use
@@ -92,6 +98,8 @@ class Index:
                     ('DELETE', '/buckets/{bucket}', 'delete an empty bucket (?force=true: with its keys)'),
                     ('GET', '/buckets/{bucket}/keys', 'list keys: ?prefix=&limit=&cursor= (or &before=)'),
                     ('POST', '/buckets/{bucket}/keys', 'store a value under a new server-chosen key'),
+                    ('GET', '/buckets/{bucket}/changes', 'the bucket\'s changes after a cursor: ?since=&limit=&wait= '
+                     '(or a stream: Accept: text/event-stream, application/x-ndjson)'),
                     ('GET', '/buckets/{bucket}/keys/{key}', 'read a value (?r=; ?as=record: its record)'),
                     ('PUT', '/buckets/{bucket}/keys/{key}', 'create or replace a value (?w=)'),
                     ('POST', '/buckets/{bucket}/keys/{key}', 'create a value only if the key is new'),
@@ -309,6 +317,13 @@ class Keys:
             raise BadRequest('bad_parameter', '%s is not a cursor this store issued' % name, parameter=name)
 
 
+class Changes:
+    """The bucket's change feed: pages, long polls and streams (kvstore/http/feed.py)."""
+
+    def GET(self, bucket):
+        return changes_response(bucket)
+
+
 class Key:
     def GET(self, bucket, key):
         as_record = self.record_asked()
@@ -335,6 +350,8 @@ class Key:
                 return record_etag(v, record)
             web.header('ETag', etag_of(version))
         web.header('Last-Modified', last_modified(version))
+        for name, value in expiry_header(version).items():
+            web.header(name, value)
         caching_headers(bucket, current)
         if Preconditions.from_environ(web.ctx.env).evaluate(current, safe=True, etag_of=etag_of) == NOT_MODIFIED:
             return not_modified()
@@ -374,7 +391,7 @@ class Key:
         return respond('receipt', doc, headers=context_header(bucket, key, receipt))
 
 
-def request_idempotency(content_type='', metadata=None):
+def request_idempotency(content_type='', metadata=None, lifetime=None):
     """The request's IdempotencyKey (None without the header): its key, and
     what the request asks for besides its body, which a retry repeats."""
     key = request_idempotency_key()
@@ -383,6 +400,8 @@ def request_idempotency(content_type='', metadata=None):
     env = web.ctx.env
     asked = [web.ctx.method, content_type, metadata or {}] + [env.get('HTTP_' + name) for name in (
         'IF_MATCH', 'IF_NONE_MATCH', 'IF_UNMODIFIED_SINCE', 'X_CONTEXT')]
+    if lifetime is not None and lifetime.given:   # left out otherwise, as in the records made before it
+        asked.append(dataclasses.astuple(lifetime))
     return IdempotencyKey(key, json.dumps(asked, sort_keys=True))
 
 
@@ -395,6 +414,7 @@ def write_key(bucket, key, create_only, server_chosen=False):
     preconditions = Preconditions.from_environ(web.ctx.env)
     metadata = request_metadata()
     expected = expected_digests(web.ctx.env)
+    lifetime = request_lifetime()
 
     def check(current):
         if create_only and current:
@@ -414,8 +434,8 @@ def write_key(bucket, key, create_only, server_chosen=False):
     conditional = preconditions.present or (create_only and not server_chosen)
     receipt = store().put(bucket, key, value, content_type, context=context, check=check, w=w, pw=pw,
                           metadata=metadata, expected=expected, conditional=conditional,
-                          idempotency=request_idempotency(content_type, metadata))
-    headers = context_header(bucket, key, receipt)
+                          idempotency=request_idempotency(content_type, metadata, lifetime), lifetime=lifetime)
+    headers = dict(context_header(bucket, key, receipt), **expiry_header(receipt.version))
     if not is_form():   # RFC 9110 9.3.4: the stored bytes are the form's field, not the request's
         headers['ETag'] = receipt.version.etag
     if receipt.created:

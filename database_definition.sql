@@ -22,17 +22,47 @@ CREATE TABLE IF NOT EXISTS objects (
     chunk_size   INT             NOT NULL,  -- 0: the value is inline; else it is in chunks
     metadata     VARBINARY(8192) NOT NULL,  -- JSON: X-Meta-* headers, Cache-Control
     point        BIGINT          NOT NULL,  -- the key's position on the ring (63 bits)
+    expires      BIGINT          NOT NULL DEFAULT 0,  -- microseconds when the value is gone; 0: never
     PRIMARY KEY (bucket, key_name, version_id)
 );
 -- Each engine adds a column of its own to objects when it opens the partition:
 -- seq, the change sequence, with an index (sync.py follows the changes; an
 -- upgrade in kvstore/engines/schema.py, add_change_sequence in sqlite.py and
 -- mariadb.py).  A partition made by an older release gets new columns in
--- place, and records its schema version in metadata (schema.py).
+-- place, and records its schema version in metadata (schema.py).  The index
+-- objects_expiry (deleted, expires), by which sync.py's gc finds expired
+-- values, comes from the upgrade that added expires (schema version 3): an
+-- older partition runs these statements before it has the column.
 -- Anti-entropy compares replicas range by range of ring positions.
 CREATE INDEX IF NOT EXISTS objects_point ON objects (point);
 -- The reconciler's garbage collection finds old tombstones by this index.
 CREATE INDEX IF NOT EXISTS objects_tombstones ON objects (deleted, modified);
+
+-- The change feed (GET /buckets/B/changes): every version this partition
+-- stores, logged in the transaction that stores it (Keys._store), numbered by
+-- change_log.top.  Taking a number locks that row until the commit, so the
+-- numbers follow the commits and a reader that share-locks it (Feed) sees
+-- every number up to top committed.  sync.py's gc trims old rows; trimmed is
+-- the highest number removed (a cursor before it gets 410).
+CREATE TABLE IF NOT EXISTS changes (
+    seq          BIGINT          NOT NULL PRIMARY KEY,
+    bucket       VARBINARY(63)   NOT NULL,
+    key_name     VARBINARY(1024) NOT NULL,
+    version_id   VARBINARY(32)   NOT NULL,
+    clock        VARBINARY(4096) NOT NULL,
+    deleted      SMALLINT        NOT NULL,
+    content_type VARBINARY(255)  NOT NULL,
+    size         BIGINT          NOT NULL,
+    modified     BIGINT          NOT NULL,
+    logged       BIGINT          NOT NULL   -- microseconds since the epoch, the partition's clock
+);
+CREATE INDEX IF NOT EXISTS changes_bucket ON changes (bucket, seq);
+CREATE INDEX IF NOT EXISTS changes_logged ON changes (logged);
+CREATE TABLE IF NOT EXISTS change_log (
+    id           SMALLINT        NOT NULL PRIMARY KEY,  -- 1, the one row
+    top          BIGINT          NOT NULL,
+    trimmed      BIGINT          NOT NULL
+);
 
 -- Writes acknowledged before every replica held them (w < N): the reconciler
 -- pushes these versions on, then drops the marker.
@@ -102,6 +132,7 @@ CREATE TABLE IF NOT EXISTS hints (
     chunk_size   INT             NOT NULL,
     metadata     VARBINARY(8192) NOT NULL,
     created      BIGINT          NOT NULL,  -- microseconds since the epoch
+    expires      BIGINT          NOT NULL DEFAULT 0,
     PRIMARY KEY (target, bucket, key_name, version_id)
 );
 

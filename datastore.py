@@ -16,6 +16,7 @@ the tests use; it composes its layers, each a module of kvstore/coordinator/:
     chunks       large values, uploaded and served chunk by chunk
     handoff      hinted handoff: delivering the hints held for a partition
     listing      the live keys of a bucket, merged across the partitions
+    feed         the change feed of a bucket, merged from the partitions' change logs
     buckets      the bucket registry: properties and their cache
     views        the views recorded on the partitions (for sync.py)
     status       what GET /cluster and /ready report
@@ -30,6 +31,7 @@ from kvstore.coordinator import validation
 from kvstore.coordinator.buckets import DEFAULT_BUCKET_PROPERTIES, BucketRegistry
 from kvstore.coordinator.chunks import Chunks, read_up_to
 from kvstore.coordinator.decider import ConditionalDecider
+from kvstore.coordinator.feed import ChangeFeed, FeedPage
 from kvstore.coordinator.gossip import Gossip
 from kvstore.coordinator.handoff import HintedHandoff
 from kvstore.coordinator import workers
@@ -46,8 +48,8 @@ from kvstore.coordinator.writes import IdempotencyKey, Receipt, Writer
 from kvstore.engines import open_engine
 
 # What the controller, sync.py and the tests import from here.
-__all__ = ['Datastore', 'IdempotencyKey', 'Read', 'Receipt', 'KeyPage', 'ViewConflict', 'MAX_LIST_LIMIT',
-           'DEFAULT_BUCKET_PROPERTIES', 'iso_time', 'key_is_live', 'read_up_to']
+__all__ = ['Datastore', 'IdempotencyKey', 'Read', 'Receipt', 'KeyPage', 'FeedPage', 'ViewConflict',
+           'MAX_LIST_LIMIT', 'DEFAULT_BUCKET_PROPERTIES', 'iso_time', 'key_is_live', 'read_up_to']
 
 
 class Datastore:
@@ -70,12 +72,14 @@ class Datastore:
         self.gossip = Gossip(self.health, config.peers, config.gossip_interval, config.cluster_secret,
                              on_recovered=self.handoff.start)
         self.listing = Listing(config, self.replicas)
+        self.feed = ChangeFeed(config, self.replicas)
         self.buckets = BucketRegistry(config, self.replicas, self.owners, self.listing)
         self.reader = Reader(config, self.replicas, self.owners, self.buckets)
         self.chunks = Chunks(config, self.replicas)
         self.settling = Settling(self.replicas)
         self.writer = Writer(config, self.replicas, self.owners, self.buckets, self.chunks,
-                             ConditionalDecider(self.replicas, self.reader, self.owners), self.handoff, self.settling)
+                             ConditionalDecider(self.replicas, self.reader, self.owners), self.handoff, self.settling,
+                             self.reader)
         self.status = ClusterStatus(config, self.replicas, self.views, self.gossip)
 
     @classmethod
@@ -124,13 +128,13 @@ class Datastore:
         return self.reader.get(bucket, key, r=r, pr=pr)
 
     def put(self, bucket, key, value, content_type, context=None, check=None, w=None,
-            metadata=None, expected=None, conditional=False, pw=None, idempotency=None):
+            metadata=None, expected=None, conditional=False, pw=None, idempotency=None, lifetime=None):
         """Store a value (bytes or a stream) and answer with its Receipt (see
-        Writer.put; idempotency: an IdempotencyKey)."""
+        Writer.put; idempotency: an IdempotencyKey; lifetime: an expiry.Lifetime)."""
         self.check_key(bucket, key)
         return self.writer.put(bucket, key, value, content_type, context=context, check=check, w=w,
                                metadata=metadata, expected=expected, conditional=conditional, pw=pw,
-                               idempotency=idempotency)
+                               idempotency=idempotency, lifetime=lifetime)
 
     def delete(self, bucket, key, context=None, check=None, w=None, conditional=False, pw=None, idempotency=None):
         """Write a tombstone; NotFound when there is no live version."""
@@ -163,6 +167,12 @@ class Datastore:
 
     def count_keys(self, bucket):
         return self.listing.count_keys(bucket)
+
+    def changes(self, bucket, since=None, limit=100, values=False):
+        """A FeedPage of the bucket's changes after the cursor `since` (None:
+        none, and a cursor at the end of every log; '0': from the oldest kept)."""
+        self.check_bucket(bucket)
+        return self.feed.now(bucket) if since is None else self.feed.page(bucket, since, limit, values)
 
     def bucket_names(self):
         return self.buckets.names()

@@ -2,6 +2,7 @@
 etcd) and the scaling run (GET r=1 with more keys and more partitions)."""
 import datetime
 
+from bench.feed import FeedReader
 from bench.common import BIG_BUCKET, BUCKET, KEY_FORMAT, KIB, MIB, THETA, BenchError, log
 from bench.measurement import Target, measure_pymysql, measure_wrk, profile_store, wait_idle
 from bench.report import machine_facts, merge_previous, write_results, write_scaling
@@ -38,7 +39,13 @@ class MainRun:
 
     def measure_rows(self, system, target):
         for row in self.rows:
-            if row.system == system:
+            if row.system == system and row.feed:
+                with FeedReader(target.url, BUCKET) as reader:
+                    self.results[row.name] = measure_wrk(self.run, self.args, row, target, self.env_for(row))
+                    self.results[row.name].update(reader.lag())
+                log('%s: feed lag p50 %.1f ms, p99 %.1f ms over %d probes (%d not delivered)', row.name,
+                    *(self.results[row.name][k] for k in ('lag_p50_ms', 'lag_p99_ms', 'lag_samples', 'lag_missing')))
+            elif row.system == system:
                 self.results[row.name] = measure_wrk(self.run, self.args, row, target, self.env_for(row))
 
     def load_mariadb(self):

@@ -74,6 +74,7 @@ class Row:
     env: dict = dataclasses.field(default_factory=dict)
     big: bool = False         # 1 MiB values: a quarter of the connections
     etcd: str = None          # the matching etcd row
+    feed: bool = False        # a feed reader follows the bucket meanwhile (bench/feed.py): its lag is measured
 
 
 def _reference_rows():
@@ -97,6 +98,8 @@ def _store_rows():
             rows.append(Row('%s-%s' % (mix, q), 'store', '%s: %s, 1 KiB' % (mix, label), 'kv.lua',
                             {'BENCH_READ': read, 'BENCH_R': q, 'BENCH_W': q}, etcd=etcd))
     return rows + [
+        Row('W-feed', 'store', 'W: PUT w=quorum, 1 KiB, with a feed reader following the bucket (SSE)', 'kv.lua',
+            {'BENCH_READ': '0', 'BENCH_R': 'quorum', 'BENCH_W': 'quorum'}, etcd='etcd-W', feed=True),
         Row('C-1MiB', 'store', 'GET r=quorum, 1 MiB values', 'kv.lua',
             {'BENCH_READ': '1', 'BENCH_R': 'quorum', 'BENCH_BUCKET': BIG_BUCKET}, big=True,
             etcd='etcd-C-1MiB'),
@@ -164,7 +167,8 @@ class _Recorder:
         self.calls = []
 
     def execute(self, statement, args=()):
-        self.calls.append((statement, args))
+        if statement.startswith('INSERT INTO objects'):   # a version's row; a loaded key logs no change (feed)
+            self.calls.append((statement, args))
 
 
 @contextlib.contextmanager
@@ -200,10 +204,12 @@ def _load_slice(job):
             # What the coordinator (the first replica) makes for a new key ...
             dot = next_dot(store.engines[preference[0]].actor, [], {})
             version = Version.new({}, dot, value_for(index, value_bytes, filler), CONTENT_TYPE)
-            # ... and the INSERT with which the engine stores it, on each replica
-            # (Keys._insert: the statement and its arguments, which MySQLEngine's
-            # own _insert binds into one text).
-            Keys._insert(store.engines[preference[0]], recorder, bucket, key, version)
+            # ... and what the engine's _store sends for it, on each replica: the
+            # INSERT (Keys._insert, statement and arguments: MySQLEngine's own
+            # binds them into one text once a write) and the change feed's entry.
+            engine = store.engines[preference[0]]
+            Keys._insert(engine, recorder, bucket, key, version)
+            engine._log_change(recorder, bucket.encode(), key.encode(), version.version_id.encode())
             for statement, row in recorder.calls:
                 for name in preference:
                     batch = batches.setdefault((name, statement), [])
@@ -228,8 +234,9 @@ def bulk_load(config_path, bucket, count, value_bytes, processes=None):
 
     A fresh key's PUT makes Version.new(seen={}, dot=next_dot(coordinator's actor), ...) on the
     key's first replica and stores that version on each of its N replicas.  Here
-    the engine itself renders those INSERTs (Keys._insert into a recording
-    cursor) and they go out as batched multi-row INSERTs (PyMySQL's executemany),
+    the engine itself renders those INSERTs (Keys._insert, and the change feed's
+    _log_change, into a recording cursor) and they go out as batched multi-row
+    INSERTs (PyMySQL's executemany),
     from parallel processes: threads would queue on the GIL.  Then a sample is
     read back through Datastore.get from every replica, and one key is written
     again by Datastore.put to check that its rows are the loader's.
@@ -286,13 +293,15 @@ def read_back(store, bucket, index, value):
 
 
 def _raw_rows(store, bucket, key):
-    """{partition: [{column: value}]} of every table row naming the key."""
+    """{partition: [{column: value}]} of every table row naming the key but
+    the change feed's log (the loader logs no history)."""
     found = {}
     for name, engine in store.engines.items():
         with engine._cursor() as cursor:
             cursor.execute("SELECT table_name FROM information_schema.columns WHERE table_schema = DATABASE() "
                            "AND column_name = 'key_name'")
             tables = sorted(row[0] if isinstance(row[0], str) else row[0].decode() for row in cursor.fetchall())
+            tables = [table for table in tables if table != 'changes']
             rows = []
             for table in tables:
                 # The engines' cursor reads answers without their column names.

@@ -75,6 +75,12 @@ class StoreConfig:
     tombstone_grace: float = 7 * 86400  # seconds a tombstone is kept after it is everywhere
     chunk_grace: float = 86400          # seconds before chunks no version points to are removed
     sync_full_pass_interval: float = 86400   # seconds between full passes of anti-entropy
+    # [feed]: the change feed (coordinator/feed.py, http/feed.py); retention per partition, trimmed by gc
+    feed_retention: float = 7 * 86400   # seconds a change is kept
+    feed_max_rows: int = 10 ** 7        # changes a partition keeps at most
+    feed_poll_interval: float = 0.25    # seconds between a waiting reader's looks at the logs
+    feed_max_wait: float = 60.0         # seconds a long poll (?wait=) holds at most
+    feed_stream_seconds: float = 300.0  # seconds a stream lasts before the client reconnects (Last-Event-ID)
     # Access (access.py): [token-NAME] sections (none: no credentials asked),
     # [access] allowed_hosts, and [cluster] secret, the key gossip is signed with.
     tokens: list = dataclasses.field(default_factory=list)
@@ -256,4 +262,9 @@ def parse(parser, source='configuration'):
         sync_rate_limit=number('sync', 'rate_limit', float, 0.0, 0.0),
         tombstone_grace=number('sync', 'tombstone_grace', float, 7 * 86400.0, 0.0),
         chunk_grace=number('sync', 'chunk_grace', float, 86400.0, 1.0),
-        sync_full_pass_interval=number('sync', 'full_pass_interval', float, 86400.0, 0.0))
+        sync_full_pass_interval=number('sync', 'full_pass_interval', float, 86400.0, 0.0),
+        feed_retention=number('feed', 'retention', float, 7 * 86400.0, 0.0),
+        feed_max_rows=number('feed', 'max_rows', int, 10 ** 7, 0),
+        feed_poll_interval=number('feed', 'poll_interval', float, 0.25, 0.01, 60.0),
+        feed_max_wait=number('feed', 'max_wait', float, 60.0, 0.0, 3600.0),
+        feed_stream_seconds=number('feed', 'stream_seconds', float, 300.0, 1.0, 86400.0))

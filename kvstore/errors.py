@@ -47,6 +47,14 @@ class IdempotencyKeyReused(StoreError):
     code = 'idempotency_key_reused'
 
 
+class Gone(StoreError):
+    """What was asked for existed and was removed for good: a feed cursor older than the retention."""
+
+    def __init__(self, code, message, **details):
+        super().__init__(message, **details)
+        self.code = code
+
+
 class PreconditionFailed(StoreError):
     code = 'precondition_failed'
 

@@ -214,6 +214,7 @@ class TestTokens(SQLiteApp):
             ('GET', '/buckets/%s' % b, b'', 'read', 'elsewhere'),
             ('PUT', '/buckets/%s' % b, props, 'admin', 'writer'),
             ('GET', '/buckets/%s/keys' % b, b'', 'read', 'elsewhere'),
+            ('GET', '/buckets/%s/changes?since=0' % b, b'', 'read', 'elsewhere'),
             ('POST', '/buckets/%s/keys' % b, b'new', 'write', 'reader'),
             ('GET', '/buckets/%s/keys/k' % b, b'', 'read', 'elsewhere'),
             ('HEAD', '/buckets/%s/keys/k' % b, b'', 'read', 'elsewhere'),

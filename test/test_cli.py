@@ -9,10 +9,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 
 from test import support
-from test.server import StoreServer
+from test.server import REPO, StoreServer
 from test.test_access import token_section
 
 # The kv that `make venv` installed beside the Python running the tests.
@@ -49,6 +50,7 @@ class TestKv(unittest.TestCase):
         """Runs kv; returns (stdout bytes, stderr text) after checking its exit status."""
         env = {k: v for k, v in os.environ.items() if k not in ('KV_URL', 'KV_TOKEN')}
         env['KV_URL'] = url or self.url
+        env['PYTHONPATH'] = REPO   # this checkout's kv, whichever the virtualenv's script was installed from
         if token:
             env['KV_TOKEN'] = 'tok-' + token
         done = subprocess.run([KV] + list(args), input=input, env=env, capture_output=True, timeout=60)
@@ -84,6 +86,16 @@ class TestKv(unittest.TestCase):
         described = json.loads(out)
         self.assertEqual((described['size'], described['content_type']), (len(value), 'image/png'))
         self.assertEqual(described['etag'], etag)
+
+    def test_put_with_a_ttl_stores_a_value_that_is_gone_after_it(self):
+        self.kv('put', self.bucket, 'brief', '-', '--ttl', '1', input=b'soon gone')
+        receipt = json.loads(self.kv('put', self.bucket, 'later', '-', '--ttl', '3600', '--json', input=b'x')[0])
+        self.assertIn('expires_at', receipt)
+        self.assertEqual(self.kv('get', self.bucket, 'brief')[0], b'soon gone')
+        _, err = self.kv('put', self.bucket, 'k', '-', '--ttl', '0', input=b'x', expect=7)
+        self.assertIn('bad_expiry', err)
+        time.sleep(2.1)
+        self.kv('get', self.bucket, 'brief', expect=1)
 
     def test_values_stream_through_kv_without_being_held_whole(self):
         value = os.urandom(24 * MIB)
@@ -202,6 +214,20 @@ class TestKv(unittest.TestCase):
         self.assertEqual(page['keys'], wanted[:4])
         self.assertTrue(page['next_cursor'])
         self.kv('ls', support.unique(), expect=1)
+
+    def test_watch_prints_each_change_and_resumes_from_its_cursor(self):
+        self.kv('put', self.bucket, 'a', '-', input=b'1')
+        self.kv('rm', self.bucket, 'a')
+        cursor_file = self.path('cursor')
+        out, err = self.kv('watch', self.bucket, '--since', '0', '--once', '--cursor-file', cursor_file)
+        lines = [line.split('\t') for line in out.decode().splitlines()]
+        self.assertEqual([(key, change) for key, _, change in lines], [('a', 'put'), ('a', 'delete')])
+        self.assertIn('kv: resume with: kv watch %s --since ' % self.bucket, err)
+        self.kv('put', self.bucket, 'b', '-', input=b'2')
+        out, _ = self.kv('watch', self.bucket, '--once', '--cursor-file', cursor_file)   # resumes from the file
+        self.assertEqual([line.split('\t')[0] for line in out.decode().splitlines()], ['b'])
+        _, err = self.kv('watch', self.bucket, '--since', 'forged', '--once', expect=7)
+        self.assertIn('bad_cursor', err)
 
     def test_buckets(self):
         self.kv('put', self.bucket, 'k', '-', input=b'v')

@@ -138,7 +138,7 @@ class QueriesSpecification(support.StoreSpecification):
         self.assertTrue(self.engine.finish_apply(self.engine.send_apply(self.bucket, 'k', second,
                                                                         [first.version_id])))
         self.assertTrue(self.engine.apply(self.bucket, 'j', second))
-        self.assertEqual([(key, version_id) for key, version_id, _, _ in self.engine.scan(self.bucket, '', None, 10)],
+        self.assertEqual([(row[0], row[1]) for row in self.engine.scan(self.bucket, '', None, 10)],
                          [('j', second.version_id.encode()), ('k', second.version_id.encode())])
         # A transaction whose work fails is rolled back.
         with self.assertRaises(ZeroDivisionError):

@@ -14,6 +14,7 @@ import unittest
 import urllib.request
 
 from kvstore.coordinator import gossip
+from kvstore.errors import Unavailable
 from test import support
 from test.mariadb import shared_cluster
 
@@ -176,6 +177,91 @@ class TestPausedPartition(FailureCase):
         state = {p['name']: p for p in self.app.get('/cluster').json['partitions']}
         self.assertIn(state[victim]['state'], ('down', 'suspect'))
         self.assertTrue(state[victim]['last_error'])
+
+
+class TestCoordinatorPausedMidWrite(FailureCase):
+    """The key's first owner decides a write and is paused before its commit:
+    the front end's wait times out and the next owner coordinates the write
+    again, while the paused owner commits the first attempt when it resumes.
+    The second attempt must replace the first wherever the two meet: else the
+    key holds the value twice, and a delete through an owner that never saw
+    the first attempt leaves it standing (found by test_chaos)."""
+
+    def write_while_the_first_owner_pauses(self, key, value):
+        """PUT the key, its first owner paused once it decided the write:
+        (the receipt, the first owner)."""
+        first = self.store.ring.preference_list(self.bucket, key, 3)[0]
+        decisions = []
+
+        def pause_after_the_first_decision(current):
+            decisions.append(current)
+            if len(decisions) == 1:
+                server_of(self.cluster, first).pause()
+        receipt = self.store.put(self.bucket, key, value, 'text/plain', check=pause_after_the_first_decision)
+        self.assertEqual(len(decisions), 2)   # decided on the first owner, then on the next
+        self.assertNotEqual(receipt.coordinator, first)
+        return receipt, first
+
+    def resume_and_settle(self, first, key):
+        """Resume the paused owner, wait until it committed the first attempt
+        (the case this is about), and hand it its hints."""
+        server_of(self.cluster, first).resume()
+        actor = self.store.engines[first].actor
+        self.assertTrue(support.wait_until(
+            lambda: any(v.dot[0] == actor for v in self.store.engines[first].read(self.bucket, key)), 10),
+            'the first attempt was not committed on %s' % first)
+        self.assertTrue(support.wait_until(lambda: self.store.hand_off(first) == (0, 0), 10))
+
+    def read_every_owner(self, key):
+        """The key's versions read from all three owners (once the resumed one is found up again)."""
+        reads = []
+
+        def read():
+            try:
+                reads.append(self.store.get(self.bucket, key, r=3, pr=3))
+            except Unavailable:
+                return False
+            return True
+        self.assertTrue(support.wait_until(read, 10))
+        return reads[-1]
+
+    def test_the_write_is_stored_once(self):
+        key = support.unique()
+        receipt, first = self.write_while_the_first_owner_pauses(key, b'once')
+        self.resume_and_settle(first, key)
+        versions = self.read_every_owner(key).versions
+        self.assertEqual([(v.value, v.version_id) for v in versions], [(b'once', receipt.version.version_id)])
+
+    def test_a_delete_without_a_context_deletes_both_attempts(self):
+        key = support.unique()
+        self.write_while_the_first_owner_pauses(key, b'doomed')
+        deleted = self.store.delete(self.bucket, key)   # coordinated while the first owner is still paused
+        self.assertNotEqual(deleted.coordinator, self.store.ring.preference_list(self.bucket, key, 3)[0])
+        self.resume_and_settle(deleted.preference_list[0], key)
+        self.assertEqual(self.read_every_owner(key).current, [])
+        self.assertEqual(self.store.list_keys(self.bucket).keys, [])
+
+
+class TestDeleteThroughAnOwnerThatMissedAWrite(FailureCase):
+    def test_a_delete_without_a_context_deletes_what_a_read_would_return(self):
+        key = support.unique()
+        first = self.store.ring.preference_list(self.bucket, key, 3)[0]
+        self.store.put(self.bucket, key, b'first', 'text/plain', w=3)
+        # Another front end believes the first owner down (a cut only it sees):
+        # its write goes to the other owners, and a hint holds it for the first.
+        other = support.open_store(self.partitions, **dict(FAST, backoff=60.0, max_backoff=60.0))
+        try:
+            other.health.failed(first, 'cut off')
+            second = other.put(self.bucket, key, b'second', 'text/plain')
+            self.assertIn(first, second.hints)
+        finally:
+            other.close()
+        # This front end's delete is coordinated by the first owner, which holds only the first value.
+        deleted = self.store.delete(self.bucket, key)
+        self.assertEqual(deleted.coordinator, first)
+        self.store.hand_off(first)
+        self.assertEqual(self.store.get(self.bucket, key, r=3, pr=3).current, [])
+        self.assertEqual(self.store.list_keys(self.bucket).keys, [])
 
 
 class TestLazyWrites(FailureCase):

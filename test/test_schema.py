@@ -4,10 +4,12 @@ place when the store opens it, and every key it held reads as it did.
 The partitions are the first release's rows (test/fixtures/schema_v1, made
 by its own code: generate.py there), loaded into tables as it created them,
 on SQLite files and on real MariaDB databases."""
+import email.utils
 import hashlib
 import json
 import os
 import sqlite3
+import time
 import urllib.parse
 import unittest
 
@@ -75,6 +77,20 @@ class FirstReleasePartitions:
         self.assertEqual(app.get('/buckets/old/keys/key-01').body, b'new')
         app.put('/buckets/old/keys/brand-new', b'fresh', headers={'Content-Type': 'text/plain'})
         self.assertEqual(app.get('/buckets/old/keys/brand-new').body, b'fresh')
+
+
+    def test_values_and_hints_keep_an_expiry_after_the_upgrade(self):
+        app = support.web_app(self.store)
+        written = app.put('/buckets/old/keys/brief?ttl=1', b'x', headers={'Content-Type': 'text/plain'})
+        owner = self.store.ring.preference_list('old', 'brief', 3)[0]
+        version = self.store.engines[owner].read('old', 'brief')[0]
+        self.assertTrue(version.expires)
+        other = next(p for p in PARTITIONS if p != owner)
+        self.store.engines[other].store_hint(owner, 'old', 'brief', version)
+        self.assertEqual([v.expires for v in self.store.engines[other].read_hints('old', 'brief')], [version.expires])
+        moment = email.utils.mktime_tz(email.utils.parsedate_tz(written.headers['X-Expires-At']))
+        time.sleep(max(0.0, moment - time.time()) + 0.1)
+        app.get('/buckets/old/keys/brief', status=404)
 
 
 class TestFirstReleaseSQLite(FirstReleasePartitions, unittest.TestCase):

@@ -55,6 +55,8 @@ def parser():
     sub.add_argument('file', metavar='FILE', nargs='?', help='the value (default, or -: stdin)')
     sub.add_argument('--type', metavar='MEDIA_TYPE', help="the Content-Type (default: from FILE's name)")
     sub.add_argument('--create', action='store_true', help='only if the key has no live value')
+    sub.add_argument('--ttl', metavar='SECONDS', help='the value is gone after SECONDS (none: never, whatever the '
+                     "bucket's ttl)")
     conditions(sub)
     conditions(command('rm', commands.remove, 'delete a value'))
     sub = command('ls', commands.list_keys, 'list keys, one a line', key=False)
@@ -62,6 +64,15 @@ def parser():
     sub.add_argument('--limit', type=int, metavar='N', help='at most N keys (then the next cursor)')
     sub.add_argument('--cursor', help='start after this cursor (from a listing cut by --limit)')
     sub.add_argument('--page-size', type=int, default=1000, metavar='N', help='keys per request (1..10000)')
+    sub = command('watch', commands.watch, "follow the bucket's changes, one line each (GET /buckets/B/changes)",
+                  key=False)
+    sub.add_argument('--since', metavar='CURSOR', help='start after this cursor (default: --cursor-file\'s, else '
+                     'from now; 0: from the oldest change kept)')
+    sub.add_argument('--cursor-file', metavar='F', help='read the cursor to start from in F, and keep the cursor '
+                     'to resume from there after each page')
+    sub.add_argument('--once', action='store_true', help='print the changes there are now, then stop')
+    sub.add_argument('--wait', type=float, default=30.0, metavar='SECONDS',
+                     help='how long each request waits for a change (default 30)')
     subparsers.add_parser('buckets', parents=[common], help='list buckets').set_defaults(run=commands.buckets)
     command('locate', commands.locate, "the key's owners and each replica's versions (GET /cluster/locate)")
     status = subparsers.add_parser('status', parents=[common], help='health and partitions (GET /health, /cluster)')

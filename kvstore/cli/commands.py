@@ -188,7 +188,7 @@ def put(client, args):
     try:
         info = os.fstat(source.fileno())
         size = info.st_size - source.tell() if stat.S_ISREG(info.st_mode) else None
-        params = {'w': args.w} if args.w else None
+        params = {name: value for name, value in (('w', args.w), ('ttl', args.ttl)) if value} or None
         body = Upload(args, source, size)
         receipt = client.request('PUT', key_path(args.bucket, args.key), what, ok=(200, 201), params=params,
                                  parts={'headers': dict(headers, Accept='application/json'), 'data': body}).json()
@@ -248,6 +248,42 @@ def list_keys(client, args):
         emit({'bucket': args.bucket, 'prefix': args.prefix, 'keys': listed, 'next_cursor': cursor})
     elif cursor:
         print('kv: more keys follow: kv ls %s --cursor %s' % (args.bucket, cursor), file=sys.stderr)
+
+
+def watch(client, args):
+    """The bucket's changes as they come, one line each (KEY, ETAG, put or delete;
+    --json: each change's document on a line), a long poll at a time; the
+    cursor to resume from is kept in --cursor-file after each page, and
+    printed on stderr at the end."""
+    path = '/buckets/%s/changes' % urllib.parse.quote(args.bucket, safe='')
+    cursor = args.since
+    if cursor is None and args.cursor_file and os.path.exists(args.cursor_file):
+        with open(args.cursor_file, encoding='utf-8') as f:
+            cursor = f.read().strip() or None
+    client.timeout += args.wait
+    try:
+        while True:
+            params = {'since': cursor} if cursor else {}
+            if not args.once and cursor:
+                params['wait'] = '%g' % args.wait
+            page = client.document(path, 'changes of %s' % args.bucket, params)
+            for change in page['changes']:
+                if args.json:
+                    print(json.dumps(change, ensure_ascii=False), flush=True)
+                else:
+                    print('%s\t%s\t%s' % (change['key'], change['etag'], 'delete' if change['deleted'] else 'put'),
+                          flush=True)
+            if page['incomplete']:
+                print('kv: partitions not read (their changes come later): %s' % ', '.join(page['incomplete']),
+                      file=sys.stderr)
+            cursor = page['cursor']
+            if args.cursor_file:
+                replace_file(args.cursor_file, lambda f: f.write(cursor.encode() + b'\n'))
+            if args.once and not page['more']:
+                break
+    finally:
+        if cursor:
+            print('kv: resume with: kv watch %s --since %s' % (args.bucket, cursor), file=sys.stderr)
 
 
 def buckets(client, args):

@@ -4,6 +4,7 @@ import time
 
 from kvstore.coordinator.listing import require_coverage
 from kvstore.coordinator.validation import check_bucket
+from kvstore.coordinator.versions import now_micros
 from kvstore.errors import BucketNotEmpty, NotFound, Unavailable
 
 DEFAULT_BUCKET_PROPERTIES = {'conflicts': 'siblings'}
@@ -25,7 +26,8 @@ class BucketRegistry:
 
     def names(self):
         call = self.replicas.call
-        found, failures = self.replicas.everywhere(lambda p: call(p, 'bucket_names'))
+        now = now_micros()
+        found, failures = self.replicas.everywhere(lambda p: call(p, 'bucket_names', now))
         require_coverage(failures, self.config.replicas)
         return sorted(set().union(*found.values()))
 

@@ -24,7 +24,7 @@ rebalance that follows copies them to the new owners.
 """
 import time
 
-from kvstore.coordinator.versions import reconcile, resolve
+from kvstore.coordinator.versions import carried, reconcile, resolve
 from kvstore.engines import PartitionError
 from kvstore.errors import Unavailable
 
@@ -87,7 +87,7 @@ class ConditionalDecider:
         for version in versions:
             if reconcile(replies[first], version)[1]:
                 try:
-                    self.replicas.call(first, 'apply', bucket, key, version)
+                    self.replicas.call(first, 'apply', bucket, key, carried(version))
                 except PartitionError as e:
                     raise Unavailable('the key\'s first owner, %s, could not take the versions the '
                                       'other owners hold' % first, failed={first: e.reason})

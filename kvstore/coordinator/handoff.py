@@ -9,7 +9,7 @@ import threading
 
 from kvstore import metrics
 from kvstore.coordinator.replication import refused
-from kvstore.coordinator.versions import actor_partition
+from kvstore.coordinator.versions import actor_partition, carried
 from kvstore.engines import PartitionError
 
 log = logging.getLogger('kvstore.datastore')
@@ -84,8 +84,10 @@ class HintedHandoff:
                 return
 
     def refused_anywhere(self, bucket, key, version, destinations):
-        """Apply a hinted version on each destination: True if one refused it."""
+        """Apply a hinted version on each destination (an expired value as its
+        tombstone: versions.carried): True if one refused it."""
         coordinator = actor_partition(version.dot[0])
+        version = carried(version)
         return any([not self.replicas.call(name, 'apply', bucket, key, version) and
                     coordinator in self.replicas.engines and
                     refused(self.replicas, name, coordinator, bucket, key, version) for name in destinations])

@@ -2,7 +2,7 @@
 import dataclasses
 
 from kvstore.coordinator.validation import check_bucket
-from kvstore.coordinator.versions import live, resolve
+from kvstore.coordinator.versions import live, now_micros, resolve
 from kvstore.errors import BadRequest, Unavailable
 
 MAX_LIST_LIMIT = 10000
@@ -16,20 +16,27 @@ class KeyPage:
     versions: dict = None     # {key: [its live Versions, values left out]} when asked for (details)
 
 
-def key_is_live(rows):
-    """Do a key's version rows (from engine.scan) leave a live version?  When
-    every replica holds the same single version, its tombstone flag says; only
-    when they differ are the clocks decoded and compared."""
-    if len({version_id for _, version_id, _, _ in rows}) == 1:
-        return not rows[0][2]
-    return bool(live_versions(rows))
+def key_is_live(rows, now):
+    """Do a key's version rows (from engine.scan) leave a live version at
+    `now`?  When every replica holds the same single version, its tombstone
+    flag and expiry say; only when they differ are the clocks decoded and
+    compared."""
+    if len({row[1] for row in rows}) == 1:
+        return all(holds_value(row, now) for row in rows)
+    return bool(live_versions(rows, now))
 
 
-def live_versions(rows):
-    """The live versions a key's rows leave (more than one: siblings)."""
-    if len({version_id for _, version_id, _, _ in rows}) == 1:
-        return [] if rows[0][2] else [rows[0][3]()]
-    return live(resolve([[make() for _, _, _, make in rows]]))
+def holds_value(row, now):
+    """A scanned row (engine.scan) is of a value, not a tombstone nor expired at now."""
+    _, _, deleted, expires, _ = row
+    return not deleted and not 0 < expires <= now
+
+
+def live_versions(rows, now):
+    """The live versions a key's rows leave at `now` (more than one: siblings)."""
+    if len({row[1] for row in rows}) == 1:
+        return [rows[0][4]()] if all(holds_value(row, now) for row in rows) else []
+    return live(resolve([[row[4]() for row in rows]]), now)
 
 
 def common_prefix(key, prefix, delimiter):
@@ -113,6 +120,7 @@ class Listing:
         names = list(self.replicas.engines)
         batch = max(limit + 1, 64)
         keys, versions = [], {}
+        now = now_micros()   # one instant for the whole page
         while len(keys) <= limit:
             pages, failures = self.replicas.at_once(names, 'scan', bucket, prefix, after, batch)
             require_coverage(failures, self.n)
@@ -124,11 +132,11 @@ class Listing:
                         rows_of.setdefault(row[0], []).append(row)
             for key in sorted(rows_of):
                 if details:
-                    found = live_versions(rows_of[key])
+                    found = live_versions(rows_of[key], now)
                     if found:
                         keys.append(key)
                         versions[key] = found
-                elif key_is_live(rows_of[key]):
+                elif key_is_live(rows_of[key], now):
                     keys.append(key)
             if horizon is None:
                 break

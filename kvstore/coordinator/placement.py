@@ -10,7 +10,7 @@ import threading
 import time
 
 from kvstore.coordinator.ring import Ring, ring_of
-from kvstore.coordinator.versions import resolve
+from kvstore.coordinator.versions import carried, resolve
 from kvstore.coordinator.views import newest_view
 
 VIEW_CACHE_SECONDS = 5.0   # how long the rings of the recorded views are trusted
@@ -111,7 +111,9 @@ class Placement:
         self.spread(bucket, key, self.read_owners(owners, bucket, key) if owners else [], preference)
 
     def spread(self, bucket, key, versions, preference):
-        """Copy versions of a key to each of its owners (preference)."""
+        """Copy versions of a key to each of its owners (preference), an
+        expired value as its tombstone (versions.carried)."""
+        versions = [carried(v) for v in versions]
         if versions:
             self.replicas.fan_out(preference, lambda p: [self.replicas.call(p, 'apply', bucket, key, v)
                                                          for v in versions],

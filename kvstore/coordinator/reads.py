@@ -8,7 +8,7 @@ import dataclasses
 import logging
 
 from kvstore.coordinator.validation import quorums
-from kvstore.coordinator.versions import context_of, live, reconcile, resolve
+from kvstore.coordinator.versions import carried, context_of, live, reconcile, resolve
 from kvstore import metrics
 from kvstore.engines import PartitionError
 from kvstore.errors import Unavailable
@@ -76,12 +76,13 @@ class Reader:
         return replies, failures
 
     def repair(self, bucket, key, replies, versions):
-        """Send owners that answered with less than the current set what they lack."""
+        """Send owners that answered with less than the current set what they
+        lack (an expired value as its tombstone: versions.carried)."""
         for name, held in replies.items():
             for version in versions:
                 if reconcile(held, version)[1]:
                     metrics.read_repair_sent()
-                    self.replicas.executor.submit(self.repair_replica, name, bucket, key, version)
+                    self.replicas.executor.submit(self.repair_replica, name, bucket, key, carried(version))
 
     def repair_replica(self, name, bucket, key, version):
         """A read repair: give one owner a version it lacks."""

@@ -31,6 +31,13 @@ ACTOR = re.compile(r'[A-Za-z0-9_-]{1,64}(\.[0-9a-f]{12})?\Z')
 # Seconds a counter (a time in microseconds, next_dot) in a context may be
 # ahead of this front end's clock: [store] max_clock_skew.
 MAX_CLOCK_SKEW = 60.0
+EMPTY_DIGEST = hashlib.sha256(b'').hexdigest()
+
+
+def now_micros():
+    """This front end's clock, in microseconds since the epoch: what a
+    version's date and expiry are read against."""
+    return time.time_ns() // 1000
 
 
 class BadContext(ValueError):
@@ -185,6 +192,7 @@ class Version:
     size: int = 0
     chunk_size: int = 0          # 0: the value is inline; else its bytes are in chunks
     metadata: dict = dataclasses.field(default_factory=dict)
+    expires: int = 0             # microseconds since the epoch when the value is gone; 0: never
     # Where the chunks can be read (an engine); not part of the version itself.
     chunk_source: object = dataclasses.field(default=None, compare=False, repr=False)
     # What an engine made of it to store it, kept for the write's other
@@ -193,15 +201,30 @@ class Version:
 
     @classmethod
     def new(cls, seen, dot, value, content_type, deleted=False, metadata=None, version_id=None,
-            digest=None, size=None, chunk_size=0, chunk_source=None):
+            digest=None, size=None, chunk_size=0, chunk_source=None, expires=0):
         """A new version: an inline value, a tombstone, or (with chunk_size) a
-        value whose chunks are already written under version_id."""
+        value whose chunks are already written under version_id; expires: when
+        the value is gone (microseconds, 0: never)."""
         value = b'' if deleted or chunk_size else value
         return cls(version_id=version_id or uuid.uuid4().hex, clock=dict(seen), dot=tuple(dot),
                    deleted=deleted, content_type=content_type, value=value,
                    digest=digest or hashlib.sha256(value).hexdigest(),
-                   modified=time.time_ns() // 1000, size=len(value) if size is None else size,
-                   chunk_size=chunk_size, metadata=metadata or {}, chunk_source=chunk_source)
+                   modified=now_micros(), size=len(value) if size is None else size,
+                   chunk_size=chunk_size, metadata=metadata or {}, chunk_source=chunk_source,
+                   expires=0 if deleted else expires)
+
+    def expired(self, now=None):
+        """The value's time has come (by this front end's clock, or `now`)."""
+        return bool(self.expires) and self.expires <= (now_micros() if now is None else now)
+
+    def tombstone(self):
+        """What an expired version becomes once its time has passed (sync.py
+        gc turns its row into this in place, engines' reap_expired): the same
+        version (id, clocks, date, expiry), with its value and chunks gone.
+        It still supersedes every version the value did, so no older copy
+        comes back in its place."""
+        return dataclasses.replace(self, deleted=True, content_type='', value=b'', digest=EMPTY_DIGEST, size=0,
+                                   chunk_size=0, metadata={}, chunk_source=None)
 
     @property
     def date(self):
@@ -284,7 +307,7 @@ def next_dot(actor, held, context, now=None):
     one issued earlier unless the front ends' clocks differ by more than the
     time since."""
     counter = max([context.get(actor, 0)] + [v.full_clock.get(actor, 0) for v in held])
-    return actor, max(counter + 1, time.time_ns() // 1000 if now is None else now)
+    return actor, max(counter + 1, now_micros() if now is None else now)
 
 
 def reconcile(held, incoming):
@@ -300,8 +323,18 @@ def reconcile(held, incoming):
     return [v.version_id for v in held if v.version_id in dropped], not present and incoming.version_id not in dropped
 
 
-def live(versions):
-    return [v for v in versions if not v.deleted]
+def live(versions, now=None):
+    """The versions that hold a value: neither tombstones nor expired (at
+    `now`, microseconds; default this front end's clock)."""
+    now = now_micros() if now is None else now
+    return [v for v in versions if not v.deleted and not v.expired(now)]
+
+
+def carried(version, now=None):
+    """What of a version is copied to a replica that lacks it (read repair,
+    hints, sync.py): an expired one as its tombstone, so that no copy brings
+    its value back and it still supersedes what it replaced."""
+    return version.tombstone() if not version.deleted and version.expired(now) else version
 
 
 def context_of(versions, partitions=None):
@@ -322,7 +355,10 @@ def resolve(replies):
     current = {}
     for versions in replies:
         for version in versions:
-            current[version.version_id] = version
+            # A version one replica holds as its tombstone (expired, reaped)
+            # is that tombstone wherever else its value is still held.
+            if version.deleted or version.version_id not in current:
+                current[version.version_id] = version
     return sorted((v for v in current.values()
                    if not any(o.supersedes(v) for o in current.values())),
                   key=lambda v: (v.modified, v.version_id))

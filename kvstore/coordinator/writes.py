@@ -15,7 +15,9 @@ from kvstore.coordinator.chunks import chunks_of, read_up_to
 from kvstore.coordinator.integrity import Hasher
 from kvstore.coordinator.replication import Replication
 from kvstore.coordinator.validation import write_quorums
-from kvstore.coordinator.versions import SHARED_SECOND, Version, clock_limit, context_of, live, next_dot, prune
+from kvstore.coordinator.expiry import Lifetime
+from kvstore.coordinator.versions import (SHARED_SECOND, Version, clock_limit, context_of, live, merge, next_dot,
+                                          now_micros, prune)
 from kvstore.engines import BAD_DATA, FULL, NewerView, PartitionError, Recorded
 from kvstore.errors import (BadRequest, IdempotencyKeyReused, InsufficientStorage, NotFound, TooManySiblings,
                             Unavailable)
@@ -61,8 +63,9 @@ def refuse_bad_writes(failures):
 
 
 class Writer:
-    def __init__(self, config, replicas, placement, buckets, chunks, decider, handoff, settling):
+    def __init__(self, config, replicas, placement, buckets, chunks, decider, handoff, settling, reader):
         self.config = config
+        self.reader = reader
         self.replicas = replicas
         self.placement = placement
         self.buckets = buckets
@@ -72,12 +75,14 @@ class Writer:
         self.settling = settling
 
     def put(self, bucket, key, value, content_type, context=None, check=None, w=None,
-            metadata=None, expected=None, conditional=False, pw=None, idempotency=None):
+            metadata=None, expected=None, conditional=False, pw=None, idempotency=None, lifetime=None):
         """Store a value: bytes, or a stream to read (read(n)).  check(current live
         versions) may raise to refuse; expected: digests the body must match.
         conditional: check is a precondition of the client's (compare-and-swap).
-        idempotency: an IdempotencyKey (see write).
+        idempotency: an IdempotencyKey (see write).  lifetime: the expiry asked
+        for (expiry.Lifetime; None, as an empty one: the bucket's ttl).
         A value larger than a chunk goes to its coordinator first (chunks.py)."""
+        expires = (lifetime or Lifetime()).expires(self.buckets.properties_cached(bucket).get('ttl'), now_micros())
         stream = io.BytesIO(value) if isinstance(value, (bytes, bytearray)) else value
         size = self.config.chunk_size
         hasher = Hasher(expected)
@@ -88,7 +93,7 @@ class Writer:
             self.chunks.check_size(hasher.size)
             hasher.verify()
             return self.write(bucket, key, context, check, w, lambda seen, dot: Version.new(
-                seen, dot, first, content_type, metadata=metadata), conditional=conditional, pw=pw,
+                seen, dot, first, content_type, metadata=metadata, expires=expires), conditional=conditional, pw=pw,
                 idempotency=idempotency and idempotency.for_body(hasher.hexdigest))
 
         preference, _ = self.placement.of(bucket, key)
@@ -98,45 +103,53 @@ class Writer:
         engine = self.replicas.engines[coordinator]
         return self.write(bucket, key, context, check, w, lambda seen, dot: Version.new(
             seen, dot, b'', content_type, metadata=metadata, version_id=version_id,
-            digest=hasher.hexdigest, size=hasher.size, chunk_size=size, chunk_source=engine),
+            digest=hasher.hexdigest, size=hasher.size, chunk_size=size, chunk_source=engine, expires=expires),
             coordinators=[coordinator], conditional=conditional, pw=pw,
             idempotency=idempotency and idempotency.for_body(hasher.hexdigest))
 
     def delete(self, bucket, key, context=None, check=None, w=None, conditional=False, pw=None, idempotency=None):
-        """Write a tombstone; NotFound when there is no live version."""
-        def must_exist(current):
-            if not current:
-                raise NotFound('no key %r in bucket %r' % (key, bucket))
-            if check:
-                check(current)
-        def tombstone():
+        """Write a tombstone; NotFound when there is no live version.  Its
+        coordinator may have missed the key's last write (sloppy quorum), so
+        one without a context or condition (blind) deletes what a read of the
+        key returns as well as what its coordinator holds, as Riak's does."""
+        blind = context is None and not conditional and idempotency is None
+        read = self.reader.get(bucket, key).versions if blind else []
+
+        def tombstone(read_elsewhere):
+            def must_exist(current):
+                if not current and not live(read_elsewhere):
+                    raise NotFound('no key %r in bucket %r' % (key, bucket))
+                if check:
+                    check(current)
             return self.write(bucket, key, context, must_exist, w,
                               lambda seen, dot: Version.new(seen, dot, b'', '', deleted=True),
-                              conditional=conditional, pw=pw, idempotency=idempotency and idempotency.for_body(''))
+                              conditional=conditional, pw=pw, idempotency=idempotency and idempotency.for_body(''),
+                              also_seen=read_elsewhere)
         try:
-            return tombstone()
+            return tombstone(read)
         except NotFound:
-            # Its coordinator may have missed the key's last write (sloppy
-            # quorum): not found only if no owner holds a live version.
+            # Not found only if no owner holds a live version.
             preference = self.placement.of(bucket, key)[0]
             versions = self.placement.read_owners(preference, bucket, key)
             if not live(versions):
                 raise
             self.placement.spread(bucket, key, versions, preference)
-        return tombstone()
+        return tombstone(read + versions if blind else [])
 
     def write(self, bucket, key, context, check, w, make, coordinators=None, conditional=False, pw=None,
-              idempotency=None):
+              idempotency=None, also_seen=()):
         """Coordinate a write, replicate it, and answer with its receipt.
         make(seen context, dot) builds the new version; coordinators: the
-        partitions it may be coordinated by (None: the key's owners, in order).
+        partitions it may be coordinated by (None: the key's owners, in order);
+        also_seen: versions read elsewhere that it replaces besides those its
+        coordinator holds (a blind delete's).
         A conditional one is only ever coordinated by the key's first owner.
         So is one with an idempotency key ((key, fingerprint, window)): its
         outcome is recorded there with its version, and a retry with the same
         key and fingerprint gets it again (replayed), with another fingerprint
         422 (IdempotencyKeyReused)."""
         args = (bucket, key, context, check, w, make, coordinators, conditional or idempotency is not None, pw,
-                idempotency)
+                idempotency, also_seen)
         try:
             return self._write(*args)
         except NewerView:
@@ -149,7 +162,7 @@ class Writer:
             raise Unavailable('the views recorded on the partitions changed while the write was '
                               'decided, or could not be read: try again', failed={e.partition: str(e)})
 
-    def _write(self, bucket, key, context, check, w, make, coordinators, conditional, pw, idempotency):
+    def _write(self, bucket, key, context, check, w, make, coordinators, conditional, pw, idempotency, also_seen):
         started = time.monotonic()
         props = self.buckets.properties_cached(bucket)
         w, pw = write_quorums(self.config, props, w, pw)
@@ -168,7 +181,7 @@ class Writer:
             else:
                 coordinator, held, version, failures = self._coordinate(
                     bucket, key, coordinators or preference, context, check, make, conditional and preference[0],
-                    epoch, idempotency)
+                    epoch, idempotency, also_seen)
         except Recorded as e:
             recorded, coordinator = e.record, coordinators[0]
             held, version, failures = e.held, self._replay(e, idempotency, coordinator, bucket, key), {}
@@ -216,20 +229,27 @@ class Writer:
                               content_type='', value=b'', digest=record['digest'], modified=record['modified'])
         return version
 
-    def _coordinate(self, bucket, key, candidates, context, check, make, decider, epoch=None, idempotency=None):
+    def _coordinate(self, bucket, key, candidates, context, check, make, decider, epoch=None, idempotency=None,
+                    also_seen=()):
         """Have the first of candidates that answers decide the write and store
         its version: (that coordinator, the versions it held, the version,
         {candidate that failed: reason}).  decider: the first owner, for a
-        conditional write (else False); epoch: the view it was placed by."""
-        failures = {}
+        conditional write (else False); epoch: the view it was placed by;
+        also_seen: versions it replaces besides the coordinator's (_decision)."""
+        failures, also_seen = {}, list(also_seen)
         for coordinator in candidates:
+            attempts = []
             try:
-                held, version = self.replicas.call(coordinator, 'coordinate', bucket, key,
-                                                   self._decision(coordinator, context, check, make), epoch,
-                                                   idempotency)
+                held, version = self.replicas.call(
+                    coordinator, 'coordinate', bucket, key,
+                    self._decision(coordinator, context, check, make, also_seen, attempts), epoch, idempotency)
                 return coordinator, held, version, failures
             except PartitionError as e:
                 failures[coordinator] = e.reason
+                if e.unavailable:
+                    # It failed to answer, perhaps after it decided: it may
+                    # still commit its attempt, which the next one covers.
+                    also_seen += attempts
         refuse_bad_writes(failures)
         if decider:
             raise Unavailable('a conditional write is decided by the key\'s first owner, %s, which '
@@ -254,17 +274,27 @@ class Writer:
                               % (', '.join(deciders), e.partition), failed={e.partition: e.reason})
         return coordinator, held, version, {}
 
-    def _decision(self, coordinator, context, check, make):
+    def _decision(self, coordinator, context, check, make, also_seen=(), attempts=None):
         """decide(held) for engine.coordinate: check the versions the
-        coordinator holds (raising to refuse), and build the new version."""
+        coordinator holds (raising to refuse), and build the new version.
+        also_seen: versions the new one replaces besides the coordinator's:
+        a blind delete's read, and the attempts of this write on coordinators
+        that failed to answer after deciding (a pause), which may still commit
+        theirs: wherever two attempts meet the later replaces the earlier, and
+        whatever replaces the later (a delete through an owner that never saw
+        the first) replaces both.  attempts: a list each decision adds its
+        version to."""
         engines = self.replicas.engines
+        attempts = [] if attempts is None else attempts
 
         def decide(held):
             if check:
                 check(live(held))
             seen = context if context is not None else context_of(held)
-            seen = prune(seen, engines, clock_limit(engines), keep={v.dot[0] for v in held})
+            seen = merge(seen, context_of(also_seen))
+            seen = prune(seen, engines, clock_limit(engines), keep={v.dot[0] for v in held + list(also_seen)})
             version = make(seen, next_dot(engines[coordinator].actor, held, seen))
+            attempts.append(version)
             if any(v.modified // 10 ** 6 >= version.modified // 10 ** 6 for v in held):
                 version.metadata = dict(version.metadata, **{SHARED_SECOND: True})
             kept = [v for v in held if not version.supersedes(v)]

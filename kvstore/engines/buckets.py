@@ -5,6 +5,7 @@ A part of SQLEngine (sql.py), on its plumbing (_cursor, _execute, _transaction).
 import json
 import time
 
+from kvstore.coordinator.versions import now_micros
 from kvstore.engines.rows import as_text
 
 
@@ -62,11 +63,15 @@ class Buckets:
         if version.deleted:
             version.modified = max(version.modified, int(now))
 
-    def bucket_names(self):
+    def bucket_names(self, now=None):
+        """The buckets recorded here, and those holding a value at `now`
+        (microseconds; default this process's clock)."""
+        now = now_micros() if now is None else now
         with self._cursor() as cursor:
             self._execute(cursor, 'SELECT name FROM buckets')
             names = {as_text(row[0]) for row in cursor.fetchall()}
-            self._execute(cursor, 'SELECT DISTINCT bucket FROM objects WHERE deleted = 0')
+            self._execute(cursor, 'SELECT DISTINCT bucket FROM objects WHERE deleted = 0'
+                          ' AND (expires = 0 OR expires > ?)', (now,))
             return names | {as_text(row[0]) for row in cursor.fetchall()}
 
     def read_bucket(self, name):

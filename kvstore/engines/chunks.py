@@ -86,9 +86,10 @@ class Chunks:
         newest = cursor.fetchall()[0][0]
         if newest is None or int(newest) >= before:
             return False
+        # (chunk_size > 0: a version turned into its tombstone, reap_expired, keeps its id)
         for table, lock in (('objects', self.share_lock_clause), ('hints', '')):
-            self._execute(cursor, 'SELECT COUNT(*) FROM %s WHERE bucket = ? AND key_name = ? AND version_id = ?%s'
-                          % (table, lock), (bucket, key, version_id))
+            self._execute(cursor, 'SELECT COUNT(*) FROM %s WHERE bucket = ? AND key_name = ? AND version_id = ?'
+                          ' AND chunk_size > 0%s' % (table, lock), (bucket, key, version_id))
             if int(cursor.fetchall()[0][0]):
                 return False
         self._execute(cursor, 'DELETE FROM chunks WHERE version_id = ?', (version_id,))

@@ -4,7 +4,7 @@ A part of SQLEngine (sql.py), on its plumbing (_cursor, _execute, _transaction).
 """
 import time
 
-from kvstore.engines.rows import COLUMNS, as_text, row_to_version
+from kvstore.engines.rows import COLUMN_PLACEHOLDERS, COLUMNS, as_text, row_to_version
 
 
 class Hints:
@@ -18,7 +18,7 @@ class Hints:
             self._execute(cursor, 'DELETE FROM hints WHERE target = ? AND bucket = ? AND key_name = ?'
                           ' AND version_id = ?', pk)
             self._execute(cursor, 'INSERT INTO hints (target, bucket, key_name, ' + COLUMNS + ', created)'
-                          ' SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?' + self.unfenced_clause,
+                          ' SELECT ?, ?, ?, ' + COLUMN_PLACEHOLDERS + ', ?' + self.unfenced_clause,
                           pk[:3] + self._version_columns(version) + (time.time_ns() // 1000,)
                           + (pk[1], version.modified))
             return True

@@ -7,8 +7,8 @@ import json
 import time
 
 from kvstore.coordinator.ring import key_point
-from kvstore.coordinator.versions import encode_version_clock, reconcile
-from kvstore.engines.rows import COLUMNS, as_text, listed_version, prefix_end, row_to_version
+from kvstore.coordinator.versions import encode_version_clock, live, reconcile
+from kvstore.engines.rows import COLUMN_PLACEHOLDERS, COLUMNS, as_text, listed_version, prefix_end, row_to_version
 
 PENDING_CLEARED = 100   # pending markers one statement drops at most
 
@@ -41,6 +41,7 @@ class Keys:
                           (b, k, version_id.encode()))
         if version is not None:
             self._insert(cursor, bucket, key, version, if_absent)
+            self._log_change(cursor, b, k, version.version_id.encode())   # the change feed (feed.py)
 
     def _insert(self, cursor, bucket, key, version, if_absent=False):
         seq = self._sequence_numbers(cursor, 1)   # the change sequence (sql.py)
@@ -49,7 +50,7 @@ class Keys:
 
     def _insert_statement(self, seq=()):
         return ('INSERT INTO objects (bucket, key_name, ' + COLUMNS + ', point' + (', seq' if seq else '') + ')'
-                ' SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?' + (', ?' if seq else '') + self.unfenced_clause)
+                ' SELECT ?, ?, ' + COLUMN_PLACEHOLDERS + ', ?' + (', ?' if seq else '') + self.unfenced_clause)
 
     def _insert_args(self, bucket, key, version, seq=()):
         b = bucket.encode()
@@ -68,7 +69,8 @@ class Keys:
         return (version.version_id.encode(), encode_version_clock(version), int(version.deleted),
                 version.content_type.encode(), version.digest.encode(), version.modified, version.value,
                 version.size, version.chunk_size,
-                json.dumps(version.metadata, sort_keys=True).encode() if version.metadata else b'')
+                json.dumps(version.metadata, sort_keys=True).encode() if version.metadata else b'',
+                version.expires)
 
     def read(self, bucket, key):
         return self.finish_read(self.send_read(bucket, key))
@@ -113,8 +115,7 @@ class Keys:
             version = decide(held)
             self._after_fence(fence_and_clock, version)
             if idempotency is not None:
-                self._record_outcome(cursor, bucket, key, idempotency, version,
-                                     not any(not v.deleted for v in held))
+                self._record_outcome(cursor, bucket, key, idempotency, version, not live(held))
             self.check_chunks(cursor, version)
             self._store(cursor, bucket, key, [v.version_id for v in held if version.supersedes(v)], version)
             return held, version
@@ -216,10 +217,11 @@ class Keys:
 
     def scan(self, bucket, prefix, after, limit):
         """Up to `limit` version rows of keys > after that start with prefix, in
-        key byte order: [(key, version_id, deleted, Version with its value left
-        out)].  Tombstones included, so that the caller can tell a deleted key
-        from a stale replica's copy.  The Version is built only when asked for
-        (a call): a listing needs it only where replicas disagree."""
+        key byte order: [(key, version_id, deleted, expires, Version with its
+        value left out)].  Tombstones and expired values included, so that the
+        caller can tell a deleted key from a stale replica's copy.  The Version
+        is built only when asked for (a call): a listing needs it only where
+        replicas disagree."""
         return self.finish_scan(self.send_scan(bucket, prefix, after, limit))
 
     def send_scan(self, bucket, prefix, after, limit):
@@ -237,12 +239,12 @@ class Keys:
 
     def finish_scan(self, sent):
         rows = [self._scanned(row) for row in self.finish_query(sent)]
-        return [(key.decode(), version_id, deleted, functools.partial(listed_version, version_id, deleted, clock,
-                                                                      modified, size, content_type))
-                for key, version_id, deleted, clock, modified, size, content_type in rows]
+        return [(key.decode(), version_id, deleted, int(expires),
+                 functools.partial(listed_version, version_id, deleted, clock, modified, size, content_type, expires))
+                for key, version_id, deleted, clock, modified, size, content_type, expires in rows]
 
     # The columns a listing reads; MySQLEngine packs them into one.
-    scan_columns = 'key_name, version_id, deleted, clock, modified, size, content_type'
+    scan_columns = 'key_name, version_id, deleted, clock, modified, size, content_type, expires'
 
     @staticmethod
     def _scanned(row):

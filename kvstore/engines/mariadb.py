@@ -159,6 +159,7 @@ class MySQLEngine(SQLEngine):
     lock_clause = ' FOR UPDATE'
     share_lock_clause = ' LOCK IN SHARE MODE'
     now_clause = 'CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)'
+    log_clock_clause = 'CAST(UNIX_TIMESTAMP(SYSDATE(6)) * 1000000 AS SIGNED)'   # feed.py
     unfenced_clause = ' FROM DUAL' + SQLEngine.unfenced_clause
     if_absent_clause = ' ON DUPLICATE KEY UPDATE version_id = version_id'
     insert_if_absent = 'INSERT IGNORE'
@@ -220,6 +221,9 @@ class MySQLEngine(SQLEngine):
         if not cursor.fetchone()[0]:
             cursor.execute('ALTER TABLE objects ADD COLUMN IF NOT EXISTS seq BIGINT NOT NULL AUTO_INCREMENT,'
                            ' ADD INDEX IF NOT EXISTS objects_seq (seq)')
+
+    def add_column(self, cursor, table, column, definition):
+        cursor.execute('ALTER TABLE %s ADD COLUMN IF NOT EXISTS %s %s' % (table, column, definition))
 
     def _each(self, cursor, statement, rows):
         statement = self._sql(statement)
@@ -344,12 +348,12 @@ class MySQLEngine(SQLEngine):
     # A listing reads one column a row, for the same reason.  The key goes last, as
     # it alone may hold a 0x1f byte (a clock is JSON, which escapes it; a media
     # type holds no control character).
-    scan_columns = 'CONCAT_WS(0x1f, version_id, deleted, clock, modified, size, content_type, key_name)'
+    scan_columns = 'CONCAT_WS(0x1f, version_id, deleted, clock, modified, size, content_type, expires, key_name)'
 
     @staticmethod
     def _scanned(row):
-        version_id, deleted, clock, modified, size, content_type, key = row[0].split(b'\x1f', 6)
-        return key, version_id, int(deleted), clock, modified, size, content_type
+        version_id, deleted, clock, modified, size, content_type, expires, key = row[0].split(b'\x1f', 7)
+        return key, version_id, int(deleted), clock, modified, size, content_type, expires
 
     def _held_version(self, row):
         fields = row[0].split(b'\x1f')

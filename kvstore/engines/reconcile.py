@@ -4,7 +4,7 @@ the ring, many keys at once, pending markers, tombstones, counts.
 A part of SQLEngine (sql.py), on its plumbing (_cursor, _execute, _transaction).
 """
 from kvstore.coordinator.ring import RING_SIZE, key_point
-from kvstore.coordinator.versions import reconcile
+from kvstore.coordinator.versions import EMPTY_DIGEST, reconcile
 from kvstore.engines.rows import COLUMNS, as_text, row_to_version
 
 
@@ -77,12 +77,20 @@ class Reconciliation:
             self.copy_chunks(bucket, key, version)
 
         def work(cursor):
+            # Every read first, then every store: the stores log their changes
+            # (feed.py), and the change log stays locked from the first to the commit.
+            held = {}
+            for bucket, key, version in sorted(items, key=lambda item: item[:2]):
+                if (bucket, key) not in held:
+                    held[bucket, key] = self._held(cursor, bucket, key)
+                self.check_chunks(cursor, version)
             stored = [False] * len(items)
             for i in order:
                 bucket, key, version = items[i]
-                drop_ids, keep = reconcile(self._held(cursor, bucket, key), version)
-                self.check_chunks(cursor, version)
+                drop_ids, keep = reconcile(held[bucket, key], version)
                 self._store(cursor, bucket, key, drop_ids, version if keep else None)
+                held[bucket, key] = [v for v in held[bucket, key] if v.version_id not in drop_ids] + (
+                    [version] if keep else [])
                 stored[i] = keep
             return stored
         return self._transaction(work, [(bucket, key) for bucket, key, _ in items]) if items else []
@@ -99,6 +107,7 @@ class Reconciliation:
             rows = [(b.encode(), k.encode()) + self._version_columns(v) + (key_point(b, k),)
                     + ((seqs[i],) if seqs else ()) for i, (b, k, v) in enumerate(items)]
             cursor.executemany(statement, rows)
+            self._log_many(cursor, [(b.encode(), k.encode(), v.version_id.encode()) for b, k, v in items])
         self._transaction(work)
 
     def delete_versions(self, bucket, key, version_ids):
@@ -138,9 +147,10 @@ class Reconciliation:
             return int(cursor.fetchone()[0])
 
     def tombstones(self, before, limit, after=None):
-        """Up to limit tombstones modified before `before`, oldest first, after the
-        (modified, bucket, key, version_id) cursor: [(modified, bucket, key, version_id)]."""
-        clauses, args = ['deleted = 1', 'modified < ?'], [before]
+        """Up to limit tombstones modified (and, those of expired values,
+        expired) before `before`, oldest first, after the (modified, bucket,
+        key, version_id) cursor: [(modified, bucket, key, version_id)]."""
+        clauses, args = ['deleted = 1', 'modified < ?', 'expires < ?'], [before, before]
         if after is not None:
             clause, more = self._after(('modified', 'bucket', 'key_name', 'version_id'),
                                        [after[0]] + [a.encode() for a in after[1:]])
@@ -151,6 +161,32 @@ class Reconciliation:
                           + ' AND '.join(clauses) +
                           ' ORDER BY modified, bucket, key_name, version_id LIMIT ?', args + [limit])
             return [(int(m), as_text(b), as_text(k), as_text(v)) for m, b, k, v in cursor.fetchall()]
+
+    # Values that expired before a time, found by the index objects_expiry (deleted, expires).
+    expired_clause = ' WHERE deleted = 0 AND expires > 0 AND expires < ?'
+    expired_query = 'SELECT bucket, key_name, version_id FROM objects' + expired_clause + ' ORDER BY expires LIMIT ?'
+
+    def reap_expired(self, before, limit):
+        """Turn up to limit values that expired before `before` (microseconds)
+        into their tombstones, in place (Version.tombstone: the same version,
+        its value gone; chunks then belong to no version, and collect_chunks
+        takes them).  Each row is changed by a statement of its own, which
+        checks again that it still holds its value.  Returns how many were found."""
+        tombstone = (b'', EMPTY_DIGEST.encode(), b'', b'')
+        with self._cursor() as cursor:
+            self._execute(cursor, self.expired_query, (before, limit))
+            found = cursor.fetchall()
+            self._each(cursor, 'UPDATE objects SET deleted = 1, content_type = ?, digest = ?, value = ?,'
+                       ' metadata = ?, size = 0, chunk_size = 0'
+                       ' WHERE bucket = ? AND key_name = ? AND version_id = ? AND deleted = 0',
+                       [tombstone + tuple(row) for row in found])
+        return len(found)
+
+    def count_expired(self, before):
+        """How many values held here expired before `before` (reap_expired's, in a dry run)."""
+        with self._cursor() as cursor:
+            self._execute(cursor, 'SELECT COUNT(*) FROM objects' + self.expired_clause, (before,))
+            return int(cursor.fetchone()[0])
 
     def changes(self, after, limit):
         """Up to limit of the versions stored after change number `after`, in

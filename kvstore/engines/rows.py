@@ -7,7 +7,8 @@ from kvstore.coordinator.versions import Version, decode_version_clock
 
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                            'database_definition.sql')
-COLUMNS = 'version_id, clock, deleted, content_type, digest, modified, value, size, chunk_size, metadata'
+COLUMNS = 'version_id, clock, deleted, content_type, digest, modified, value, size, chunk_size, metadata, expires'
+COLUMN_PLACEHOLDERS = ', '.join(['?'] * (COLUMNS.count(',') + 1))
 INCARNATION = 'incarnation'   # the metadata row naming the partition's incarnation
 
 
@@ -31,22 +32,23 @@ def prefix_end(prefix):
 
 def row_to_version(row, source=None):
     """A Version from the columns of COLUMNS; source: the engine its chunks are on."""
-    version_id, clock, deleted, content_type, digest, modified, value, size, chunk_size, metadata = row
+    version_id, clock, deleted, content_type, digest, modified, value, size, chunk_size, metadata, expires = row
     seen, dot = decode_version_clock(clock)
     return Version(version_id=as_text(version_id), clock=seen, dot=dot,
                    size=int(size), chunk_size=int(chunk_size),
                    metadata=json.loads(metadata) if metadata else {},
                    chunk_source=source if chunk_size else None,
                    deleted=bool(deleted), content_type=as_text(content_type),
-                   value=bytes(value), digest=as_text(digest), modified=int(modified))
+                   value=bytes(value), digest=as_text(digest), modified=int(modified), expires=int(expires))
 
 
-def listed_version(version_id, deleted, clock, modified, size, content_type):
+def listed_version(version_id, deleted, clock, modified, size, content_type, expires):
     """Just enough of a version to tell which supersedes which (scan()), and
-    what a listing shows of it: its size, type and date."""
+    what a listing shows of it: its size, type, date and expiry."""
     seen, dot = decode_version_clock(clock)
     return Version(version_id=as_text(version_id), clock=seen, dot=dot, deleted=bool(deleted),
-                   content_type=as_text(content_type), value=b'', digest='', modified=int(modified), size=int(size))
+                   content_type=as_text(content_type), value=b'', digest='', modified=int(modified), size=int(size),
+                   expires=int(expires))
 
 
 def as_text(value):

@@ -27,8 +27,16 @@ Upgrade = collections.namedtuple('Upgrade', 'version description apply')
 UPGRADES = (
     Upgrade(2, 'objects.seq, the change sequence sync.py follows',
             lambda engine, cursor: engine.add_change_sequence(cursor)),
+    Upgrade(3, 'objects.expires and hints.expires, when a value is gone, and the index gc finds them by',
+            lambda engine, cursor: add_expiry(engine, cursor)),
 )
 LATEST = UPGRADES[-1].version
+
+
+def add_expiry(engine, cursor):
+    for table in ('objects', 'hints'):
+        engine.add_column(cursor, table, 'expires', 'BIGINT NOT NULL DEFAULT 0')
+    cursor.execute('CREATE INDEX IF NOT EXISTS objects_expiry ON objects (deleted, expires)')
 
 
 def upgrade(engine, cursor):

@@ -1,7 +1,7 @@
 """SQLEngine: the SQL both engines share, and how it runs.
 
 Its methods are grouped by role in mixins (keys.py, chunks.py, hints.py,
-buckets.py, reconcile.py, idempotency.py); this class holds what they all use: a partition's
+buckets.py, reconcile.py, idempotency.py, feed.py); this class holds what they all use: a partition's
 connections, cursors, write transactions and their retries, what a database
 error means, the schema and the partition's incarnation and metadata.
 The dialects (sqlite.py, mariadb.py) say how to connect and lock.
@@ -15,6 +15,7 @@ import time
 from kvstore.engines import schema
 from kvstore.engines.buckets import Buckets
 from kvstore.engines.chunks import Chunks
+from kvstore.engines.feed import Feed
 from kvstore.engines.failures import HEALTHY_FAILURES, LOCK_CONFLICT, NewerView, PartitionError
 from kvstore.engines.hints import Hints
 from kvstore.engines.idempotency import Idempotency
@@ -29,7 +30,7 @@ TRANSACTION_ATTEMPTS = 10
 VIEW = 'view'   # the metadata row of the recorded view (coordinator/views.py)
 
 
-class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation, Idempotency):
+class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation, Idempotency, Feed):
     """The SQL both engines share.  Subclasses set how to connect and lock."""
     placeholder = '?'
     lock_clause = ''
@@ -166,6 +167,7 @@ class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation, Idempotency):
             schema.upgrade(self, cursor)
             cursor.execute(self._sql(self.insert_if_absent + ' INTO metadata (name, value) VALUES (?, ?)'),
                            (INCARNATION.encode(), new_incarnation_id().encode()))
+            cursor.execute(self.insert_if_absent + ' INTO change_log (id, top, trimmed) VALUES (1, 0, 0)')
             cursor.execute(self._sql('SELECT value FROM metadata WHERE name = ?'), (INCARNATION.encode(),))
             self._actor = '%s.%s' % (self.name, as_text(cursor.fetchone()[0]))
             cursor.close()
@@ -178,6 +180,11 @@ class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation, Idempotency):
     # digesting every row.  Engine-specific, so not in database_definition.sql:
     # an upgrade adds it (schema.py), to new and older partitions alike.
     def add_change_sequence(self, cursor):
+        raise NotImplementedError
+
+    def add_column(self, cursor, table, column, definition):
+        """Add a column to a table that lacks it (an upgrade: schema.py), on an
+        autocommit cursor."""
         raise NotImplementedError
 
     def _sequence_numbers(self, cursor, count):

@@ -70,6 +70,16 @@ class SQLiteEngine(SQLEngine):
         cursor.execute('INSERT INTO objects_sequence (value) SELECT COALESCE(MAX(seq), 0) FROM objects'
                        ' WHERE NOT EXISTS (SELECT 1 FROM objects_sequence)')
 
+    def add_column(self, cursor, table, column, definition):
+        cursor.execute('BEGIN IMMEDIATE')   # checked and added under the write lock: another opener waits
+        try:
+            if column not in [row[1] for row in cursor.execute('PRAGMA table_info(%s)' % table).fetchall()]:
+                cursor.execute('ALTER TABLE %s ADD COLUMN %s %s' % (table, column, definition))
+            cursor.execute('COMMIT')
+        except BaseException:
+            cursor.execute('ROLLBACK')
+            raise
+
     changes_settle_seconds = 0.0
 
     def _sequence_numbers(self, cursor, count):

@@ -62,6 +62,7 @@ ROUTE_ROLES = {
     'Buckets': {'GET': ANY},
     'Bucket': {'GET': READ, 'PUT': ADMIN, 'DELETE': ADMIN},
     'Keys': {'GET': READ, 'POST': WRITE},
+    'Changes': {'GET': READ},
     'Key': {'GET': READ, 'PUT': WRITE, 'POST': WRITE, 'DELETE': WRITE},
 }
 SAFE_METHODS = ('GET', 'HEAD', 'OPTIONS')
@@ -73,7 +74,8 @@ SAFE_TYPES = ('text/plain', 'text/csv', 'application/json', 'application/octet-s
               'image/png', 'image/jpeg', 'image/gif', 'image/webp', 'image/avif')
 SAFE_TYPE_FAMILIES = ('audio/', 'video/')
 # Response headers a page allowed by CORS may read.
-EXPOSED_HEADERS = 'ETag, X-Context, Location, Last-Modified, Content-Range, Accept-Ranges, Link'
+EXPOSED_HEADERS = ('ETag, X-Context, X-Expires-At, Location, Last-Modified, Content-Range, Accept-Ranges, Link,'
+                   ' Feed-Incomplete')
 CORS_METHODS = ('GET', 'HEAD', 'PUT', 'POST', 'DELETE')
 # Request headers the store acts on: a request from another origin may carry
 # them only where its bucket's cors rule allows them, as a preflight asks, but
@@ -81,7 +83,7 @@ CORS_METHODS = ('GET', 'HEAD', 'PUT', 'POST', 'DELETE')
 STORE_REQUEST_HEADERS = ('authorization', 'content-type', 'x-context', 'cache-control', 'expires',
                          'content-encoding', 'content-disposition', 'content-language', 'content-range', 'range',
                          'if-match', 'if-none-match', 'if-modified-since', 'if-unmodified-since', 'if-range',
-                         'idempotency-key')
+                         'idempotency-key', 'last-event-id', 'x-expires-at')
 SAFELISTED_CONTENT_TYPES = ('application/x-www-form-urlencoded', 'multipart/form-data', 'text/plain')
 SAFELISTED_RANGE = re.compile(r'bytes=[0-9]+-[0-9]*\Z')
 CORS_ORIGIN = re.compile(r'https?://[a-z0-9.*-]+(:[0-9]{1,5})?\Z|\*\Z')

@@ -38,6 +38,19 @@ def last_modified(version):
     return http_date(min(version.modified, time.time_ns() // 1000))
 
 
+def expires_at(version):
+    """When a value is gone, as an HTTP-date: the first whole second at or
+    after its expiry (the store sets whole seconds)."""
+    return http_date(-(-version.expires // 1000000) * 1000000)
+
+
+def expiry_header(version):
+    """{X-Expires-At: date} for a value that expires, else {}.  Not Expires,
+    which says how long a cache may reuse an answer (RFC 9111 5.3), and which
+    a value keeps as a stored header of its own (metadata.py)."""
+    return {'X-Expires-At': expires_at(version)} if version.expires and not version.deleted else {}
+
+
 def expiry(expires):
     """An Expires value as seconds since the epoch; one that is not a date has
     already passed (RFC 9111 5.3)."""

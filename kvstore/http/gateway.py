@@ -13,6 +13,12 @@ and a body that breaks off is an error the application sees.
 A request with `Expect: 100-continue` is the exception: its client waits for
 the application's word before it sends the body (HTTP sends 100 Continue once
 the application starts reading), so the application is called at once.
+
+A request that waits (the change feed's long poll and streams) does not wait
+in a thread either: the application asks, through the environ's
+`kvstore.poll` (a Poll), to be run again after a delay, and the wait is a
+sleep on the event loop.  A long poll's answer is the one of the run that
+asks for no more; a stream's runs each add to one body, sent as they end.
 """
 import asyncio
 import queue
@@ -121,6 +127,21 @@ def settle(future, result, error):
         future.set_exception(error)
 
 
+class Poll:
+    """What an application run asks of the gateway: run me again after
+    `delay` seconds (again()), keeping `state` for that run; with stream,
+    what this run answered is sent now and the next runs add to its body."""
+
+    def __init__(self):
+        self.delay = None
+        self.stream = False
+        self.state = None    # the application's, from one run to the next
+        self.runs = 0        # runs before this one
+
+    def again(self, delay, state=None, stream=False):
+        self.delay, self.state, self.stream = delay, state, stream
+
+
 class Gateway:
     """An ASGI application (Granian's `asginl` interface) that serves a WSGI one
     with `threads` threads."""
@@ -140,24 +161,63 @@ class Gateway:
             body.ended = True   # (RFC 9112 6.3: a request without either has no body)
         elif env.get('HTTP_EXPECT', '').lower() != '100-continue':
             await body.fill(PREFETCH_BYTES)
-        response = Response(send, loop)
+        env['kvstore.poll'] = poll = Poll()
+        response = Response(send, loop, poll)
         await self.threads.run(loop, response.run, self.application, env)
+        if poll.delay is not None:
+            response = await self.run_again(loop, receive, env, poll, response)
+            if response is None:
+                return   # the client left
         await response.finish()
+
+    async def run_again(self, loop, receive, env, poll, response):
+        """Run the application again as long as it asks to (Poll), waiting on
+        the event loop between runs; the response to finish, or None when the
+        client went away meanwhile."""
+        left = asyncio.ensure_future(disconnected(receive))
+        try:
+            while poll.delay is not None:
+                delay, poll.delay = poll.delay, None
+                if poll.stream:
+                    await response.flush()
+                else:   # a long poll: its answer is the next run's
+                    response = Response(response.send, loop, poll)
+                await asyncio.wait([left], timeout=delay)
+                if left.done():
+                    return None
+                poll.runs += 1
+                await self.threads.run(loop, response.run, self.application, env)
+            return response
+        except (OSError, RuntimeError):   # the connection broke while a part went out
+            return None
+        finally:
+            left.cancel()
+
+
+async def disconnected(receive):
+    """Returns once the client has gone (the request's body, if any, was read before)."""
+    while (await receive())['type'] != 'http.disconnect':
+        pass
 
 
 class Response:
     """The WSGI side of one exchange: the application runs in a pool thread,
-    and a body that is a list goes out from the event loop in one message."""
+    and a body that is a list goes out from the event loop in one message.
+    A stream (Poll.stream) runs the application again and again; each run's
+    status and headers after the first are not sent, its body parts are."""
 
-    def __init__(self, send, loop):
-        self.send, self.loop = send, loop
+    def __init__(self, send, loop, poll=None):
+        self.send, self.loop, self.poll = send, loop, poll
         self.start = None
-        self.chunks = None       # a list body, sent by finish()
+        self.chunks = None       # a list body, sent by finish() or flush()
         self.started = False
+        self.ended = False
 
     def start_response(self, status, headers, exc_info=None):
         if exc_info and self.started:
             raise exc_info[1].with_traceback(exc_info[2])
+        if self.started:
+            return   # a stream's next run: its head went out with the first
         self.start = {'type': 'http.response.start', 'status': int(status[:3]),
                       'headers': [(name.lower().encode('latin-1'), value.encode('latin-1'))
                                   for name, value in headers]}
@@ -179,12 +239,17 @@ class Response:
                 if chunk:
                     self.call(self.send_part(chunk, True))
             if chunks is None:
-                self.call(self.send_part(b'', False))
+                if not self.continues():
+                    self.call(self.send_part(b'', False))
             else:
                 self.chunks = chunks
         finally:
             if hasattr(result, 'close'):
                 result.close()
+
+    def continues(self):
+        """The application asked to add to this body (a stream)."""
+        return self.poll is not None and self.poll.delay is not None and self.poll.stream
 
     def call(self, coroutine):
         asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
@@ -193,11 +258,18 @@ class Response:
         if not self.started:
             self.started = True
             await self.send(self.start)
+        self.ended = not more
         await self.send({'type': 'http.response.body', 'body': data, 'more_body': more})
 
+    async def flush(self):
+        """Send what the last run answered, more to follow (a stream)."""
+        chunks, self.chunks = self.chunks or [], None
+        if chunks or not self.started:
+            await self.send_part(b''.join(chunks), True)
+
     async def finish(self):
-        if self.chunks is not None:
-            await self.send_part(b''.join(self.chunks), False)
+        if self.chunks is not None or not self.ended:
+            await self.send_part(b''.join(self.chunks or []), False)
 
 
 def environ(scope, body):

@@ -24,3 +24,9 @@ def listing_path(bucket, prefix='', limit=None, cursor=None, before=None, delimi
 
 def locate_path(bucket, key):
     return '/cluster/locate?' + urllib.parse.urlencode({'bucket': bucket, 'key': key})
+
+
+def changes_path(bucket, since=None, limit=None):
+    """A bucket's change feed, after the cursor since."""
+    params = [(name, value) for name, value in (('since', since), ('limit', limit)) if value]
+    return '/buckets/%s/changes' % bucket + ('?' + urllib.parse.urlencode(params) if params else '')

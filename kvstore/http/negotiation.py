@@ -23,6 +23,7 @@ STATUS = {
     'not_acceptable': '406 Not Acceptable',
     'request_timeout': '408 Request Timeout',
     'already_exists': '409 Conflict',
+    'cursor_expired': '410 Gone',
     'bucket_not_empty': '409 Conflict',
     'too_many_siblings': '409 Conflict',
     'precondition_failed': '412 Precondition Failed',

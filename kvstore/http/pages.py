@@ -12,7 +12,7 @@ import html
 import math
 
 from kvstore.http import documents
-from kvstore.http.links import bucket_path, key_path, listing_path, locate_path, record_path
+from kvstore.http.links import bucket_path, changes_path, key_path, listing_path, locate_path, record_path
 
 # Tables fit a phone's width: long names break anywhere, and below 40em the
 # columns marked "more" (details a wider screen has room for) are left out.
@@ -79,7 +79,8 @@ def bucket_page(doc, root):
     bucket = doc['bucket']
     count = ('%s live keys' % esc(doc['key_count']) if 'key_count' in doc
              else link(bucket_path(bucket) + '?count=true', 'count the keys'))
-    parts = ['<p>%s | %s</p>' % (link(listing_path(bucket), 'list the keys'), count)]
+    parts = ['<p>%s | %s | %s</p>' % (link(listing_path(bucket), 'list the keys'), count,
+                                       link(changes_path(bucket, '0'), 'its changes'))]
     if doc.get('properties') is not None:
         parts.append('<h2>Properties</h2>' + documents.render_fragment(doc['properties']))
     return 'Bucket %s' % bucket, ''.join(parts), doc
@@ -112,6 +113,20 @@ def keys_page(doc, root):
         table(('name', 'size', 'type', 'last modified'), rows, more=(2, 3)) if rows else '',
         '' if rows else '<p><em>no keys on this page</em></p>', ''.join(pager)))
     return 'Keys of %s' % bucket, body, doc
+
+
+def changes_page(doc, root):
+    """A page of the change feed, oldest first, and the link to the changes after it."""
+    bucket = doc['bucket']
+    rows = [(link(record_path(bucket, c['key']), c['key']), esc(c['etag']), 'delete' if c['deleted'] else 'put',
+             number(c['size'], size(c['size'])), esc(c['last_modified'])) for c in doc['changes']]
+    body = table(('key', 'ETag', 'change', 'size', 'last modified'), rows, more=(1, 3)) if rows else \
+        '<p><em>no changes after this cursor yet</em></p>'
+    if doc.get('incomplete'):
+        body += '<p class="down">Not read (their changes come later): %s</p>' % esc(', '.join(doc['incomplete']))
+    body += '<p class="pager"><a rel="next" href="%s">changes after these &rarr;</a></p>' % esc(
+        changes_path(bucket, doc['cursor']))
+    return 'Changes of %s' % bucket, body, doc
 
 
 def listed_cells(entry):
@@ -161,8 +176,8 @@ def value_html(bucket, key, version):
 
 def record_page(doc, root):
     bucket, key = doc['bucket'], doc['key']
-    fields = [(name, doc[name]) for name in ('content_type', 'size', 'etag', 'last_modified', 'meta', 'cache_control',
-                                             'expires', 'content_encoding', 'content_disposition',
+    fields = [(name, doc[name]) for name in ('content_type', 'size', 'etag', 'last_modified', 'expires_at', 'meta',
+                                             'cache_control', 'expires', 'content_encoding', 'content_disposition',
                                              'content_language') if name in doc]
     body = ('<p>%s | %s | %s</p>%s<h2>The value</h2>%s' % (
         link(key_path(bucket, key), 'the raw value'), link(locate_path(bucket, key), 'where it is stored'),
@@ -305,4 +320,4 @@ def ring_svg(partitions, centre=200, radius=120, width=40):
 
 PAGES = {'index': index_page, 'buckets': buckets_page, 'bucket': bucket_page, 'keys': keys_page,
          'record': record_page, 'siblings': siblings_page, 'receipt': receipt_page, 'cluster': cluster_page,
-         'locate': locate_page, 'error': error_page}
+         'locate': locate_page, 'changes': changes_page, 'error': error_page}

@@ -1,5 +1,6 @@
 """Reading a request: its query, its body (a document, a value, a form), the
 quorums and causal context it asks for."""
+import email.utils
 import io
 import json
 import re
@@ -7,7 +8,8 @@ import urllib.parse
 
 import web
 
-from kvstore.coordinator.versions import BadContext, decode_context
+from kvstore.coordinator.expiry import SECOND, Lifetime, bad_expiry
+from kvstore.coordinator.versions import BadContext, decode_context, now_micros
 from kvstore.errors import BadRequest, BodyTooLarge, TooLarge
 from kvstore.http import framing, mediatypes
 from kvstore.http.metadata import check_field_value
@@ -80,6 +82,23 @@ def request_context(bucket, key):
                               secret=config.cluster_secret)
     except BadContext as e:
         raise BadRequest('bad_context', str(e))
+
+
+def request_lifetime():
+    """The lifetime a write asks for (expiry.Lifetime): ?ttl=SECONDS or
+    ?ttl=none, or X-Expires-At, an HTTP-date; neither: the bucket's default."""
+    ttl = query('ttl') or None
+    header = web.ctx.env.get('HTTP_X_EXPIRES_AT')
+    at = None
+    if header is not None:
+        try:
+            parsed = email.utils.parsedate_tz(header)
+            at = email.utils.mktime_tz(parsed) * SECOND if parsed and parsed[9] == 0 else None
+        except (ValueError, OverflowError):
+            pass
+        if at is None:
+            raise bad_expiry('X-Expires-At is an HTTP-date (RFC 9110 5.6.7), such as Sun, 06 Nov 1994 08:49:37 GMT')
+    return Lifetime.asked(ttl, at, now_micros())
 
 
 def request_body(limit, too_large):

@@ -9,7 +9,7 @@ from kvstore import metrics
 from kvstore.coordinator.versions import encode_context
 from kvstore.errors import RangeNotSatisfiable
 from kvstore.http import ranges
-from kvstore.http.caching import caching_headers, last_modified
+from kvstore.http.caching import caching_headers, expires_at, expiry_header, last_modified
 from kvstore.http.metadata import STORED_HEADERS, representation_headers
 from kvstore.http.negotiation import prefers, respond
 from kvstore.http.request import store
@@ -28,6 +28,8 @@ def value_document(version):
     a value too large for one chunk is left out (GET it raw, with ranges)."""
     doc = {'content_type': version.content_type, 'etag': version.etag, 'sha256': version.digest,
            'last_modified': last_modified(version), 'size': version.size}
+    if version.expires:
+        doc['expires_at'] = expires_at(version)
     if version.metadata.get('meta'):
         doc['meta'] = version.metadata['meta']
     doc.update((name, version.metadata[name]) for name in STORED_HEADERS if name in version.metadata)
@@ -50,8 +52,11 @@ def listed_key(key, versions):
     if len(versions) > 1:
         return {'key': key, 'siblings': len(versions)}
     version = versions[0]
-    return {'key': key, 'size': version.size, 'content_type': version.content_type,
-            'last_modified': last_modified(version), 'etag': version.etag}
+    listed = {'key': key, 'size': version.size, 'content_type': version.content_type,
+              'last_modified': last_modified(version), 'etag': version.etag}
+    if version.expires:
+        listed['expires_at'] = expires_at(version)
+    return listed
 
 
 def context_header(bucket, key, receipt):
@@ -63,6 +68,8 @@ def receipt_document(bucket, key, receipt):
     if not receipt.version.deleted:
         doc['etag'] = receipt.version.etag
         doc['sha256'] = receipt.version.digest
+        if receipt.version.expires:
+            doc['expires_at'] = expires_at(receipt.version)
     doc.update(context=issued_context(receipt.context, bucket, key) if receipt.context is not None else None,
                clock=receipt.context, siblings=receipt.siblings,
                preference_list=receipt.preference_list, acknowledged=receipt.acknowledged,
@@ -141,7 +148,7 @@ def siblings_response(bucket, key, read):
         boundary = uuid.uuid4().hex.encode()
         heads = [b'--%s\r\n%s\r\n' % (boundary, ''.join('%s: %s\r\n' % field for field in (
             [('Content-Type', v.content_type), ('ETag', v.etag), ('Last-Modified', last_modified(v))]
-            + representation_headers(v))).encode('latin-1')) for v in read.current]
+            + representation_headers(v) + list(expiry_header(v).items()))).encode('latin-1')) for v in read.current]
         end = b'--%s--\r\n' % boundary
         length = sum(len(h) + v.size + 2 for h, v in zip(heads, read.current)) + len(end)
 

@@ -1,6 +1,8 @@
-"""The gc job: remove chunks no version or hint points to, idempotency records
-past their window, and reap tombstones every owner holds alike once
-tombstone_grace has passed."""
+"""The gc job: turn values expired for longer than max_clock_skew into their
+tombstones, remove chunks no version or hint points to, idempotency records
+past their window, the change feed's changes past its retention, and reap
+tombstones every owner holds alike once tombstone_grace has passed (since
+their write, or their value's expiry)."""
 import collections
 import time
 
@@ -11,12 +13,18 @@ from kvstore.reconciler.results import JobResult, tell, waiting_text
 
 def collect_garbage(parts, view):
     """view: the newest recorded view (tombstones wait while it rebalances)."""
-    counts = collections.Counter(tombstones_reaped=0, tombstones_kept=0, chunked_versions_removed=0)
+    counts = collections.Counter(expired_reaped=0, tombstones_reaped=0, tombstones_kept=0,
+                                 chunked_versions_removed=0, changes_trimmed=0)
     waiting = collections.Counter()
+    reap_expired(parts, counts, waiting)
     collect_chunks(parts, counts, waiting)
     collect_idempotency_records(parts, counts, waiting)
+    trim_changes(parts, counts, waiting)
     chunks = (', chunks of %d versions removed' % counts['chunked_versions_removed']
               if counts['chunked_versions_removed'] else '')
+    if counts['expired_reaped']:
+        chunks = ', ' + tell(parts.dry_run, counts['expired_reaped'], '%d expired values made tombstones',
+                             'would make %d expired values tombstones') + chunks
     if view['state'] != 'complete':
         return JobResult('gc', dict(counts), dict(waiting), True, 'gc: tombstones skipped until the '
                          'rebalance to epoch %d is complete%s' % (view['epoch'], chunks))
@@ -31,9 +39,35 @@ def collect_garbage(parts, view):
         said.append('%d kept (not alike on every owner, or held elsewhere)' % counts['tombstones_kept'])
     if chunks:
         said.append(chunks[2:])
+    if counts['changes_trimmed']:
+        said.append('%d changes trimmed from the feed' % counts['changes_trimmed'])
     if waiting:
         said.append(waiting_text(waiting))
     return JobResult('gc', dict(counts), dict(waiting), bool(waiting), 'gc: ' + ', '.join(said))
+
+
+def reap_expired(parts, counts, waiting):
+    """Turn, on each partition, the values whose expiry passed more than
+    max_clock_skew ago into their tombstones, in place (engines'
+    reap_expired, found by an index on the expiry, not by reading every row).
+    A tombstone is the same version, so it still supersedes every older copy
+    of the key, wherever one turns up; tombstones are reaped as any other.
+    The margin: a front end whose clock is behind gc's by less than
+    max_clock_skew has seen the value expire too."""
+    before = int((time.time() - parts.config.max_clock_skew) * 1e6)
+    for name in parts.names:
+        try:
+            if parts.dry_run:
+                counts['expired_reaped'] += parts.call(name, 'count_expired', before)
+                continue
+            while True:
+                found = parts.call(name, 'reap_expired', before, parts.batch)
+                counts['expired_reaped'] += found
+                parts.meter.wrote(found)
+                if found < parts.batch:
+                    break
+        except PartitionError:
+            waiting[name] += 1
 
 
 def collect_chunks(parts, counts, waiting):
@@ -68,6 +102,24 @@ def collect_idempotency_records(parts, counts, waiting):
             continue
         if removed:
             counts['idempotency_records_removed'] += removed
+
+
+def trim_changes(parts, counts, waiting):
+    """Trim each partition's change log (the feed's) to [feed] retention and
+    max_rows; a feed cursor before what is left gets 410 (engines/feed.py)."""
+    if parts.dry_run:
+        return
+    before = int((time.time() - parts.config.feed_retention) * 1e6)
+    for name in parts.names:
+        removed = parts.batch
+        while removed == parts.batch:
+            try:
+                removed = parts.call(name, 'trim_changes', before, parts.config.feed_max_rows, parts.batch)
+            except PartitionError:
+                waiting[name] += 1
+                break
+            counts['changes_trimmed'] += removed
+            parts.meter.wrote(removed)
 
 
 def reap_tombstones(parts, hinted, counts, waiting):
@@ -107,7 +159,7 @@ def _reap(parts, name, rows, hinted, before, counts, waiting):
     held = parts.read_held({p: candidates for p in everywhere}, waiting) if candidates else {}
     for key in sorted(keys):
         tombstones = {v.version_id for v in held.get(name, {}).get(key, [])
-                      if v.deleted and v.modified < before}
+                      if v.deleted and v.modified < before and v.expires < before}
         alike = key in candidates and len(held) == len(everywhere) and bool(tombstones) and all(
             {v.version_id for v in held[p].get(key, [])} == (tombstones if p in owners[key] else set())
             for p in everywhere)

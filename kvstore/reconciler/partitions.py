@@ -3,7 +3,7 @@ once, reads counted by the run's Meter, and versions copied between them (in a
 dry run, counted and not written)."""
 import collections
 
-from kvstore.coordinator.versions import reconcile
+from kvstore.coordinator.versions import carried, reconcile
 from kvstore.engines import PartitionError
 
 KEYS_PER_COPY = 32          # keys whose values are read and applied at once
@@ -142,7 +142,7 @@ class Partitions:
         for _, target, bucket, key, version_id in todo:
             version = versions.get((bucket, key, version_id))
             if version is not None:   # else superseded at the source meanwhile
-                by_target[target].append((bucket, key, version))
+                by_target[target].append((bucket, key, carried(version)))
         stored, failed = 0, set()
         for target, copies in sorted(by_target.items()):
             try:
