@@ -204,12 +204,10 @@ def _load_slice(job):
             # What the coordinator (the first replica) makes for a new key ...
             dot = next_dot(store.engines[preference[0]].actor, [], {})
             version = Version.new({}, dot, value_for(index, value_bytes, filler), CONTENT_TYPE)
-            # ... and what the engine's _store sends for it, on each replica: the
-            # INSERT (Keys._insert, statement and arguments: MySQLEngine's own
-            # binds them into one text once a write) and the change feed's entry.
-            engine = store.engines[preference[0]]
-            Keys._insert(engine, recorder, bucket, key, version)
-            engine._log_change(recorder, bucket.encode(), key.encode(), version.version_id.encode())
+            # ... and the INSERT with which the engine stores it, on each replica
+            # (Keys._insert: statement and arguments; MySQLEngine's own binds
+            # them into one text once a write).
+            Keys._insert(store.engines[preference[0]], recorder, bucket, key, version)
             for statement, row in recorder.calls:
                 for name in preference:
                     batch = batches.setdefault((name, statement), [])
@@ -234,9 +232,8 @@ def bulk_load(config_path, bucket, count, value_bytes, processes=None):
 
     A fresh key's PUT makes Version.new(seen={}, dot=next_dot(coordinator's actor), ...) on the
     key's first replica and stores that version on each of its N replicas.  Here
-    the engine itself renders those INSERTs (Keys._insert, and the change feed's
-    _log_change, into a recording cursor) and they go out as batched multi-row
-    INSERTs (PyMySQL's executemany),
+    the engine itself renders those INSERTs (Keys._insert into a recording
+    cursor) and they go out as batched multi-row INSERTs (PyMySQL's executemany),
     from parallel processes: threads would queue on the GIL.  Then a sample is
     read back through Datastore.get from every replica, and one key is written
     again by Datastore.put to check that its rows are the loader's.
