@@ -279,7 +279,8 @@ class TestTokens(SQLiteApp):
                     'Origin': origin, 'Access-Control-Request-Method': 'PUT',
                     'Access-Control-Request-Headers': 'authorization, content-type'})
                 answers.append((response.status_int, sorted((k, v.replace(origin, 'O'))
-                                                            for k, v in response.headers.items()), response.body))
+                                                            for k, v in response.headers.items() if k != 'Date'),
+                                response.body))
         self.assertEqual(answers[1:], answers[:1] * 3)
         # The request itself meets the bucket's rules: origin, method and headers.
         path = '/buckets/%s/keys/k' % b
