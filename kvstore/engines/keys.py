@@ -134,9 +134,9 @@ class Keys:
     def clear_pending(self, markers):
         """Drop the pending markers [(bucket, key, version_id)]: an autocommit
         DELETE of up to PENDING_CLEARED at once, one commit (an fsync) for
-        them all, where one each made the markers of a w=1 run cost half
-        an fsync a write (issue 24).  In key order, as every such DELETE:
-        two that meet wait for one another rather than deadlock."""
+        them all, where one each cost a w=1 run a third of an fsync a write
+        (issue 24).  In key order, as every such DELETE: two that meet wait
+        for one another rather than deadlock."""
         rows = sorted({(b.encode(), k.encode(), v.encode()) for b, k, v in markers})
         with self._cursor() as cursor:
             for start in range(0, len(rows), PENDING_CLEARED):
