@@ -60,7 +60,6 @@ try:
     from kvstore.reconciler.metering import Progress
     from kvstore.coordinator.versions import iso_time
     from kvstore.coordinator.sync_runs import JOBS
-    from kvstore.reconciler.changes import CHECKPOINT
     from kvstore.reconciler.results import CONVERGED, ERROR, STATUS_WORDS, WORK_LEFT, exit_status, tell
     from kvstore.reconciler.runner import run, unreachable
 except ImportError as e:   # exit 2, not Python's 1 (which means "work left" here)
@@ -84,10 +83,7 @@ def new_incarnation(store, partition):
         say('sync: no partition %r is configured' % partition, sys.stderr)
         return ERROR
     try:
-        actor = store.engines[partition].new_incarnation()
-        # What the backup lacks was announced by no change it holds: the next
-        # run compares every arc (changes.py).
-        store.engines[partition].set_metadata({CHECKPOINT: 'null'})
+        actor = store.engines[partition].new_incarnation()   # the next run compares every arc
     except PartitionError as e:
         say('sync: %s: %s' % (partition, e.reason), sys.stderr)
         return ERROR

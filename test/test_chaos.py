@@ -1,7 +1,7 @@
 """Chaos: compare-and-swap and plain writes while everything around them fails.
 
-Two front ends, A and B (serve.py under uWSGI, as `make run` starts it), over
-four real MariaDB partitions.  Eleven clients, spread over both:
+Two front ends, A and B (serve.py, as `make run` starts it), over four real
+MariaDB partitions, then five.  Eleven clients, spread over both:
 
 - incrementers of one counter with If-Match (GET, then PUT the value + 1 with
   the ETag; on 412 read again), each PUT sent with an Idempotency-Key and
@@ -22,15 +22,22 @@ Meanwhile:
 - B reaches that partition through a proxy that the test black-holes for 2 to
   3 s every 3 to 5 s, so that B finds it down while A finds it up: the two
   front ends hold different views of partition health;
-- sync.py runs (every job) every 8 to 12 s.
+- sync.py runs (every job) every 8 to 12 s;
+- a fifth partition is added by docs/OPERATIONS.md's rolling steps: B is
+  reloaded with it (SIGHUP), sync.py records the new view while A still
+  places keys by the old ring, and A is reloaded some seconds later; the
+  sync.py runs from then on rebalance.  The counter is a key whose first
+  owner the new ring changes, so that for a while A and B name different
+  first owners for it.
 
-At the end every fault is undone and: the counter equals the acknowledged
-increments exactly (no unknown outcome is left), no If-Match ETag was
-acknowledged for two different writes, no read of the counter (written only
-with If-Match) answered 300; every acknowledged key reads back with its
-value, once (never as siblings of one value); every acknowledged delete
-stays deleted; and every key of the dropped
-bucket acknowledged before a forced delete began stays deleted.
+At the end every fault is undone, sync.py is run until the rebalance is
+complete, and, read through each front end: the counter equals the
+acknowledged increments exactly (no unknown outcome is left), no If-Match
+ETag was acknowledged for two different writes, no read of the counter
+(written only with If-Match) answered 300; every acknowledged key reads back
+with its value, once (never as siblings of one value); every acknowledged
+delete stays deleted; and every key of the dropped bucket acknowledged
+before a forced delete began stays deleted.
 """
 import collections
 import http.client
@@ -66,7 +73,9 @@ KILL_EVERY = (1.0, 2.0)       # seconds between worker kills
 PAUSE_EVERY, PAUSE_SECONDS = (3.0, 5.0), 1.5
 BLACK_HOLE_EVERY, BLACK_HOLE_SECONDS = (3.0, 5.0), (2.0, 3.0)
 DROP_EVERY, SYNC_EVERY = (3.0, 5.0), (8.0, 12.0)
-BUCKET, COUNTER, DROPPED = 'chaos', 'counter', 'chaos-dropped'
+B_RELOADED, A_RELOADED = 8.0, 20.0   # seconds into the chaos when each front end gets the fifth partition
+SYNC_RUNS_AT_THE_END = 6             # sync.py runs that may be needed to complete the rebalance
+BUCKET, DROPPED = 'chaos', 'chaos-dropped'
 UNKNOWN = 'unknown'           # a write's outcome the client could not learn
 
 
@@ -218,7 +227,10 @@ class Faults:
             self.faults[name] += 1
 
     def kill_a_worker(self, rng):
-        pids = rng.choice(self.servers).worker_pids()
+        server = rng.choice(self.servers)
+        if server in getattr(self, 'reloading', ()):
+            return   # its workers are being replaced already (SIGHUP)
+        pids = server.worker_pids()
         if pids:
             try:
                 os.kill(rng.choice(pids), signal.SIGKILL)
@@ -231,15 +243,19 @@ class TestChaos(Faults, unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.cluster = shared_cluster(4)
-        partitions = support.mariadb_partitions(cls.cluster)
-        cls.owners = Ring.of(support.build_config(partitions, **STORE)).preference_list(BUCKET, COUNTER, 3)
-        first = cls.owners[0]
+        cls.partitions = partitions = support.mariadb_partitions(cls.cluster)
+        # The fifth partition shares p1's server, in a database of its own.
+        cls.grown = dict(partitions, p5=dict(partitions['p1'], database=partitions['p1']['database'] + '_p5'))
+        rings = [Ring.of(support.build_config(parts, **STORE)) for parts in (partitions, cls.grown)]
+        cls.counter = next(k for k in ('counter-%d' % i for i in range(1000))
+                           if len({ring.preference_list(BUCKET, k, 3)[0] for ring in rings}) == 2)
+        first = rings[0].preference_list(BUCKET, cls.counter, 3)[0]
         cls.paused = cls.cluster[int(first[1:]) - 1]
         cls.proxy = BlackHoleProxy(partitions[first]['port'])
-        cut_off = dict(partitions, **{first: dict(partitions[first], host='127.0.0.1', port=cls.proxy.port)})
+        cls.cut_off = {first: dict(partitions[first], host='127.0.0.1', port=cls.proxy.port)}   # B's way to it
         cls.servers = []
         try:
-            for parts in (partitions, cut_off):
+            for parts in (partitions, dict(partitions, **cls.cut_off)):
                 server = StoreServer(support.config_text(parts, **STORE), workers=WORKERS, threads=THREADS)
                 cls.servers.append(server)
                 server.start()
@@ -258,6 +274,7 @@ class TestChaos(Faults, unittest.TestCase):
 
     def setUp(self):
         self.stop = threading.Event()
+        self.reloading = set()                    # front ends a SIGHUP is reloading: no worker killed there
         self.errors = []                          # tracebacks from the test's own threads
         self.faults = collections.Counter()
         self.acknowledged_keys = {}               # key: value (None: deleted), as a writer was last told
@@ -266,11 +283,12 @@ class TestChaos(Faults, unittest.TestCase):
         self.dropped_keys = []                    # see write_keys
         self.drops = []                           # see drop_the_bucket
         self.unexpected = []                      # answers no client should see
+        self.sync_lock = threading.Lock()         # one sync.py run at a time, on the configuration of now
         config = tempfile.NamedTemporaryFile('w', suffix='.cfg', delete=False)
-        with config:
-            config.write(support.config_text(support.mariadb_partitions(self.cluster), **STORE))
+        config.close()
         self.sync_config = config.name
         self.addCleanup(os.remove, config.name)
+        self.configure_sync(self.partitions)
 
     # -- clients ------------------------------------------------------------
 
@@ -279,7 +297,7 @@ class TestChaos(Faults, unittest.TestCase):
         with its Idempotency-Key until its outcome is known."""
         while time.monotonic() < deadline:
             try:
-                status, response, body = client.request('GET', key_path(COUNTER))
+                status, response, body = client.request('GET', key_path(self.counter))
             except (OSError, http.client.HTTPException):
                 stats['reads without an answer'] += 1
                 time.sleep(0.05)
@@ -297,7 +315,7 @@ class TestChaos(Faults, unittest.TestCase):
                 continue
             stats['increments tried'] += 1
             headers['Idempotency-Key'] = '"%s"' % uuid.uuid4()
-            status, response, body = send_until_known(client, 'PUT', key_path(COUNTER), str(value + 1).encode(),
+            status, response, body = send_until_known(client, 'PUT', key_path(self.counter), str(value + 1).encode(),
                                                       headers, stats, 'increments', deadline + QUIET_TIMEOUT)
             if status in (200, 201):
                 stats['increments acknowledged'] += 1
@@ -388,10 +406,59 @@ class TestChaos(Faults, unittest.TestCase):
         elif status not in (404, 503):
             self.unexpected.append('DELETE /buckets/%s?force=true: %d %r' % (DROPPED, status, body[:300]))
 
-    def run_sync(self, rng):
-        result = run_command(self.sync_config)
+    def configure_sync(self, partitions):
+        with open(self.sync_config, 'w') as f:
+            f.write(support.config_text(partitions, **STORE))
+
+    def run_sync(self, rng=None):
+        with self.sync_lock:
+            result = run_command(self.sync_config)
         if result.returncode not in (0, 1, 2) or 'Traceback' in result.stderr:
             self.unexpected.append('sync.py exited %d: %s' % (result.returncode, result.stderr[-1000:]))
+        return result
+
+    def add_a_partition(self, chaos_began):
+        """docs/OPERATIONS.md, "Adding a partition", front end by front end: B
+        reloaded with p5, the new view recorded by sync.py (its first step)
+        while A still places keys by the old ring, then A reloaded."""
+        # Not cut short when the chaos ends: a loaded machine may need longer
+        # to reload B and record the view, and the change is seen through.
+        time.sleep(max(0.0, chaos_began + B_RELOADED - time.monotonic()))
+        self.reload(self.front_b, dict(self.grown, **self.cut_off))
+        with self.sync_lock:
+            self.configure_sync(self.grown)
+        for _ in range(3):   # a run whose rebalance a pause cut short may not say so
+            result = self.run_sync()
+            if 'rebalance: epoch 2 ' in result.stdout:
+                break
+        else:
+            self.unexpected.append('sync.py did not record the new view: %s' % (result.stdout + result.stderr)[-1000:])
+        time.sleep(max(0.0, chaos_began + A_RELOADED - time.monotonic()))
+        self.reload(self.front_a, self.grown)
+        self.faults['partitions added'] += 1
+        self.a_reloaded_at = time.monotonic() - chaos_began
+
+    def reload(self, server, partitions):
+        """The configuration file, then SIGHUP, as OPERATIONS.md says; until
+        every worker serves it (the ones started after a kill read it too)."""
+        self.reloading.add(server)
+        with open(server.config_path, 'w') as f:
+            f.write(support.config_text(partitions, **STORE))
+        os.kill(server.process.pid, signal.SIGHUP)
+        client = Client(server.port)
+
+        def reloaded():
+            try:
+                status, _, body = client.request('GET', '/cluster')
+                return status == 200 and len(json.loads(body)['partitions']) == len(partitions)
+            except (OSError, http.client.HTTPException, ValueError):
+                return False
+        try:
+            if not support.wait_until(lambda: all(reloaded() for _ in range(2 * WORKERS)), 2 * QUIET_TIMEOUT, 0.2):
+                self.unexpected.append('port %d did not load the new configuration' % server.port)
+        finally:
+            self.reloading.discard(server)
+            client.close()
 
     def black_hole_b(self, rng):
         self.proxy.black_hole()
@@ -425,15 +492,49 @@ class TestChaos(Faults, unittest.TestCase):
                     raise
             time.sleep(0.1)
 
+    def read_back(self, port):
+        """Through one front end, once quiet: {'counter': (status, body),
+        'missing': keys without their value, 'doubled': [(idempotent, text)]
+        of keys with it twice, 'resurrected': keys back after a delete}."""
+        client, found = Client(port), collections.defaultdict(list)
+        status, _, body = self.read_when_quiet(client, self.counter, time.monotonic() + QUIET_TIMEOUT)
+        found['counter'] = (status, body)
+        read_back = time.monotonic() + READ_BACK_TIMEOUT
+        for key, value in sorted(self.acknowledged_keys.items()):
+            key_status, _, key_body = self.read_when_quiet(client, key, read_back)
+            if value is None:
+                if key_status != 404:
+                    found['resurrected'].append('%s: %d %r; %s' % (key, key_status, key_body[:300],
+                                                                  self.located(client, BUCKET, key)))
+            elif key_status == 300 and all(s['value'].encode() == value for s in json.loads(key_body)['siblings']):
+                found['doubled'].append((self.idempotent_keys[key], '%s: %s' % (key, key_body.decode())))
+            elif (key_status, key_body) != (200, value):
+                found['missing'].append('%s: %d %r' % (key, key_status, key_body[:300]))
+        # A key of the dropped bucket acknowledged before a forced delete began is gone for good.
+        for key, value, sent, answered in self.dropped_keys:
+            if any(answered < began for began, _ in self.drops):
+                key_status, _, key_body = self.read_when_quiet(client, key, read_back, DROPPED)
+                if key_status != 404:
+                    found['resurrected'].append('%s/%s: %d %r; %s' % (DROPPED, key, key_status, key_body[:300],
+                                                                     self.located(client, DROPPED, key)))
+        status, _, body = client.request('GET', '/cluster')
+        found['rebalance'] = json.loads(body)['rebalance'] if status == 200 else body[:300]
+        client.close()
+        return found
+
     def test_no_acknowledged_write_is_lost_and_compare_and_swap_holds(self):
+        # Epoch 1, recorded before the change (OPERATIONS.md: run sync.py before the first change).
+        self.assertEqual(self.run_sync().returncode, 0, self.unexpected)
         client = Client(self.front_a.port)
-        status, _, body = client.request('PUT', key_path(COUNTER, '?w=all'), b'0', {'Content-Type': 'text/plain'})
+        status, _, body = client.request('PUT', key_path(self.counter, '?w=all'), b'0', {'Content-Type': 'text/plain'})
         self.assertEqual(status, 201, body)
+        client.close()
 
         clients_count = INCREMENTERS + WRITERS + 1
         stats = [collections.Counter() for _ in range(clients_count)]
         fronts = [self.front_a.port, self.front_b.port]
-        deadline = time.monotonic() + CHAOS_SECONDS
+        began = time.monotonic()
+        deadline = began + CHAOS_SECONDS
         clients = [Client(fronts[i % 2]) for i in range(clients_count)]
         workers = [threading.Thread(target=self.guarded(self.increment, clients[i], stats[i], deadline),
                                     name='incrementer-%d' % i) for i in range(INCREMENTERS)]
@@ -448,12 +549,15 @@ class TestChaos(Faults, unittest.TestCase):
                                                 ('black holes', BLACK_HOLE_EVERY, self.black_hole_b),
                                                 ('bucket drops', DROP_EVERY, self.drop_the_bucket),
                                                 ('sync.py runs', SYNC_EVERY, self.run_sync))]
+        faults.append(threading.Thread(target=self.guarded(self.add_a_partition, began), name='partition added'))
         try:
             for thread in workers + faults:
                 thread.start()
             # Writes repeated until their outcome is known may go on once the faults end.
             for thread in workers:
                 thread.join(max(0.0, deadline + QUIET_TIMEOUT + 3 * REQUEST_TIMEOUT - time.monotonic()))
+            # The other faults go on until the partition is added everywhere.
+            faults[-1].join(max(0.0, began + 2 * (CHAOS_SECONDS + QUIET_TIMEOUT) - time.monotonic()))
         finally:
             self.stop.set()
             for thread in faults:
@@ -465,33 +569,30 @@ class TestChaos(Faults, unittest.TestCase):
         self.assertEqual([t.name for t in workers + faults if t.is_alive()], [])
         self.assertEqual(self.errors, [])
 
-        # Quiet: every worker back, every fault undone; read what the store holds.
+        # Quiet: every worker back, every fault undone, the rebalance completed;
+        # read what the store holds through each front end.
         self.assertTrue(support.wait_until(
             lambda: all(len(s.worker_pids()) == WORKERS for s in self.servers), QUIET_TIMEOUT, 0.2))
+        runs = []
+        for _ in range(SYNC_RUNS_AT_THE_END):
+            runs.append(self.run_sync())
+            if runs[-1].returncode == 0:
+                break
+        self.assertIn('rebalance: epoch 2 complete', runs[-1].stdout, [r.stdout + r.stderr for r in runs])
         total = sum(stats, collections.Counter())
-        status, response, body = self.read_when_quiet(client, COUNTER, time.monotonic() + QUIET_TIMEOUT)
-        self.assertEqual(status, 200, 'the counter: %d %r' % (status, body[:1000]))   # never siblings
-        final = int(body)
-        missing, doubled, resurrected = [], [], []   # keys without their value; with it twice; back after a delete
-        read_back = time.monotonic() + READ_BACK_TIMEOUT
-        for key, value in sorted(self.acknowledged_keys.items()):
-            key_status, _, key_body = self.read_when_quiet(client, key, read_back)
-            if value is None:
-                if key_status != 404:
-                    resurrected.append('%s: %d %r; %s' % (key, key_status, key_body[:300],
-                                                         self.located(client, BUCKET, key)))
-            elif key_status == 300 and all(s['value'].encode() == value for s in json.loads(key_body)['siblings']):
-                doubled.append((self.idempotent_keys[key], '%s: %s' % (key, key_body.decode())))
-            elif (key_status, key_body) != (200, value):
-                missing.append('%s: %d %r' % (key, key_status, key_body[:300]))
-        # A key of the dropped bucket acknowledged before a forced delete began is gone for good.
-        for key, value, sent, answered in self.dropped_keys:
-            if any(answered < began for began, _ in self.drops):
-                key_status, _, key_body = self.read_when_quiet(client, key, read_back, DROPPED)
-                if key_status != 404:
-                    resurrected.append('%s/%s: %d %r; %s' % (DROPPED, key, key_status, key_body[:300],
-                                                            self.located(client, DROPPED, key)))
-        client.close()
+        seen = {}
+        readers = [threading.Thread(target=self.guarded(lambda name, port: seen.update({name: self.read_back(port)}),
+                                                        name, server.port))
+                   for name, server in (('A', self.front_a), ('B', self.front_b))]
+        for thread in readers:
+            thread.start()
+        for thread in readers:
+            thread.join()
+        self.assertEqual(self.errors, [])
+        missing = [text for found in seen.values() for text in found['missing']]
+        doubled = [entry for found in seen.values() for entry in found['doubled']]
+        resurrected = [text for found in seen.values() for text in found['resurrected']]
+        counters = {name: found['counter'] for name, found in seen.items()}
 
         acknowledged = total['increments acknowledged'] + total['writes acknowledged'] + total['deletes acknowledged']
         unknown = total['increments unknown'] + total['writes unknown'] + total['deletes unknown']
@@ -500,23 +601,28 @@ class TestChaos(Faults, unittest.TestCase):
             swapped[etag].add(idempotency_key)
         twice = {etag: keys for etag, keys in swapped.items() if len(keys) > 1}
         repeated = sum(n for name, n in total.items() if name.endswith(' repeated'))
+        final = int(counters['A'][1]) if counters['A'][0] == 200 else None
         print('chaos: operations %d, acknowledged %d, unknown outcome %d (all without an idempotency key), '
               'repeated with an idempotency key %d, lost %d, ETags acknowledged twice %d, resurrected %d '
-              '(increments: %d acknowledged, %d refused with 412, final value %d; keys: %d acknowledged, '
-              '%d not read back, %d with siblings of one value (%d with an idempotency key); deletes: %d '
-              'acknowledged; bucket drops: %d answered 200, %d of its keys acknowledged before one; faults: %s)'
+              '(increments: %d acknowledged, %d refused with 412, final value %s; keys: %d acknowledged, '
+              '%d reads without the value, %d with siblings of one value (%d with an idempotency key), through '
+              'both front ends; deletes: %d acknowledged; bucket drops: %d answered 200, %d of its keys '
+              'acknowledged before one; sync.py runs to complete the rebalance: %d; A reloaded at %.1f s of '
+              '%.0f; faults: %s)'
               % (total['increments tried'] + total['writes tried'] + total['deletes tried'], acknowledged, unknown,
-                 repeated, abs(final - total['increments acknowledged']) + len(missing), len(twice),
+                 repeated, abs((final or 0) - total['increments acknowledged']) + len(missing), len(twice),
                  len(resurrected), total['increments acknowledged'], total['increments refused'], final,
                  total['writes acknowledged'], len(missing), len(doubled), sum(i for i, _ in doubled),
                  total['deletes acknowledged'], len(self.drops),
-                 sum(any(a < b for b, _ in self.drops) for *_, a in self.dropped_keys),
-                 ', '.join('%d %s' % (n, name) for name, n in sorted(self.faults.items()))))
+                 sum(any(a < b for b, _ in self.drops) for *_, a in self.dropped_keys), len(runs),
+                 getattr(self, 'a_reloaded_at', -1), CHAOS_SECONDS, ', '.join('%d %s' % (n, name) for name, n in sorted(self.faults.items()))))
         details = dict(total)
         self.assertEqual(self.unexpected[:10], [], details)
-        # Exactly once: every increment's outcome became known, and the counter counts the acknowledged ones.
+        # Exactly once: every increment's outcome became known, and the counter
+        # counts the acknowledged ones, never siblings, on either front end.
         self.assertEqual(total['increments unknown'], 0, details)
-        self.assertEqual(final, total['increments acknowledged'], details)
+        self.assertEqual(counters, {name: (200, str(total['increments acknowledged']).encode()) for name in 'AB'},
+                         details)
         self.assertEqual(twice, {}, 'If-Match ETags acknowledged for two writes')
         self.assertEqual(missing[:10], [], details)
         self.assertEqual(resurrected[:10], [], details)
@@ -526,8 +632,13 @@ class TestChaos(Faults, unittest.TestCase):
         self.assertEqual(total['writes unknown'] + total['deletes unknown'],
                          stats[INCREMENTERS]['writes unknown'] + stats[INCREMENTERS]['deletes unknown'], details)
         self.assertEqual([text for _, text in doubled][:10], [], details)
+        # Both front ends on the new ring, the one sync.py recorded and completed.
+        for name, found in seen.items():
+            self.assertEqual((found['rebalance']['epoch'], found['rebalance']['state'],
+                              found['rebalance']['configuration_matches']), (2, 'complete', True), name)
         # The run proves something only if every fault happened and writes got through.
-        self.assertEqual(sorted(self.faults), ['black holes', 'bucket drops', 'pauses', 'sync.py runs', 'worker kills'])
+        self.assertEqual(sorted(self.faults), ['black holes', 'bucket drops', 'partitions added', 'pauses',
+                                               'sync.py runs', 'worker kills'])
         self.assertGreater(total['increments acknowledged'], 0, details)
         self.assertGreater(total['writes acknowledged'], 0, details)
         self.assertGreater(total['deletes acknowledged'], 0, details)

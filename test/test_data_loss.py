@@ -25,7 +25,7 @@ from test import support
 from test.mariadb import shared_cluster
 from test.server import StoreServer
 from test.test_server import CONFIGURATION, request
-from test.sync_support import FAST, config_of, holdings, sync_once
+from test.sync_support import FAST, SyncCase, config_of, holdings, sync_once
 from kvstore.coordinator.versions import Version, context_of, next_dot
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -256,18 +256,24 @@ class MariaDBPartitionLoss(unittest.TestCase):
         self.restore_p1(backup)   # its incarnation too: the time floor keeps the counters apart
         self.assert_new_write_survives(self.open())
 
-    def test_sync_finds_p1_restored_without_new_incarnation_and_renews_it(self):
-        self.store.put(self.bucket, self.key, b'v1', 'text/plain', w=3)
-        backup = self.dump_p1()
-        self.store.put(self.bucket, self.key, b'v2', 'text/plain', w=3)
-        # Then a write p1 coordinated for a front end whose clock ran an hour
-        # ahead, acknowledged by every owner: the backup lacks it.
+    def write_from_an_hour_ahead(self):
+        """A write of the key p1 coordinates for a front end whose clock ran an
+        hour ahead, acknowledged by every owner: (p1's actor, its counter)."""
         p1, owners = self.store.engines['p1'], self.store.placement(self.bucket, self.key)[0]
         actor, ahead = p1.actor, time.time_ns() // 1000 + 3600 * 10 ** 6
         _, acknowledged = p1.coordinate(self.bucket, self.key, lambda held: Version.new(
             context_of(held), (actor, ahead), b'ahead', 'text/plain'))
         for owner in owners[1:]:
             self.store.engines[owner].apply(self.bucket, self.key, acknowledged)
+        return actor, ahead
+
+    def test_sync_finds_p1_restored_without_new_incarnation_and_renews_it(self):
+        self.store.put(self.bucket, self.key, b'v1', 'text/plain', w=3)
+        backup = self.dump_p1()
+        self.store.put(self.bucket, self.key, b'v2', 'text/plain', w=3)
+        # Then a write p1 coordinated for a front end whose clock ran an hour
+        # ahead, acknowledged by every owner: the backup lacks it.
+        actor, ahead = self.write_from_an_hour_ahead()
         sync_once(self.store.config)   # cron: it records where each partition stood
         self.store.close()
         self.restore_p1(backup)        # and no new-incarnation
@@ -288,6 +294,41 @@ class MariaDBPartitionLoss(unittest.TestCase):
         self.assertEqual(self.values(store), [b'NEW'])
         results, _, status = sync_once(store.config)   # found once: the new actor is clean
         self.assertEqual(status, sync.CONVERGED, [r.summary for r in results.values()])
+
+    def test_a_front_end_finds_p1_restored_without_new_incarnation_when_it_comes_back(self):
+        self.store.put(self.bucket, self.key, b'v1', 'text/plain', w=3)
+        sync_once(self.store.config)   # cron
+        backup = self.dump_p1()
+        # After the backup, a write p1 coordinated for a front end whose clock
+        # ran an hour ahead, then one with its context through this front end
+        # (which sees p1 hand out change numbers the backup lacks), each
+        # acknowledged by every owner.
+        p1, (actor, _) = self.store.engines['p1'], self.write_from_an_hour_ahead()
+        context = self.store.get(self.bucket, self.key, r=3).context
+        self.store.put(self.bucket, self.key, b'v3', 'text/plain', context=context, w=3)
+        # p1's server dies and comes back restored from the backup: no
+        # new-incarnation, no sync.py run; the front end runs on.
+        server = self.cluster.servers[0]
+        server.kill()
+        server.start()
+        self.restore_p1(backup)
+        with self.assertLogs('kvstore.engines', 'WARNING') as logs:
+            receipt = self.store.put(self.bucket, self.key, b'NEW', 'text/plain', w=3)
+        self.assertIn('p1 was restored from a backup or rolled back without sync.py new-incarnation p1',
+                      logs.output[0])
+        # Numbered by a new incarnation: kept by every owner, not refused as
+        # one that v3 (whose clock holds the counter from an hour ahead) saw.
+        self.assertEqual(receipt.coordinator, 'p1')
+        self.assertEqual(sorted(receipt.acknowledged), sorted(receipt.preference_list), receipt)
+        self.assertNotEqual(p1.actor, actor)
+        self.assertEqual(self.values(self.store), [b'NEW', b'v3'])   # a blind write beside what p1 lost
+        recorded = p1.get_metadata(['incarnation', 'sync.changes'])
+        self.assertEqual('p1.' + recorded['incarnation'], p1.actor)
+        self.assertEqual(recorded['sync.changes'], 'null')   # the next run compares every arc
+        results, _, status = sync_once(self.store.config)
+        self.assertEqual(status, sync.CONVERGED, [r.summary for r in results.values()])
+        self.assertNotIn('restored', results)   # the front end did it
+        self.assertEqual(self.values(self.store), [b'NEW', b'v3'])
 
     def test_a_restore_while_writes_go_on_loses_no_acknowledged_write_and_resurrects_no_delete(self):
         # Keys p1 coordinates: a blind write through it, right after the
@@ -589,6 +630,91 @@ class TestForcedBucketDeleteStaysDeleted(unittest.TestCase):
         receipt = self.store.put(self.bucket, 'k0', b'new', 'text/plain', w=3)
         self.assertEqual(sorted(receipt.acknowledged), sorted(receipt.preference_list))
         self.assertEqual([v.value for v in self.store.get(self.bucket, 'k0', r=3).current], [b'new'])
+
+
+class TestForcedBucketDeleteDuringAConfigurationChange(SyncCase):
+    """A fifth partition added by the rolling steps (docs/OPERATIONS.md): one
+    front end reloaded with p5, the new view recorded, and the bucket
+    force-deleted through the other, which does not know p5.  The keys p5
+    holds (written there by the five-partition front end, or moved there by
+    the rebalance) stay deleted: for reads and listings through either front
+    end at once, and everywhere once sync.py ran."""
+
+    def setUp(self):
+        super().setUp()
+        self.assertEqual(sync_once(self.config)[2], sync.CONVERGED)   # epoch 1: the four partitions
+        self.five = dict(self.partitions, p5=dict(self.partitions['p1'],
+                                                  database=self.partitions['p1']['database'] + '_p5'))
+        self.old, self.new = self.store, self.open(self.five)
+        self.old_app, self.new_app = support.web_app(self.old), support.web_app(self.new)
+
+    def on_p5(self, count, first=False):
+        """Keys the five-partition ring places on p5 (first: as first owner)."""
+        keys = [k for k in ('k%d' % i for i in range(2000))
+                if 'p5' in self.new.ring.preference_list(self.bucket, k, 3)[:1 if first else 3]]
+        return keys[:count]
+
+    def readable(self, store, keys, **quorum):
+        return [k for k in keys if store.get(self.bucket, k, **quorum).current]
+
+    def test_keys_on_the_added_partition_stay_deleted(self):
+        keys = self.on_p5(30)
+        moved = [k for k in ('m%d' % i for i in range(400))
+                 if 'p5' in self.new.ring.preference_list(self.bucket, k, 3)][:10]
+        for key in moved:   # on the old ring's owners, moved to p5 by the rebalance
+            self.old.put(self.bucket, key, b'old ring', 'text/plain', w=3)
+        self.assertEqual(self.new.record_view()[0]['state'], 'rebalancing')
+        sync_once(config_of(self.five), 'rebalance')
+        for key in keys:    # written to p5 by the front end that knows it
+            self.new.put(self.bucket, key, b'new ring', 'text/plain', w=3)
+        self.assertTrue(all(self.new.engines['p5'].read(self.bucket, k) for k in keys + moved))
+
+        self.assertEqual(self.old_app.delete('/buckets/%s?force=true' % self.bucket).status_int, 200)
+        everything = keys + moved
+        for store in (self.old, self.new):
+            self.assertEqual(self.readable(store, everything), [])
+            self.assertEqual(self.readable(store, everything, r=3), [])
+            self.assertEqual(store.list_keys(self.bucket).keys, [])
+        self.assertEqual(self.new_app.get('/buckets/%s' % self.bucket, status='*').status_int, 404)
+        # A create-only write of a dropped key that p5 decides finds it deleted.
+        created = self.on_p5(1, first=True)[0]
+        self.assertEqual(self.new_app.put('/buckets/%s/keys/%s' % (self.bucket, created), b'again',
+                                          headers={'Content-Type': 'text/plain', 'If-None-Match': '*'},
+                                          status='*').status_int, 201)
+
+        # sync.py, on the five partitions: the fence reaches p5, which drops what it covers.
+        sync_once(config_of(self.five))
+        self.assertEqual({key: sorted(held) for (bucket, key), held in holdings(self.new).items()
+                          if bucket == self.bucket and key != created}, {})
+        self.assertEqual(self.readable(self.new, everything, r=1), [created])
+        self.assertEqual(self.readable(self.old, everything), [created])
+
+    def test_sync_gives_the_added_partition_the_fence(self):
+        keys = self.on_p5(10)
+        self.assertEqual(self.new.record_view()[0]['state'], 'rebalancing')
+        for key in keys:
+            self.new.put(self.bucket, key, b'new ring', 'text/plain', w=3)
+        self.assertEqual(self.old_app.delete('/buckets/%s?force=true' % self.bucket).status_int, 200)
+        results, _, _ = sync_once(config_of(self.five), 'hints')   # no read repaired p5 before
+        self.assertEqual(results['fences'].counts, {'fences_spread': 1}, results['fences'].summary)
+        self.assertEqual([k for k in keys if self.new.engines['p5'].read(self.bucket, k)], [])
+        self.assertEqual(self.readable(self.new, keys, r=1), [])
+        self.assertNotIn('fences', sync_once(config_of(self.five), 'hints')[0])   # once
+
+    def test_a_bucket_recreated_after_the_drop_keeps_its_new_writes(self):
+        keys = self.on_p5(10)
+        self.assertEqual(self.new.record_view()[0]['state'], 'rebalancing')
+        for key in keys:
+            self.new.put(self.bucket, key, b'before', 'text/plain', w=3)
+        self.assertEqual(self.old_app.delete('/buckets/%s?force=true' % self.bucket).status_int, 200)
+        for i, key in enumerate(keys):
+            store = (self.old, self.new)[i % 2]
+            store.put(self.bucket, key, b'after', 'text/plain', w=3)
+        sync_once(config_of(self.five))
+        for store in (self.old, self.new):
+            self.assertEqual({k: [v.value for v in store.get(self.bucket, k, r=3).current] for k in keys},
+                             {k: [b'after'] for k in keys})
+            self.assertEqual(store.list_keys(self.bucket).keys, sorted(keys))
 
 
 class TestChunkGarbageUnderLocks(unittest.TestCase):

@@ -9,8 +9,8 @@ import sync
 
 from kvstore.coordinator.versions import Version, context_of
 from kvstore.engines import MySQLEngine
-from kvstore.engines.rows import schema_statements
 from test.sync_support import SyncCase, bulk_load, config_of, holdings, sync_once
+from test.test_schema import table_statements as first_release_tables
 
 
 class TestFollowingChanges(SyncCase):
@@ -92,7 +92,7 @@ class TestChangeSequenceUpgrade(SyncCase):
                 database = 'test_' + fields['database'] + '_old'
                 cursor.execute('CREATE DATABASE ' + database)
                 cursor.execute('USE ' + database)
-                for statement in schema_statements():   # the tables as an older version made them
+                for statement in first_release_tables():   # the tables as an older version made them
                     cursor.execute(statement)
                 for i in range(3):
                     cursor.execute("INSERT INTO objects VALUES (%s, %s, %s, '{}', 0, 'text/plain', '', 0, 'v',"

@@ -24,7 +24,7 @@ rebalance that follows copies them to the new owners.
 """
 import time
 
-from kvstore.coordinator.versions import carried, reconcile, resolve
+from kvstore.coordinator.versions import carried, newest_fence, reconcile, resolve
 from kvstore.engines import PartitionError
 from kvstore.errors import Unavailable
 
@@ -83,15 +83,17 @@ class ConditionalDecider:
                               'owners; %s answered' % (first, majority, len(preference),
                                                        ', '.join(sorted(replies)) or 'none'),
                               failed=failures)
-        versions = resolve(replies.values())
-        for version in versions:
-            if reconcile(replies[first], version)[1]:
-                try:
+        versions, fence = resolve(replies.values()), newest_fence(replies.values())
+        try:
+            if fence is not None and (replies[first].fence or 0) < fence:   # it decides without the dropped
+                self.replicas.call(first, 'fence_bucket', bucket, fence)
+            for version in versions:
+                if reconcile(replies[first], version)[1]:
                     self.replicas.call(first, 'apply', bucket, key, carried(version))
-                except PartitionError as e:
-                    raise Unavailable('the key\'s first owner, %s, could not take the versions the '
-                                      'other owners hold' % first, failed={first: e.reason})
-        self.reader.repair(bucket, key, {p: held for p, held in replies.items() if p != first}, versions)
+        except PartitionError as e:
+            raise Unavailable('the key\'s first owner, %s, could not take the versions (or the bucket\'s '
+                              'fence) the other owners hold' % first, failed={first: e.reason})
+        self.reader.repair(bucket, key, {p: held for p, held in replies.items() if p != first}, versions, fence)
         return self.deciders(bucket, key, preference)
 
     def _read_majority(self, bucket, key, preference):

@@ -2,7 +2,7 @@
 import dataclasses
 
 from kvstore.coordinator.validation import check_bucket
-from kvstore.coordinator.versions import live, now_micros, resolve
+from kvstore.coordinator.versions import live, newest_fence, now_micros, resolve
 from kvstore.errors import BadRequest, Unavailable
 
 MAX_LIST_LIMIT = 10000
@@ -28,15 +28,15 @@ def key_is_live(rows, now):
 
 def holds_value(row, now):
     """A scanned row (engine.scan) is of a value, not a tombstone nor expired at now."""
-    _, _, deleted, expires, _ = row
+    _, _, deleted, _, expires, _ = row
     return not deleted and not 0 < expires <= now
 
 
 def live_versions(rows, now):
     """The live versions a key's rows leave at `now` (more than one: siblings)."""
     if len({row[1] for row in rows}) == 1:
-        return [rows[0][4]()] if all(holds_value(row, now) for row in rows) else []
-    return live(resolve([[row[4]() for row in rows]]), now)
+        return [rows[0][5]()] if all(holds_value(row, now) for row in rows) else []
+    return live(resolve([[row[5]() for row in rows]]), now)
 
 
 def common_prefix(key, prefix, delimiter):
@@ -114,8 +114,11 @@ class Listing:
     def _live_keys(self, bucket, prefix, limit, after, details):
         """Each partition returns its version rows in key order; a key is listed
         when the versions of it that no other version supersedes include a live
-        one, so a stale replica cannot bring back a deleted key.  Rows are read
-        in batches: keys below the lowest last key of a full batch are complete.
+        one, so a stale replica cannot bring back a deleted key, and no
+        partition's fence of the bucket covers it (a forced delete through a
+        front end that did not know a partition just added: it may still hold
+        them).  Rows are read in batches: keys below the lowest last key of a
+        full batch are complete.
         """
         names = list(self.replicas.engines)
         batch = max(limit + 1, 64)
@@ -125,10 +128,11 @@ class Listing:
             pages, failures = self.replicas.at_once(names, 'scan', bucket, prefix, after, batch)
             require_coverage(failures, self.n)
             horizon = min((rows[-1][0] for rows in pages.values() if len(rows) == batch), default=None)
+            fence = newest_fence(pages.values()) or -1
             rows_of = {}
             for rows in pages.values():
                 for row in rows:
-                    if horizon is None or row[0] < horizon:
+                    if (horizon is None or row[0] < horizon) and row[3] > fence:
                         rows_of.setdefault(row[0], []).append(row)
             for key in sorted(rows_of):
                 if details:

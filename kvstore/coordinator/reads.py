@@ -8,7 +8,7 @@ import dataclasses
 import logging
 
 from kvstore.coordinator.validation import quorums
-from kvstore.coordinator.versions import carried, context_of, live, reconcile, resolve
+from kvstore.coordinator.versions import carried, context_of, live, newest_fence, reconcile, resolve, unfenced
 from kvstore import metrics
 from kvstore.engines import PartitionError
 from kvstore.errors import Unavailable
@@ -50,10 +50,11 @@ class Reader:
         if len(replies) < r or owners < pr:
             raise Unavailable('%d replicas answered the read, %d of them owners; it needs %d, %d of them owners'
                               % (len(replies), owners, r, pr), failed=failures)
+        fence = newest_fence(replies.values())
         versions = resolve(replies.values())
         if not versions:   # during a view change the key may be on its previous owners only
-            versions = self.placement.read_previous_owners(bucket, key, preference, replies)
-        self.repair(bucket, key, {p: held for p, held in replies.items() if p in preference}, versions)
+            versions = unfenced(self.placement.read_previous_owners(bucket, key, preference, replies), fence)
+        self.repair(bucket, key, {p: held for p, held in replies.items() if p in preference}, versions, fence)
         if len(versions) > 1 and props['conflicts'] == 'lww':
             versions = versions[-1:]   # the last writer wins
         return Read(versions=versions, preference_list=preference, replicas=sorted(replies),
@@ -75,14 +76,27 @@ class Reader:
             failures.update(failed)
         return replies, failures
 
-    def repair(self, bucket, key, replies, versions):
+    def repair(self, bucket, key, replies, versions, fence=None):
         """Send owners that answered with less than the current set what they
-        lack (an expired value as its tombstone: versions.carried)."""
+        lack (an expired value as its tombstone: versions.carried), and the
+        bucket's fence (newest_fence) to those without it."""
         for name, held in replies.items():
+            if fence is not None and (getattr(held, 'fence', None) or 0) < fence:
+                metrics.read_repair_sent()
+                self.replicas.executor.submit(self.fence_replica, name, bucket, fence)
             for version in versions:
                 if reconcile(held, version)[1]:
                     metrics.read_repair_sent()
                     self.replicas.executor.submit(self.repair_replica, name, bucket, key, carried(version))
+
+    def fence_replica(self, name, bucket, fence):
+        """A read repair: give one partition a bucket fence it lacks (a forced
+        delete through a front end that did not know it), which drops what it
+        covers there."""
+        try:
+            self.replicas.call(name, 'fence_bucket', bucket, fence)
+        except PartitionError as e:
+            log.info('read repair of bucket %s\'s fence on %s failed: %s', bucket, name, e.reason)
 
     def repair_replica(self, name, bucket, key, version):
         """A read repair: give one owner a version it lacks."""

@@ -350,11 +350,38 @@ def context_of(versions, partitions=None):
     return prune(merged, partitions, context_limit(partitions), keep={v.dot[0] for v in versions})
 
 
-def resolve(replies):
-    """Merge the version lists several replicas returned into the current set."""
+class Held(list):
+    """The versions of a key one replica holds, and its bucket's fence there:
+    the time (microseconds) up to which a forced delete of the bucket dropped
+    every version (None: never dropped).  A partition a front end did not know
+    of when it dropped the bucket (one just added) has no fence yet, and may
+    still hold such versions: every other replica's fence covers them."""
+
+    def __init__(self, versions=(), fence=None):
+        super().__init__(versions)
+        self.fence = None if fence is None else int(fence)
+
+
+def newest_fence(replies, fence=None):
+    """The newest bucket fence among replies (Held lists) and fence."""
+    fences = [f for f in [fence] + [getattr(held, 'fence', None) for held in replies] if f is not None]
+    return max(fences, default=None)
+
+
+def unfenced(versions, fence):
+    """versions less those a forced delete of their bucket dropped (fence: newest_fence)."""
+    return list(versions) if fence is None else [v for v in versions if v.modified > fence]
+
+
+def resolve(replies, fence=None):
+    """Merge the version lists several replicas returned into the current set,
+    less the versions any of their bucket fences (or fence) covers: a forced
+    delete dropped those, wherever one is still held."""
+    replies = list(replies)
+    fence = newest_fence(replies, fence)
     current = {}
     for versions in replies:
-        for version in versions:
+        for version in unfenced(versions, fence):
             # A version one replica holds as its tombstone (expired, reaped)
             # is that tombstone wherever else its value is still held.
             if version.deleted or version.version_id not in current:

@@ -4,14 +4,15 @@ An engine stores the versions of keys for one partition and knows nothing of
 rings, quorums or HTTP.  SQLite and MariaDB share the SQL; they differ only
 in how they connect, how a write transaction locks, and the placeholder.
 
-    read(bucket, key)                -> [Version]
+    read(bucket, key)                -> Held [Version], .fence: the bucket's fence
     coordinate(bucket, key, decide, epoch, idempotency) -> (held, new version)  locked read-decide-write
                                      (epoch: refuse, NewerView, if a newer view is recorded;
                                      idempotency: Recorded if the write was recorded before)
     apply(bucket, key, version)      -> True if stored          a replica takes a version
-    scan(bucket, prefix, after, limit) -> [(key, Version)]      byte order, no values
+    scan(bucket, prefix, after, limit) -> Held [(key, ..., Version)]  byte order, no values
     hints: store_hint(), read_hints(), hints_for(), delete_hint(), hint_counts()
     bucket records: bucket_names(), read_bucket(), write_bucket(), drop_bucket()
+    forced bucket deletes: drop_keys(), fence_bucket(), bucket_fences()
     reconciliation (sync.py): range_digests(), scan_points(), read_many(), apply_many(),
         pending_markers(), tombstones(), metadata, advisory locks
     what a partition holds (GET /cluster): count_keys(), usage()

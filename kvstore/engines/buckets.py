@@ -32,21 +32,56 @@ class Buckets:
                 column = 'dropped' if table == 'bucket_fences' else 'modified'
                 self._execute(cursor, 'SELECT MAX(%s) FROM %s WHERE bucket = ?' % (column, table), (b,))
                 fence = max(fence, int(cursor.fetchall()[0][0] or 0))
-            self._execute(cursor, 'DELETE FROM bucket_fences WHERE bucket = ?', (b,))
-            self._execute(cursor, 'INSERT INTO bucket_fences (bucket, dropped) VALUES (?, ?)', (b, fence))
+            self._set_fence(cursor, b, fence)
             self._drop_rows(cursor, b)
         return self._transaction(work)
+
+    def fence_bucket(self, bucket, fence):
+        """Take a fence another partition holds (a forced delete through a front
+        end that did not know this partition: sync.py, read repair): raise this
+        partition's fence of the bucket to `fence` and remove what it covers,
+        the versions, hints, idempotency records and bucket record written at
+        or before it, and the pending markers of the versions removed.  What
+        was written after it stays (the bucket created again).  True when the
+        fence was raised."""
+        b = bucket.encode()
+
+        def work(cursor):
+            self._execute(cursor, 'SELECT dropped FROM bucket_fences WHERE bucket = ?' + self.lock_clause, (b,))
+            held = cursor.fetchall()
+            if held and int(held[0][0]) >= fence:
+                return False
+            self._set_fence(cursor, b, fence)
+            for table, column in (('objects', 'bucket'), ('hints', 'bucket'), ('idempotency', 'bucket'),
+                                  ('buckets', 'name')):
+                self._execute(cursor, 'DELETE FROM %s WHERE %s = ? AND modified <= ?' % (table, column), (b, fence))
+            self._execute(cursor, 'DELETE FROM pending WHERE bucket = ? AND NOT EXISTS (SELECT 1 FROM objects'
+                          ' WHERE objects.bucket = pending.bucket AND objects.key_name = pending.key_name'
+                          ' AND objects.version_id = pending.version_id)', (b,))
+            return True
+        return self._transaction(work)
+
+    def bucket_fences(self):
+        """{bucket: fence} of the buckets force-deleted here."""
+        with self._cursor() as cursor:
+            self._execute(cursor, 'SELECT bucket, dropped FROM bucket_fences')
+            return {as_text(b): int(d) for b, d in cursor.fetchall()}
+
+    def _set_fence(self, cursor, b, fence):
+        self._execute(cursor, 'DELETE FROM bucket_fences WHERE bucket = ?', (b,))
+        self._execute(cursor, 'INSERT INTO bucket_fences (bucket, dropped) VALUES (?, ?)', (b, fence))
 
     def _drop_rows(self, cursor, b):
         for table in ('objects', 'pending', 'hints', 'chunks', 'idempotency'):
             self._execute(cursor, 'DELETE FROM %s WHERE bucket = ?' % table, (b,))
 
     def _fence_and_clock(self, cursor, bucket):
-        """At the start of a key's write transaction: the bucket's fence and
-        this partition's clock, for _after_fence (MariaDB: read by the statement
-        that takes the key's lock, in the locking read's round trip)."""
+        """At the start of a key's write transaction: the bucket's fence,
+        this partition's clock, for _after_fence, and its newest change number,
+        for sql.py's check of a restored partition (MariaDB: read by the
+        statement that takes the key's lock, in the locking read's round trip)."""
         return self._prefetch_values(cursor, '(SELECT dropped FROM bucket_fences WHERE bucket = ?), '
-                                     + self.now_clause, (bucket.encode(),))
+                                     + self.now_clause + ', (SELECT MAX(seq) FROM objects)', (bucket.encode(),))
 
     @staticmethod
     def _after_fence(fence_and_clock, version):
@@ -57,7 +92,7 @@ class Buckets:
         fence_and_clock: the rows of _fence_and_clock.  (A fence committed after
         it was read, a drop crossing the write, still refuses the version:
         _store's unfenced_clause; the write then counts as one before the drop.)"""
-        fence, now = fence_and_clock[0]
+        fence, now, _ = fence_and_clock[0]
         if fence is not None and version.modified <= int(fence):
             version.modified = int(fence) + 1
         if version.deleted:

@@ -4,6 +4,7 @@ A part of SQLEngine (sql.py), on its plumbing (_cursor, _execute, _transaction).
 """
 import time
 
+from kvstore.coordinator.versions import Held
 from kvstore.engines.rows import COLUMN_PLACEHOLDERS, COLUMNS, as_text, row_to_version
 
 
@@ -25,11 +26,12 @@ class Hints:
         return self._transaction(work)
 
     def read_hints(self, bucket, key):
-        """Versions of a key held here for any target."""
+        """Held: the versions of a key held here for any target, and its bucket's fence."""
         with self._cursor() as cursor:
-            self._execute(cursor, 'SELECT ' + self.held_columns + ' FROM hints WHERE bucket = ? AND key_name = ?',
-                          (bucket.encode(), key.encode()))
-            return [self._held_version(row) for row in cursor.fetchall()]
+            self._execute(cursor, self._with_fence(self.held_columns, 'hints', 'bucket = ? AND key_name = ?'),
+                          (bucket.encode(), bucket.encode(), key.encode()))
+            fence, rows = self._fenced_rows(cursor.fetchall())
+            return Held([self._held_version(row) for row in rows], fence)
 
     def hints_for(self, target, limit):
         """Up to limit hints for target, oldest first: [(bucket, key, version, created)]."""

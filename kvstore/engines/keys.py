@@ -7,8 +7,9 @@ import json
 import time
 
 from kvstore.coordinator.ring import key_point
-from kvstore.coordinator.versions import encode_version_clock, live, reconcile
-from kvstore.engines.rows import COLUMN_PLACEHOLDERS, COLUMNS, as_text, listed_version, prefix_end, row_to_version
+from kvstore.coordinator.versions import Held, encode_version_clock, live, reconcile
+from kvstore.engines.rows import (COLUMN_PLACEHOLDERS, COLUMNS, as_text, column_count, listed_version,
+                                  prefix_end, row_to_version)
 
 PENDING_CLEARED = 100   # pending markers one statement drops at most
 
@@ -91,10 +92,29 @@ class Keys:
         pass
 
     def send_read(self, bucket, key):
-        return self.send_query(self._held_query(lock=False), (bucket.encode(), key.encode()))
+        return self.send_query(self._with_fence(self.held_columns, 'objects', 'bucket = ? AND key_name = ?'),
+                               (bucket.encode(), bucket.encode(), key.encode()))
 
     def finish_read(self, sent):
-        return [self._held_version(row) for row in self.finish_query(sent)]
+        """Held: the key's versions and its bucket's fence."""
+        fence, rows = self._fenced_rows(self.finish_query(sent))
+        return Held([self._held_version(row) for row in rows], fence)
+
+    @staticmethod
+    def _with_fence(columns, table, where, page=''):
+        """A query of a bucket's rows (the bucket its first argument) that also
+        reads the bucket's fence in the same round trip: a row of its own,
+        NULL in every column but the first, which the bucket's rows have NULL
+        (_fenced_rows).  page: ORDER BY and LIMIT of the rows."""
+        rows = 'SELECT NULL, %s FROM %s WHERE %s%s' % (columns, table, where, page)
+        return ('SELECT (SELECT dropped FROM bucket_fences WHERE bucket = ?)' + ', NULL' * column_count(columns)
+                + ' UNION ALL ' + ('SELECT * FROM (%s) AS page' % rows if page else rows))
+
+    @staticmethod
+    def _fenced_rows(rows):
+        """(the fence, the rows without it) of a _with_fence query's answer."""
+        fence = next((row[0] for row in rows if row[1] is None), None)
+        return fence, [row[1:] for row in rows if row[1] is not None]
 
     def coordinate(self, bucket, key, decide, epoch=None, idempotency=None):
         """Lock the key, let decide(held) make the new version, store it.
@@ -107,7 +127,8 @@ class Keys:
             fence_and_clock = self._fence_and_clock(cursor, bucket)
             view = self.read_view(cursor) if epoch is not None else None
             record = self._read_record(cursor, bucket, key, idempotency) if idempotency is not None else None
-            held = self._held(cursor, bucket, key, values=False)
+            held = Held(self._held(cursor, bucket, key, values=False), fence_and_clock[0][0])
+            self._saw_change(fence_and_clock[0][2])
             if epoch is not None:
                 self.check_view(view, epoch)
             if idempotency is not None:
@@ -217,11 +238,11 @@ class Keys:
 
     def scan(self, bucket, prefix, after, limit):
         """Up to `limit` version rows of keys > after that start with prefix, in
-        key byte order: [(key, version_id, deleted, expires, Version with its
-        value left out)].  Tombstones and expired values included, so that the
-        caller can tell a deleted key from a stale replica's copy.  The Version
-        is built only when asked for (a call): a listing needs it only where
-        replicas disagree."""
+        key byte order: Held([(key, version_id, deleted, modified, expires,
+        Version with its value left out)], the bucket's fence).  Tombstones and
+        expired values included, so that the caller can tell a deleted key from
+        a stale replica's copy.  The Version is built only when asked for (a
+        call): a listing needs it only where replicas disagree."""
         return self.finish_scan(self.send_scan(bucket, prefix, after, limit))
 
     def send_scan(self, bucket, prefix, after, limit):
@@ -234,14 +255,16 @@ class Keys:
         if end is not None:
             clauses.append('key_name < ?')
             args.append(end)
-        return self.send_query('SELECT ' + self.scan_columns + ' FROM objects WHERE ' + ' AND '.join(clauses)
-                               + ' ORDER BY key_name LIMIT ?', args + [limit])
+        return self.send_query(self._with_fence(self.scan_columns, 'objects', ' AND '.join(clauses),
+                                                ' ORDER BY key_name LIMIT ?'), [bucket.encode()] + args + [limit])
 
     def finish_scan(self, sent):
-        rows = [self._scanned(row) for row in self.finish_query(sent)]
-        return [(key.decode(), version_id, deleted, int(expires),
-                 functools.partial(listed_version, version_id, deleted, clock, modified, size, content_type, expires))
-                for key, version_id, deleted, clock, modified, size, content_type, expires in rows]
+        fence, rows = self._fenced_rows(self.finish_query(sent))
+        rows = sorted(map(self._scanned, rows))   # a UNION's rows come in no promised order
+        return Held([(key.decode(), version_id, deleted, int(modified), int(expires),
+                      functools.partial(listed_version, version_id, deleted, clock, modified, size, content_type,
+                                        expires))
+                     for key, version_id, deleted, clock, modified, size, content_type, expires in rows], fence)
 
     # The columns a listing reads; MySQLEngine packs them into one.
     scan_columns = 'key_name, version_id, deleted, clock, modified, size, content_type, expires'

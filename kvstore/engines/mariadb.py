@@ -160,6 +160,8 @@ class MySQLEngine(SQLEngine):
     share_lock_clause = ' LOCK IN SHARE MODE'
     now_clause = 'CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)'
     log_clock_clause = 'CAST(UNIX_TIMESTAMP(SYSDATE(6)) * 1000000 AS SIGNED)'   # feed.py
+    issued_changes_clause = ("(SELECT AUTO_INCREMENT - 1 FROM information_schema.TABLES"
+                             " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'objects')")
     unfenced_clause = ' FROM DUAL' + SQLEngine.unfenced_clause
     if_absent_clause = ' ON DUPLICATE KEY UPDATE version_id = version_id'
     insert_if_absent = 'INSERT IGNORE'

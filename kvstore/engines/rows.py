@@ -10,6 +10,7 @@ SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.pa
 COLUMNS = 'version_id, clock, deleted, content_type, digest, modified, value, size, chunk_size, metadata, expires'
 COLUMN_PLACEHOLDERS = ', '.join(['?'] * (COLUMNS.count(',') + 1))
 INCARNATION = 'incarnation'   # the metadata row naming the partition's incarnation
+CHANGES_CHECKPOINT = 'sync.changes'   # the metadata row of where sync.py stands (reconciler/changes.py)
 
 
 def new_incarnation_id():
@@ -20,6 +21,15 @@ def schema_statements():
     with open(SCHEMA_PATH, encoding='utf-8') as f:
         text = '\n'.join(line.split('--')[0] for line in f)
     return [s.strip() for s in text.split(';') if s.strip()]
+
+
+def column_count(columns):
+    """How many columns a SELECT's list of expressions names (commas outside parentheses)."""
+    depth, count = 0, 1
+    for char in columns:
+        depth += {'(': 1, ')': -1}.get(char, 0)
+        count += char == ',' and depth == 0
+    return count
 
 
 def prefix_end(prefix):

@@ -23,7 +23,7 @@ from kvstore.engines.keys import Keys
 from kvstore.engines.pool import Pool
 from kvstore.engines.reconcile import Reconciliation
 from kvstore.coordinator.versions import decode_version_clock
-from kvstore.engines.rows import INCARNATION, as_text, new_incarnation_id, schema_statements
+from kvstore.engines.rows import CHANGES_CHECKPOINT, INCARNATION, as_text, new_incarnation_id, schema_statements
 
 log = logging.getLogger('kvstore.engines')
 TRANSACTION_ATTEMPTS = 10
@@ -37,6 +37,9 @@ class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation, Idempotency, Feed)
     share_lock_clause = ''   # SQLite's write transactions lock the whole file
     now_clause = "CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)"   # microseconds
     if_absent_clause = ' ON CONFLICT DO NOTHING'
+    # The highest change number the partition has handed out (objects.seq): it
+    # never goes down, unless the partition is restored or rolled back.
+    issued_changes_clause = '(SELECT value FROM objects_sequence)'
     insert_if_absent = 'INSERT OR IGNORE'
     db_errors = ()
 
@@ -44,6 +47,7 @@ class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation, Idempotency, Feed)
         self.name = name
         self._schema_ready = False
         self._actor = None
+        self._newest_change_seen = 0   # see _check_restored
         self.pool = Pool(self._open, self.db_errors, self._stale)
 
     @property
@@ -158,21 +162,75 @@ class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation, Idempotency, Feed)
 
     def _open(self):
         """A new connection; the first one also creates any missing tables and
-        reads the partition's incarnation (minting it for new tables)."""
+        reads the partition's incarnation (minting it for new tables), the
+        others check it (_check_restored)."""
         conn = self._connect()
-        if not self._schema_ready:
-            cursor = self._new_cursor(conn)
-            for statement in schema_statements():
-                cursor.execute(statement)
-            schema.upgrade(self, cursor)
-            cursor.execute(self._sql(self.insert_if_absent + ' INTO metadata (name, value) VALUES (?, ?)'),
-                           (INCARNATION.encode(), new_incarnation_id().encode()))
-            cursor.execute(self.insert_if_absent + ' INTO change_log (id, top, trimmed) VALUES (1, 0, 0)')
-            cursor.execute(self._sql('SELECT value FROM metadata WHERE name = ?'), (INCARNATION.encode(),))
-            self._actor = '%s.%s' % (self.name, as_text(cursor.fetchone()[0]))
+        cursor = self._new_cursor(conn)
+        try:
+            if self._schema_ready:
+                self._check_restored(cursor)
+            else:
+                for statement in schema_statements():
+                    cursor.execute(statement)
+                schema.upgrade(self, cursor)
+                self._execute(cursor, self.insert_if_absent + ' INTO metadata (name, value) VALUES (?, ?)',
+                              (INCARNATION.encode(), new_incarnation_id().encode()))
+                if cursor.rowcount == 1:   # new tables: their numbers start again
+                    self._newest_change_seen = 0
+                cursor.execute(self.insert_if_absent + ' INTO change_log (id, top, trimmed) VALUES (1, 0, 0)')
+                self._execute(cursor, 'SELECT value FROM metadata WHERE name = ?', (INCARNATION.encode(),))
+                self._actor = '%s.%s' % (self.name, as_text(cursor.fetchone()[0]))
+                self._schema_ready = True
+        except BaseException:
+            conn.close()
+            raise
+        finally:
             cursor.close()
-            self._schema_ready = True
         return conn
+
+    # -- a partition restored from a backup or rolled back without `sync.py
+    # new-incarnation` (docs/failure-model.md): its next dots could repeat
+    # ones it issued after the backup, which the other replicas hold.  The
+    # front end notes the newest change number it sees on the partition (each
+    # coordinated write reads it with the key's lock, for nothing), and on
+    # each new connection (the partition back from being down or restarted)
+    # compares it with the highest the partition has handed out, which only a
+    # restore or rollback lowers.  Below what it saw: the front end mints the
+    # partition a new incarnation itself, as sync.py would.  Otherwise it
+    # takes the recorded incarnation, should it have changed (`sync.py
+    # new-incarnation` since it opened the partition).
+    def _saw_change(self, number):
+        if number is not None and int(number) > self._newest_change_seen:
+            self._newest_change_seen = int(number)
+
+    def _check_restored(self, cursor):
+        self._execute(cursor, 'SELECT (SELECT value FROM metadata WHERE name = ?), ' + self.issued_changes_clause,
+                      (INCARNATION.encode(),))
+        recorded, issued = cursor.fetchone()
+        recorded, issued = as_text(recorded), int(issued or 0)
+        if issued < self._newest_change_seen:
+            log.warning('%s was restored from a backup or rolled back without sync.py new-incarnation %s: '
+                        'it has handed out change numbers up to %d, below the %d seen on it; it gets a new '
+                        'incarnation', self.name, self.name, issued, self._newest_change_seen)
+            self._mint(cursor, replacing=recorded)
+            self._newest_change_seen = issued
+        elif recorded and '%s.%s' % (self.name, recorded) != self._actor:
+            self._actor = '%s.%s' % (self.name, recorded)
+
+    def _mint(self, cursor, replacing=None):
+        """Record a new incarnation (replacing: only if the recorded one is still
+        that: else take the one another front end minted first) and have the
+        next sync.py run compare every arc, since what the backup lacks was
+        announced by no change it holds (reconciler/changes.py).  The actor."""
+        self._execute(cursor, "UPDATE metadata SET value = 'null' WHERE name = ?", (CHANGES_CHECKPOINT.encode(),))
+        incarnation = new_incarnation_id()
+        self._execute(cursor, 'UPDATE metadata SET value = ? WHERE name = ?' + (' AND value = ?' if replacing else ''),
+                      (incarnation.encode(), INCARNATION.encode()) + ((replacing.encode(),) if replacing else ()))
+        if cursor.rowcount != 1:
+            self._execute(cursor, 'SELECT value FROM metadata WHERE name = ?', (INCARNATION.encode(),))
+            incarnation = as_text(cursor.fetchone()[0])
+        self._actor = '%s.%s' % (self.name, incarnation)
+        return self._actor
 
     # -- the change sequence: every version row stored gets a number, higher
     # than any before it on this partition (objects.seq, indexed), so that
@@ -195,13 +253,11 @@ class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation, Idempotency, Feed)
     def new_incarnation(self):
         """Mint a new incarnation, for a partition restored from a backup or
         rolled back: the dots it issued since may be missing from it, and it
-        must not issue them again.  Front ends read the incarnation when they
-        open the partition: restart them (or do this before they start).
-        Returns the new actor."""
-        incarnation = new_incarnation_id()
-        self.set_metadata({INCARNATION: incarnation})
-        self._actor = '%s.%s' % (self.name, incarnation)
-        return self._actor
+        must not issue them again (_mint).  Front ends read the incarnation
+        when they open a connection to the partition: restart them (or do this
+        before they start).  Returns the new actor."""
+        with self._cursor() as cursor:
+            return self._mint(cursor)
 
     def read_incarnation(self):
         """Read the incarnation again, for a front end whose writes were

@@ -21,8 +21,7 @@ import json
 import time
 
 from kvstore.engines import PartitionError
-
-CHECKPOINT = 'sync.changes'
+from kvstore.engines.rows import CHANGES_CHECKPOINT as CHECKPOINT
 
 
 def read_checkpoints(parts):

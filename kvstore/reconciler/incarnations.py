@@ -23,7 +23,6 @@ import json
 import logging
 
 from kvstore.engines.rows import INCARNATION
-from kvstore.reconciler.changes import CHECKPOINT
 from kvstore.reconciler.results import JobResult
 
 TOPS = 'sync.tops'          # {partition: its newest change number}, as the last run saw them
@@ -88,7 +87,6 @@ def renew_restored(parts):
             said.append('%s would get a new incarnation' % name)
             continue
         renewed = parts.call(name, 'new_incarnation')
-        parts.call(name, 'set_metadata', {CHECKPOINT: 'null'})
         said.append('%s now writes as %s' % (name, renewed))
     parts.full_pass = True
     # Done by the run itself (a dry run would do it: work left); the warning is on stderr.

@@ -6,6 +6,7 @@ import os
 from datastore import ViewConflict
 from kvstore.engines import PartitionError
 from kvstore.reconciler.changes import full_pass_due, read_checkpoints
+from kvstore.reconciler.fences import spread_fences
 from kvstore.reconciler.gc import collect_garbage
 from kvstore.reconciler.hints import deliver_hints
 from kvstore.reconciler.incarnations import renew_restored
@@ -59,10 +60,10 @@ def run(store, jobs, dry_run=False, progress=None, force_view=False, report=None
     parts.full_pass = full or full_pass_due(parts, parts.checkpoints)
     # A partition restored without new-incarnation gets one before any job
     # sends it a version (incarnations.py); the run then compares every arc.
-    restored = renew_restored(parts)
-    results = [restored] if restored else []
-    if restored and report:
-        report(restored)
+    # Every partition takes every bucket fence before any job copies a version (fences.py).
+    results = [result for result in (renew_restored(parts), spread_fences(parts)) if result]
+    for result in results if report else ():
+        report(result)
     compared = False     # rebalance already went over every arc in this run
     rebalancing = view['state'] != 'complete'
     steps = {'hints': lambda: deliver_hints(parts), 'rebalance': lambda: rebalance(parts, view, changed),
