@@ -22,6 +22,7 @@ Environment: BIND (127.0.0.1:8080), WORKERS (4), THREADS (4), STORE_CONFIG,
 RUN_AS (started as root: the user to run as, or root to stay root; required),
 ACCESS_LOG (any value: log each request).
 """
+import gc
 import logging
 import os
 import pwd
@@ -56,8 +57,13 @@ def gateway(application, config=None):
     from kvstore.http import framing
     from kvstore.http.gateway import Gateway
     timeout, rate = (config.body_timeout, config.min_body_rate) if config else (5.0, 1024)
+    served = Gateway(application, int(os.environ.get('THREADS', '4')), lambda: framing.BodyPace(timeout, rate))
+    # What the worker made to start (modules, the application, its ring and
+    # pools) lives as long as it does: the collector's full passes, a few
+    # every thousand requests, need not go over it again (issue 24).
+    gc.freeze()
     log.info('worker ready')
-    return Gateway(application, int(os.environ.get('THREADS', '4')), lambda: framing.BodyPace(timeout, rate))
+    return served
 
 
 def exit_with_master():

@@ -192,14 +192,15 @@ def _wrk_measured(row, connections, result, spent, wrk_ms, attempt):
 
 
 def counted(after, before, requests):
-    """A row's deadlocks, and statements and commits per request, from the
-    databases' status counters."""
+    """A row's deadlocks, and statements, commits and fsyncs per request,
+    from the databases' status counters."""
     if after is None:
-        return dict(deadlocks=None, statements_per_req=None, commits_per_req=None)
+        return dict(deadlocks=None, statements_per_req=None, commits_per_req=None, fsyncs_per_req=None)
     delta = {name: after[name] - before[name] for name in after}
     per_request = lambda n: n / requests if requests else None
     return dict(deadlocks=delta['Innodb_deadlocks'], statements_per_req=per_request(delta['Questions']),
-                commits_per_req=per_request(delta['Com_commit']))
+                commits_per_req=per_request(delta['Com_commit']),
+                fsyncs_per_req=per_request(delta['Innodb_data_fsyncs']))
 
 
 def _wrk_attempt(run, args, row, target, env, connections, attempt):
@@ -216,11 +217,11 @@ def _wrk_attempt(run, args, row, target, env, connections, attempt):
     measured = _wrk_measured(row, connections, result, spent, wrk_ms, attempt)
     measured.update(counted(target.counters() if target.counters else None, counters_before, measured['requests']))
     log('%-12s %8.0f req/s  p50 %7.2f ms  p99 %7.2f ms  errors %d  CPU %.3f ms/req '
-        '(server %.3f, db %.3f)  wrk %.0f%%  others %.2f cores  statements/req %.2f  deadlocks %s',
+        '(server %.3f, db %.3f)  wrk %.0f%%  others %.2f cores  statements/req %.2f  fsyncs/req %.2f  deadlocks %s',
         row.name, measured['rps'], measured['p50_ms'], measured['p99_ms'], measured['errors'],
         measured['cpu_ms_per_req'] or 0, measured['server_ms_per_req'] or 0,
         measured['db_ms_per_req'] or 0, measured['wrk_cpu_pct'] or 0, measured['other_cores'],
-        measured['statements_per_req'] or 0, measured['deadlocks'])
+        measured['statements_per_req'] or 0, measured['fsyncs_per_req'] or 0, measured['deadlocks'])
     return measured
 
 

@@ -69,8 +69,8 @@ class MainRun:
 
     def measure_store(self):
         self.facts['queries'] = queries_per_request(self.config_path, self.cluster, QUERIES_BUCKET)
-        log('one request at a time: round trips, statements, commits, db CPU ms, front end CPU ms: %s',
-            ';  '.join('%s %.2f, %.2f, %.2f, %.3f, %.3f' % ((name,) + counts)
+        log('one request at a time: round trips, statements, commits, fsyncs, db CPU ms, front end CPU ms: %s',
+            ';  '.join('%s %.2f, %.2f, %.2f, %.2f, %.3f, %.3f' % ((name,) + counts)
                        for name, counts in self.facts['queries'].items()))
         store = start_server(self.run, 'store', self.config_path, self.args)
         target = Target(store.url + '/', lambda: process_tree(store.pid), self.db_pids,

@@ -78,13 +78,13 @@ def _results_line(r, results, by_name):
     if r['system'] == 'pymysql':
         server = '(client %s)' % fmt(r.get('client_ms_per_req'), 3)
     split = split_text(r) if r['system'] != 'etcd' else '–'
-    return '| %s%s | %s | %d | %s | %s | %s | %s | %s | **%s** | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |' % (
+    return '| %s%s | %s | %d | %s | %s | %s | %s | %s | **%s** | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |' % (
         r['name'], flag, r['what'], r['connections'], fmt(r['rps'], 0), fmt(r['p50_ms']), fmt(r['p99_ms']),
         fmt(r['p999_ms']), r['errors'], fmt(r['cpu_ms_per_req'], 3), server,
         fmt(r['db_ms_per_req'], 3), split,
         ('%.0f%%' % r['wrk_cpu_pct']) if r.get('wrk_cpu_pct') is not None else '–',
         r['deadlocks'] if r.get('deadlocks') is not None else '–',
-        fmt(r.get('statements_per_req'), 2), fmt(r.get('commits_per_req'), 2),
+        fmt(r.get('statements_per_req'), 2), fmt(r.get('commits_per_req'), 2), fmt(r.get('fsyncs_per_req'), 2),
         ratio(r['rps'], hello['rps']) if hello and r is not hello else '–',
         ratio(r['rps'], etcd['rps']) if etcd else '–',
         ratio(r['cpu_ms_per_req'], etcd['cpu_ms_per_req']) if etcd else '–')
@@ -94,8 +94,8 @@ def results_table(results):
     by_name = {r['name']: r for r in results}
     lines = ['| row | workload | conns | req/s | p50 ms | p99 ms | p99.9 ms | errors | CPU ms/req '
              '(server + db) | server | db | worker split | wrk CPU | dead-locks | statements/req | commits/req '
-             '| req/s ÷ hello | req/s ÷ etcd | CPU ÷ etcd |',
-             '|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|']
+             '| fsyncs/req | req/s ÷ hello | req/s ÷ etcd | CPU ÷ etcd |',
+             '|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|']
     lines += [_results_line(r, results, by_name) for r in results]
     return '\n'.join(lines)
 
@@ -149,12 +149,14 @@ def queries_section(queries):
         return []
     return (['## What one request costs, one at a time', '',
              'Counted in process (the datastore without its HTTP layer), one request at a time on 300 keys of a',
-             'bucket of their own: the queries the engines send (round trips), the statements and commits the',
-             'databases count (`Questions`, `Com_commit`, summed over every partition, background work',
-             'included), and the CPU of the databases and of the front end per request.', '',
-             '| request | round trips | statements | commits | db CPU ms | front end CPU ms |',
-             '|---|--:|--:|--:|--:|--:|']
-            + ['| %s | %.2f | %.2f | %.2f | %.3f | %.3f |' % ((name,) + tuple(counts))
+             'bucket of their own: the queries the engines send (round trips), the statements, commits and',
+             'fsyncs the databases count (`Questions`, `Com_commit`, `Innodb_data_fsyncs`, summed over every',
+             'partition, background work included), and the CPU of the databases and of the front end per request.',
+             '',
+             '| request | round trips | statements | commits | fsyncs | db CPU ms | front end CPU ms |',
+             '|---|--:|--:|--:|--:|--:|--:|']
+            + ['| %s | %s |' % (name, ' | '.join(('%.3f' if i >= len(counts) - 2 else '%.2f') % c
+                                                for i, c in enumerate(counts)))
                for name, counts in queries.items()]
             + [''])
 
@@ -199,9 +201,12 @@ How to read it:
   one core: far from 100 %% means wrk was not the bottleneck.
 - **dead-locks** are InnoDB's (`Innodb_deadlocks`) during the row, summed
   over the databases: each one a transaction the store retried.
-  **statements/req** and **commits/req** are the databases' `Questions`
-  (every statement a client sent, each of a multi-statement's) and
-  `Com_commit`, over the row's requests.
+  **statements/req**, **commits/req** and **fsyncs/req** are the
+  databases' `Questions` (every statement a client sent, each of a
+  multi-statement's), `Com_commit` (COMMIT statements: an autocommit
+  write counts none) and `Innodb_data_fsyncs` (InnoDB's fsyncs of its log
+  and data files, autocommit writes' and background flushing's included),
+  over the row's requests.
 - **req/s ÷ hello** compares with the web.py hello world under the same
   server settings; **÷ etcd** with etcd's matching operation (range for
   GET, put for PUT, the same mixes, a 1000-key range for listing).

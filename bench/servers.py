@@ -267,8 +267,10 @@ def _query_servers(servers, statement):
 
 # The status counters a row reads before and after: InnoDB deadlocks (each
 # one a transaction the store retried), statements (Questions: every
-# statement a client sent, each of a multi-statement's counted), commits.
-STATUS_COUNTERS = ('Innodb_deadlocks', 'Questions', 'Com_commit')
+# statement a client sent, each of a multi-statement's counted), commits
+# (COMMIT statements: an autocommit write is none) and fsyncs (InnoDB's, of
+# its log and data files: what durability costs, autocommit writes included).
+STATUS_COUNTERS = ('Innodb_deadlocks', 'Questions', 'Com_commit', 'Innodb_data_fsyncs')
 
 
 def mariadb_status(cluster, count):

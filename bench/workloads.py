@@ -196,6 +196,7 @@ def open_datastore(config_path):
 def _load_slice(job):
     """Write keys start, start + step, ... < count (one process of bulk_load)."""
     from kvstore.coordinator.versions import Version, next_dot
+    from kvstore.engines.keys import Keys
 
     config_path, bucket, start, count, step, value_bytes = job
     filler = make_filler(count, value_bytes)
@@ -213,8 +214,10 @@ def _load_slice(job):
             # What the coordinator (the first replica) makes for a new key ...
             dot = next_dot(store.engines[preference[0]].actor, [], {})
             version = Version.new({}, dot, value_for(index, value_bytes, filler), CONTENT_TYPE)
-            # ... and the INSERT with which the engine stores it, on each replica.
-            store.engines[preference[0]]._store(recorder, bucket, key, [], version)
+            # ... and the INSERT with which the engine stores it, on each replica
+            # (Keys._insert: statement and arguments; MySQLEngine's own binds
+            # them into one text once a write).
+            Keys._insert(store.engines[preference[0]], recorder, bucket, key, version)
             for statement, row in recorder.calls:
                 for name in preference:
                     batch = batches.setdefault((name, statement), [])
@@ -239,7 +242,7 @@ def bulk_load(config_path, bucket, count, value_bytes, processes=None):
 
     A fresh key's PUT makes Version.new(seen={}, dot=next_dot(coordinator's actor), ...) on the
     key's first replica and stores that version on each of its N replicas.  Here
-    the engine itself renders those INSERTs (SQLEngine._store into a recording
+    the engine itself renders those INSERTs (Keys._insert into a recording
     cursor) and they go out as batched multi-row INSERTs (PyMySQL's executemany),
     from parallel processes: threads would queue on the GIL.  Then a sample is
     read back through Datastore.get from every replica, and one key is written
@@ -382,10 +385,11 @@ def queries_per_request(config_path, cluster, bucket, count=300):
     """What one request costs, counted in process, one request at a time on
     count keys of a bucket of its own, for a PUT (w=2) of a new key, one
     overwriting it, a GET r=1 and a GET r=2: {operation: (round trips,
-    statements, commits, CPU ms of the databases, CPU ms of the front end)}
-    per request.  Round trips are the queries the engines send
-    (kvstore/engines/mysqlwire.send); statements and commits the databases'
-    Questions and Com_commit, read once the write's background work is done;
+    statements, commits, fsyncs, CPU ms of the databases, CPU ms of the front
+    end)} per request.  Round trips are the queries the engines send
+    (kvstore/engines/mysqlwire.send); statements, commits and fsyncs the
+    databases' Questions, Com_commit and Innodb_data_fsyncs, read once the
+    write's background work is done;
     CPU from /proc (the databases, in clock ticks: hence so many requests) and
     time.process_time (this process: the front end without its HTTP layer).  One request at a time, the CPU is steadier than
     under wrk's load, and shares nothing with other requests."""
@@ -421,6 +425,7 @@ def queries_per_request(config_path, cluster, bucket, count=300):
                 after, trips = mariadb_status(cluster, 4), sent[0]
                 counted[name] = (trips / count, (after['Questions'] - before['Questions']) / count,
                                  (after['Com_commit'] - before['Com_commit']) / count,
+                                 (after['Innodb_data_fsyncs'] - before['Innodb_data_fsyncs']) / count,
                                  spent['db'] / count, front * 1000.0 / count)
     finally:
         mysqlwire.send = send

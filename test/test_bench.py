@@ -18,6 +18,7 @@ ROW_FIELDS = {'name', 'system', 'what', 'connections', 'seconds', 'requests', 'r
               'p999_ms', 'mean_ms', 'max_ms', 'errors', 'statuses', 'socket_errors', 'server_ms', 'db_ms',
               'cpu_ms_per_req', 'server_ms_per_req', 'db_ms_per_req', 'wrk_cpu_pct', 'machine_cores',
               'other_cores', 'attempt', 'bytes', 'split', 'deadlocks', 'statements_per_req', 'commits_per_req',
+              'fsyncs_per_req',
               'disturbed', 'one_worker', 'etcd', 'measured', 'commit', 'per_request', 'versus'}
 
 

@@ -148,6 +148,13 @@ class QueriesSpecification(support.StoreSpecification):
                           if m[0] == self.bucket], [(self.bucket, 'k', second.version_id)])
         self.engine.clear_pending([(self.bucket, 'k', second.version_id)])
         self.assertEqual(self.engine.pending_markers(10, (self.bucket, '', '')), [])
+        # Many at once (in more than one statement), and only those named.
+        marked = [(self.bucket, 'm%03d' % i, '%032x' % i) for i in range(250)]
+        for marker in marked:
+            self.engine.mark_pending(*marker)
+        self.engine.clear_pending(marked[1:] + [(self.bucket, 'never', 'marked')])
+        self.assertEqual([m[:3] for m in self.engine.pending_markers(300, (self.bucket, '', ''))], marked[:1])
+        self.engine.clear_pending(marked[:1])
         self.assertEqual(self.engine.delete_versions(self.bucket, 'k', [second.version_id, 'none']), 1)
         self.assertEqual(self.engine.delete_versions(self.bucket, 'k', [second.version_id]), 0)
         self.assertEqual(self.engine.read(self.bucket, 'k'), [])

@@ -199,6 +199,9 @@ class Version:
     expires: int = 0             # microseconds since the epoch when the value is gone; 0: never
     # Where the chunks can be read (an engine); not part of the version itself.
     chunk_source: object = dataclasses.field(default=None, compare=False, repr=False)
+    # What an engine made of it to store it, kept for the write's other
+    # partitions (engines/mariadb.py: the INSERT each of them sends).
+    stored_as: dict = dataclasses.field(default=None, compare=False, repr=False)
 
     @classmethod
     def new(cls, seen, dot, value, content_type, deleted=False, metadata=None, version_id=None,
