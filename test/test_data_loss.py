@@ -671,6 +671,10 @@ class TestForcedBucketDeleteDuringAConfigurationChange(SyncCase):
 
         self.assertEqual(self.old_app.delete('/buckets/%s?force=true' % self.bucket).status_int, 200)
         everything = keys + moved
+        # A batch read first (before any single read repairs p5's fence).
+        batch = self.new_app.post_json('/buckets/%s/batch' % self.bucket,
+                                       {'operations': [{'op': 'get', 'key': k} for k in everything]})
+        self.assertEqual([r['key'] for r in batch.json['results'] if r['status'] != 404], [])
         for store in (self.old, self.new):
             self.assertEqual(self.readable(store, everything), [])
             self.assertEqual(self.readable(store, everything, r=3), [])

@@ -8,7 +8,8 @@ import dataclasses
 import logging
 
 from kvstore.coordinator.validation import quorums
-from kvstore.coordinator.versions import carried, context_of, live, newest_fence, reconcile, resolve, unfenced
+from kvstore.coordinator.versions import (Held, carried, context_of, live, newest_fence, reconcile, resolve,
+                                          unfenced)
 from kvstore import metrics
 from kvstore.engines import PartitionError
 from kvstore.errors import StoreError, Unavailable
@@ -66,7 +67,8 @@ class Reader:
                                                 each={p: (bucket, among, parsed) for p, among in asked.items()})
         reads = {}
         for key, (preference, fallbacks) in placed.items():
-            replies = {p: answers[p].get(key, []) for p in preference[:wanted] if p in answers}
+            replies = {p: Held(answers[p][1].get(key, ()), answers[p][0])   # (fence, {key: versions})
+                       for p in preference[:wanted] if p in answers}
             failures = {p: failed[p] for p in preference[:wanted] if p in failed}
             try:
                 reads[key] = self._conclude(bucket, key, props, r, pr, preference, fallbacks, replies, failures)

@@ -9,7 +9,7 @@ in how they connect, how a write transaction locks, and the placeholder.
                                      (epoch: refuse, NewerView, if a newer view is recorded;
                                      idempotency: Recorded if the write was recorded before)
     apply(bucket, key, version)      -> True if stored          a replica takes a version
-    many keys of a bucket (a batch): send_/finish_read_many(bucket, keys) -> {key: [Version]},
+    many keys of a bucket (a batch): send_/finish_read_many(bucket, keys) -> (fence, {key: [Version]}),
         coordinate_many(bucket, [(key, decide)]) -> [(held, version)]  one transaction,
         send_/finish_apply_many(bucket, [(key, version, superseded)]) -> [kept]  one transaction
     scan(bucket, prefix, after, limit) -> Held [(key, ..., Version)]  byte order, no values

@@ -133,16 +133,20 @@ class Keys:
     def send_read_many(self, bucket, keys, parsed=None):
         """parsed: a dict the partitions asked for the same keys share, so
         that a version several of them hold is built once (finish_read_many)."""
-        return self.send_query(self._held_many_query(len(keys), lock=False),
-                               [bucket.encode()] + [k.encode() for k in keys]), parsed
+        columns = 'key_name, ' + self.held_columns
+        where = 'bucket = ? AND key_name IN (%s)' % ', '.join(['?'] * len(keys))
+        return self.send_query(self._with_fence(columns, 'objects', where),
+                               [bucket.encode(), bucket.encode()] + [k.encode() for k in keys]), parsed
 
     def _read_many_answer(self, sent):
         """(rows, parsed) of a send_read_many."""
         return self.finish_query(sent[0]), sent[1]
 
     def finish_read_many(self, sent):
-        """{key: [Version]} of the keys found (a key without versions is left out)."""
+        """(the bucket's fence, {key: [Version]} of the keys found: a key
+        without versions is left out)."""
         rows, parsed = self._read_many_answer(sent)
+        fence, rows = self._fenced_rows(rows)
         found = {}
         for row in rows:
             stored = row[1:]
@@ -152,7 +156,7 @@ class Keys:
                 if parsed is not None and not version.chunk_size:   # a chunked one reads its chunks here
                     parsed[stored] = version
             found.setdefault(as_text(row[0]), []).append(version)
-        return found
+        return fence, found
 
     def _held_many_query(self, count, lock=True, values=True):
         return ('SELECT key_name, ' + (self.held_columns if values else self.held_columns_without_value)
