@@ -25,7 +25,7 @@ urls = ('/buckets/([^/]+)/keys/([^/?]+)', 'Key')
 class Key:
     def GET(self, bucket, key):
         engine = engines[ring.preference_list(bucket, key, 1)[0]]
-        rows = engine.finish_query(engine.send_read(bucket, key))
+        _, rows = engine._fenced_rows(engine.finish_query(engine.send_read(bucket, key)))   # less the bucket's fence
         if not rows:
             raise web.notfound('')
         value = rows[0][1]
