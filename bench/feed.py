@@ -15,6 +15,7 @@ class FeedReader:
     def __init__(self, url, bucket):
         self.url, self.bucket = url.rstrip('/'), bucket
         self.stop = threading.Event()
+        self.probes_done = threading.Event()   # lag(): no probe written while it waits for deliveries
         self.acknowledged = {}   # probe ETag: when its PUT was answered (monotonic)
         self.delivered = {}      # ETag: when the stream delivered it
         self.changes = 0
@@ -55,7 +56,7 @@ class FeedReader:
     def probe(self):
         session, i = requests.Session(), 0
         time.sleep(1.0)   # the stream is open
-        while not self.stop.wait(PROBE_INTERVAL):
+        while not self.stop.wait(PROBE_INTERVAL) and not self.probes_done.is_set():
             i += 1
             try:
                 response = session.put('%s/buckets/%s/keys/feed-probe-%d' % (self.url, self.bucket, i % 100),
@@ -67,6 +68,7 @@ class FeedReader:
 
     def lag(self):
         """{lag_p50_ms, lag_p99_ms, lag_samples, lag_missing, feed_changes} over the probes acknowledged."""
+        self.probes_done.set()
         time.sleep(2.0)   # the last probes' deliveries
         lags = sorted(1000 * (self.delivered[etag] - acked) for etag, acked in list(self.acknowledged.items())
                       if etag in self.delivered)
