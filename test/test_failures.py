@@ -470,7 +470,7 @@ class TestConcurrentNewKeys(FailureCase):
             for key in keys[part::24]:
                 try:
                     self.store.put(self.bucket, key, key.encode(), 'text/plain', w=3)
-                except Exception as e:   # noqa: a failure is what the test looks for
+                except Exception as e:   # a failure is what the test looks for
                     errors.append((key, e))
         threads = [threading.Thread(target=writer, args=(i,)) for i in range(24)]
         for t in threads:
