@@ -226,7 +226,8 @@ class TestExpiryGc(ReplicaCase):
         stale_owner = self.owners('stale')[2]
         store.engines[stale_owner].delete_versions(self.bucket, 'stale', [new.version_id])
         store.engines[stale_owner].apply(self.bucket, 'stale', old)
-        expires = max(v.expires for v in store.engines[self.owners('big')[0]].read(self.bucket, 'big'))
+        expires = max(v.expires for key in ('small', 'big', 'stale')   # 'stale' was written last
+                      for v in store.engines[self.owners(key)[0]].read(self.bucket, key))
         time.sleep(max(0.0, expires / SECOND + 1.5 - time.time()))   # past it by max_clock_skew
 
         chunks = lambda key: sum(e.chunks_held(v.version_id) for e in store.engines.values()   # noqa: E731
