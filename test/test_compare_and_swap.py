@@ -10,7 +10,9 @@ import threading
 import urllib.parse
 
 import sync
+from kvstore.errors import PreconditionFailed, Unavailable
 from test import support
+from test.blackhole import BlackHoleProxy
 from test.sync_support import SyncCase, sync_once
 from test.test_failures import FAST, FailureCase, server_of
 
@@ -177,6 +179,94 @@ class TestConditionalWritesDuringAViewChange(SyncCase):
         for answer in statuses:
             self.assertEqual(answer.count(200), 1, statuses)
             self.assertEqual(answer.count(412) + answer.count(503), 1, statuses)
+
+
+    def test_a_write_that_fails_halfway_across_two_rings_is_held_by_the_old_first_owner_or_by_none(self):
+        self.fail_halfway(record=False)
+
+    def test_the_same_once_the_new_view_is_recorded(self):
+        self.fail_halfway(record=True)
+
+    def test_a_front_end_left_on_the_old_ring_after_the_rebalance_completes_refuses_them(self):
+        """Once the new view is complete its ring's first owner decides; a
+        front end whose configuration lacks it must not decide alone."""
+        self.assertEqual(sync_once(self.config)[2], sync.CONVERGED)
+        five = dict(self.partitions, p5=dict(self.partitions['p1'],
+                                             database=self.partitions['p1']['database'] + '_p5'))
+        old, new = self.store, self.open(five)
+        moved, kept = (next(k for k in ('done%d' % i for i in range(5000))
+                            if (new.ring.preference_list(self.bucket, k, 3)[0] == 'p5') == is_moved)
+                       for is_moved in (True, False))
+        tags = {key: old.put(self.bucket, key, b'0', 'text/plain', w=3).version.digest for key in (moved, kept)}
+        view = new.record_view()[0]
+        self.assertTrue(new.views.complete_view(view))
+        old.owners.forget_previous_rings()
+
+        def if_match(key):
+            def check(current):
+                if [v.digest for v in current] != [tags[key]]:
+                    raise PreconditionFailed('If-Match: the current version does not match')
+            return check
+        with self.assertRaises(Unavailable) as refused:
+            old.put(self.bucket, moved, b'old', 'text/plain', check=if_match(moved), conditional=True)
+        self.assertIn('p5', str(refused.exception))
+        old.put(self.bucket, kept, b'old', 'text/plain', check=if_match(kept), conditional=True)
+        new.put(self.bucket, moved, b'new', 'text/plain', check=if_match(moved), conditional=True)
+
+    def fail_halfway(self, record):
+        """The new front end decides with the old and the new first owner and
+        loses the old one (a black hole) as it commits.  The old front end
+        decides with the old first owner alone (with record, under the new
+        view: with both): a version the new one stored on the new first owner
+        only would fork the key (test_chaos found it)."""
+        self.assertEqual(sync_once(self.config)[2], sync.CONVERGED)   # epoch 1: the four partitions
+        five = dict(self.partitions, p5=dict(self.partitions['p1'],
+                                             database=self.partitions['p1']['database'] + '_p5'))
+        old = self.store
+        ring = self.open(five).ring
+        key = next(k for k in ('halfway%d' % i for i in range(5000))
+                   if ring.preference_list(self.bucket, k, 3)[0] == 'p5'
+                   and old.ring.preference_list(self.bucket, k, 3)[0] != 'p1')   # not on p5's server
+        anchor = old.ring.preference_list(self.bucket, key, 3)[0]
+        proxy = BlackHoleProxy(self.partitions[anchor]['port'])
+        self.addCleanup(proxy.close)
+        new = self.open(dict(five, **{anchor: dict(self.partitions[anchor], host='127.0.0.1', port=proxy.port)}),
+                        **FAST)
+        tag = old.put(self.bucket, key, b'0', 'text/plain', w=3).version.digest
+        if record:
+            self.assertEqual(new.record_view()[0]['state'], 'rebalancing')
+
+        def if_match(black_hole):
+            def check(current):
+                if [v.digest for v in current] != [tag]:
+                    raise PreconditionFailed('If-Match: the current version does not match')
+                if black_hole:
+                    proxy.black_hole()   # decided: the old first owner is lost from here on
+            return check
+
+        with self.assertRaises(Unavailable):
+            new.put(self.bucket, key, b'new', 'text/plain', check=if_match(True), conditional=True)
+        proxy.heal()
+        try:
+            old.put(self.bucket, key, b'old', 'text/plain', check=if_match(False), conditional=True)
+        except PreconditionFailed:
+            pass   # the new front end's write was committed on the old first owner: it counts
+        for front_end in (old, new):
+            current = self.current(front_end, key)
+            self.assertEqual(len(current), 1, [(v.value, v.clock) for v in current])
+
+    def current(self, store, key):
+        """The key's current versions, read from all three owners once they answer."""
+        reads = []
+
+        def read():
+            try:
+                reads.append(store.get(self.bucket, key, r=3).current)
+            except Unavailable:
+                return False
+            return True
+        self.assertTrue(support.wait_until(read, 10))
+        return reads[-1]
 
 
 class TestIdempotencyKeys(CompareAndSwapCase):

@@ -9,18 +9,26 @@ health.  When the first owner cannot be reached, the write is refused (503).
 During a view change front ends may place keys by different rings (one
 restarted with the new configuration, one not yet).  So a conditional write
 is decided under the lock of the key's first owner in every ring that may
-still place it (the configured one and those the recorded views name,
-placement.py): the write holds each of their locks at once, taken in name
-order so that writers never deadlock, decides once from everything they hold
-and stores its version on each.  Two front ends on different rings then
-always share one lock: the old ring's first owner while the new view is
-rebalancing (the new front ends still count the old ring), and the new
-ring's once an old front end has read the recorded view.  An old front end
-cannot go on unaware: under its lock each decider checks the view it records
-(engine check_view); a newer one refuses the write (NewerView), the front end
-reads the views again and decides anew; and sync.py's recording of a view
-waits for the conditional writes that hold that check's lock, so the
-rebalance that follows copies them to the new owners.
+decide it: the configured one, the newest recorded view's and the one before
+it (placement.py; the one before stays a decider after its rebalance
+completes, until the next view replaces it).  The write holds each of their
+locks at once, decides once from everything they hold and stores its version
+on each.  Every front end counts the first owner in the last completed ring
+(the anchor: the newest view's once complete, else the one before it), so
+two writers always share the anchor's lock.  Their versions are stored
+anchor first: its lock is taken last and its transaction commits first, the
+others only once it has, so a write that fails halfway is held by the anchor
+or by none, never by a decider some other front end leaves out (the others
+are taken in name order; two front ends that disagree on the anchor for a
+moment, across a rebalance's completion, may wait on each other until a
+timeout: a 503, never a fork).  A front end whose configuration lacks the
+anchor (not reloaded when the view it was left out of completed) refuses
+conditional writes with 503.  An old front end cannot go on unaware: under
+its lock each decider checks the view it records (engine check_view); a
+newer one refuses the write (NewerView), the front end reads the views again
+and decides anew; and sync.py's recording of a view waits for the
+conditional writes that hold that check's lock, so the rebalance that
+follows copies them to the new owners.
 """
 import time
 
@@ -37,23 +45,34 @@ class ConditionalDecider:
 
     def deciders(self, bucket, key, preference):
         """([the key's first owner in the configured ring, then in every other
-        ring that may still place it], the newest view epoch those rings come
-        from): see the module's docstring."""
+        ring that may decide it, the anchor last], the newest view epoch those
+        rings come from): see the module's docstring."""
         rings = self.placement.previous_rings()
+        firsts = [ring.preference_list(bucket, key, n)[0] for ring, n in rings.deciding]
+        anchor = firsts[0] if firsts else preference[0]
+        if anchor not in self.replicas.engines:
+            raise Unavailable('conditional writes of this key are decided by %s, which this front end\'s '
+                              'configuration lacks (the recorded view has it): reload it with the current '
+                              'configuration' % anchor, failed={anchor: 'not configured'})
         names = [preference[0]]
-        for ring, n in rings:
-            first = ring.preference_list(bucket, key, n)[0]
+        for first in firsts:
             if first not in names and first in self.replicas.engines:
                 names.append(first)
-        return names, getattr(rings, 'epoch', 0)
+        if anchor != names[-1]:
+            names.remove(anchor)
+            names.append(anchor)
+        return names, rings.epoch
 
     def coordinate(self, deciders, epoch, bucket, key, decide, idempotency=None):
-        """engine.coordinate on every decider at once: each locks the key (in
-        name order), decide(what they hold, resolved) runs once, in the last,
-        and its version is stored on each as their transactions commit, the
-        last first.  Each refuses (NewerView) if it records a view newer than
-        epoch, under a lock that holds the view back until the commit.  Returns (every version any of them held, the version)."""
-        order, collected = sorted(deciders), []
+        """engine.coordinate on every decider at once: each locks the key (the
+        anchor, deciders[-1], last; the others in name order), decide(what
+        they hold, resolved) runs once, in the anchor's transaction, and its
+        version is stored on each as their transactions commit, the anchor's
+        first and each of the others only once the one it locked after has
+        committed.  Each refuses (NewerView) if it records a view newer than
+        epoch, under a lock that holds the view back until the commit.
+        Returns (every version any of them held, the version)."""
+        order, collected = sorted(deciders[:-1]) + deciders[-1:], []
 
         def lock(i):
             def decide_here(held):

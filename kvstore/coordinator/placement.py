@@ -17,10 +17,13 @@ VIEW_CACHE_SECONDS = 5.0   # how long the rings of the recorded views are truste
 
 
 class Rings(list):
-    """[(Ring, replicas)] read from the recorded views, and the newest epoch among them."""
-    def __init__(self, rings=(), epoch=0):
+    """[(Ring, replicas)] read from the recorded views, the newest epoch among
+    them, and deciding: [(Ring, replicas)] of the newest view and the one
+    before it whatever their state, the last completed one first (decider.py)."""
+    def __init__(self, rings=(), epoch=0, deciding=()):
         super().__init__(rings)
         self.epoch = epoch
+        self.deciding = list(deciding)
 
 
 class Placement:
@@ -29,7 +32,7 @@ class Placement:
         self.ring = Ring.of(config)
         self.replicas = replicas
         self.views = views
-        self.previous_rings_cache = (0.0, [])   # (expires, rings): see previous_rings
+        self.previous_rings_cache = (0.0, Rings())   # (expires, rings): see previous_rings
         self._loading = threading.Lock()
 
     def of(self, bucket, key):
@@ -43,7 +46,7 @@ class Placement:
 
     def previous_rings(self):
         """[(Ring, replicas)] other than the configured one that may still place
-        keys.  Read at first use, then again in the background when older than
+        keys (Rings, with the rings that decide conditional writes).  Read at first use, then again in the background when older than
         VIEW_CACHE_SECONDS, so that requests do not wait on it."""
         expires, rings = self.previous_rings_cache
         if time.monotonic() < expires:
@@ -59,7 +62,7 @@ class Placement:
 
     def forget_previous_rings(self):
         """Read the views again at the next use (one was just recorded)."""
-        self.previous_rings_cache = (0.0, [])
+        self.previous_rings_cache = (0.0, Rings())
 
     def _load_previous_rings(self):
         with self._loading:
@@ -71,8 +74,11 @@ class Placement:
                 newest, mine, rings = newest_view(views), self.views.ring_description(), Rings()
                 if newest:
                     others = [newest['ring']] + ([newest['previous']] if newest['state'] != 'complete' else [])
-                    rings = Rings([(ring_of(r), r['replicas'])
-                                   for r in others if r and r != mine], newest['epoch'])
+                    completed = [newest['ring'], newest['previous']]
+                    if newest['state'] != 'complete':
+                        completed.reverse()
+                    rings = Rings([(ring_of(r), r['replicas']) for r in others if r and r != mine], newest['epoch'],
+                                  [(ring_of(r), r['replicas']) for r in completed if r])
             self.previous_rings_cache = (time.monotonic() + VIEW_CACHE_SECONDS, rings)
             return rings
 
