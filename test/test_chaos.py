@@ -129,7 +129,33 @@ def send_until_known(client, method, path, body, headers, stats, what, until):
 class Faults:
     """A TestCase mixin: faults repeated until self.stop is set, counted in
     self.faults, and threads whose tracebacks land in self.errors (over
-    self.servers, StoreServers)."""
+    self.servers, StoreServers: two front ends, start_front_ends)."""
+
+    @classmethod
+    def start_front_ends(cls, first, *sections, workers, threads):
+        """Front end A over cls.partitions, and B, which reaches partition
+        `first` through cls.proxy, a BlackHoleProxy (cls.cut_off: B's way to it)."""
+        cls.proxy = BlackHoleProxy(cls.partitions[first]['port'])
+        cls.cut_off = {first: dict(cls.partitions[first], host='127.0.0.1', port=cls.proxy.port)}
+        cls.servers = []
+        try:
+            for parts in (cls.partitions, dict(cls.partitions, **cls.cut_off)):
+                server = StoreServer(support.config_text(parts, *sections, **STORE), workers=workers, threads=threads)
+                cls.servers.append(server)
+                server.start()
+        except BaseException:
+            cls.tearDownClass()
+            raise
+        cls.front_a, cls.front_b = cls.servers
+
+    @classmethod
+    def tearDownClass(cls):
+        for server in getattr(cls, 'servers', []):
+            server.stop()
+            server.cleanup()
+        if hasattr(cls, 'proxy'):
+            cls.proxy.close()
+        shared_cluster(4)   # resumes a paused server, restarts a killed one
 
     def guarded(self, function, *args):
         """A thread's target that records whatever it raises."""
@@ -173,26 +199,7 @@ class TestChaos(Faults, unittest.TestCase):
                            if len({ring.preference_list(BUCKET, k, 3)[0] for ring in rings}) == 2)
         first = rings[0].preference_list(BUCKET, cls.counter, 3)[0]
         cls.paused = cls.cluster[int(first[1:]) - 1]
-        cls.proxy = BlackHoleProxy(partitions[first]['port'])
-        cls.cut_off = {first: dict(partitions[first], host='127.0.0.1', port=cls.proxy.port)}   # B's way to it
-        cls.servers = []
-        try:
-            for parts in (partitions, dict(partitions, **cls.cut_off)):
-                server = StoreServer(support.config_text(parts, **STORE), workers=WORKERS, threads=THREADS)
-                cls.servers.append(server)
-                server.start()
-        except BaseException:
-            cls.tearDownClass()
-            raise
-        cls.front_a, cls.front_b = cls.servers
-
-    @classmethod
-    def tearDownClass(cls):
-        for server in getattr(cls, 'servers', []):
-            server.stop()
-            server.cleanup()
-        cls.proxy.close()
-        shared_cluster(4)   # resumes a paused server, should the test have left one
+        cls.start_front_ends(first, workers=WORKERS, threads=THREADS)
 
     def setUp(self):
         self.stop = threading.Event()

@@ -32,9 +32,8 @@ from test import support
 from test.mariadb import shared_cluster
 from test.server import StoreServer
 from test.sync_support import run_command
-from test.test_chaos import UNKNOWN, BlackHoleProxy, Client, Faults, send_until_known
+from test.test_chaos import STORE, UNKNOWN, Client, Faults, send_until_known
 
-STORE = dict(connect_timeout=0.5, read_timeout=1.0, backoff=0.25, max_backoff=2.0)
 FEED = {'feed': {'poll_interval': 0.1}}
 CHAOS_SECONDS = 25.0
 CATCH_UP_SECONDS = 120.0      # how long the follower may take, once all is quiet, to deliver every write
@@ -56,25 +55,7 @@ class TestFeedFollowsThroughChaos(Faults, unittest.TestCase):
         first = ring.preference_list(BUCKET, 'w0-0', 3)[0]
         cls.paused = cls.cluster[int(first[1:]) - 1]                 # paused, and black-holed for B
         cls.killed = next(s for s in cls.cluster if s is not cls.paused)   # killed and restarted
-        cls.proxy = BlackHoleProxy(cls.partitions[first]['port'])
-        cut_off = dict(cls.partitions, **{first: dict(cls.partitions[first], port=cls.proxy.port)})
-        cls.servers = []
-        try:
-            for parts in (cls.partitions, cut_off):
-                server = StoreServer(support.config_text(parts, FEED, **STORE), workers=2, threads=4)
-                cls.servers.append(server)
-                server.start()
-        except BaseException:
-            cls.tearDownClass()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        for server in getattr(cls, 'servers', []):
-            server.stop()
-            server.cleanup()
-        cls.proxy.close()
-        shared_cluster(4)   # resumes a paused server, restarts a killed one
+        cls.start_front_ends(first, FEED, workers=2, threads=4)
 
     def setUp(self):
         self.stop = threading.Event()
