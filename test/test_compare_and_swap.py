@@ -10,6 +10,7 @@ import threading
 import urllib.parse
 
 import sync
+from kvstore.coordinator.writes import IdempotencyKey
 from kvstore.errors import PreconditionFailed, Unavailable
 from test import support
 from test.blackhole import BlackHoleProxy
@@ -212,6 +213,57 @@ class TestConditionalWritesDuringAViewChange(SyncCase):
         self.assertIn('p5', str(refused.exception))
         old.put(self.bucket, kept, b'old', 'text/plain', check=if_match(kept), conditional=True)
         new.put(self.bucket, moved, b'new', 'text/plain', check=if_match(moved), conditional=True)
+
+    def test_a_write_held_by_the_anchor_alone_is_replayed_from_it(self):
+        """The new view complete, its first owner p5 is the anchor and the
+        old first owner still a decider: lost once the write was decided, the
+        old one did not commit.  A retry with the same Idempotency-Key finds
+        the record on p5 alone, and must answer with the version stored
+        there (its clock the context to write on with), not one rebuilt."""
+        self.assertEqual(sync_once(self.config)[2], sync.CONVERGED)
+        five = dict(self.partitions, p5=dict(self.partitions['p1'],
+                                             database=self.partitions['p1']['database'] + '_p5'))
+        ring = self.open(five).ring
+        key = next(k for k in ('replayed%d' % i for i in range(5000))
+                   if ring.preference_list(self.bucket, k, 3)[0] == 'p5'
+                   and self.store.ring.preference_list(self.bucket, k, 3)[0] != 'p1')
+        old_first = self.store.ring.preference_list(self.bucket, key, 3)[0]
+        proxy = BlackHoleProxy(self.partitions[old_first]['port'])
+        self.addCleanup(proxy.close)
+        new = self.open(dict(five, **{old_first: dict(self.partitions[old_first], host='127.0.0.1',
+                                                      port=proxy.port)}), **FAST)
+        tag = new.put(self.bucket, key, b'0', 'text/plain', w=3).version.digest
+        self.assertTrue(new.views.complete_view(new.record_view()[0]))
+        new.owners.forget_previous_rings()
+        retry = IdempotencyKey('retry-%s' % key, 'PUT text/plain')
+        calls = []
+
+        def if_match(current):
+            calls.append(current)
+            if [v.digest for v in current] != [tag]:
+                raise PreconditionFailed('If-Match: the current version does not match')
+            if len(calls) == 1:
+                proxy.black_hole()
+        with self.assertRaises(Unavailable):
+            new.put(self.bucket, key, b'new', 'text/plain', check=if_match, conditional=True, idempotency=retry)
+        stored = new.engines['p5'].read(self.bucket, key)
+        self.assertEqual([v.value for v in stored], [b'new'])
+        proxy.heal()
+        receipts = []
+        self.assertTrue(support.wait_until(lambda: self.replayed(new, key, if_match, retry, receipts), 10))
+        self.assertTrue(receipts[-1].replayed)
+        self.assertEqual((receipts[-1].version.version_id, receipts[-1].version.full_clock),
+                         (stored[0].version_id, stored[0].full_clock))
+        self.assertEqual([v.value for v in self.current(new, key)], [b'new'])
+
+    def replayed(self, store, key, check, idempotency, receipts):
+        """The write repeated with its Idempotency-Key: True once answered."""
+        try:
+            receipts.append(store.put(self.bucket, key, b'new', 'text/plain', check=check, conditional=True,
+                                      idempotency=idempotency))
+        except Unavailable:
+            return False
+        return True
 
     def fail_halfway(self, record):
         """The new front end decides with the old and the new first owner and

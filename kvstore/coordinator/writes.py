@@ -194,7 +194,8 @@ class Writer:
                     bucket, key, coordinators or preference, context, check, make, conditional and preference[0],
                     epoch, idempotency, also_seen)
         except Recorded as e:
-            recorded, coordinator = e.record, coordinators[0]
+            # Read again where it was recorded: of several deciders, perhaps only one committed it.
+            recorded, coordinator = e.record, e.partition
             held, version, failures = e.held, self._replay(e, idempotency, coordinator, bucket, key), {}
             if version.version_id not in {v.version_id for v in held}:
                 # Superseded since by another write: the outcome is all there is to give.

@@ -28,12 +28,13 @@ class NewerView(Exception):
 
 class Recorded(Exception):
     """A write sent with an idempotency key was decided before: its record
-    (idempotency.py) and the versions the partition holds."""
+    (idempotency.py), the versions the partition holds, and its name."""
 
-    def __init__(self, record, held):
+    def __init__(self, record, held, partition):
         super().__init__('the write was recorded before')
         self.record = record
         self.held = held
+        self.partition = partition
 
 
 FULL = 'full'                    # the partition's disk or table is full

@@ -23,15 +23,15 @@ class Idempotency:
                               (bucket.encode(), key.encode(), idempotency[0].encode()))
 
     @staticmethod
-    def _replay_if_recorded(rows, idempotency, held):
-        """Recorded(the record, held) if this write's idempotency key has a
+    def _replay_if_recorded(rows, idempotency, held, partition):
+        """Recorded(the record, held, this partition) if this write's idempotency key has a
         record here (rows: _read_record's) younger than its window."""
         window = idempotency[2]
         if rows and int(rows[0][6]) >= time.time_ns() // 1000 - window * 10 ** 6:
             fingerprint, version_id, digest, modified, deleted, created, _ = rows[0]
             raise Recorded(dict(fingerprint=as_text(fingerprint), version_id=as_text(version_id),
                                 digest=as_text(digest), modified=int(modified), deleted=bool(int(deleted)),
-                                created=bool(int(created))), held)
+                                created=bool(int(created))), held, partition)
 
     def _record_outcome(self, cursor, bucket, key, idempotency, version, created):
         """Record the write's outcome beside its version (an expired record of

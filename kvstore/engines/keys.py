@@ -224,7 +224,7 @@ class Keys:
             if epoch is not None:
                 self.check_view(view, epoch)
             if idempotency is not None:
-                self._replay_if_recorded(record, idempotency, held)
+                self._replay_if_recorded(record, idempotency, held, self.name)
             version = decide(held)
             self._after_fence(fence_and_clock, version)
             if idempotency is not None:
