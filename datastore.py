@@ -229,6 +229,12 @@ class Datastore:
         self.owners.forget_previous_rings()
         return completed
 
+    def retire_previous(self, view):
+        """Mark a complete view retired on every partition: True when all took it."""
+        retired = self.views.retire_previous(view)
+        self.owners.forget_previous_rings()
+        return retired
+
     def record_progress(self, progress):
         self.views.record_progress(progress)
 

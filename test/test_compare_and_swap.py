@@ -14,7 +14,7 @@ from kvstore.coordinator.writes import IdempotencyKey
 from kvstore.errors import PreconditionFailed, Unavailable
 from test import support
 from test.blackhole import BlackHoleProxy
-from test.sync_support import SyncCase, sync_once
+from test.sync_support import SyncCase, config_of, sync_once
 from test.test_failures import FAST, FailureCase, server_of
 
 
@@ -220,18 +220,7 @@ class TestConditionalWritesDuringAViewChange(SyncCase):
         old one did not commit.  A retry with the same Idempotency-Key finds
         the record on p5 alone, and must answer with the version stored
         there (its clock the context to write on with), not one rebuilt."""
-        self.assertEqual(sync_once(self.config)[2], sync.CONVERGED)
-        five = dict(self.partitions, p5=dict(self.partitions['p1'],
-                                             database=self.partitions['p1']['database'] + '_p5'))
-        ring = self.open(five).ring
-        key = next(k for k in ('replayed%d' % i for i in range(5000))
-                   if ring.preference_list(self.bucket, k, 3)[0] == 'p5'
-                   and self.store.ring.preference_list(self.bucket, k, 3)[0] != 'p1')
-        old_first = self.store.ring.preference_list(self.bucket, key, 3)[0]
-        proxy = BlackHoleProxy(self.partitions[old_first]['port'])
-        self.addCleanup(proxy.close)
-        new = self.open(dict(five, **{old_first: dict(self.partitions[old_first], host='127.0.0.1',
-                                                      port=proxy.port)}), **FAST)
+        _, key, _, proxy, new = self.grown('replayed')
         tag = new.put(self.bucket, key, b'0', 'text/plain', w=3).version.digest
         self.assertTrue(new.views.complete_view(new.record_view()[0]))
         new.owners.forget_previous_rings()
@@ -265,25 +254,60 @@ class TestConditionalWritesDuringAViewChange(SyncCase):
             return False
         return True
 
+    def test_once_the_old_ring_is_retired_its_first_owner_no_longer_decides(self):
+        """The run after the rebalance completes compares every arc once more
+        and retires the old ring: from then on a conditional write of a moved
+        key needs only its new first owner, as before the change."""
+        five, key, _, proxy, new = self.grown('retired')
+        versions = [new.put(self.bucket, key, b'0', 'text/plain', w=3).version]
+
+        def if_match(current):
+            if [v.digest for v in current] != [versions[-1].digest]:
+                raise PreconditionFailed('If-Match: the current version does not match')
+
+        results = sync_once(config_of(five))[0]
+        self.assertIn('rebalance: epoch 2 complete', results['rebalance'].summary)
+        new.owners.forget_previous_rings()
+        proxy.black_hole()
+        with self.assertRaises(Unavailable):   # complete, not yet retired: both first owners decide
+            new.put(self.bucket, key, b'1', 'text/plain', check=if_match, conditional=True)
+        proxy.heal()
+        results = sync_once(config_of(five))[0]
+        self.assertIn('the ring before it no longer decides conditional writes', results['rebalance'].summary)
+        self.assertEqual(sync_once(config_of(five))[0]['rebalance'].summary.count('no longer decides'), 0)
+        new.owners.forget_previous_rings()
+        proxy.black_hole()
+        versions.append(new.put(self.bucket, key, b'2', 'text/plain', check=if_match, conditional=True).version)
+        proxy.heal()
+        self.assertEqual([v.value for v in self.current(new, key)], [b'2'])
+
+    def grown(self, prefix):
+        """Epoch 1 recorded over the four partitions; then (the five partitions'
+        configuration, a key whose first owner moves to p5 from one not on
+        p5's server, that old first owner, a BlackHoleProxy to it, and a
+        five-partition front end that reaches the old first owner through it)."""
+        self.assertEqual(sync_once(self.config)[2], sync.CONVERGED)
+        five = dict(self.partitions, p5=dict(self.partitions['p1'],
+                                             database=self.partitions['p1']['database'] + '_p5'))
+        ring = self.open(five).ring
+        key = next(k for k in ('%s%d' % (prefix, i) for i in range(5000))
+                   if ring.preference_list(self.bucket, k, 3)[0] == 'p5'
+                   and self.store.ring.preference_list(self.bucket, k, 3)[0] != 'p1')
+        old_first = self.store.ring.preference_list(self.bucket, key, 3)[0]
+        proxy = BlackHoleProxy(self.partitions[old_first]['port'])
+        self.addCleanup(proxy.close)
+        new = self.open(dict(five, **{old_first: dict(self.partitions[old_first], host='127.0.0.1',
+                                                      port=proxy.port)}), **FAST)
+        return five, key, old_first, proxy, new
+
     def fail_halfway(self, record):
         """The new front end decides with the old and the new first owner and
         loses the old one (a black hole) as it commits.  The old front end
         decides with the old first owner alone (with record, under the new
         view: with both): a version the new one stored on the new first owner
         only would fork the key (test_chaos found it)."""
-        self.assertEqual(sync_once(self.config)[2], sync.CONVERGED)   # epoch 1: the four partitions
-        five = dict(self.partitions, p5=dict(self.partitions['p1'],
-                                             database=self.partitions['p1']['database'] + '_p5'))
         old = self.store
-        ring = self.open(five).ring
-        key = next(k for k in ('halfway%d' % i for i in range(5000))
-                   if ring.preference_list(self.bucket, k, 3)[0] == 'p5'
-                   and old.ring.preference_list(self.bucket, k, 3)[0] != 'p1')   # not on p5's server
-        anchor = old.ring.preference_list(self.bucket, key, 3)[0]
-        proxy = BlackHoleProxy(self.partitions[anchor]['port'])
-        self.addCleanup(proxy.close)
-        new = self.open(dict(five, **{anchor: dict(self.partitions[anchor], host='127.0.0.1', port=proxy.port)}),
-                        **FAST)
+        _, key, _, proxy, new = self.grown('halfway')
         tag = old.put(self.bucket, key, b'0', 'text/plain', w=3).version.digest
         if record:
             self.assertEqual(new.record_view()[0]['state'], 'rebalancing')

@@ -10,8 +10,9 @@ During a view change front ends may place keys by different rings (one
 restarted with the new configuration, one not yet).  So a conditional write
 is decided under the lock of the key's first owner in every ring that may
 decide it: the configured one, the newest recorded view's and the one before
-it (placement.py; the one before stays a decider after its rebalance
-completes, until the next view replaces it).  The write holds each of their
+it (placement.py; the one before stays a decider after the rebalance
+completes, until sync.py's next run has compared every arc once more and
+retired it: rebalance.py).  The write holds each of their
 locks at once, decides once from everything they hold and stores its version
 on each.  Every front end counts the first owner in the last completed ring
 (the anchor: the newest view's once complete, else the one before it), so
@@ -25,7 +26,7 @@ timeout: a 503, never a fork).  A front end whose configuration lacks the
 anchor (not reloaded when the view it was left out of completed) refuses
 conditional writes with 503.  An old front end cannot go on unaware: under
 its lock each decider checks the view it records (engine check_view); a
-newer one refuses the write (NewerView), the front end reads the views again
+newer one (a later epoch, or the same one complete) refuses the write (NewerView), the front end reads the views again
 and decides anew; and sync.py's recording of a view waits for the
 conditional writes that hold that check's lock, so the rebalance that
 follows copies them to the new owners.
@@ -45,8 +46,8 @@ class ConditionalDecider:
 
     def deciders(self, bucket, key, preference):
         """([the key's first owner in the configured ring, then in every other
-        ring that may decide it, the anchor last], the newest view epoch those
-        rings come from): see the module's docstring."""
+        ring that may decide it, the anchor last], the stage of the newest view
+        those rings come from: (epoch, complete)): see the module's docstring."""
         rings = self.placement.previous_rings()
         firsts = [ring.preference_list(bucket, key, n)[0] for ring, n in rings.deciding]
         anchor = firsts[0] if firsts else preference[0]
@@ -61,16 +62,17 @@ class ConditionalDecider:
         if anchor != names[-1]:
             names.remove(anchor)
             names.append(anchor)
-        return names, rings.epoch
+        return names, rings.stage
 
-    def coordinate(self, deciders, epoch, bucket, key, decide, idempotency=None):
+    def coordinate(self, deciders, stage, bucket, key, decide, idempotency=None):
         """engine.coordinate on every decider at once: each locks the key (the
         anchor, deciders[-1], last; the others in name order), decide(what
         they hold, resolved) runs once, in the anchor's transaction, and its
         version is stored on each as their transactions commit, the anchor's
         first and each of the others only once the one it locked after has
         committed.  Each refuses (NewerView) if it records a view newer than
-        epoch, under a lock that holds the view back until the commit.
+        stage (epoch, complete), under a lock that holds the view back until
+        the commit.
         Returns (every version any of them held, the version)."""
         order, collected = sorted(deciders[:-1]) + deciders[-1:], []
 
@@ -80,7 +82,7 @@ class ConditionalDecider:
                 if i + 1 < len(order):
                     return lock(i + 1)[1]
                 return decide(resolve(collected))
-            return self.replicas.call(order[i], 'coordinate', bucket, key, decide_here, epoch, idempotency)
+            return self.replicas.call(order[i], 'coordinate', bucket, key, decide_here, stage, idempotency)
         _, version = lock(0)
         held = {v.version_id: v for versions in collected for v in versions}
         return list(held.values()), version
@@ -90,7 +92,7 @@ class ConditionalDecider:
         owner, once it holds every version a majority of the owners (itself
         included) holds.  Unavailable when it, or too many owners, cannot answer.
         coordinators: the partitions the write may go to (None: any).
-        Returns (the deciders, the view epoch they come from): see deciders()."""
+        Returns (the deciders, the view stage they come from): see deciders()."""
         first = preference[0]
         if coordinators and coordinators != [first]:
             raise Unavailable('a conditional write is decided by the key\'s first owner, %s, which '

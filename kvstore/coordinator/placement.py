@@ -17,12 +17,13 @@ VIEW_CACHE_SECONDS = 5.0   # how long the rings of the recorded views are truste
 
 
 class Rings(list):
-    """[(Ring, replicas)] read from the recorded views, the newest epoch among
-    them, and deciding: [(Ring, replicas)] of the newest view and the one
-    before it whatever their state, the last completed one first (decider.py)."""
-    def __init__(self, rings=(), epoch=0, deciding=()):
+    """[(Ring, replicas)] read from the recorded views; stage: the newest
+    view's (epoch, whether complete); deciding: [(Ring, replicas)] of the
+    newest view and of the one before it until sync.py retires that, the last
+    completed one first (decider.py)."""
+    def __init__(self, rings=(), stage=(0, False), deciding=()):
         super().__init__(rings)
-        self.epoch = epoch
+        self.stage = stage
         self.deciding = list(deciding)
 
 
@@ -74,11 +75,11 @@ class Placement:
                 newest, mine, rings = newest_view(views), self.views.ring_description(), Rings()
                 if newest:
                     others = [newest['ring']] + ([newest['previous']] if newest['state'] != 'complete' else [])
-                    completed = [newest['ring'], newest['previous']]
-                    if newest['state'] != 'complete':
-                        completed.reverse()
-                    rings = Rings([(ring_of(r), r['replicas']) for r in others if r and r != mine], newest['epoch'],
-                                  [(ring_of(r), r['replicas']) for r in completed if r])
+                    complete = newest['state'] == 'complete'
+                    deciding = [newest['ring']] if newest.get('retired') else (
+                        [newest['ring'], newest['previous']] if complete else [newest['previous'], newest['ring']])
+                    rings = Rings([(ring_of(r), r['replicas']) for r in others if r and r != mine],
+                                  (newest['epoch'], complete), [(ring_of(r), r['replicas']) for r in deciding if r])
             self.previous_rings_cache = (time.monotonic() + VIEW_CACHE_SECONDS, rings)
             return rings
 

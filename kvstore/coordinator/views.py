@@ -27,9 +27,15 @@ def ring_digest(ring):
 
 def newest_view(views):
     """The view with the highest epoch among read_views() (a completed copy
-    of an epoch before one still rebalancing), or None."""
-    return max((v for v in views.values() if v), default=None,
-               key=lambda v: (v['epoch'], v['state'] == 'complete'))
+    of an epoch before one still rebalancing, a retired one before that), or None."""
+    return max((v for v in views.values() if v), default=None, key=view_stage)
+
+
+def view_stage(view):
+    """(epoch, complete, retired): how far a view has gone.  Retired: sync.py
+    compared every arc once more after the rebalance completed, so that the
+    ring before it no longer decides conditional writes (decider.py)."""
+    return view['epoch'], view['state'] == 'complete', bool(view.get('retired'))
 
 
 class ViewRecords:
@@ -69,8 +75,7 @@ class ViewRecords:
             self._refuse_stale(newest, mine)
         if changed:
             newest = self._next_epoch(newest, mine)
-        stale = [p for p, view in views.items() if changed or view is None or
-                 (view['epoch'], view['state']) != (newest['epoch'], newest['state'])]
+        stale = [p for p, view in views.items() if changed or view is None or view_stage(view) != view_stage(newest)]
         if not dry_run:
             self._write_view(newest, stale)
         return newest, changed, unreachable
@@ -107,7 +112,7 @@ class ViewRecords:
                 'history': history[-VIEW_HISTORY:]}
 
     def _write_view(self, view, partitions):
-        record = {k: view[k] for k in ('epoch', 'ring', 'state', 'recorded')}
+        record = {k: view[k] for k in ('epoch', 'ring', 'state', 'recorded', 'retired') if k in view}
         values = {'view': json.dumps(record, sort_keys=True), 'view.previous': json.dumps(view['previous']),
                   'view.history': json.dumps(view['history'])}
         if view.get('progress') is not None or view['state'] == 'complete':
@@ -120,6 +125,10 @@ class ViewRecords:
         """Mark the view's rebalance complete on every partition: True when all took it."""
         view = dict(view, state='complete', progress=None)
         return not self._write_view(view, list(self.replicas.engines))
+
+    def retire_previous(self, view):
+        """Mark a complete view retired on every partition: True when all took it."""
+        return not self._write_view(dict(view, retired=True), list(self.replicas.engines))
 
     def record_progress(self, progress):
         """Store a rebalance's progress where rebalance_status() finds it."""

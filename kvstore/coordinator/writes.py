@@ -181,18 +181,18 @@ class Writer:
             context = None   # every write supersedes all the coordinator holds
         preference, fallbacks = self.placement.of(bucket, key)
         self.placement.adopt_previous_owners(bucket, key, preference)   # during a view change
-        epoch = None
+        stage = None
         if conditional:
-            coordinators, epoch = self.decider.prepare(bucket, key, preference, coordinators)
+            coordinators, stage = self.decider.prepare(bucket, key, preference, coordinators)
         recorded = None
         try:
             if conditional and len(coordinators) > 1:   # during a view change (decider.py)
                 coordinator, held, version, failures = self._decide_everywhere(
-                    bucket, key, coordinators, epoch, context, check, make, idempotency)
+                    bucket, key, coordinators, stage, context, check, make, idempotency)
             else:
                 coordinator, held, version, failures = self._coordinate(
                     bucket, key, coordinators or preference, context, check, make, conditional and preference[0],
-                    epoch, idempotency, also_seen)
+                    stage, idempotency, also_seen)
         except Recorded as e:
             # Read again where it was recorded: of several deciders, perhaps only one committed it.
             recorded, coordinator = e.record, e.partition
@@ -249,12 +249,12 @@ class Writer:
                               content_type='', value=b'', digest=record['digest'], modified=record['modified'])
         return version
 
-    def _coordinate(self, bucket, key, candidates, context, check, make, decider, epoch=None, idempotency=None,
+    def _coordinate(self, bucket, key, candidates, context, check, make, decider, stage=None, idempotency=None,
                     also_seen=()):
         """Have the first of candidates that answers decide the write and store
         its version: (that coordinator, the versions it held, the version,
         {candidate that failed: reason}).  decider: the first owner, for a
-        conditional write (else False); epoch: the view it was placed by;
+        conditional write (else False); stage: the view it was placed by (decider.py);
         also_seen: versions it replaces besides the coordinator's (decision)."""
         failures, also_seen = {}, list(also_seen)
         for coordinator in candidates:
@@ -262,7 +262,7 @@ class Writer:
             try:
                 held, version = self.replicas.call(
                     coordinator, 'coordinate', bucket, key,
-                    self.decision(coordinator, context, check, make, also_seen, attempts), epoch, idempotency)
+                    self.decision(coordinator, context, check, make, also_seen, attempts), stage, idempotency)
                 return coordinator, held, version, failures
             except PartitionError as e:
                 failures[coordinator] = e.reason
@@ -276,7 +276,7 @@ class Writer:
                               'did not answer; it may have been applied there' % decider, failed=failures)
         raise Unavailable('no replica of the key could take the write', failed=failures)
 
-    def _decide_everywhere(self, bucket, key, deciders, epoch, context, check, make, idempotency=None):
+    def _decide_everywhere(self, bucket, key, deciders, stage, context, check, make, idempotency=None):
         """_coordinate for a conditional write with several deciders: decided
         under all their locks, numbered by the first (the configured first owner)."""
         coordinator = deciders[0]
@@ -285,7 +285,7 @@ class Writer:
             probe = make({}, (self.replicas.engines[coordinator].actor, 0))
             for other in deciders[1:]:
                 self.replicas.call(other, 'copy_chunks', bucket, key, probe)
-            held, version = self.decider.coordinate(deciders, epoch, bucket, key,
+            held, version = self.decider.coordinate(deciders, stage, bucket, key,
                                                     self.decision(coordinator, context, check, make), idempotency)
         except PartitionError as e:
             refuse_bad_writes({e.partition: e.reason})

@@ -5,8 +5,8 @@ rings, quorums or HTTP.  SQLite and MariaDB share the SQL; they differ only
 in how they connect, how a write transaction locks, and the placeholder.
 
     read(bucket, key)                -> Held [Version], .fence: the bucket's fence
-    coordinate(bucket, key, decide, epoch, idempotency) -> (held, new version)  locked read-decide-write
-                                     (epoch: refuse, NewerView, if a newer view is recorded;
+    coordinate(bucket, key, decide, stage, idempotency) -> (held, new version)  locked read-decide-write
+                                     (stage: refuse, NewerView, if a newer view is recorded;
                                      idempotency: Recorded if the write was recorded before)
     apply(bucket, key, version)      -> True if stored          a replica takes a version
     many keys of a bucket (a batch): send_/finish_read_many(bucket, keys) -> (fence, {key: [Version]}),

@@ -208,21 +208,22 @@ class Keys:
         return [self._keep_applied(bucket, key, version, superseded, ids)
                 for (key, version, superseded), ids in zip(items, held_ids)]
 
-    def coordinate(self, bucket, key, decide, epoch=None, idempotency=None):
+    def coordinate(self, bucket, key, decide, stage=None, idempotency=None):
         """Lock the key, let decide(held) make the new version, store it.
-        epoch: the view the front end placed the key by (a conditional write):
+        stage: (epoch, complete) of the view the front end placed the key by
+        (a conditional write):
         NewerView if a newer one is recorded here (sql.py, check_view).
         idempotency: (key, fingerprint, window seconds) of a write sent with an
         Idempotency-Key: Recorded if it was decided here before, else its
         outcome is recorded with the version (idempotency.py)."""
         def work(cursor):
             fence_and_clock = self._fence_and_clock(cursor, bucket)
-            view = self.read_view(cursor) if epoch is not None else None
+            view = self.read_view(cursor) if stage is not None else None
             record = self._read_record(cursor, bucket, key, idempotency) if idempotency is not None else None
             held = Held(self._held(cursor, bucket, key, values=False), fence_and_clock[0][0])
             self._saw_change(fence_and_clock[0][2])
-            if epoch is not None:
-                self.check_view(view, epoch)
+            if stage is not None:
+                self.check_view(view, stage)
             if idempotency is not None:
                 self._replay_if_recorded(record, idempotency, held, self.name)
             version = decide(held)

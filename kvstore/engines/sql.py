@@ -294,11 +294,12 @@ class SQLEngine(Keys, Chunks, Hints, Buckets, Reconciliation, Idempotency, Feed)
         return self._prefetch(cursor, 'SELECT value FROM metadata WHERE name = ?' + self.share_lock_clause,
                               (VIEW.encode(),))
 
-    def check_view(self, rows, epoch):
-        """NewerView if the view recorded here (rows: read_view's) is newer than epoch."""
-        recorded = json.loads(as_text(rows[0][0]))['epoch'] if rows else 0
-        if recorded > epoch:
-            raise NewerView(self.name, recorded)
+    def check_view(self, rows, stage):
+        """NewerView if the view recorded here (rows: read_view's) is newer
+        than stage, (epoch, complete): a later epoch, or the same one complete."""
+        view = json.loads(as_text(rows[0][0])) if rows else {'epoch': 0, 'state': None}
+        if (view['epoch'], view['state'] == 'complete') > tuple(stage):
+            raise NewerView(self.name, view['epoch'])
 
     def set_metadata(self, values):
         """Write {name: value} metadata rows in one transaction."""

@@ -14,12 +14,17 @@ PROGRESS_SECONDS = 2.0      # how often a rebalance records its progress
 
 def rebalance(parts, view, changed):
     """view: the newest recorded view; changed: this run recorded it (or, in a
-    dry run, would).  Compares every arc while the view is rebalancing."""
+    dry run, would).  Compares every arc while the view is rebalancing, and
+    once more in the first run after it completed: a conditional write that
+    failed halfway under the old ring may have left its version on the old
+    first owner alone, so the ring before stops deciding conditional writes
+    (retired, decider.py) only once every key is on its owners again."""
     counts = collections.Counter(keys_moved=0, versions_copied=0, bucket_records=0)
     waiting = collections.Counter()
     place_bucket_records(parts, counts, waiting)
 
-    rebalancing = view['state'] != 'complete'
+    retiring = view['state'] == 'complete' and bool(view.get('previous')) and not view.get('retired')
+    rebalancing = view['state'] != 'complete' or retiring
     arc_list = parts.store.ring.arcs(parts.store.n) if rebalancing or parts.full_pass else []
     # Keys on a partition that does not own them: every one while the view
     # changes, and on a full pass; otherwise repair finds them among the
@@ -36,15 +41,17 @@ def rebalance(parts, view, changed):
         anti_entropy(parts, arc_list, counts, waiting,
                      lambda done: reporter(len(outside) + done, 'comparing owners'))
 
-    state = view['state']
+    state, retired = view['state'], False
     if state == 'rebalancing' and not waiting and not parts.dry_run and parts.store.complete_view(view):
         state = view['state'] = 'complete'
+    elif retiring and not waiting and not parts.dry_run and parts.store.retire_previous(view):
+        retired = view['retired'] = True
     return JobResult('rebalance', dict(counts, epoch=view['epoch'], state=state),
                      dict(waiting), bool(waiting) or state != 'complete',
-                     _summary(parts.dry_run, view['epoch'], state, changed, counts, waiting))
+                     _summary(parts.dry_run, view['epoch'], state, changed, counts, waiting, retired))
 
 
-def _summary(dry_run, epoch, state, changed, counts, waiting):
+def _summary(dry_run, epoch, state, changed, counts, waiting, retired=False):
     said = [tell(dry_run, counts['keys_moved'], '%d keys moved to their owners',
                  'would move %d keys to their owners')]
     if counts['keys_repaired']:
@@ -56,6 +63,8 @@ def _summary(dry_run, epoch, state, changed, counts, waiting):
     if waiting:
         said.append(waiting_text(waiting))
     recorded = '%sepoch %d %s' % ('would record ' if dry_run and changed else '', epoch, state)
+    if retired:
+        said.append('the ring before it no longer decides conditional writes')
     return 'rebalance: %s; %s' % (recorded, ', '.join(said))
 
 
