@@ -470,7 +470,7 @@ def create_application(datastore=None):
     # Classes rather than their names: web.py then matches a path without re.sub.
     routes = tuple(globals()[item] if i % 2 else item for i, item in enumerate(urls))
     app = Application(routes, globals(), autoreload=False)
-    policy = access.Policy(datastore, urls)
+    policy = access.Policy(datastore, app.route)
 
     def attach_store(handler):
         web.ctx.store = datastore
@@ -487,7 +487,7 @@ def create_application(datastore=None):
     app.add_processor(attach_store)
     app.add_processor(admit)
     datastore.gossip.start()
-    wsgi = metrics.instrumented(app.wsgifunc(), policy.route)
+    wsgi = metrics.instrumented(app.wsgifunc(), app.route)
     wsgi.datastore = datastore
     wsgi.webapp = app
     return wsgi
