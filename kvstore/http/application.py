@@ -9,7 +9,7 @@ import web
 
 from kvstore.errors import BodyTooLarge, StoreError
 from kvstore.http import access, framing
-from kvstore.http.caching import current_http_date
+from kvstore.http.caching import current_http_date, own_headers
 from kvstore.http.negotiation import error_response, respond_error
 from kvstore.http.request import request_body
 
@@ -51,7 +51,7 @@ def finish_response(body):
     drain_request_body()
     # RFC 9110 6.6.1: an origin server with a clock sends Date.  Set last: an
     # error document starts its headers afresh.
-    web.header('Date', current_http_date())
+    own_headers(('Date', current_http_date()))
     access.secure_response()
     # web.py answers HEAD with GET: same headers, no body.
     return b'' if web.ctx.method == 'HEAD' else body
