@@ -33,7 +33,7 @@ from kvstore.http import access
 from kvstore.http.application import Application, finish_response
 from kvstore.http.batches import read_batch, result
 from kvstore.http.caching import (bucket_etag, caching_headers, expiry_header, last_modified, not_modified,
-                                  record_etag, repr_digest)
+                                  own_headers, record_etag, repr_digest)
 from kvstore.http.feed import changes_response
 from kvstore.http.links import bucket_path, key_path, listing_path
 from kvstore.http.metadata import request_metadata
@@ -360,23 +360,21 @@ class Key:
         if not raw and record is None:
             raise NotAcceptable('the value is %s, and no document type is acceptable either'
                                 % version.content_type)
-        web.header('X-Context', issued_context(read.context, bucket, key))
         if raw:   # each representation has its own ETag; the raw bytes also their digest
             etag_of = None
-            web.header('ETag', version.etag)
-            web.header('Repr-Digest', repr_digest(version))
+            own_headers(('X-Context', issued_context(read.context, bucket, key)), ('ETag', version.etag),
+                        ('Repr-Digest', repr_digest(version)), ('Last-Modified', last_modified(version)))
         else:
             def etag_of(v):
                 return record_etag(v, record)
-            web.header('ETag', etag_of(version))
-        web.header('Last-Modified', last_modified(version))
-        for name, value in expiry_header(version).items():
-            web.header(name, value)
+            own_headers(('X-Context', issued_context(read.context, bucket, key)), ('ETag', etag_of(version)),
+                        ('Last-Modified', last_modified(version)))
+        own_headers(*expiry_header(version).items())
         caching_headers(bucket, current)
         if Preconditions.from_environ(web.ctx.env).evaluate(current, safe=True, etag_of=etag_of) == NOT_MODIFIED:
             return not_modified()
         if raw:
-            web.header('Vary', 'Accept')  # a document gets it from the negotiation
+            own_headers(('Vary', 'Accept'))  # a document gets it from the negotiation
             return value_response(bucket, version)
         doc = dict(bucket=bucket, key=key, context=issued_context(read.context, bucket, key),
                    **value_document(version))
@@ -470,7 +468,7 @@ def create_application(datastore=None):
     # Classes rather than their names: web.py then matches a path without re.sub.
     routes = tuple(globals()[item] if i % 2 else item for i, item in enumerate(urls))
     app = Application(routes, globals(), autoreload=False)
-    policy = access.Policy(datastore, urls)
+    policy = access.Policy(datastore, app.route)
 
     def attach_store(handler):
         web.ctx.store = datastore
@@ -487,7 +485,7 @@ def create_application(datastore=None):
     app.add_processor(attach_store)
     app.add_processor(admit)
     datastore.gossip.start()
-    wsgi = metrics.instrumented(app.wsgifunc(), policy.route)
+    wsgi = metrics.instrumented(app.wsgifunc(), app.route)
     wsgi.datastore = datastore
     wsgi.webapp = app
     return wsgi

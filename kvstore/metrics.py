@@ -143,8 +143,8 @@ def route_label(resource):
 
 def instrumented(wsgi, route):
     """The WSGI application wsgi, counting each request when its status and
-    headers are ready (before the client can see them); route(path) ->
-    (resource name or None, ...) names its route."""
+    headers are ready (before the client can see them); route(environ) ->
+    (resource class or None, ...) names its route."""
     series = {}   # (route, method, status): (counter, histogram), looked up once
 
     def counted(environ, start_response):
@@ -158,7 +158,8 @@ def instrumented(wsgi, route):
             return wsgi(environ, start)
         finally:
             method = environ.get('REQUEST_METHOD', '')
-            labels = (route(environ.get('PATH_INFO', ''))[0], method if method in METHODS else 'other',
+            resource = route(environ)[0]
+            labels = (resource and resource.__name__, method if method in METHODS else 'other',
                       answered[0] if answered else '500')
             found = series.get(labels)
             if found is None:

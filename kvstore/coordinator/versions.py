@@ -46,6 +46,12 @@ class BadContext(ValueError):
 
 # --- clocks ----------------------------------------------------------------
 
+@functools.lru_cache(maxsize=1024)   # a store's actors are few: its partitions' incarnations
+def minted(actor):
+    """Is actor one the store mints (ACTOR)?"""
+    return ACTOR.match(actor) is not None
+
+
 def actor_partition(actor):
     """The partition an actor (a clock's entry) belongs to: 'p1' for 'p1.3f9a' or 'p1'."""
     return actor.split('.', 1)[0]
@@ -348,7 +354,7 @@ def context_of(versions, partitions=None):
     context may carry (context_limit), the versions' own dots always among
     them: a write with it supersedes every one of them."""
     merged = {actor: count for actor, count in merge(*(v.full_clock for v in versions)).items()
-              if ACTOR.match(actor)}
+              if minted(actor)}
     if partitions is None:
         return merged
     return prune(merged, partitions, context_limit(partitions), keep={v.dot[0] for v in versions})

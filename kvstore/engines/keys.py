@@ -113,13 +113,16 @@ class Keys:
         return Held([self._held_version(row) for row in rows], fence)
 
     @staticmethod
+    @functools.lru_cache(maxsize=256)   # built once: counting its columns was 8 % of a GET r=1 (cProfile)
     def _with_fence(columns, table, where, page=''):
         """A query of a bucket's rows (the bucket its first argument) that also
-        reads the bucket's fence in the same round trip: a row of its own,
-        NULL in every column but the first, which the bucket's rows have NULL
-        (_fenced_rows).  page: ORDER BY and LIMIT of the rows."""
+        reads the bucket's fence in the same round trip: a row of its own when
+        the bucket has one, NULL in every column but the first, which the
+        bucket's rows have NULL (_fenced_rows).  page: ORDER BY and LIMIT of
+        the rows.  (The fence read as a scalar subquery, a row even without a
+        fence, cost MariaDB about 6 % more a point read.)"""
         rows = 'SELECT NULL, %s FROM %s WHERE %s%s' % (columns, table, where, page)
-        return ('SELECT (SELECT dropped FROM bucket_fences WHERE bucket = ?)' + ', NULL' * column_count(columns)
+        return ('SELECT dropped' + ', NULL' * column_count(columns) + ' FROM bucket_fences WHERE bucket = ?'
                 + ' UNION ALL ' + ('SELECT * FROM (%s) AS page' % rows if page else rows))
 
     @staticmethod

@@ -94,19 +94,21 @@ TOKEN_PREFIX = 'kvs_'
 
 
 class Policy:
-    def __init__(self, datastore, urls):
+    def __init__(self, datastore, route):
+        """route(environ): (resource class or None, groups) of a request (Application.route)."""
         config = datastore.config
         self.datastore = datastore
         self.tokens = config.tokens
         self.allowed_hosts = set(config.allowed_hosts)
         bound = os.environ.get('BIND', '').rpartition(':')[0].lower()
         self.local_names = set(LOOPBACK_NAMES) | ({bound} if bound not in ('', '0.0.0.0', '[::]') else set())
-        self.routes = [(re.compile('^%s\\Z' % pattern), name) for pattern, name in zip(urls[::2], urls[1::2])]
+        self.route = route
 
     def admit(self):
         """None to go on to the resource, an answer (a preflight's), or raise a StoreError."""
         env, method = web.ctx.env, web.ctx.method
-        name, bucket = self.route(web.ctx.path)
+        resource, groups = self.route(env)
+        name, bucket = resource and resource.__name__, groups[0] if groups else None
         role = ROUTE_ROLES.get(name, {}).get('GET' if method == 'HEAD' else method, ANY)
         if role == SIGNED:
             return None
@@ -126,14 +128,6 @@ class Policy:
                                 'store unless the bucket\'s cors property allows that origin and method'
                                 % foreign[:200])
         return None
-
-    def route(self, path):
-        """(resource name, bucket or None) of a path, as controller.urls routes it."""
-        for pattern, name in self.routes:
-            match = pattern.match(path)
-            if match:
-                return name, (match.group(1) if match.groups() else None)
-        return None, None
 
     def check_host(self, env):
         host = env.get('HTTP_HOST', '').strip().lower()

@@ -2,19 +2,21 @@
 negotiated error document, and every answer is finished the same way (Date,
 the security headers, an unread body drained, HEAD without a body)."""
 import logging
+import re
 import urllib.parse
 
 import web
 
 from kvstore.errors import BodyTooLarge, StoreError
 from kvstore.http import access, framing
-from kvstore.http.caching import current_http_date
+from kvstore.http.caching import current_http_date, own_headers
 from kvstore.http.negotiation import error_response, respond_error
 from kvstore.http.request import request_body
 
 log = logging.getLogger('kvstore.controller')
 
 DRAIN_LIMIT = 1024 * 1024   # body bytes read off and dropped after an early answer
+ROUTE = 'kvstore.route'     # the environ's key of a request's route, matched once (Application.route)
 
 
 def drain_request_body():
@@ -24,6 +26,8 @@ def drain_request_body():
     destroy the answer before the client reads it.  Beyond the limit, or when
     the body cannot be read, the connection is closed instead."""
     env = web.ctx.env
+    if web.ctx.get('body_framing') == 0 and web.ctx.get('request_body') is None:
+        return   # the request has no body (check_request_head found none)
     closing = any(k.lower() == 'connection' for k, _ in web.ctx.headers)
     if closing and not web.ctx.status.startswith('413'):
         return   # a framing or pace error: the body cannot be trusted or waited for
@@ -47,7 +51,7 @@ def finish_response(body):
     drain_request_body()
     # RFC 9110 6.6.1: an origin server with a clock sends Date.  Set last: an
     # error document starts its headers afresh.
-    web.header('Date', current_http_date())
+    own_headers(('Date', current_http_date()))
     access.secure_response()
     # web.py answers HEAD with GET: same headers, no body.
     return b'' if web.ctx.method == 'HEAD' else body
@@ -62,6 +66,25 @@ class Application(web.application):
         # preflight's OPTIONS) is 405 where it is not taken; any other, 501.
         self.implemented = {name for resource in mapping[1::2] for name in vars(resource) if name.isupper()}
         self.implemented |= {'HEAD', 'OPTIONS'}
+        self.routes = [(re.compile('^%s\\Z' % pattern), resource)
+                       for pattern, resource in zip(mapping[::2], mapping[1::2])]
+
+    def route(self, env):
+        """(the resource class or None, the groups of its pattern) of a
+        request, as the URL table routes its path: matched once, and kept in
+        its environ for the access policy, web.py and the metrics to read."""
+        found = env.get(ROUTE)
+        if found is None:
+            path = request_path(env)
+            found = next(((resource, match.groups()) for pattern, resource in self.routes
+                          for match in (pattern.match(path),) if match), (None, ()))
+            env[ROUTE] = found
+        return found
+
+    def _match(self, mapping, value):
+        """web.py's routing, from the route matched once (route)."""
+        resource, groups = self.route(web.ctx.env)
+        return resource, list(groups)
 
     def load(self, env):
         """web.ctx for a request: web.py's own, less what this store never
@@ -78,7 +101,7 @@ class Application(web.application):
         ctx.home = ctx.realhome = ctx.homedomain + ctx.homepath
         ctx.ip = env.get('REMOTE_ADDR')
         ctx.method = env.get('REQUEST_METHOD')
-        ctx.path = request_path()
+        ctx.path = request_path(env)
         query = env.get('QUERY_STRING')
         ctx.query = '?' + query if query else ''
         ctx.fullpath = ctx.path + ctx.query
@@ -88,7 +111,7 @@ class Application(web.application):
 
     def handle_errors(self):
         try:
-            framing.check_request_head(web.ctx.env)
+            web.ctx.body_framing = framing.check_request_head(web.ctx.env)
             return super().handle()
         except StoreError as e:
             return error_response(e)
@@ -107,9 +130,10 @@ class Application(web.application):
             return respond_error('internal_error', 'the store failed to handle the request')
 
 
-def request_path():
-    """The percent-decoded path as text.  Bytes that are not UTF-8 stay as
-    lone surrogates (web.py would read them as Latin-1: %FF the same as
-    %C3%BF), which no bucket name or key accepts: 400 bad_bucket or bad_key."""
-    path = web.ctx.env.get('PATH_INFO', '')
+def request_path(env):
+    """The percent-decoded path of a request (its environ) as text.  Bytes
+    that are not UTF-8 stay as lone surrogates (web.py would read them as
+    Latin-1: %FF the same as %C3%BF), which no bucket name or key accepts:
+    400 bad_bucket or bad_key."""
+    path = env.get('PATH_INFO', '')
     return path if path.isascii() else path.encode('latin-1').decode('utf-8', 'surrogateescape')

@@ -25,7 +25,8 @@ _DIGITS = re.compile(r'[0-9]+')
 # -- the request head --------------------------------------------------------------
 
 def check_request_head(env):
-    """Refuse a request line or framing fields the store cannot trust (before any body is read)."""
+    """Refuse a request line or framing fields the store cannot trust (before
+    any body is read); else the body's framing (body_framing)."""
     if env.get('SERVER_PROTOCOL') not in HTTP_VERSIONS:
         raise BadFraming('the request line must be METHOD SP request-target SP HTTP/1.x')
     uri = env.get('REQUEST_URI')
@@ -33,10 +34,10 @@ def check_request_head(env):
         uri = env.get('PATH_INFO', '') + ('?' + env['QUERY_STRING'] if env.get('QUERY_STRING') else '')
     if len(uri) > MAX_URI_BYTES:
         raise UriTooLong('the request target takes at most %d bytes' % MAX_URI_BYTES, limit=MAX_URI_BYTES)
-    if sum(1 for name in env if name.startswith('HTTP_')) > MAX_HEADER_FIELDS:
+    if len(env) > MAX_HEADER_FIELDS and sum(1 for name in env if name.startswith('HTTP_')) > MAX_HEADER_FIELDS:
         raise HeaderFieldsTooLarge('a request carries at most %d header fields' % MAX_HEADER_FIELDS,
                                    limit=MAX_HEADER_FIELDS)
-    body_framing(env)
+    return body_framing(env)
 
 
 def body_framing(env):

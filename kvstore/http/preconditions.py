@@ -71,8 +71,8 @@ class Preconditions:
 
     @property
     def present(self):
-        return any(v is not None for v in (self.if_match, self.if_none_match,
-                                            self.if_modified_since, self.if_unmodified_since))
+        return not (self.if_match is None and self.if_none_match is None and self.if_modified_since is None
+                    and self.if_unmodified_since is None)
 
     def evaluate(self, current, safe, etag_of=None):
         """PASS, NOT_MODIFIED (safe requests only), or raise PreconditionFailed.
@@ -81,6 +81,8 @@ class Preconditions:
         safe: the request is a GET or HEAD.
         etag_of: a version's ETag in the selected representation (default: the raw value's).
         """
+        if not self.present:
+            return PASS   # nearly every request: no validator to compute
         modified = max((v.date for v in current), default=None)   # HTTP dates have seconds
         etags = [etag_of(v) if etag_of else v.etag for v in current]
         return self.evaluate_validators(etags, modified, safe)

@@ -9,7 +9,7 @@ from kvstore import metrics
 from kvstore.coordinator.versions import encode_context
 from kvstore.errors import RangeNotSatisfiable
 from kvstore.http import ranges
-from kvstore.http.caching import caching_headers, expires_at, expiry_header, last_modified
+from kvstore.http.caching import caching_headers, expires_at, expiry_header, last_modified, own_headers
 from kvstore.http.metadata import STORED_HEADERS, representation_headers
 from kvstore.http.negotiation import prefers, respond
 from kvstore.http.request import store
@@ -85,7 +85,7 @@ def value_response(bucket, version):
     env = web.ctx.env
     for name, value in version.metadata.get('meta', {}).items():
         web.header('X-Meta-' + name.title(), value)
-    web.header('Accept-Ranges', 'bytes')
+    own_headers(('Accept-Ranges', 'bytes'))
     wanted = None
     if env.get('HTTP_IF_RANGE', version.etag) == version.etag:  # a stale If-Range gets it all
         try:
@@ -100,8 +100,8 @@ def value_response(bucket, version):
     first, last = wanted[0] if wanted else (0, version.size - 1)
     if wanted:
         web.ctx.status = '206 Partial Content'
-        web.header('Content-Range', 'bytes %d-%d/%d' % (first, last, version.size))
-    web.header('Content-Length', str(last - first + 1))
+        own_headers(('Content-Range', 'bytes %d-%d/%d' % (first, last, version.size)))
+    own_headers(('Content-Length', str(last - first + 1)))
     if version.size == 0:
         return b''
     body = store().open_value(version, first, last)
