@@ -271,7 +271,7 @@ class TestCoordinatedWriteOnMariaDB(support.OnMariaDB, support.StoreSpecificatio
     def test_a_new_key_and_an_overwrite_take_two_round_trips(self):
         engine = self.store.engines['p1']
         self.coordinate(engine, 'warm')   # the pool's connection opened
-        writes = [{}, {'epoch': 0}, {'idempotency': ('retry-1', 'fingerprint', 60)}]   # plain, conditional, retried
+        writes = [{}, {'stage': (0, False)}, {'idempotency': ('retry-1', 'fingerprint', 60)}]   # plain, conditional, retried
         for extra in writes:
             sent = self.round_trips(lambda: engine.coordinate(self.bucket, 'k', lambda held: Version.new(
                 {}, (engine.actor, len(held) + 1), b'v', 'text/plain'), **extra))
