@@ -12,9 +12,8 @@ is decided under the lock of the key's first owner in every ring that may
 decide it: the configured one, the newest recorded view's and the one before
 it (placement.py; the one before stays a decider after the rebalance
 completes, until sync.py's next run has compared every arc once more and
-retired it: rebalance.py).  The write holds each of their
-locks at once, decides once from everything they hold and stores its version
-on each.  Every front end counts the first owner in the last completed ring
+retired it: rebalance.py).  The write holds each of their locks at once,
+decides once from everything they hold and stores its version on each.  Every front end counts the first owner in the last completed ring
 (the anchor: the newest view's once complete, else the one before it), so
 two writers always share the anchor's lock.  Their versions are stored
 anchor first: its lock is taken last and its transaction commits first, the
@@ -26,8 +25,8 @@ timeout: a 503, never a fork).  A front end whose configuration lacks the
 anchor (not reloaded when the view it was left out of completed) refuses
 conditional writes with 503.  An old front end cannot go on unaware: under
 its lock each decider checks the view it records (engine check_view); a
-newer one (a later epoch, or the same one complete) refuses the write (NewerView), the front end reads the views again
-and decides anew; and sync.py's recording of a view waits for the
+newer one (a later epoch, or the same one complete) refuses the write
+(NewerView), the front end reads the views again and decides anew; and sync.py's recording of a view waits for the
 conditional writes that hold that check's lock, so the rebalance that
 follows copies them to the new owners.
 """
@@ -55,14 +54,9 @@ class ConditionalDecider:
             raise Unavailable('conditional writes of this key are decided by %s, which this front end\'s '
                               'configuration lacks (the recorded view has it): reload it with the current '
                               'configuration' % anchor, failed={anchor: 'not configured'})
-        names = [preference[0]]
-        for first in firsts:
-            if first not in names and first in self.replicas.engines:
-                names.append(first)
-        if anchor != names[-1]:
-            names.remove(anchor)
-            names.append(anchor)
-        return names, rings.stage
+        others = [name for name in dict.fromkeys([preference[0]] + firsts)
+                  if name != anchor and name in self.replicas.engines]
+        return others + [anchor], rings.stage
 
     def coordinate(self, deciders, stage, bucket, key, decide, idempotency=None):
         """engine.coordinate on every decider at once: each locks the key (the

@@ -11,7 +11,7 @@ import time
 
 from kvstore.coordinator.ring import Ring, ring_of
 from kvstore.coordinator.versions import carried, resolve
-from kvstore.coordinator.views import newest_view
+from kvstore.coordinator.views import newest_view, view_stage
 
 VIEW_CACHE_SECONDS = 5.0   # how long the rings of the recorded views are trusted
 
@@ -47,7 +47,8 @@ class Placement:
 
     def previous_rings(self):
         """[(Ring, replicas)] other than the configured one that may still place
-        keys (Rings, with the rings that decide conditional writes).  Read at first use, then again in the background when older than
+        keys (Rings, with the rings that decide conditional writes).  Read at
+        first use, then again in the background when older than
         VIEW_CACHE_SECONDS, so that requests do not wait on it."""
         expires, rings = self.previous_rings_cache
         if time.monotonic() < expires:
@@ -75,11 +76,11 @@ class Placement:
                 newest, mine, rings = newest_view(views), self.views.ring_description(), Rings()
                 if newest:
                     others = [newest['ring']] + ([newest['previous']] if newest['state'] != 'complete' else [])
-                    complete = newest['state'] == 'complete'
-                    deciding = [newest['ring']] if newest.get('retired') else (
+                    epoch, complete, retired = view_stage(newest)
+                    deciding = [newest['ring']] if retired else (
                         [newest['ring'], newest['previous']] if complete else [newest['previous'], newest['ring']])
                     rings = Rings([(ring_of(r), r['replicas']) for r in others if r and r != mine],
-                                  (newest['epoch'], complete), [(ring_of(r), r['replicas']) for r in deciding if r])
+                                  (epoch, complete), [(ring_of(r), r['replicas']) for r in deciding if r])
             self.previous_rings_cache = (time.monotonic() + VIEW_CACHE_SECONDS, rings)
             return rings
 

@@ -24,20 +24,20 @@ def rebalance(parts, view, changed):
     place_bucket_records(parts, counts, waiting)
 
     retiring = view['state'] == 'complete' and bool(view.get('previous')) and not view.get('retired')
-    rebalancing = view['state'] != 'complete' or retiring
-    arc_list = parts.store.ring.arcs(parts.store.n) if rebalancing or parts.full_pass else []
+    comparing = view['state'] != 'complete' or retiring   # every arc
+    arc_list = parts.store.ring.arcs(parts.store.n) if comparing or parts.full_pass else []
     # Keys on a partition that does not own them: every one while the view
     # changes, and on a full pass; otherwise repair finds them among the
     # changes (a front end with an out-of-date configuration wrote them).
     outside = [(name, lo, hi) for name in parts.names for lo, hi in ranges_outside(arc_list, name)
-               ] if rebalancing or parts.full_pass else []
-    total = len(outside) + (len(arc_list) if rebalancing else 0)
+               ] if comparing or parts.full_pass else []
+    total = len(outside) + (len(arc_list) if comparing else 0)
     reporter = _progress_reporter(parts, view, total, counts)
     held = SlotDigests(parts.each, parts.meter)
     for done, (name, lo, hi) in enumerate(outside):
         drain(parts, name, lo, hi, counts, waiting, held)
         reporter(done + 1, 'moving keys off %s' % name)
-    if rebalancing:
+    if comparing:
         anti_entropy(parts, arc_list, counts, waiting,
                      lambda done: reporter(len(outside) + done, 'comparing owners'))
 
